@@ -1,0 +1,44 @@
+// `tinygpt bench`: seed-task training throughput on the CPU backend. The
+// script bench/train_cpu_vs_torch.py runs it beside PyTorch in one run.
+#include <unistd.h>
+
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "cli/commands.h"
+#include "cli/common_flags.h"
+#include "model/config.h"
+#include "train/data.h"
+#include "train/trainer.h"
+
+ABSL_FLAG(long, bench_steps, 30, "training steps to time (after 3 warm-up steps)");
+ABSL_FLAG(int, bench_batch, 64, "sequences per batch");
+
+namespace tinygpt {
+
+int BenchCommand() {
+  ModelConfig cfg = *PresetConfig("seed");
+  auto data = MakeCountTask(cfg.vocab_size, cfg.max_seq_len, absl::GetFlag(FLAGS_bench_batch));
+  TrainOptions o;
+  o.quiet = true;
+  o.seed = absl::GetFlag(FLAGS_seed);
+  o.out = "/tmp/tinygpt-bench-" + std::to_string(getpid()) + ".safetensors";
+  o.steps = 3;
+  auto warm = Train(cfg, *data, o);  // warm-up: thread pools, page faults
+  o.steps = absl::GetFlag(FLAGS_bench_steps);
+  auto r = warm.ok() ? Train(cfg, *data, o) : warm;
+  std::remove(o.out.c_str());
+  std::remove((o.out + ".optim").c_str());
+  if (!r.ok()) {
+    std::fprintf(stderr, "tinygpt bench: %s\n", std::string(r.status().message()).c_str());
+    return 1;
+  }
+  nlohmann::json j = {{"system", "tinygpt"}, {"steps", r->steps_run}, {"tokens_per_second", r->tokens_per_second},
+                      {"final_loss", r->final_loss}};
+  std::printf("%s\n", j.dump().c_str());
+  return 0;
+}
+
+}  // namespace tinygpt

@@ -1,0 +1,19 @@
+// Flags shared by several subcommands.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <memory>
+
+#include "absl/flags/declare.h"
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+
+ABSL_DECLARE_FLAG(uint64_t, seed);
+ABSL_DECLARE_FLAG(std::string, checkpoint);
+ABSL_DECLARE_FLAG(std::string, device);
+ABSL_DECLARE_FLAG(std::string, dtype);
+
+namespace tinygpt {
+// The backend --device and --dtype ask for.
+absl::StatusOr<std::unique_ptr<Backend>> BackendFromFlags();
+}  // namespace tinygpt

@@ -1,0 +1,85 @@
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "cli/commands.h"
+#include "cli/common_flags.h"
+#include "model/checkpoint.h"
+#include "model/generate.h"
+#include "model/tokenizer.h"
+
+ABSL_FLAG(std::string, prompt, "", "prompt text (byte tokens)");
+ABSL_FLAG(std::string, prompt_ids, "", "prompt token ids, comma separated");
+ABSL_FLAG(int, max_new_tokens, 16, "tokens to generate");
+ABSL_FLAG(float, temperature, 0.f, "0 = greedy");
+ABSL_FLAG(int, top_k, 0, "keep the k most likely tokens (0: all)");
+ABSL_FLAG(float, top_p, 1.f, "nucleus sampling mass in (0, 1]");
+ABSL_FLAG(std::string, stop_ids, "", "token ids that end generation, comma separated");
+ABSL_FLAG(bool, json, false, "print one JSON object");
+
+namespace tinygpt {
+namespace {
+
+bool ParseIds(const std::string& text, std::vector<int32_t>* ids) {
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
+    int v;
+    if (!absl::SimpleAtoi(part, &v)) return false;
+    ids->push_back(v);
+  }
+  return true;
+}
+
+int Fail(const std::string& msg, int code = 1) {
+  std::fprintf(stderr, "tinygpt generate: %s\n", msg.c_str());
+  return code;
+}
+
+}  // namespace
+
+int GenerateCommand() {
+  std::vector<int32_t> prompt;
+  if (!absl::GetFlag(FLAGS_prompt_ids).empty()) {
+    if (!ParseIds(absl::GetFlag(FLAGS_prompt_ids), &prompt)) return Fail("--prompt-ids must be comma-separated integers", 2);
+  } else if (!absl::GetFlag(FLAGS_prompt).empty()) {
+    prompt = EncodeBytes(absl::GetFlag(FLAGS_prompt));
+  } else {
+    return Fail("give --prompt or --prompt-ids", 2);
+  }
+  GenerateOptions o;
+  o.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
+  o.temperature = absl::GetFlag(FLAGS_temperature);
+  o.top_k = absl::GetFlag(FLAGS_top_k);
+  o.top_p = absl::GetFlag(FLAGS_top_p);
+  o.seed = absl::GetFlag(FLAGS_seed);
+  if (!ParseIds(absl::GetFlag(FLAGS_stop_ids), &o.stop_ids)) return Fail("--stop-ids must be comma-separated integers", 2);
+  auto ck = LoadCheckpoint(absl::GetFlag(FLAGS_checkpoint));
+  if (!ck.ok()) return Fail(std::string(ck.status().message()));
+  if (auto s = ValidateGenerateRequest(ck->config, prompt, o); !s.ok()) return Fail(std::string(s.message()), 2);
+  auto backend = BackendFromFlags();
+  if (!backend.ok()) return Fail(std::string(backend.status().message()));
+  RunnerOptions ro;
+  ro.block_size = 16;
+  ro.num_kv_blocks = (ck->config.max_seq_len + ro.block_size - 1) / ro.block_size;
+  ro.max_seqs = 1;
+  ro.max_batch_tokens = std::min(ck->config.max_seq_len, 512);
+  auto runner = ModelRunner::Create(backend->get(), *ck, ro);
+  if (!runner.ok()) return Fail(std::string(runner.status().message()));
+  auto r = Generate(**runner, prompt, o);
+  if (!r.ok()) return Fail(std::string(r.status().message()));
+  const std::string text = DecodeBytes(r->output_ids);
+  if (absl::GetFlag(FLAGS_json)) {
+    nlohmann::json j = {{"prompt_ids", prompt}, {"output_ids", r->output_ids}, {"text", text}, {"finish_reason", r->finish_reason}};
+    std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+  } else {
+    std::string ids;
+    for (int32_t id : r->output_ids) ids += (ids.empty() ? "" : ",") + std::to_string(id);
+    std::printf("output_ids: %s\ntext: %s\nfinish_reason: %s\n", ids.c_str(), text.c_str(), r->finish_reason.c_str());
+  }
+  return 0;
+}
+
+}  // namespace tinygpt

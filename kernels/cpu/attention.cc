@@ -1,0 +1,159 @@
+// Memory-efficient attention on the CPU: each (sequence, KV head) task walks
+// the keys tile by tile with an online softmax (running max m, running sum l,
+// rescaled accumulator), so no score matrix is ever stored. All query heads of
+// a GQA group run in the same task and share its K/V rows in cache.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "kernels/cpu/ops.h"
+
+namespace tinygpt::cpu {
+namespace {
+
+constexpr int kKeyTile = 64;
+
+inline float Dot(const float* a, const float* b, int n) {
+  float s = 0.f;
+#pragma omp simd reduction(+ : s)
+  for (int i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+inline void Axpy(float a, const float* x, float* y, int n) {
+#pragma omp simd
+  for (int i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+// Key/value row locators: sequence s, position j, KV head kvh → pointer.
+struct PackedRows {
+  const PackedKv& kv;
+  int head_dim;
+  const float* k(int s, int j, int kvh) const { return kv.k + (static_cast<long>(kv.cu_k[s]) + j) * kv.stride + kvh * head_dim; }
+  const float* v(int s, int j, int kvh) const { return kv.v + (static_cast<long>(kv.cu_k[s]) + j) * kv.stride + kvh * head_dim; }
+};
+
+struct PagedRows {
+  const PagedKv& kv;
+  int head_dim, n_kv_heads;
+  long row(int s, int j, int kvh) const {
+    const long block = kv.block_tables[static_cast<long>(s) * kv.max_blocks_per_seq + j / kv.block_size];
+    return ((block * kv.block_size + j % kv.block_size) * n_kv_heads + kvh) * head_dim;
+  }
+  const float* k(int s, int j, int kvh) const { return static_cast<const float*>(kv.k_cache) + row(s, j, kvh); }
+  const float* v(int s, int j, int kvh) const { return static_cast<const float*>(kv.v_cache) + row(s, j, kvh); }
+};
+
+template <class Rows>
+void ForwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const float* q, long q_stride, const Rows& rows,
+                 float* out, long o_stride, float* lse) {
+  const int D = dims.head_dim, G = dims.group(), H = dims.n_heads;
+  const float scale = dims.scale();
+  const int tasks = batch.num_seqs * dims.n_kv_heads;
+#pragma omp parallel for schedule(dynamic)
+  for (int task = 0; task < tasks; ++task) {
+    const int s = task / dims.n_kv_heads, kvh = task % dims.n_kv_heads;
+    const int q0 = batch.cu_q[s], q_len = batch.cu_q[s + 1] - q0, offset = batch.ctx_len[s] - q_len;
+    float scores[kKeyTile];
+    std::vector<float> acc(D);
+    for (int hh = 0; hh < G; ++hh) {
+      const int h = kvh * G + hh;
+      const float slope = dims.alibi ? AlibiSlope(h, H) : 0.f;
+      for (int i = 0; i < q_len; ++i) {
+        const float* qi = q + (q0 + i) * q_stride + h * D;
+        const int pos = offset + i;  // the last key this query sees
+        float m = -std::numeric_limits<float>::infinity(), l = 0.f;
+        std::fill(acc.begin(), acc.end(), 0.f);
+        for (int j0 = 0; j0 <= pos; j0 += kKeyTile) {
+          const int j1 = std::min(pos + 1, j0 + kKeyTile);
+          float tile_max = -std::numeric_limits<float>::infinity();
+          for (int j = j0; j < j1; ++j) {
+            const float sc = Dot(qi, rows.k(s, j, kvh), D) * scale + slope * static_cast<float>(j - pos);
+            scores[j - j0] = sc;
+            tile_max = std::max(tile_max, sc);
+          }
+          const float m_new = std::max(m, tile_max), correction = std::exp(m - m_new);
+          l *= correction;
+          for (int d = 0; d < D; ++d) acc[d] *= correction;
+          for (int j = j0; j < j1; ++j) {
+            const float p = std::exp(scores[j - j0] - m_new);
+            l += p;
+            Axpy(p, rows.v(s, j, kvh), acc.data(), D);
+          }
+          m = m_new;
+        }
+        float* oi = out + (q0 + i) * o_stride + h * D;
+        for (int d = 0; d < D; ++d) oi[d] = acc[d] / l;
+        if (lse) lse[static_cast<long>(q0 + i) * H + h] = m + std::log(l);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void AttentionForward(const AttentionDims& dims, const AttentionBatch& batch, const float* q, long q_stride,
+                      const PackedKv& kv, float* out, long o_stride, float* lse) {
+  ForwardImpl(dims, batch, q, q_stride, PackedRows{kv, dims.head_dim}, out, o_stride, lse);
+}
+
+void PagedAttentionForward(const AttentionDims& dims, const AttentionBatch& batch, const float* q, long q_stride,
+                           const PagedKv& kv, float* out, long o_stride) {
+  ForwardImpl(dims, batch, q, q_stride, PagedRows{kv, dims.head_dim, dims.n_kv_heads}, out, o_stride, nullptr);
+}
+
+void AttentionBackward(const AttentionDims& dims, const AttentionBatch& batch, const float* q, long q_stride,
+                       const PackedKv& kv, const float* out, long o_stride, const float* dout, const float* lse,
+                       float* dq, float* dk, float* dv, long dqkv_stride) {
+  // Recomputes each probability from the saved log-sum-exp (as FlashAttention's
+  // backward does). A task owns one (sequence, KV head): it alone writes those
+  // dK/dV rows and the dQ rows of its query heads, so no atomics are needed.
+  const int D = dims.head_dim, G = dims.group(), H = dims.n_heads;
+  const float scale = dims.scale();
+  const PackedRows rows{kv, D};
+  const int tasks = batch.num_seqs * dims.n_kv_heads;
+#pragma omp parallel for schedule(dynamic)
+  for (int task = 0; task < tasks; ++task) {
+    const int s = task / dims.n_kv_heads, kvh = task % dims.n_kv_heads;
+    const int q0 = batch.cu_q[s], q_len = batch.cu_q[s + 1] - q0, offset = batch.ctx_len[s] - q_len;
+    const long k0 = kv.cu_k[s];
+    for (int hh = 0; hh < G; ++hh) {
+      const int h = kvh * G + hh;
+      const float slope = dims.alibi ? AlibiSlope(h, H) : 0.f;
+      for (int i = 0; i < q_len; ++i) {
+        const long r = q0 + i;
+        const float* qi = q + r * q_stride + h * D;
+        const float* doi = dout + r * o_stride + h * D;
+        const float delta = Dot(doi, out + r * o_stride + h * D, D);
+        const float lse_i = lse[r * H + h];
+        float* dqi = dq + r * dqkv_stride + h * D;
+        const int pos = offset + i;
+        for (int j = 0; j <= pos; ++j) {
+          const float* kj = rows.k(s, j, kvh);
+          const float* vj = rows.v(s, j, kvh);
+          const float p = std::exp(Dot(qi, kj, D) * scale + slope * static_cast<float>(j - pos) - lse_i);
+          const float ds = p * (Dot(doi, vj, D) - delta) * scale;
+          Axpy(p, doi, dv + (k0 + j) * dqkv_stride + kvh * D, D);
+          Axpy(ds, kj, dqi, D);
+          Axpy(ds, qi, dk + (k0 + j) * dqkv_stride + kvh * D, D);
+        }
+      }
+    }
+  }
+}
+
+void KvAppend(const float* qkv, long qkv_stride, int T, const int32_t* slot_mapping, const AttentionDims& dims,
+              float* k_cache, float* v_cache) {
+  const int kv_dim = dims.n_kv_heads * dims.head_dim;
+  const int k_off = dims.n_heads * dims.head_dim, v_off = k_off + kv_dim;
+  for (int t = 0; t < T; ++t) {
+    const long slot = slot_mapping[t];
+    if (slot < 0) continue;
+    std::memcpy(k_cache + slot * kv_dim, qkv + t * qkv_stride + k_off, sizeof(float) * kv_dim);
+    std::memcpy(v_cache + slot * kv_dim, qkv + t * qkv_stride + v_off, sizeof(float) * kv_dim);
+  }
+}
+
+}  // namespace tinygpt::cpu

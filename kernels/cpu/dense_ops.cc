@@ -1,0 +1,216 @@
+// Row-wise and GEMM ops of the CPU backend. GEMMs go through OpenBLAS; the
+// row loops are threaded with OpenMP.
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cpu/ops.h"
+
+namespace tinygpt::cpu {
+
+namespace {
+
+// One thread pool: OpenBLAS runs single-threaded inside our OpenMP regions,
+// each thread taking a slice of the GEMM. Two pools (OpenMP's and OpenBLAS'
+// own) spinning on the same cores cost more than they gave.
+const bool kBlasSingleThreaded = (openblas_set_num_threads(1), true);
+
+// Splits [0, n) into one contiguous slice per OpenMP thread.
+template <class Fn>
+void ParallelSlices(int n, Fn fn) {
+#pragma omp parallel
+  {
+    const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+    const int per = (n + nt - 1) / nt, begin = std::min(n, id * per), end = std::min(n, begin + per);
+    if (begin < end) fn(begin, end);
+  }
+}
+
+}  // namespace
+
+void LinearForward(const float* x, const float* w, const float* b, float* y, int T, int in, int out) {
+  (void)kBlasSingleThreaded;
+  if (T == 0) return;
+  ParallelSlices(T, [&](int t0, int t1) {
+    if (b)
+      for (int t = t0; t < t1; ++t) std::memcpy(y + static_cast<long>(t) * out, b, sizeof(float) * out);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t1 - t0, out, in, 1.0f, x + static_cast<long>(t0) * in, in, w, in,
+                b ? 1.0f : 0.0f, y + static_cast<long>(t0) * out, out);
+  });
+}
+
+void LinearBackward(const float* dy, const float* x, const float* w, float* dx, float* dw, float* db, int T, int in, int out) {
+  if (T == 0) return;
+  if (dx)
+    ParallelSlices(T, [&](int t0, int t1) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, t1 - t0, in, out, 1.0f, dy + static_cast<long>(t0) * out, out, w,
+                  in, 1.0f, dx + static_cast<long>(t0) * in, in);
+    });
+  static thread_local std::vector<float> ones;
+  if (static_cast<int>(ones.size()) < T) ones.assign(T, 1.0f);
+  const float* one = ones.data();
+  // dw[o0:o1] += dy[:, o0:o1]^T · x;  db[o0:o1] += dy[:, o0:o1]^T · 1.
+  ParallelSlices(out, [&](int o0, int o1) {
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, o1 - o0, in, T, 1.0f, dy + o0, out, x, in, 1.0f,
+                dw + static_cast<long>(o0) * in, in);
+    if (db) cblas_sgemv(CblasRowMajor, CblasTrans, T, o1 - o0, 1.0f, dy + o0, out, one, 1, 1.0f, db + o0, 1);
+  });
+}
+
+void LayerNormForward(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd, int T, int C, float eps) {
+#pragma omp parallel for schedule(static)
+  for (int t = 0; t < T; ++t) {
+    const float* xr = x + static_cast<long>(t) * C;
+    float* yr = y + static_cast<long>(t) * C;
+    float m = 0.f;
+    for (int i = 0; i < C; ++i) m += xr[i];
+    m /= C;
+    float var = 0.f;
+    for (int i = 0; i < C; ++i) var += (xr[i] - m) * (xr[i] - m);
+    const float rs = 1.0f / std::sqrt(var / C + eps);
+    for (int i = 0; i < C; ++i) yr[i] = (xr[i] - m) * rs * w[i] + b[i];
+    if (mean) mean[t] = m;
+    if (rstd) rstd[t] = rs;
+  }
+}
+
+void LayerNormBackward(const float* dy, const float* x, const float* w, const float* mean, const float* rstd,
+                       float* dx, float* dw, float* db, int T, int C) {
+  // dx per row is independent; dw/db reduce over rows, so do them in a second
+  // pass parallel over columns to stay race-free and deterministic.
+#pragma omp parallel for schedule(static)
+  for (int t = 0; t < T; ++t) {
+    const float* xr = x + static_cast<long>(t) * C;
+    const float* dyr = dy + static_cast<long>(t) * C;
+    float* dxr = dx + static_cast<long>(t) * C;
+    const float m = mean[t], rs = rstd[t];
+    float dnorm_mean = 0.f, dnorm_norm_mean = 0.f;
+    for (int i = 0; i < C; ++i) {
+      const float norm = (xr[i] - m) * rs, dnorm = dyr[i] * w[i];
+      dnorm_mean += dnorm;
+      dnorm_norm_mean += dnorm * norm;
+    }
+    dnorm_mean /= C;
+    dnorm_norm_mean /= C;
+    for (int i = 0; i < C; ++i) {
+      const float norm = (xr[i] - m) * rs, dnorm = dyr[i] * w[i];
+      dxr[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rs;
+    }
+  }
+#pragma omp parallel for schedule(static)
+  for (int i = 0; i < C; ++i) {
+    float sw = 0.f, sb = 0.f;
+    for (int t = 0; t < T; ++t) {
+      const long r = static_cast<long>(t) * C;
+      sw += dy[r + i] * (x[r + i] - mean[t]) * rstd[t];
+      sb += dy[r + i];
+    }
+    dw[i] += sw;
+    db[i] += sb;
+  }
+}
+
+void EmbeddingForward(const int32_t* tokens, const int32_t* positions, const float* tok, const float* pos, float* out, int T, int C) {
+#pragma omp parallel for schedule(static)
+  for (int t = 0; t < T; ++t) {
+    float* o = out + static_cast<long>(t) * C;
+    const float* te = tok + static_cast<long>(tokens[t]) * C;
+    if (pos) {
+      const float* pe = pos + static_cast<long>(positions[t]) * C;
+      for (int i = 0; i < C; ++i) o[i] = te[i] + pe[i];
+    } else {
+      std::memcpy(o, te, sizeof(float) * C);
+    }
+  }
+}
+
+void EmbeddingBackward(const float* dout, const int32_t* tokens, const int32_t* positions, float* dtok, float* dpos, int T, int C) {
+  // Scatter-add; rows can repeat, so this stays serial (it is cheap).
+  for (int t = 0; t < T; ++t) {
+    const float* d = dout + static_cast<long>(t) * C;
+    float* te = dtok + static_cast<long>(tokens[t]) * C;
+    for (int i = 0; i < C; ++i) te[i] += d[i];
+    if (dpos) {
+      float* pe = dpos + static_cast<long>(positions[t]) * C;
+      for (int i = 0; i < C; ++i) pe[i] += d[i];
+    }
+  }
+}
+
+void SwiGLUForward(const float* h, float* out, int T, int F) {
+#pragma omp parallel for schedule(static)
+  for (int t = 0; t < T; ++t) {
+    const float* a = h + 2L * t * F;
+    const float* g = a + F;
+    float* o = out + static_cast<long>(t) * F;
+#pragma omp simd
+    for (int i = 0; i < F; ++i) o[i] = a[i] / (1.0f + std::exp(-a[i])) * g[i];
+  }
+}
+
+void SwiGLUBackward(const float* dout, const float* h, float* dh, int T, int F) {
+#pragma omp parallel for schedule(static)
+  for (int t = 0; t < T; ++t) {
+    const float* a = h + 2L * t * F;
+    const float* g = a + F;
+    const float* d = dout + static_cast<long>(t) * F;
+    float* da = dh + 2L * t * F;
+    float* dg = da + F;
+#pragma omp simd
+    for (int i = 0; i < F; ++i) {
+      const float sig = 1.0f / (1.0f + std::exp(-a[i]));
+      const float silu = a[i] * sig;
+      dg[i] += d[i] * silu;
+      da[i] += d[i] * g[i] * sig * (1.0f + a[i] * (1.0f - sig));
+    }
+  }
+}
+
+void AddInPlace(float* x, const float* y, size_t n) {
+#pragma omp parallel for schedule(static)
+  for (long i = 0; i < static_cast<long>(n); ++i) x[i] += y[i];
+}
+
+float CrossEntropy(const float* logits, const int32_t* targets, float* dlogits, int T, int V, int* correct) {
+  double loss = 0.0;
+  int hits = 0;
+#pragma omp parallel for schedule(static) reduction(+ : loss, hits)
+  for (int t = 0; t < T; ++t) {
+    const float* l = logits + static_cast<long>(t) * V;
+    int arg = 0;
+    float mx = l[0];
+    for (int i = 1; i < V; ++i)
+      if (l[i] > mx) { mx = l[i]; arg = i; }
+    double sum = 0.0;
+    for (int i = 0; i < V; ++i) sum += std::exp(static_cast<double>(l[i] - mx));
+    const double lse = mx + std::log(sum);
+    loss += lse - l[targets[t]];
+    hits += arg == targets[t];
+    if (dlogits) {
+      float* d = dlogits + static_cast<long>(t) * V;
+      for (int i = 0; i < V; ++i) d[i] = static_cast<float>(std::exp(l[i] - lse) / T);
+      d[targets[t]] -= 1.0f / T;
+    }
+  }
+  if (correct) *correct = hits;
+  return static_cast<float>(loss / T);
+}
+
+void AdamW(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1, float beta2, float eps,
+           float weight_decay, long step) {
+  const float bc1 = 1.0f - std::pow(beta1, static_cast<float>(step));
+  const float bc2 = 1.0f - std::pow(beta2, static_cast<float>(step));
+#pragma omp parallel for schedule(static)
+  for (long i = 0; i < static_cast<long>(n); ++i) {
+    m[i] = beta1 * m[i] + (1.0f - beta1) * g[i];
+    v[i] = beta2 * v[i] + (1.0f - beta2) * g[i] * g[i];
+    const float mhat = m[i] / bc1, vhat = v[i] / bc2;
+    p[i] -= lr * (mhat / (std::sqrt(vhat) + eps) + weight_decay * p[i]);
+  }
+}
+
+}  // namespace tinygpt::cpu

@@ -1,0 +1,59 @@
+// The CPU backend's ops, forward and backward, in fp32. They are the
+// reference every other backend is tested against, and the ops training uses.
+// Matrices are row-major; linear weights use nn.Linear's [out, in] layout.
+// Backward functions ACCUMULATE into parameter gradients and into dx.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/attention_args.h"
+
+namespace tinygpt::cpu {
+
+// y[T,out] = x[T,in] · w[out,in]^T + b   (b may be null)
+void LinearForward(const float* x, const float* w, const float* b, float* y, int T, int in, int out);
+// dx += dy·w, dw += dy^T·x, db += Σ_rows dy   (dx, db may be null)
+void LinearBackward(const float* dy, const float* x, const float* w, float* dx, float* dw, float* db, int T, int in, int out);
+
+// y = (x - mean) * rstd * w + b, per row of C; saves mean/rstd for backward if non-null.
+void LayerNormForward(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd, int T, int C, float eps);
+void LayerNormBackward(const float* dy, const float* x, const float* w, const float* mean, const float* rstd,
+                       float* dx, float* dw, float* db, int T, int C);
+
+// out[t] = tok[tokens[t]] + pos[positions[t]]   (pos null under ALiBi)
+void EmbeddingForward(const int32_t* tokens, const int32_t* positions, const float* tok, const float* pos, float* out, int T, int C);
+void EmbeddingBackward(const float* dout, const int32_t* tokens, const int32_t* positions, float* dtok, float* dpos, int T, int C);
+
+// h[T, 2F] → out[T, F] = silu(h[:, :F]) * h[:, F:]
+void SwiGLUForward(const float* h, float* out, int T, int F);
+void SwiGLUBackward(const float* dout, const float* h, float* dh, int T, int F);
+
+void AddInPlace(float* x, const float* y, size_t n);
+
+// Mean cross-entropy over T rows; writes dlogits = (softmax - onehot) / T if
+// non-null and counts argmax hits in *correct if non-null.
+float CrossEntropy(const float* logits, const int32_t* targets, float* dlogits, int T, int V, int* correct);
+
+// One AdamW update of n parameters (step counts from 1).
+void AdamW(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1, float beta2, float eps,
+           float weight_decay, long step);
+
+// Memory-efficient attention over packed queries (see attention_args.h).
+// q: rows of q_stride floats holding n_heads*head_dim; out: rows of o_stride.
+// lse (optional): [total_q, n_heads] log-sum-exp of the scaled scores, for backward.
+// Computed key tile by key tile with an online softmax: no score matrix is stored.
+void AttentionForward(const AttentionDims& dims, const AttentionBatch& batch, const float* q, long q_stride,
+                      const PackedKv& kv, float* out, long o_stride, float* lse);
+void PagedAttentionForward(const AttentionDims& dims, const AttentionBatch& batch, const float* q, long q_stride,
+                           const PagedKv& kv, float* out, long o_stride);
+// Backward of AttentionForward (packed kv with ctx_len == q_len). dq/dk/dv are
+// ACCUMULATED with their own row strides (they may point into one fused dqkv).
+void AttentionBackward(const AttentionDims& dims, const AttentionBatch& batch, const float* q, long q_stride,
+                       const PackedKv& kv, const float* out, long o_stride, const float* dout, const float* lse,
+                       float* dq, float* dk, float* dv, long dqkv_stride);
+
+// Copies the new K/V rows (from fused qkv rows) into paged cache slots.
+void KvAppend(const float* qkv, long qkv_stride, int T, const int32_t* slot_mapping, const AttentionDims& dims,
+              float* k_cache, float* v_cache);
+
+}  // namespace tinygpt::cpu

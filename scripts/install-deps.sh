@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs every Debian package that building and testing tinygpt needs.
+# Idempotent; run as root on a fresh Debian 12 machine.
+set -euo pipefail
+pkgs=(
+  build-essential cmake pkg-config git
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev
+  nlohmann-json3-dev libopenblas-dev
+  python3 python3-torch python3-numpy python3-grpcio python3-grpc-tools
+  python3-requests
+  prometheus docker-compose nginx curl
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+echo "install-deps: all ${#pkgs[@]} packages present"

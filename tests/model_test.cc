@@ -1,0 +1,232 @@
+// The whole model: gradients against finite differences, KV-cache inference
+// against the full forward, checkpoints (round trip and every corrupt case),
+// and learning the seed counting task.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+
+#include "kernels/cpu/cpu_backend.h"
+#include "model/checkpoint.h"
+#include "model/generate.h"
+#include "model/runner.h"
+#include "model/safetensors.h"
+#include "model/transformer.h"
+#include "tests/support/reference.h"
+#include "train/data.h"
+#include "train/trainer.h"
+
+namespace tinygpt {
+namespace {
+
+ModelConfig SmallConfig(bool alibi, int n_kv_heads) {
+  ModelConfig c;
+  c.vocab_size = 17; c.d_model = 16; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = n_kv_heads;
+  c.ffn_hidden = 24; c.max_seq_len = 40;
+  c.pos_encoding = alibi ? PosEncoding::kAlibi : PosEncoding::kLearned;
+  return c;
+}
+
+PackedBatch RandomBatch(const ModelConfig& c, const std::vector<int>& lens, uint64_t seed) {
+  std::mt19937 rng(seed);
+  PackedBatch b;
+  b.cu_seqlens = testing::CuSeqlens(lens);
+  for (int l : lens)
+    for (int i = 0; i < l; ++i) {
+      b.tokens.push_back(rng() % c.vocab_size);
+      b.targets.push_back(rng() % c.vocab_size);
+    }
+  return b;
+}
+
+std::string TempPath(const std::string& name) { return "/tmp/tinygpt-test-" + std::to_string(getpid()) + "-" + name; }
+
+class ModelVariants : public ::testing::TestWithParam<std::tuple<bool, int>> {};
+
+TEST_P(ModelVariants, GradientsMatchFiniteDifferences) {
+  const ModelConfig c = SmallConfig(std::get<0>(GetParam()), std::get<1>(GetParam()));
+  Transformer m(c);
+  m.InitParams(1);
+  const PackedBatch b = RandomBatch(c, {5, 1, 9}, 2);
+  m.ZeroGrad();
+  m.Forward(b);
+  m.Backward(b);
+  const std::vector<float> grads = m.grads();
+  std::mt19937 rng(3);
+  for (const auto& t : m.layout().tensors()) {  // a few coordinates of every tensor
+    for (int trial = 0; trial < 3; ++trial) {
+      const size_t i = t.offset + rng() % t.numel();
+      const float h = 1e-2f, orig = m.params()[i];
+      m.params()[i] = orig + h;
+      const double up = m.Forward(b);
+      m.params()[i] = orig - h;
+      const double down = m.Forward(b);
+      m.params()[i] = orig;
+      const double fd = (up - down) / (2 * h);
+      EXPECT_NEAR(grads[i], fd, 3e-2 * std::abs(fd) + 2e-4) << t.name << "[" << i - t.offset << "]";
+    }
+  }
+}
+
+// Prefill then token-by-token decoding through the paged cache gives the
+// logits of the full forward at every position.
+TEST_P(ModelVariants, KvCacheInferenceEqualsFullForward) {
+  const ModelConfig c = SmallConfig(std::get<0>(GetParam()), std::get<1>(GetParam()));
+  Transformer m(c);
+  m.InitParams(4);
+  const PackedBatch b = RandomBatch(c, {33}, 5);
+  m.Forward(b);
+  const std::vector<float> full = m.logits();
+  auto backend = CreateCpuBackend();
+  Checkpoint ck{c, m.params()};
+  RunnerOptions o;
+  o.block_size = 4; o.num_kv_blocks = 16; o.max_batch_tokens = 64; o.max_seqs = 4;
+  auto runner = ModelRunner::Create(backend.get(), ck, o);
+  ASSERT_TRUE(runner.ok()) << runner.status();
+  std::vector<int32_t> table{9, 2, 14, 0, 7, 3, 11, 5, 1};  // any blocks, any order
+  const int prefill = 12;
+  std::vector<float> logits;
+  ASSERT_TRUE((*runner)->Step({SeqStep{b.tokens.data(), prefill, 0, &table, true}}, nullptr, &logits).ok());
+  EXPECT_LT(testing::RelError(logits, std::vector<float>(full.begin() + (prefill - 1) * c.vocab_size, full.begin() + prefill * c.vocab_size)), 1e-5);
+  for (int pos = prefill; pos < 33; ++pos) {
+    ASSERT_TRUE((*runner)->Step({SeqStep{b.tokens.data() + pos, 1, pos, &table, true}}, nullptr, &logits).ok());
+    EXPECT_LT(testing::RelError(logits, std::vector<float>(full.begin() + pos * c.vocab_size, full.begin() + (pos + 1) * c.vocab_size)), 1e-5)
+        << "position " << pos;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, ModelVariants,
+                         ::testing::Values(std::tuple{false, 4}, std::tuple{true, 4}, std::tuple{false, 2}, std::tuple{true, 1}));
+
+TEST(Checkpoint, RoundTrip) {
+  const ModelConfig c = SmallConfig(false, 2);
+  Transformer m(c);
+  m.InitParams(6);
+  const std::string path = TempPath("rt.safetensors");
+  ASSERT_TRUE(SaveCheckpoint(path, c, m.params().data()).ok());
+  auto ck = LoadCheckpoint(path);
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  EXPECT_EQ(ck->params, m.params());
+  EXPECT_EQ(ConfigToJson(ck->config), ConfigToJson(c));
+  std::remove(path.c_str());
+}
+
+TEST(Checkpoint, LoadsF16AndBF16) {
+  StFile f;
+  const ModelConfig c = SmallConfig(true, 4);
+  f.metadata[kConfigMetadataKey] = ConfigToJson(c);
+  ParamLayout layout(c);
+  for (const auto& t : layout.tensors()) {
+    StTensor st;
+    st.dtype = t.name == "tok.weight" ? StDType::kF16 : StDType::kBF16;
+    st.shape = t.shape;
+    // 1.5 is 0x3e00 in f16 and 0x3fc0 in bf16.
+    const uint16_t bits = st.dtype == StDType::kF16 ? 0x3e00 : 0x3fc0;
+    st.bytes.resize(t.numel() * 2);
+    for (size_t i = 0; i < t.numel(); ++i) std::memcpy(st.bytes.data() + 2 * i, &bits, 2);
+    f.tensors.emplace(t.name, st);
+  }
+  const std::string path = TempPath("half.safetensors");
+  ASSERT_TRUE(WriteFileAtomically(path, SerializeSafetensors(f)).ok());
+  auto ck = LoadCheckpoint(path);
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  for (float v : ck->params) ASSERT_EQ(v, 1.5f);
+  std::remove(path.c_str());
+}
+
+// Each corrupt checkpoint gives an error that names what is wrong.
+TEST(Checkpoint, CorruptFilesGiveClearErrors) {
+  const ModelConfig c = SmallConfig(false, 2);
+  Transformer m(c);
+  m.InitParams(7);
+  StFile good;
+  good.metadata[kConfigMetadataKey] = ConfigToJson(c);
+  for (const auto& t : m.layout().tensors()) good.tensors.emplace(t.name, F32Tensor(t.shape, m.params().data() + t.offset));
+  const std::string bytes = SerializeSafetensors(good);
+  auto expect_error = [&](const std::string& data, const std::string& needle) {
+    const std::string path = TempPath("bad.safetensors");
+    std::ofstream(path, std::ios::binary) << data;
+    auto ck = LoadCheckpoint(path);
+    std::remove(path.c_str());
+    ASSERT_FALSE(ck.ok()) << "expected an error mentioning " << needle;
+    EXPECT_NE(ck.status().message().find(needle), std::string::npos) << ck.status().message();
+  };
+  expect_error(bytes.substr(0, 5), "too short");
+  std::string huge = bytes;
+  huge[6] = 0x7f;  // header length far past the file
+  expect_error(huge, "header length");
+  std::string bad_json = bytes;
+  bad_json[8] = '[';
+  expect_error(bad_json, "JSON");
+  expect_error(bytes.substr(0, bytes.size() - 8), "outside the data section");
+  auto with = [&](const std::function<void(StFile&)>& edit) {
+    StFile f = good;
+    edit(f);
+    return SerializeSafetensors(f);
+  };
+  expect_error(with([](StFile& f) { f.tensors.erase("blocks.1.ff.w3.bias"); }), "missing tensor blocks.1.ff.w3.bias");
+  expect_error(with([](StFile& f) { f.tensors.emplace("extra.weight", F32Tensor({1}, std::vector<float>{1}.data())); }),
+               "unexpected tensor extra.weight");
+  expect_error(with([](StFile& f) { f.tensors["head.bias"].shape = {1, 17}; }), "tensor head.bias has shape [1, 17]");
+  expect_error(with([](StFile& f) { f.metadata.clear(); }), "missing metadata key tinygpt.config");
+  expect_error(with([](StFile& f) { f.metadata[kConfigMetadataKey] = "{\"vocab_size\": 3"; }), "not a JSON object");
+  expect_error(with([](StFile& f) { f.metadata[kConfigMetadataKey] = R"({"vocab_size": 17})"; }), "missing field d_model");
+  // A hand-edited header: unknown dtype (overlaps have their own test).
+  auto edit_header = [&](const std::string& from, const std::string& to) {
+    std::string d = bytes;
+    const size_t at = d.find(from);
+    EXPECT_NE(at, std::string::npos);
+    d.replace(at, from.size(), to);
+    return d;
+  };
+  expect_error(edit_header("\"F32\"", "\"I64\""), "unsupported dtype I64");
+}
+
+TEST(Checkpoint, OverlappingRangesAreRejected) {
+  StFile f;
+  f.tensors.emplace("a", F32Tensor({2}, std::vector<float>{1, 2}.data()));
+  f.tensors.emplace("b", F32Tensor({2}, std::vector<float>{3, 4}.data()));
+  std::string d = SerializeSafetensors(f);
+  const size_t at = d.find("[8,16]");
+  ASSERT_NE(at, std::string::npos);
+  d.replace(at, 6, "[4,12]");
+  auto r = ParseSafetensors(d);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("overlap"), std::string::npos) << r.status();
+}
+
+TEST(Training, LearnsTheCountingTask) {
+  ModelConfig c = *PresetConfig("seed");
+  auto data = MakeCountTask(c.vocab_size, c.max_seq_len, 16);
+  TrainOptions o;
+  o.steps = 120;
+  o.quiet = true;
+  o.out = TempPath("count.safetensors");
+  auto r = Train(c, *data, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  // Chance is 1/64; the tutorial's full run reaches ≥ 99%.
+  EXPECT_GT(r->final_accuracy, 0.95f) << "loss " << r->final_loss;
+  // --resume continues from the saved step with the same data stream.
+  o.steps = 130;
+  o.resume = o.out;
+  auto more = Train(c, *data, o);
+  ASSERT_TRUE(more.ok()) << more.status();
+  EXPECT_EQ(more->steps_run, 10);
+  // Greedy generation continues the count.
+  auto ck = LoadCheckpoint(o.out);
+  ASSERT_TRUE(ck.ok());
+  auto backend = CreateCpuBackend();
+  auto runner = ModelRunner::Create(backend.get(), *ck, RunnerOptions{});
+  ASSERT_TRUE(runner.ok());
+  GenerateOptions g;
+  g.max_new_tokens = 10;
+  auto out = Generate(**runner, {60, 61, 62, 63, 0, 1}, g);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->output_ids, (std::vector<int32_t>{2, 3, 4, 5, 6, 7, 8, 9, 10, 11}));
+  std::remove(o.out.c_str());
+  std::remove((o.out + ".optim").c_str());
+}
+
+}  // namespace
+}  // namespace tinygpt

@@ -1,0 +1,188 @@
+// Dense CPU ops against double-precision references, and every backward
+// against central finite differences.
+#include <gtest/gtest.h>
+
+#include <functional>
+
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/sampling.h"
+#include "tests/support/reference.h"
+
+namespace tinygpt {
+namespace {
+
+using testing::RandomVector;
+using testing::RelError;
+
+// Checks analytic gradient `grad` of loss() w.r.t. `x` at random coordinates.
+void ExpectFiniteDifferences(std::vector<float>& x, const std::vector<float>& grad, const std::function<double()>& loss,
+                             float h = 1e-2f, double tol = 2e-2) {
+  std::mt19937 rng(11);
+  for (int trial = 0; trial < 40; ++trial) {
+    const size_t i = rng() % x.size();
+    const float orig = x[i];
+    x[i] = orig + h;
+    const double up = loss();
+    x[i] = orig - h;
+    const double down = loss();
+    x[i] = orig;
+    const double fd = (up - down) / (2 * h);
+    ASSERT_NEAR(grad[i], fd, tol * (std::abs(fd) + 0.1)) << "coordinate " << i;
+  }
+}
+
+double Dot(const std::vector<float>& a, const std::vector<float>& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += static_cast<double>(a[i]) * b[i];
+  return s;
+}
+
+TEST(Linear, ForwardMatchesReference) {
+  for (auto [T, in, out] : {std::tuple{1, 7, 5}, {7, 129, 33}, {129, 64, 200}}) {
+    auto x = RandomVector(T * in, 1), w = RandomVector(out * in, 2), b = RandomVector(out, 3);
+    std::vector<float> y(T * out, NAN);
+    cpu::LinearForward(x.data(), w.data(), b.data(), y.data(), T, in, out);
+    std::vector<double> ref(T * out);
+    for (int t = 0; t < T; ++t)
+      for (int o = 0; o < out; ++o) {
+        double s = b[o];
+        for (int i = 0; i < in; ++i) s += static_cast<double>(x[t * in + i]) * w[o * in + i];
+        ref[t * out + o] = s;
+      }
+    EXPECT_LT(RelError(y, ref), 1e-5);
+  }
+}
+
+TEST(Linear, BackwardMatchesFiniteDifferences) {
+  const int T = 7, in = 9, out = 5;
+  auto x = RandomVector(T * in, 1), w = RandomVector(out * in, 2), b = RandomVector(out, 3), g = RandomVector(T * out, 4);
+  auto loss = [&] {
+    std::vector<float> y(T * out);
+    cpu::LinearForward(x.data(), w.data(), b.data(), y.data(), T, in, out);
+    return Dot(y, g);
+  };
+  std::vector<float> dx(T * in, 0.f), dw(out * in, 0.f), db(out, 0.f);
+  cpu::LinearBackward(g.data(), x.data(), w.data(), dx.data(), dw.data(), db.data(), T, in, out);
+  ExpectFiniteDifferences(x, dx, loss);
+  ExpectFiniteDifferences(w, dw, loss);
+  ExpectFiniteDifferences(b, db, loss);
+}
+
+TEST(LayerNorm, ForwardMatchesReferenceAndBackwardMatchesFiniteDifferences) {
+  const int T = 7, C = 33;
+  auto x = RandomVector(T * C, 1, 2.f), w = RandomVector(C, 2), b = RandomVector(C, 3), g = RandomVector(T * C, 4);
+  std::vector<float> y(T * C, NAN), mean(T), rstd(T);
+  cpu::LayerNormForward(x.data(), w.data(), b.data(), y.data(), mean.data(), rstd.data(), T, C, 1e-5f);
+  std::vector<double> ref(T * C);
+  for (int t = 0; t < T; ++t) {
+    double m = 0, v = 0;
+    for (int i = 0; i < C; ++i) m += x[t * C + i];
+    m /= C;
+    for (int i = 0; i < C; ++i) v += (x[t * C + i] - m) * (x[t * C + i] - m);
+    v /= C;
+    for (int i = 0; i < C; ++i) ref[t * C + i] = (x[t * C + i] - m) / std::sqrt(v + 1e-5) * w[i] + b[i];
+  }
+  EXPECT_LT(RelError(y, ref), 1e-5);
+  auto loss = [&] {
+    std::vector<float> yy(T * C);
+    cpu::LayerNormForward(x.data(), w.data(), b.data(), yy.data(), nullptr, nullptr, T, C, 1e-5f);
+    return Dot(yy, g);
+  };
+  std::vector<float> dx(T * C, 0.f), dw(C, 0.f), db(C, 0.f);
+  cpu::LayerNormBackward(g.data(), x.data(), w.data(), mean.data(), rstd.data(), dx.data(), dw.data(), db.data(), T, C);
+  ExpectFiniteDifferences(x, dx, loss);
+  ExpectFiniteDifferences(w, dw, loss);
+  ExpectFiniteDifferences(b, db, loss);
+}
+
+TEST(SwiGLU, ForwardMatchesReferenceAndBackwardMatchesFiniteDifferences) {
+  const int T = 7, F = 129;
+  auto h = RandomVector(T * 2 * F, 1, 2.f), g = RandomVector(T * F, 2);
+  std::vector<float> out(T * F, NAN);
+  cpu::SwiGLUForward(h.data(), out.data(), T, F);
+  std::vector<double> ref(T * F);
+  for (int t = 0; t < T; ++t)
+    for (int i = 0; i < F; ++i) {
+      const double a = h[t * 2 * F + i], b = h[t * 2 * F + F + i];
+      ref[t * F + i] = a / (1 + std::exp(-a)) * b;
+    }
+  EXPECT_LT(RelError(out, ref), 1e-6);
+  auto loss = [&] {
+    std::vector<float> o(T * F);
+    cpu::SwiGLUForward(h.data(), o.data(), T, F);
+    return Dot(o, g);
+  };
+  std::vector<float> dh(h.size(), 0.f);
+  cpu::SwiGLUBackward(g.data(), h.data(), dh.data(), T, F);
+  ExpectFiniteDifferences(h, dh, loss);
+}
+
+TEST(Embedding, ForwardAndBackward) {
+  const int T = 7, C = 5, V = 11, P = 9;
+  auto tok = RandomVector(V * C, 1), pos = RandomVector(P * C, 2), g = RandomVector(T * C, 3);
+  std::vector<int32_t> tokens{3, 3, 0, 10, 5, 3, 1}, positions{0, 1, 2, 3, 0, 1, 8};
+  auto loss = [&] {
+    std::vector<float> o(T * C);
+    cpu::EmbeddingForward(tokens.data(), positions.data(), tok.data(), pos.data(), o.data(), T, C);
+    return Dot(o, g);
+  };
+  std::vector<float> out(T * C);
+  cpu::EmbeddingForward(tokens.data(), positions.data(), tok.data(), pos.data(), out.data(), T, C);
+  EXPECT_EQ(out[3 * C + 2], tok[10 * C + 2] + pos[3 * C + 2]);
+  std::vector<float> dtok(tok.size(), 0.f), dpos(pos.size(), 0.f);
+  cpu::EmbeddingBackward(g.data(), tokens.data(), positions.data(), dtok.data(), dpos.data(), T, C);
+  ExpectFiniteDifferences(tok, dtok, loss);
+  ExpectFiniteDifferences(pos, dpos, loss);
+}
+
+TEST(CrossEntropy, LossAndGradient) {
+  const int T = 7, V = 13;
+  auto logits = RandomVector(T * V, 1, 3.f);
+  std::vector<int32_t> targets{0, 12, 5, 5, 1, 7, 3};
+  std::vector<float> dlogits(T * V);
+  int correct = -1;
+  const float loss = cpu::CrossEntropy(logits.data(), targets.data(), dlogits.data(), T, V, &correct);
+  double ref = 0;
+  int hits = 0;
+  for (int t = 0; t < T; ++t) {
+    double mx = -1e30, s = 0;
+    int arg = 0;
+    for (int i = 0; i < V; ++i)
+      if (logits[t * V + i] > mx) mx = logits[t * V + i], arg = i;
+    for (int i = 0; i < V; ++i) s += std::exp(logits[t * V + i] - mx);
+    ref += (mx + std::log(s) - logits[t * V + targets[t]]) / T;
+    hits += arg == targets[t];
+  }
+  EXPECT_NEAR(loss, ref, 1e-5);
+  EXPECT_EQ(correct, hits);
+  ExpectFiniteDifferences(logits, dlogits, [&] { return cpu::CrossEntropy(logits.data(), targets.data(), nullptr, T, V, nullptr); });
+}
+
+TEST(AdamW, OneStepMatchesClosedForm) {
+  std::vector<float> p{1.f, -2.f}, g{0.5f, -0.25f}, m(2, 0.f), v(2, 0.f);
+  cpu::AdamW(p.data(), g.data(), m.data(), v.data(), 2, 0.1f, 0.9f, 0.999f, 1e-8f, 0.01f, 1);
+  // Step 1: m̂ = g, v̂ = g², so the update is lr·(sign(g) + wd·p).
+  EXPECT_NEAR(p[0], 1.f - 0.1f * (1.f + 0.01f * 1.f), 1e-6);
+  EXPECT_NEAR(p[1], -2.f - 0.1f * (-1.f + 0.01f * -2.f), 1e-6);
+}
+
+TEST(Sampling, GreedyTopKTopP) {
+  const std::vector<float> logits{0.1f, 3.0f, 2.9f, -1.f, 0.f};
+  EXPECT_EQ(cpu::SampleToken(logits.data(), 5, {0.f, 0, 1.f, 0.7f}), 1);
+  // top_k = 2 never leaves {1, 2}, whatever the draw.
+  for (float u = 0.f; u < 1.f; u += 0.05f) {
+    const int t = cpu::SampleToken(logits.data(), 5, {1.f, 2, 1.f, u});
+    EXPECT_TRUE(t == 1 || t == 2);
+  }
+  // A tiny nucleus keeps only the most likely token.
+  EXPECT_EQ(cpu::SampleToken(logits.data(), 5, {1.f, 0, 0.1f, 0.99f}), 1);
+  // Inverse CDF: frequencies follow the softmax.
+  int counts[5] = {0};
+  for (int i = 0; i < 10000; ++i) counts[cpu::SampleToken(logits.data(), 5, {1.f, 0, 1.f, (i + 0.5f) / 10000})]++;
+  double z = 0;
+  for (float l : logits) z += std::exp(l);
+  for (int i = 0; i < 5; ++i) EXPECT_NEAR(counts[i] / 10000.0, std::exp(logits[i]) / z, 2e-3);
+}
+
+}  // namespace
+}  // namespace tinygpt
