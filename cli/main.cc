@@ -7,7 +7,6 @@
 
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/log/initialize.h"
 #include "cli/commands.h"
 
 namespace {
@@ -44,7 +43,6 @@ int main(int argc, char** argv) {
   std::vector<char*> ptrs;
   for (auto& a : args) ptrs.push_back(a.data());
   absl::ParseCommandLine(static_cast<int>(ptrs.size()), ptrs.data());
-  absl::InitializeLog();
   if (command == "train") return tinygpt::TrainCommand();
   if (command == "generate") return tinygpt::GenerateCommand();
   if (command == "serve") return tinygpt::ServeCommand();

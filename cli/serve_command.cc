@@ -1,0 +1,128 @@
+// `tinygpt serve`: loads a checkpoint, starts the engine, the gRPC server
+// (Generation, health, reflection) and the /metrics endpoint, and drains on
+// SIGTERM/SIGINT.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "common/log.h"
+#include "absl/strings/str_cat.h"
+#include "cli/commands.h"
+#include "cli/common_flags.h"
+#include "model/checkpoint.h"
+#include "server/engine.h"
+#include "server/metrics.h"
+#include "server/service.h"
+
+ABSL_FLAG(std::string, host, "127.0.0.1", "address to bind");
+ABSL_FLAG(int, port, 50051, "gRPC port (0: pick a free one)");
+ABSL_FLAG(int, metrics_port, 9464, "Prometheus /metrics port (0: pick a free one, -1: off)");
+ABSL_FLAG(int, max_batch_tokens, 512, "tokens per scheduler step");
+ABSL_FLAG(int, max_seqs, 64, "sequences per scheduler step");
+ABSL_FLAG(int, max_queue, 256, "waiting requests beyond which RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, kv_block_size, 16, "tokens per KV cache block");
+ABSL_FLAG(int, kv_cache_tokens, 0, "KV cache capacity in tokens (0: max_seqs x max_seq_len)");
+ABSL_FLAG(int, max_new_tokens_limit, 0, "largest max_new_tokens accepted (0: the model context)");
+ABSL_FLAG(int, max_request_bytes, 64 * 1024, "largest request accepted (INVALID_ARGUMENT beyond)");
+ABSL_FLAG(double, drain_timeout, 30.0, "seconds in-flight requests get to finish on SIGTERM");
+
+namespace tinygpt {
+namespace {
+
+constexpr const char* kVersion = "0.1.0";
+
+std::string PresetName(const ModelConfig& c) {
+  for (const char* name : {"seed", "bench-125m"}) {
+    const ModelConfig p = *PresetConfig(name);
+    if (ConfigToJson(p) == ConfigToJson(c)) return name;
+  }
+  return "custom";
+}
+
+int Fail(const std::string& msg) {
+  std::fprintf(stderr, "tinygpt serve: %s\n", msg.c_str());
+  return 1;
+}
+
+}  // namespace
+
+int ServeCommand() {
+  // Block the stop signals in every thread; main waits for them with sigwait.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  const std::string path = absl::GetFlag(FLAGS_checkpoint);
+  auto ck = LoadCheckpoint(path);
+  if (!ck.ok()) return Fail(std::string(ck.status().message()));
+  auto backend = BackendFromFlags();
+  if (!backend.ok()) return Fail(std::string(backend.status().message()));
+  RunnerOptions ro;
+  ro.block_size = absl::GetFlag(FLAGS_kv_block_size);
+  ro.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
+  ro.max_seqs = absl::GetFlag(FLAGS_max_seqs);
+  int cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
+  if (cache_tokens <= 0) cache_tokens = ro.max_seqs * ck->config.max_seq_len;
+  ro.num_kv_blocks = (cache_tokens + ro.block_size - 1) / std::max(1, ro.block_size);
+  auto runner = ModelRunner::Create(backend->get(), *ck, ro);
+  if (!runner.ok()) return Fail(std::string(runner.status().message()));
+
+  ServerMetrics metrics({kVersion, (*backend)->name(), (*backend)->device_name(), PresetName(ck->config)});
+  const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  if (metrics_port >= 0) {
+    try {  // prometheus-cpp reports bind failures by exception, at start-up only
+      metrics.Expose(absl::StrCat(absl::GetFlag(FLAGS_host), ":", metrics_port));
+    } catch (const std::exception& e) {
+      return Fail(absl::StrCat("cannot serve /metrics on port ", metrics_port, ": ", e.what()));
+    }
+  }
+  EngineOptions eo;
+  eo.max_queue = absl::GetFlag(FLAGS_max_queue);
+  eo.max_new_tokens_limit = absl::GetFlag(FLAGS_max_new_tokens_limit);
+  Engine engine(runner->get(), eo, &metrics);
+  GenerationService service(&engine, &metrics,
+                            {static_cast<size_t>(absl::GetFlag(FLAGS_max_request_bytes)), path, ConfigToJson(ck->config)});
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  const std::string address = absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(4 << 20);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || port == 0) return Fail(absl::StrCat("cannot listen on ", address));
+  auto* health = server->GetHealthCheckService();
+  health->SetServingStatus(true);
+  std::printf("tinygpt serve: listening on %s:%d (backend %s, %d KV blocks of %d tokens)\n", absl::GetFlag(FLAGS_host).c_str(),
+              port, (*backend)->name().c_str(), ro.num_kv_blocks, ro.block_size);
+  if (metrics_port >= 0) std::printf("tinygpt serve: metrics on http://%s:%d/metrics\n", absl::GetFlag(FLAGS_host).c_str(), metrics.port());
+  std::fflush(stdout);
+  LOG(INFO) << "serving " << path << " on port " << port;
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  LOG(INFO) << "signal " << sig << ": draining";
+  health->SetServingStatus(false);
+  engine.StartDrain();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(absl::GetFlag(FLAGS_drain_timeout));
+  while (!engine.Idle() && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  if (!engine.Idle()) {
+    LOG(WARNING) << "drain timeout: cancelling what is still in flight";
+    engine.CancelAll();
+  }
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  LOG(INFO) << "stopped";
+  return 0;
+}
+
+}  // namespace tinygpt

@@ -1,0 +1,78 @@
+// The continuous batcher. One scheduler thread runs steps; each step packs the
+// next token of every running sequence and chunks of waiting prompts (chunked
+// prefill) into ONE ModelRunner::Step, i.e. one forward pass and one
+// block-diagonal causal attention call over the paged KV cache.
+#pragma once
+#include <atomic>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "model/kv_cache.h"
+#include "model/runner.h"
+#include "server/sequence.h"
+
+namespace tinygpt {
+
+class ServerMetrics;
+
+struct EngineOptions {
+  int max_queue = 256;        // waiting sequences beyond which Submit refuses
+  int max_new_tokens_limit = 0;  // 0: the model context
+};
+
+struct EngineStats {
+  int running = 0, waiting = 0;
+  int kv_blocks_total = 0, kv_blocks_free = 0;
+  long preemptions = 0, steps = 0;
+};
+
+class Engine {
+ public:
+  Engine(ModelRunner* runner, const EngineOptions& opt, ServerMetrics* metrics);
+  ~Engine();
+
+  // Validates and queues a request. INVALID_ARGUMENT for bad fields,
+  // RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE while draining.
+  absl::StatusOr<std::shared_ptr<Sequence>> Submit(SequenceRequest req);
+  // Asks the scheduler to drop the sequence; its blocks are freed next step.
+  void Cancel(const std::shared_ptr<Sequence>& seq);
+  // Refuses new requests from now on; in-flight ones go on.
+  void StartDrain();
+  // Cancels everything still queued or running.
+  void CancelAll();
+  bool Idle() const;
+  EngineStats Stats() const;
+  const ModelRunner& runner() const { return *runner_; }
+  const EngineOptions& options() const { return opt_; }
+
+ private:
+  void Loop();
+  // Runs one step; false when there was nothing to do.
+  bool RunStep();
+  void Preempt(std::shared_ptr<Sequence> victim);
+  void Retire(const std::shared_ptr<Sequence>& seq, FinishReason reason, absl::Status status = absl::OkStatus());
+  bool StopsOn(const Sequence& seq, int32_t token) const;
+  void PublishGauges();
+
+  ModelRunner* runner_;
+  EngineOptions opt_;
+  ServerMetrics* metrics_;
+  BlockAllocator blocks_;
+  const int block_size_;
+
+  mutable std::mutex mu_;  // guards waiting_, draining_, stop_, and stats_
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<Sequence>> waiting_;
+  bool draining_ = false, stop_ = false, cancel_all_ = false;
+  EngineStats stats_;
+
+  std::vector<std::shared_ptr<Sequence>> running_;  // scheduler thread only
+  long admitted_counter_ = 0;
+  std::thread thread_;
+};
+
+}  // namespace tinygpt

@@ -1,0 +1,90 @@
+#include "server/metrics.h"
+
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+namespace tinygpt {
+
+using prometheus::BuildCounter;
+using prometheus::BuildGauge;
+using prometheus::BuildHistogram;
+using prometheus::Histogram;
+
+namespace {
+// Latency buckets from 1 ms to 60 s; per-token ones from 0.1 ms to 2 s.
+const Histogram::BucketBoundaries kLatency{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+const Histogram::BucketBoundaries kToken{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2};
+const Histogram::BucketBoundaries kTokens{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192};
+}  // namespace
+
+ServerMetrics::ServerMetrics(const BuildInfo& info) : registry_(std::make_shared<prometheus::Registry>()) {
+  auto& r = *registry_;
+  requests_ = &BuildCounter().Name("tinygpt_requests_total").Help("Finished Generate RPCs by final gRPC status and finish reason").Register(r);
+  auto& tokens = BuildCounter().Name("tinygpt_tokens_total").Help("Tokens processed, by kind (prompt or generated)").Register(r);
+  prompt_tokens_ = &tokens.Add({{"kind", "prompt"}});
+  generated_tokens_ = &tokens.Add({{"kind", "generated"}});
+  preemptions_ = &BuildCounter().Name("tinygpt_preemptions_total").Help("Sequences preempted for KV cache space").Register(r).Add({});
+  auto hist = [&](const char* name, const char* help, const Histogram::BucketBoundaries& b) {
+    return &BuildHistogram().Name(name).Help(help).Register(r).Add({}, b);
+  };
+  e2e_ = hist("tinygpt_request_duration_seconds", "End-to-end latency of Generate RPCs", kLatency);
+  queue_ = hist("tinygpt_queue_duration_seconds", "Time from arrival to the first scheduled step", kLatency);
+  ttft_ = hist("tinygpt_time_to_first_token_seconds", "Time from arrival to the first generated token", kLatency);
+  itl_ = hist("tinygpt_inter_token_latency_seconds", "Time between consecutive tokens of a sequence", kToken);
+  step_seconds_ = hist("tinygpt_step_duration_seconds", "Duration of one batched forward step", kToken);
+  step_tokens_ = hist("tinygpt_step_tokens", "Tokens packed into one step", kTokens);
+  auto gauge = [&](const char* name, const char* help) { return &BuildGauge().Name(name).Help(help).Register(r).Add({}); };
+  running_ = gauge("tinygpt_running_sequences", "Sequences in the running batch");
+  waiting_ = gauge("tinygpt_waiting_sequences", "Sequences waiting to be scheduled");
+  kv_used_ = gauge("tinygpt_kv_cache_blocks_used", "KV cache blocks in use");
+  kv_total_ = gauge("tinygpt_kv_cache_blocks_total", "KV cache blocks in the pool");
+  BuildGauge()
+      .Name("tinygpt_build_info")
+      .Help("Build and model information (always 1)")
+      .Register(r)
+      .Add({{"version", info.version}, {"backend", info.backend}, {"device", info.device}, {"model_preset", info.preset}})
+      .Set(1);
+}
+
+ServerMetrics::~ServerMetrics() = default;
+
+void ServerMetrics::Expose(const std::string& host_port) {
+  exposer_ = std::make_unique<prometheus::Exposer>(host_port);
+  exposer_->RegisterCollectable(registry_);
+}
+
+int ServerMetrics::port() const {
+  if (!exposer_) return -1;
+  auto ports = exposer_->GetListeningPorts();
+  return ports.empty() ? -1 : ports.front();
+}
+
+void ServerMetrics::OnRequestDone(const std::string& grpc_code, const std::string& finish_reason, int prompt_tokens,
+                                  int generated_tokens, double e2e, double queue, double ttft) {
+  requests_->Add({{"code", grpc_code}, {"finish_reason", finish_reason}}).Increment();
+  prompt_tokens_->Increment(prompt_tokens);
+  generated_tokens_->Increment(generated_tokens);
+  e2e_->Observe(e2e);
+  if (queue >= 0) queue_->Observe(queue);
+  if (ttft >= 0) ttft_->Observe(ttft);
+}
+
+void ServerMetrics::OnStep(double seconds, int tokens) {
+  step_seconds_->Observe(seconds);
+  step_tokens_->Observe(tokens);
+}
+
+void ServerMetrics::OnInterTokenLatency(double seconds) { itl_->Observe(seconds); }
+void ServerMetrics::OnPreemption() { preemptions_->Increment(); }
+
+void ServerMetrics::SetGauges(int running, int waiting, int used, int total) {
+  running_->Set(running);
+  waiting_->Set(waiting);
+  kv_used_->Set(used);
+  kv_total_->Set(total);
+}
+
+}  // namespace tinygpt

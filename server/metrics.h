@@ -1,0 +1,51 @@
+// Prometheus metrics of the server (prometheus-cpp, pulled from /metrics).
+// Names follow Prometheus conventions: tinygpt_ prefix, base units,
+// _total for counters, _seconds for durations.
+#pragma once
+#include <memory>
+#include <string>
+
+namespace prometheus {
+class Registry;
+class Exposer;
+template <typename T> class Family;
+class Counter;
+class Gauge;
+class Histogram;
+}  // namespace prometheus
+
+namespace tinygpt {
+
+struct BuildInfo {
+  std::string version, backend, device, preset;
+};
+
+class ServerMetrics {
+ public:
+  explicit ServerMetrics(const BuildInfo& info);
+  ~ServerMetrics();
+
+  // Serves /metrics on host:port (a civetweb thread pool).
+  void Expose(const std::string& host_port);
+  // The port /metrics listens on (after Expose), e.g. when asked for port 0.
+  int port() const;
+  std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+
+  // One finished RPC: its final gRPC status name (e.g. "OK") and finish reason.
+  void OnRequestDone(const std::string& grpc_code, const std::string& finish_reason, int prompt_tokens, int generated_tokens,
+                     double e2e_seconds, double queue_seconds, double ttft_seconds);
+  void OnStep(double seconds, int tokens);
+  void OnInterTokenLatency(double seconds);
+  void OnPreemption();
+  void SetGauges(int running, int waiting, int kv_blocks_used, int kv_blocks_total);
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  prometheus::Family<prometheus::Counter>* requests_;
+  prometheus::Counter *prompt_tokens_, *generated_tokens_, *preemptions_;
+  prometheus::Histogram *e2e_, *queue_, *ttft_, *itl_, *step_seconds_, *step_tokens_;
+  prometheus::Gauge *running_, *waiting_, *kv_used_, *kv_total_;
+};
+
+}  // namespace tinygpt

@@ -1,0 +1,40 @@
+#include "server/sequence.h"
+
+namespace tinygpt {
+
+const char* FinishReasonName(FinishReason r) {
+  switch (r) {
+    case FinishReason::kLength: return "length";
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kCancelled: return "cancelled";
+    case FinishReason::kNone: break;
+  }
+  return "none";
+}
+
+void Sequence::Emit(int32_t token) {
+  std::lock_guard<std::mutex> lock(mu_);
+  pending_.tokens.push_back(token);
+  cv_.notify_all();
+}
+
+void Sequence::Finish(FinishReason reason, absl::Status status) {
+  std::lock_guard<std::mutex> lock(mu_);
+  pending_.finished = true;
+  pending_.reason = reason;
+  pending_.status = std::move(status);
+  cv_.notify_all();
+}
+
+SequenceEvents Sequence::Wait(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, timeout, [&] { return !pending_.tokens.empty() || pending_.finished; });
+  SequenceEvents out;
+  out.tokens.swap(pending_.tokens);
+  out.finished = pending_.finished;
+  out.reason = pending_.reason;
+  out.status = pending_.status;
+  return out;
+}
+
+}  // namespace tinygpt

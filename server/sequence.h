@@ -1,0 +1,71 @@
+// One generation request as the engine tracks it, and the channel through
+// which the engine hands its tokens to the RPC thread that waits on it.
+#pragma once
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "model/generate.h"
+
+namespace tinygpt {
+
+using Clock = std::chrono::steady_clock;
+
+enum class FinishReason { kNone, kLength, kStop, kCancelled };
+const char* FinishReasonName(FinishReason r);
+
+struct SequenceRequest {
+  std::string id;
+  std::vector<int32_t> prompt;
+  GenerateOptions options;             // sampling, max_new_tokens, stop ids
+  std::vector<std::string> stop_strings;
+};
+
+// What the RPC thread reads: new tokens as they come, then the end.
+struct SequenceEvents {
+  std::vector<int32_t> tokens;
+  bool finished = false;
+  FinishReason reason = FinishReason::kNone;
+  absl::Status status;  // non-OK if the engine failed the request
+};
+
+class Sequence {
+ public:
+  explicit Sequence(SequenceRequest req) : request(std::move(req)), rng(request.options.seed) {
+    tokens = request.prompt;
+    arrival = Clock::now();
+  }
+
+  // --- Engine side (scheduler thread only, except where noted) ---
+  SequenceRequest request;
+  SequenceRng rng;
+  std::vector<int32_t> tokens;  // prompt + generated so far
+  int num_computed = 0;         // tokens whose K/V are in the cache
+  std::vector<int32_t> block_table;
+  long admitted_order = -1;     // for preemption: the latest admitted goes first
+  int num_generated() const { return static_cast<int>(tokens.size() - request.prompt.size()); }
+  Clock::time_point arrival, first_scheduled, first_token, last_token, finished_at;
+  bool scheduled_once = false;
+  std::atomic<bool> cancel_requested{false};  // set by any thread
+
+  // Publishes new tokens or the end (engine thread).
+  void Emit(int32_t token);
+  void Finish(FinishReason reason, absl::Status status = absl::OkStatus());
+
+  // --- RPC side ---
+  // Waits up to `timeout` for events; returns what arrived since the last call.
+  SequenceEvents Wait(std::chrono::milliseconds timeout);
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  SequenceEvents pending_;
+};
+
+}  // namespace tinygpt

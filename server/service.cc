@@ -1,0 +1,198 @@
+#include "server/service.h"
+
+#include <atomic>
+
+#include "common/log.h"
+#include "absl/strings/str_cat.h"
+#include "model/tokenizer.h"
+
+namespace tinygpt {
+namespace {
+
+std::atomic<long> g_request_counter{0};
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+const char* GrpcCodeName(grpc::StatusCode c) {
+  switch (c) {
+    case grpc::OK: return "OK";
+    case grpc::CANCELLED: return "CANCELLED";
+    case grpc::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case grpc::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
+    case grpc::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+    case grpc::UNAVAILABLE: return "UNAVAILABLE";
+    case grpc::INTERNAL: return "INTERNAL";
+    default: return "UNKNOWN";
+  }
+}
+
+v1::FinishReason ToProto(FinishReason r) {
+  switch (r) {
+    case FinishReason::kLength: return v1::FINISH_REASON_LENGTH;
+    case FinishReason::kStop: return v1::FINISH_REASON_STOP;
+    case FinishReason::kCancelled: return v1::FINISH_REASON_CANCELLED;
+    case FinishReason::kNone: break;
+  }
+  return v1::FINISH_REASON_UNSPECIFIED;
+}
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+}  // namespace
+
+absl::StatusOr<SequenceRequest> ToSequenceRequest(const v1::GenerateRequest& req, size_t max_request_bytes) {
+  const size_t bytes = req.ByteSizeLong();
+  if (bytes > max_request_bytes)
+    return absl::InvalidArgumentError(absl::StrCat("request: ", bytes, " bytes exceeds the limit of ", max_request_bytes));
+  SequenceRequest r;
+  r.id = req.request_id().empty() ? absl::StrCat("req-", ++g_request_counter) : req.request_id();
+  if (req.has_token_ids()) r.prompt.assign(req.token_ids().ids().begin(), req.token_ids().ids().end());
+  else r.prompt = EncodeBytes(req.text());
+  GenerateOptions& o = r.options;
+  o.max_new_tokens = req.max_new_tokens();
+  o.temperature = req.temperature();
+  o.top_k = req.top_k();
+  o.top_p = req.has_top_p() ? req.top_p() : 1.f;
+  o.seed = req.seed();
+  o.stop_ids.assign(req.stop_token_ids().begin(), req.stop_token_ids().end());
+  r.stop_strings.assign(req.stop().begin(), req.stop().end());
+  return r;
+}
+
+struct GenerationService::Outcome {
+  std::shared_ptr<Sequence> seq;  // null when refused before submission
+  std::string id;
+  int prompt_tokens = 0;
+  std::vector<int32_t> tokens;
+  FinishReason reason = FinishReason::kNone;
+  grpc::Status status;
+  Clock::time_point start = Clock::now();
+};
+
+template <class OnTokens>
+GenerationService::Outcome GenerationService::Run(grpc::ServerContext* ctx, const v1::GenerateRequest& req, OnTokens on_tokens) {
+  Outcome o;
+  auto sr = ToSequenceRequest(req, opt_.max_request_bytes);
+  if (!sr.ok()) {
+    o.status = ToGrpc(sr.status());
+    return o;
+  }
+  o.id = sr->id;
+  o.prompt_tokens = static_cast<int>(sr->prompt.size());
+  auto seq = engine_->Submit(std::move(*sr));
+  if (!seq.ok()) {
+    o.status = ToGrpc(seq.status());
+    return o;
+  }
+  o.seq = *seq;
+  bool cancel_sent = false;
+  while (true) {
+    SequenceEvents ev = o.seq->Wait(std::chrono::milliseconds(20));
+    if (!ev.tokens.empty()) {
+      o.tokens.insert(o.tokens.end(), ev.tokens.begin(), ev.tokens.end());
+      if (!cancel_sent && !on_tokens(ev.tokens) && !ev.finished) {
+        engine_->Cancel(o.seq);
+        cancel_sent = true;
+      }
+    }
+    if (ev.finished) {
+      o.reason = ev.reason;
+      if (!ev.status.ok()) o.status = ToGrpc(ev.status);
+      break;
+    }
+    // Client gone or deadline passed: free the sequence within one step.
+    if (!cancel_sent && ctx->IsCancelled()) {
+      engine_->Cancel(o.seq);
+      cancel_sent = true;
+    }
+  }
+  if (o.status.ok() && (cancel_sent || ctx->IsCancelled())) {
+    const bool deadline = ctx->deadline() <= std::chrono::system_clock::now();
+    o.status = deadline ? grpc::Status(grpc::DEADLINE_EXCEEDED, "deadline exceeded")
+                        : grpc::Status(grpc::CANCELLED, "cancelled by the client");
+  }
+  return o;
+}
+
+void GenerationService::Finish(const Outcome& o, const grpc::Status& status) {
+  const double total = Seconds(Clock::now() - o.start);
+  double queued = -1, ttft = -1;
+  if (o.seq && o.seq->scheduled_once) queued = Seconds(o.seq->first_scheduled - o.seq->arrival);
+  if (o.seq && !o.tokens.empty()) ttft = Seconds(o.seq->first_token - o.seq->arrival);
+  const char* code = GrpcCodeName(status.error_code());
+  if (metrics_)
+    metrics_->OnRequestDone(code, FinishReasonName(o.reason), o.prompt_tokens, static_cast<int>(o.tokens.size()), total, queued, ttft);
+  LOG(INFO) << "request " << (o.id.empty() ? "-" : o.id) << " status=" << code
+            << (status.ok() ? "" : absl::StrCat(" (", status.error_message(), ")")) << " finish=" << FinishReasonName(o.reason)
+            << " prompt_tokens=" << o.prompt_tokens << " generated=" << o.tokens.size() << " queued_s=" << queued
+            << " ttft_s=" << ttft << " total_s=" << total;
+}
+
+grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req, v1::GenerateResponse* resp) {
+  Outcome o = Run(ctx, *req, [](const std::vector<int32_t>&) { return true; });
+  if (o.status.ok()) {
+    resp->set_request_id(o.id);
+    for (int32_t t : o.tokens) resp->add_token_ids(t);
+    resp->set_text(DecodeBytes(o.tokens));
+    resp->set_finish_reason(ToProto(o.reason));
+    resp->mutable_usage()->set_prompt_tokens(o.prompt_tokens);
+    resp->mutable_usage()->set_generated_tokens(static_cast<int>(o.tokens.size()));
+    auto* t = resp->mutable_timings();
+    t->set_queued_seconds(Seconds(o.seq->first_scheduled - o.seq->arrival));
+    t->set_time_to_first_token_seconds(Seconds(o.seq->first_token - o.seq->arrival));
+    t->set_total_seconds(Seconds(Clock::now() - o.start));
+  }
+  Finish(o, o.status);
+  return o.status;
+}
+
+grpc::Status GenerationService::GenerateStream(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
+                                               grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
+  Outcome o = Run(ctx, *req, [&](const std::vector<int32_t>& tokens) {
+    v1::GenerateStreamResponse m;
+    for (int32_t t : tokens) m.add_token_ids(t);
+    m.set_text(DecodeBytes(tokens));
+    return writer->Write(m);
+  });
+  if (o.status.ok()) {
+    v1::GenerateStreamResponse last;
+    last.set_request_id(o.id);
+    last.set_finish_reason(ToProto(o.reason));
+    last.mutable_usage()->set_prompt_tokens(o.prompt_tokens);
+    last.mutable_usage()->set_generated_tokens(static_cast<int>(o.tokens.size()));
+    auto* t = last.mutable_timings();
+    t->set_queued_seconds(Seconds(o.seq->first_scheduled - o.seq->arrival));
+    t->set_time_to_first_token_seconds(Seconds(o.seq->first_token - o.seq->arrival));
+    t->set_total_seconds(Seconds(Clock::now() - o.start));
+    if (!writer->Write(last)) o.status = grpc::Status(grpc::CANCELLED, "stream closed by the client");
+  }
+  Finish(o, o.status);
+  return o.status;
+}
+
+grpc::Status GenerationService::GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*, v1::ModelInfo* info) {
+  const ModelRunner& r = engine_->runner();
+  const EngineStats s = engine_->Stats();
+  info->set_config_json(opt_.config_json);
+  info->set_checkpoint(opt_.checkpoint);
+  info->set_backend(r.backend()->name());
+  info->set_device(r.backend()->device_name());
+  info->set_dtype(DTypeName(r.backend()->dtype()));
+  info->set_max_seq_len(r.config().max_seq_len);
+  info->set_vocab_size(r.config().vocab_size);
+  info->set_max_new_tokens_limit(engine_->options().max_new_tokens_limit);
+  info->set_max_batch_tokens(r.options().max_batch_tokens);
+  info->set_max_seqs(r.options().max_seqs);
+  info->set_max_queue(engine_->options().max_queue);
+  info->set_kv_block_size(r.options().block_size);
+  info->set_kv_blocks_total(s.kv_blocks_total);
+  info->set_kv_blocks_free(s.kv_blocks_free);
+  info->set_running_seqs(s.running);
+  info->set_waiting_seqs(s.waiting);
+  info->set_preemptions(s.preemptions);
+  return grpc::Status::OK;
+}
+
+}  // namespace tinygpt

@@ -1,0 +1,45 @@
+// The tinygpt.v1.Generation gRPC service: turns RPCs into engine sequences
+// and the engine's tokens back into responses.
+#pragma once
+#include <string>
+
+#include "server/engine.h"
+#include "server/metrics.h"
+#include "tinygpt.grpc.pb.h"
+
+namespace tinygpt {
+
+struct ServiceOptions {
+  size_t max_request_bytes = 64 * 1024;
+  std::string checkpoint;
+  std::string config_json;
+};
+
+class GenerationService final : public v1::Generation::Service {
+ public:
+  GenerationService(Engine* engine, ServerMetrics* metrics, ServiceOptions opt)
+      : engine_(engine), metrics_(metrics), opt_(std::move(opt)) {}
+
+  grpc::Status Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req, v1::GenerateResponse* resp) override;
+  grpc::Status GenerateStream(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
+                              grpc::ServerWriter<v1::GenerateStreamResponse>* writer) override;
+  grpc::Status GetModelInfo(grpc::ServerContext* ctx, const v1::GetModelInfoRequest* req, v1::ModelInfo* info) override;
+
+ private:
+  struct Outcome;
+  // Validates, submits and waits for the sequence, calling on_tokens with each
+  // batch of new tokens (return false to cancel, e.g. a failed stream write).
+  template <class OnTokens>
+  Outcome Run(grpc::ServerContext* ctx, const v1::GenerateRequest& req, OnTokens on_tokens);
+  void Finish(const Outcome& o, const grpc::Status& status);
+
+  Engine* engine_;
+  ServerMetrics* metrics_;
+  ServiceOptions opt_;
+};
+
+// Maps the request's fields onto an engine request (no validation of values;
+// the engine does that). The request id is made up when empty.
+absl::StatusOr<SequenceRequest> ToSequenceRequest(const v1::GenerateRequest& req, size_t max_request_bytes);
+
+}  // namespace tinygpt
