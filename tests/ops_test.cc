@@ -186,3 +186,29 @@ TEST(Sampling, GreedyTopKTopP) {
 
 }  // namespace
 }  // namespace tinygpt
+
+namespace tinygpt {
+namespace {
+
+// Each row's output is bitwise the same whatever the number of rows in the
+// call, and matches the reference.
+TEST(Linear, RowInvariantKernelIsBatchInvariant) {
+  for (auto [in, out] : {std::pair{128, 1024}, {13, 7}, {129, 33}}) {
+    const int T = 67;
+    auto x = RandomVector(T * in, 1), w = RandomVector(out * in, 2), b = RandomVector(out, 3);
+    std::vector<float> all(T * out, NAN), ref(T * out);
+    cpu::LinearForwardRowInvariant(x.data(), w.data(), b.data(), all.data(), T, in, out);
+    cpu::LinearForward(x.data(), w.data(), b.data(), ref.data(), T, in, out);
+    EXPECT_LT(RelError(all, ref), 1e-5);
+    for (int t0 : {0, 5, 66})
+      for (int M : {1, 2, 5}) {
+        if (t0 + M > T) continue;
+        std::vector<float> part(M * out, NAN);
+        cpu::LinearForwardRowInvariant(x.data() + t0 * in, w.data(), b.data(), part.data(), M, in, out);
+        for (int i = 0; i < M * out; ++i) ASSERT_EQ(part[i], all[t0 * out + i]) << "rows " << t0 << "+" << M;
+      }
+  }
+}
+
+}  // namespace
+}  // namespace tinygpt

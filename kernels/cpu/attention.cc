@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/parallel.h"
 
 namespace tinygpt::cpu {
 namespace {
@@ -46,13 +47,24 @@ struct PagedRows {
   const float* v(int s, int j, int kvh) const { return static_cast<const float*>(kv.v_cache) + row(s, j, kvh); }
 };
 
+// Scalar multiply-adds of the forward pass: queries × visible keys × 2·D.
+long AttentionWork(const AttentionDims& dims, const AttentionBatch& batch) {
+  long pairs = 0;
+  for (int s = 0; s < batch.num_seqs; ++s) {
+    const long q_len = batch.cu_q[s + 1] - batch.cu_q[s];
+    pairs += q_len * batch.ctx_len[s];
+  }
+  return pairs * dims.n_heads * 2 * dims.head_dim;
+}
+
 template <class Rows>
 void ForwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const float* q, long q_stride, const Rows& rows,
                  float* out, long o_stride, float* lse) {
   const int D = dims.head_dim, G = dims.group(), H = dims.n_heads;
   const float scale = dims.scale();
   const int tasks = batch.num_seqs * dims.n_kv_heads;
-#pragma omp parallel for schedule(dynamic)
+  const long work = AttentionWork(dims, batch);
+#pragma omp parallel for schedule(dynamic) if (work >= kMinParallelWork)
   for (int task = 0; task < tasks; ++task) {
     const int s = task / dims.n_kv_heads, kvh = task % dims.n_kv_heads;
     const int q0 = batch.cu_q[s], q_len = batch.cu_q[s + 1] - q0, offset = batch.ctx_len[s] - q_len;
@@ -114,7 +126,8 @@ void AttentionBackward(const AttentionDims& dims, const AttentionBatch& batch, c
   const float scale = dims.scale();
   const PackedRows rows{kv, D};
   const int tasks = batch.num_seqs * dims.n_kv_heads;
-#pragma omp parallel for schedule(dynamic)
+  const long work = 3 * AttentionWork(dims, batch);
+#pragma omp parallel for schedule(dynamic) if (work >= kMinParallelWork)
   for (int task = 0; task < tasks; ++task) {
     const int s = task / dims.n_kv_heads, kvh = task % dims.n_kv_heads;
     const int q0 = batch.cu_q[s], q_len = batch.cu_q[s + 1] - q0, offset = batch.ctx_len[s] - q_len;

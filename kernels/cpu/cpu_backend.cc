@@ -34,7 +34,7 @@ class CpuBackend final : public Backend {
     cpu::LayerNormForward(F(x), F(w), F(b), F(y), nullptr, nullptr, T, C, eps);
   }
   void Linear(const void* x, const void* w, const void* b, void* y, int T, int in, int out) override {
-    cpu::LinearForward(F(x), F(w), F(b), F(y), T, in, out);
+    cpu::LinearForwardRowInvariant(F(x), F(w), F(b), F(y), T, in, out);
   }
   void AddInPlace(void* x, const void* y, size_t n) override { cpu::AddInPlace(F(x), F(y), n); }
   void SwiGLU(const void* h, void* out, int T, int F_) override { cpu::SwiGLUForward(F(h), F(out), T, F_); }

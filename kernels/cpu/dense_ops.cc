@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/parallel.h"
 
 namespace tinygpt::cpu {
 
@@ -20,8 +21,13 @@ namespace {
 const bool kBlasSingleThreaded = (openblas_set_num_threads(1), true);
 
 // Splits [0, n) into one contiguous slice per OpenMP thread.
+// `work` (scalar operations) decides whether the team is woken at all.
 template <class Fn>
-void ParallelSlices(int n, Fn fn) {
+void ParallelSlices(int n, long work, Fn fn) {
+  if (work < kMinParallelWork) {
+    fn(0, n);
+    return;
+  }
 #pragma omp parallel
   {
     const int nt = omp_get_num_threads(), id = omp_get_thread_num();
@@ -35,7 +41,7 @@ void ParallelSlices(int n, Fn fn) {
 void LinearForward(const float* x, const float* w, const float* b, float* y, int T, int in, int out) {
   (void)kBlasSingleThreaded;
   if (T == 0) return;
-  ParallelSlices(T, [&](int t0, int t1) {
+  ParallelSlices(T, static_cast<long>(T) * in * out, [&](int t0, int t1) {
     if (b)
       for (int t = t0; t < t1; ++t) std::memcpy(y + static_cast<long>(t) * out, b, sizeof(float) * out);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t1 - t0, out, in, 1.0f, x + static_cast<long>(t0) * in, in, w, in,
@@ -46,7 +52,7 @@ void LinearForward(const float* x, const float* w, const float* b, float* y, int
 void LinearBackward(const float* dy, const float* x, const float* w, float* dx, float* dw, float* db, int T, int in, int out) {
   if (T == 0) return;
   if (dx)
-    ParallelSlices(T, [&](int t0, int t1) {
+    ParallelSlices(T, static_cast<long>(T) * in * out, [&](int t0, int t1) {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, t1 - t0, in, out, 1.0f, dy + static_cast<long>(t0) * out, out, w,
                   in, 1.0f, dx + static_cast<long>(t0) * in, in);
     });
@@ -54,7 +60,7 @@ void LinearBackward(const float* dy, const float* x, const float* w, float* dx, 
   if (static_cast<int>(ones.size()) < T) ones.assign(T, 1.0f);
   const float* one = ones.data();
   // dw[o0:o1] += dy[:, o0:o1]^T · x;  db[o0:o1] += dy[:, o0:o1]^T · 1.
-  ParallelSlices(out, [&](int o0, int o1) {
+  ParallelSlices(out, static_cast<long>(T) * in * out, [&](int o0, int o1) {
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, o1 - o0, in, T, 1.0f, dy + o0, out, x, in, 1.0f,
                 dw + static_cast<long>(o0) * in, in);
     if (db) cblas_sgemv(CblasRowMajor, CblasTrans, T, o1 - o0, 1.0f, dy + o0, out, one, 1, 1.0f, db + o0, 1);
@@ -62,7 +68,7 @@ void LinearBackward(const float* dy, const float* x, const float* w, float* dx, 
 }
 
 void LayerNormForward(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd, int T, int C, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (static_cast<long>(T) * C >= kMinParallelWork)
   for (int t = 0; t < T; ++t) {
     const float* xr = x + static_cast<long>(t) * C;
     float* yr = y + static_cast<long>(t) * C;
@@ -82,7 +88,7 @@ void LayerNormBackward(const float* dy, const float* x, const float* w, const fl
                        float* dx, float* dw, float* db, int T, int C) {
   // dx per row is independent; dw/db reduce over rows, so do them in a second
   // pass parallel over columns to stay race-free and deterministic.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (static_cast<long>(T) * C >= kMinParallelWork)
   for (int t = 0; t < T; ++t) {
     const float* xr = x + static_cast<long>(t) * C;
     const float* dyr = dy + static_cast<long>(t) * C;
@@ -101,7 +107,7 @@ void LayerNormBackward(const float* dy, const float* x, const float* w, const fl
       dxr[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rs;
     }
   }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (static_cast<long>(T) * C >= kMinParallelWork)
   for (int i = 0; i < C; ++i) {
     float sw = 0.f, sb = 0.f;
     for (int t = 0; t < T; ++t) {
@@ -115,7 +121,7 @@ void LayerNormBackward(const float* dy, const float* x, const float* w, const fl
 }
 
 void EmbeddingForward(const int32_t* tokens, const int32_t* positions, const float* tok, const float* pos, float* out, int T, int C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (static_cast<long>(T) * C >= kMinParallelWork)
   for (int t = 0; t < T; ++t) {
     float* o = out + static_cast<long>(t) * C;
     const float* te = tok + static_cast<long>(tokens[t]) * C;
@@ -142,7 +148,7 @@ void EmbeddingBackward(const float* dout, const int32_t* tokens, const int32_t* 
 }
 
 void SwiGLUForward(const float* h, float* out, int T, int F) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (static_cast<long>(T) * F * 8 >= kMinParallelWork)
   for (int t = 0; t < T; ++t) {
     const float* a = h + 2L * t * F;
     const float* g = a + F;
@@ -153,7 +159,7 @@ void SwiGLUForward(const float* h, float* out, int T, int F) {
 }
 
 void SwiGLUBackward(const float* dout, const float* h, float* dh, int T, int F) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (static_cast<long>(T) * F * 8 >= kMinParallelWork)
   for (int t = 0; t < T; ++t) {
     const float* a = h + 2L * t * F;
     const float* g = a + F;
@@ -171,14 +177,14 @@ void SwiGLUBackward(const float* dout, const float* h, float* dh, int T, int F) 
 }
 
 void AddInPlace(float* x, const float* y, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (static_cast<long>(n) >= kMinParallelWork)
   for (long i = 0; i < static_cast<long>(n); ++i) x[i] += y[i];
 }
 
 float CrossEntropy(const float* logits, const int32_t* targets, float* dlogits, int T, int V, int* correct) {
   double loss = 0.0;
   int hits = 0;
-#pragma omp parallel for schedule(static) reduction(+ : loss, hits)
+#pragma omp parallel for schedule(static) if (static_cast<long>(T) * V >= kMinParallelWork) reduction(+ : loss, hits)
   for (int t = 0; t < T; ++t) {
     const float* l = logits + static_cast<long>(t) * V;
     int arg = 0;
@@ -204,7 +210,7 @@ void AdamW(float* p, const float* g, float* m, float* v, size_t n, float lr, flo
            float weight_decay, long step) {
   const float bc1 = 1.0f - std::pow(beta1, static_cast<float>(step));
   const float bc2 = 1.0f - std::pow(beta2, static_cast<float>(step));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (static_cast<long>(n) >= kMinParallelWork)
   for (long i = 0; i < static_cast<long>(n); ++i) {
     m[i] = beta1 * m[i] + (1.0f - beta1) * g[i];
     v[i] = beta2 * v[i] + (1.0f - beta2) * g[i] * g[i];

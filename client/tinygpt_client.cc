@@ -1,0 +1,290 @@
+// tinygpt-client: generate | stream | info | health | bench, against --target.
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include <google/protobuf/util/json_util.h>
+
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "tinygpt.grpc.pb.h"
+
+ABSL_FLAG(std::string, target, "127.0.0.1:50051", "server host:port");
+ABSL_FLAG(std::string, prompt, "", "prompt text");
+ABSL_FLAG(std::string, prompt_ids, "", "prompt token ids, comma separated");
+ABSL_FLAG(int, max_new_tokens, 16, "tokens to generate");
+ABSL_FLAG(float, temperature, 0.f, "0 = greedy");
+ABSL_FLAG(int, top_k, 0, "top-k (0: off)");
+ABSL_FLAG(float, top_p, 1.f, "top-p");
+ABSL_FLAG(uint64_t, seed, 0, "sampling seed");
+ABSL_FLAG(std::vector<std::string>, stop, {}, "stop strings, comma separated");
+ABSL_FLAG(int, deadline_ms, 0, "per-request deadline (0: none)");
+ABSL_FLAG(bool, json, false, "machine-readable output");
+ABSL_FLAG(std::string, service, "", "health: the service name to check (empty: the server)");
+// bench
+ABSL_FLAG(int, requests, 64, "bench: requests to send");
+ABSL_FLAG(int, concurrency, 8, "bench: concurrent streams (ignored with --rate)");
+ABSL_FLAG(double, rate, 0, "bench: Poisson arrival rate in requests/s (0: closed loop at --concurrency)");
+ABSL_FLAG(int, prompt_len_min, 4, "bench: shortest prompt");
+ABSL_FLAG(int, prompt_len_max, 32, "bench: longest prompt");
+ABSL_FLAG(int, output_len_min, 8, "bench: fewest new tokens");
+ABSL_FLAG(int, output_len_max, 32, "bench: most new tokens");
+
+namespace {
+
+using tinygpt::v1::GenerateRequest;
+using Clock = std::chrono::steady_clock;
+
+constexpr const char* kUsage =
+    "usage: tinygpt-client <generate|stream|info|health|bench> [--target host:port] [flags]";
+
+std::shared_ptr<grpc::Channel> Channel() {
+  return grpc::CreateChannel(absl::GetFlag(FLAGS_target), grpc::InsecureChannelCredentials());
+}
+
+void SetDeadline(grpc::ClientContext* ctx) {
+  if (absl::GetFlag(FLAGS_deadline_ms) > 0)
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(absl::GetFlag(FLAGS_deadline_ms)));
+}
+
+int PrintError(const grpc::Status& s) {
+  std::fprintf(stderr, "error: status %d: %s\n", static_cast<int>(s.error_code()), s.error_message().c_str());
+  return 1;
+}
+
+bool RequestFromFlags(GenerateRequest* req) {
+  if (!absl::GetFlag(FLAGS_prompt_ids).empty()) {
+    for (absl::string_view p : absl::StrSplit(absl::GetFlag(FLAGS_prompt_ids), ',', absl::SkipWhitespace())) {
+      int v;
+      if (!absl::SimpleAtoi(p, &v)) return false;
+      req->mutable_token_ids()->add_ids(v);
+    }
+  } else {
+    req->set_text(absl::GetFlag(FLAGS_prompt));
+  }
+  req->set_max_new_tokens(absl::GetFlag(FLAGS_max_new_tokens));
+  req->set_temperature(absl::GetFlag(FLAGS_temperature));
+  req->set_top_k(absl::GetFlag(FLAGS_top_k));
+  req->set_top_p(absl::GetFlag(FLAGS_top_p));
+  req->set_seed(absl::GetFlag(FLAGS_seed));
+  for (const auto& s : absl::GetFlag(FLAGS_stop)) req->add_stop(s);
+  return true;
+}
+
+nlohmann::json Ids(const google::protobuf::RepeatedField<int32_t>& ids) { return std::vector<int32_t>(ids.begin(), ids.end()); }
+
+int Generate() {
+  GenerateRequest req;
+  if (!RequestFromFlags(&req)) return std::fprintf(stderr, "--prompt-ids must be integers\n"), 2;
+  auto stub = tinygpt::v1::Generation::NewStub(Channel());
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  tinygpt::v1::GenerateResponse resp;
+  grpc::Status s = stub->Generate(&ctx, req, &resp);
+  if (!s.ok()) return PrintError(s);
+  if (absl::GetFlag(FLAGS_json)) {
+    nlohmann::json j = {{"request_id", resp.request_id()}, {"output_ids", Ids(resp.token_ids())}, {"text", resp.text()},
+                        {"finish_reason", tinygpt::v1::FinishReason_Name(resp.finish_reason())},
+                        {"prompt_tokens", resp.usage().prompt_tokens()}, {"generated_tokens", resp.usage().generated_tokens()},
+                        {"ttft_seconds", resp.timings().time_to_first_token_seconds()}, {"total_seconds", resp.timings().total_seconds()}};
+    std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+  } else {
+    std::string ids;
+    for (int32_t t : resp.token_ids()) ids += (ids.empty() ? "" : ",") + std::to_string(t);
+    std::printf("output_ids: %s\ntext: %s\nfinish_reason: %s\n", ids.c_str(), resp.text().c_str(),
+                tinygpt::v1::FinishReason_Name(resp.finish_reason()).c_str());
+  }
+  return 0;
+}
+
+int Stream() {
+  GenerateRequest req;
+  if (!RequestFromFlags(&req)) return std::fprintf(stderr, "--prompt-ids must be integers\n"), 2;
+  auto stub = tinygpt::v1::Generation::NewStub(Channel());
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  auto reader = stub->GenerateStream(&ctx, req);
+  tinygpt::v1::GenerateStreamResponse m;
+  while (reader->Read(&m)) {
+    if (m.finish_reason() != tinygpt::v1::FINISH_REASON_UNSPECIFIED) {
+      std::printf("\n[finish_reason %s, %d tokens, ttft %.4fs]\n", tinygpt::v1::FinishReason_Name(m.finish_reason()).c_str(),
+                  m.usage().generated_tokens(), m.timings().time_to_first_token_seconds());
+      continue;
+    }
+    for (int32_t t : m.token_ids()) std::printf("%d ", t);
+    std::fflush(stdout);
+  }
+  grpc::Status s = reader->Finish();
+  return s.ok() ? 0 : PrintError(s);
+}
+
+int Info() {
+  auto stub = tinygpt::v1::Generation::NewStub(Channel());
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  tinygpt::v1::ModelInfo info;
+  grpc::Status s = stub->GetModelInfo(&ctx, {}, &info);
+  if (!s.ok()) return PrintError(s);
+  std::string out;
+  google::protobuf::util::JsonPrintOptions o;
+  o.always_print_primitive_fields = true;
+  (void)google::protobuf::util::MessageToJsonString(info, &out, o);
+  std::printf("%s\n", out.c_str());
+  return 0;
+}
+
+int Health() {
+  auto stub = grpc::health::v1::Health::NewStub(Channel());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(3));
+  grpc::health::v1::HealthCheckRequest req;
+  req.set_service(absl::GetFlag(FLAGS_service));
+  grpc::health::v1::HealthCheckResponse resp;
+  grpc::Status s = stub->Check(&ctx, req, &resp);
+  if (!s.ok()) return PrintError(s);
+  std::printf("%s\n", grpc::health::v1::HealthCheckResponse::ServingStatus_Name(resp.status()).c_str());
+  return resp.status() == grpc::health::v1::HealthCheckResponse::SERVING ? 0 : 1;
+}
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t i = std::min(v.size() - 1, static_cast<size_t>(p / 100.0 * (v.size() - 1) + 0.5));
+  return v[i];
+}
+
+int Bench() {
+  auto channel = Channel();
+  auto stub = tinygpt::v1::Generation::NewStub(channel);
+  tinygpt::v1::ModelInfo info;
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    grpc::Status s = stub->GetModelInfo(&ctx, {}, &info);
+    if (!s.ok()) return PrintError(s);
+  }
+  const int n = absl::GetFlag(FLAGS_requests);
+  std::mt19937_64 rng(absl::GetFlag(FLAGS_seed));
+  auto uniform = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, std::max(lo, hi))(rng); };
+  std::vector<GenerateRequest> reqs(n);
+  for (auto& r : reqs) {
+    const int plen = std::min(uniform(absl::GetFlag(FLAGS_prompt_len_min), absl::GetFlag(FLAGS_prompt_len_max)), info.max_seq_len() - 1);
+    const int olen = std::min(uniform(absl::GetFlag(FLAGS_output_len_min), absl::GetFlag(FLAGS_output_len_max)), info.max_seq_len() - plen);
+    for (int i = 0; i < plen; ++i) r.mutable_token_ids()->add_ids(uniform(0, info.vocab_size() - 1));
+    r.set_max_new_tokens(std::max(1, olen));
+    r.set_temperature(absl::GetFlag(FLAGS_temperature));
+    r.set_seed(rng());
+  }
+  std::mutex mu;
+  std::vector<double> ttft, itl, e2e;
+  std::map<std::string, int> errors;
+  long generated = 0;
+  int ok = 0;
+  auto run_one = [&](const GenerateRequest& req) {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    const auto t0 = Clock::now();
+    auto prev = t0;
+    std::vector<double> my_itl;
+    double my_ttft = -1;
+    long tokens = 0;
+    auto reader = stub->GenerateStream(&ctx, req);
+    tinygpt::v1::GenerateStreamResponse m;
+    while (reader->Read(&m)) {
+      if (m.token_ids_size() == 0) continue;
+      const auto now = Clock::now();
+      if (my_ttft < 0) my_ttft = std::chrono::duration<double>(now - t0).count();
+      else my_itl.push_back(std::chrono::duration<double>(now - prev).count() / m.token_ids_size());
+      prev = now;
+      tokens += m.token_ids_size();
+    }
+    grpc::Status s = reader->Finish();
+    std::lock_guard<std::mutex> lock(mu);
+    if (s.ok()) {
+      ++ok;
+      generated += tokens;
+      ttft.push_back(my_ttft);
+      itl.insert(itl.end(), my_itl.begin(), my_itl.end());
+      e2e.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    } else {
+      errors[std::to_string(s.error_code())]++;
+    }
+  };
+  const double rate = absl::GetFlag(FLAGS_rate);
+  const int conc = std::max(1, absl::GetFlag(FLAGS_concurrency));
+  const auto start = Clock::now();
+  std::vector<std::thread> threads;
+  if (rate > 0) {  // open loop: Poisson arrivals, one thread per request
+    std::exponential_distribution<double> gap(rate);
+    auto next = start;
+    for (int i = 0; i < n; ++i) {
+      std::this_thread::sleep_until(next);
+      threads.emplace_back(run_one, std::cref(reqs[i]));
+      next += std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(gap(rng)));
+    }
+  } else {  // closed loop: `conc` streams, each sending its next request when one ends
+    std::atomic<int> next{0};
+    for (int c = 0; c < conc; ++c)
+      threads.emplace_back([&] {
+        for (int i; (i = next++) < n;) run_one(reqs[i]);
+      });
+  }
+  for (auto& t : threads) t.join();
+  const double secs = std::chrono::duration<double>(Clock::now() - start).count();
+  nlohmann::json j = {
+      {"requests", n}, {"ok", ok}, {"concurrency", rate > 0 ? 0 : conc}, {"rate", rate}, {"seconds", secs},
+      {"generated_tokens", generated}, {"tokens_per_second", generated / secs}, {"requests_per_second", ok / secs},
+      {"ttft_seconds", {{"p50", Percentile(ttft, 50)}, {"p90", Percentile(ttft, 90)}, {"p99", Percentile(ttft, 99)}}},
+      {"inter_token_seconds", {{"p50", Percentile(itl, 50)}, {"p90", Percentile(itl, 90)}, {"p99", Percentile(itl, 99)}}},
+      {"e2e_seconds", {{"p50", Percentile(e2e, 50)}, {"p90", Percentile(e2e, 90)}, {"p99", Percentile(e2e, 99)}}},
+      {"errors", errors}};
+  if (absl::GetFlag(FLAGS_json)) {
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("requests %d (ok %d) in %.2fs | %.1f generated tokens/s | %.2f requests/s\n", n, ok, secs, generated / secs, ok / secs);
+    std::printf("TTFT        p50 %.4fs p90 %.4fs p99 %.4fs\n", Percentile(ttft, 50), Percentile(ttft, 90), Percentile(ttft, 99));
+    std::printf("inter-token p50 %.4fs p90 %.4fs p99 %.4fs\n", Percentile(itl, 50), Percentile(itl, 90), Percentile(itl, 99));
+    for (auto& [code, count] : errors) std::printf("errors: status %s x%d\n", code.c_str(), count);
+  }
+  return errors.empty() ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(kUsage);
+  if (argc < 2 || argv[1][0] == '-') return std::fprintf(stderr, "%s\n", kUsage), 2;
+  const std::string cmd = argv[1];
+  std::vector<std::string> args{std::string(argv[0]) + " " + cmd};
+  for (int i = 2; i < argc; ++i) {
+    std::string a = argv[i];
+    const size_t end = std::min(a.find('='), a.size());
+    if (a.rfind("--", 0) == 0)
+      for (size_t k = 2; k < end; ++k)
+        if (a[k] == '-') a[k] = '_';
+    args.push_back(a);
+  }
+  std::vector<char*> ptrs;
+  for (auto& a : args) ptrs.push_back(a.data());
+  absl::ParseCommandLine(static_cast<int>(ptrs.size()), ptrs.data());
+  if (cmd == "generate") return Generate();
+  if (cmd == "stream") return Stream();
+  if (cmd == "info") return Info();
+  if (cmd == "health") return Health();
+  if (cmd == "bench") return Bench();
+  std::fprintf(stderr, "unknown command %s\n%s\n", cmd.c_str(), kUsage);
+  return 2;
+}
