@@ -30,6 +30,7 @@ ABSL_FLAG(int, kv_block_size, 16, "tokens per KV cache block");
 ABSL_FLAG(int, kv_cache_tokens, 0, "KV cache capacity in tokens (0: max_seqs x max_seq_len)");
 ABSL_FLAG(int, max_new_tokens_limit, 0, "largest max_new_tokens accepted (0: the model context)");
 ABSL_FLAG(int, max_request_bytes, 64 * 1024, "largest request accepted (INVALID_ARGUMENT beyond)");
+ABSL_FLAG(int, debug_step_delay_ms, 0, "testing only: sleep this long in every scheduler step");
 ABSL_FLAG(double, drain_timeout, 30.0, "seconds in-flight requests get to finish on SIGTERM");
 
 namespace tinygpt {
@@ -87,6 +88,7 @@ int ServeCommand() {
   EngineOptions eo;
   eo.max_queue = absl::GetFlag(FLAGS_max_queue);
   eo.max_new_tokens_limit = absl::GetFlag(FLAGS_max_new_tokens_limit);
+  eo.debug_step_delay = std::chrono::milliseconds(absl::GetFlag(FLAGS_debug_step_delay_ms));
   Engine engine(runner->get(), eo, &metrics);
   GenerationService service(&engine, &metrics,
                             {static_cast<size_t>(absl::GetFlag(FLAGS_max_request_bytes)), path, ConfigToJson(ck->config)});
@@ -102,7 +104,9 @@ int ServeCommand() {
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) return Fail(absl::StrCat("cannot listen on ", address));
   auto* health = server->GetHealthCheckService();
+  const std::string service_name = v1::Generation::service_full_name();
   health->SetServingStatus(true);
+  health->SetServingStatus(service_name, true);
   std::printf("tinygpt serve: listening on %s:%d (backend %s, %d KV blocks of %d tokens)\n", absl::GetFlag(FLAGS_host).c_str(),
               port, (*backend)->name().c_str(), ro.num_kv_blocks, ro.block_size);
   if (metrics_port >= 0) std::printf("tinygpt serve: metrics on http://%s:%d/metrics\n", absl::GetFlag(FLAGS_host).c_str(), metrics.port());
@@ -113,14 +117,16 @@ int ServeCommand() {
   sigwait(&stop_signals, &sig);
   LOG(INFO) << "signal " << sig << ": draining";
   health->SetServingStatus(false);
+  health->SetServingStatus(service_name, false);
   engine.StartDrain();
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(absl::GetFlag(FLAGS_drain_timeout));
-  while (!engine.Idle() && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  if (!engine.Idle()) {
+  auto drained = [&] { return engine.Idle() && service.in_flight() == 0; };
+  while (!drained() && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  if (!drained()) {
     LOG(WARNING) << "drain timeout: cancelling what is still in flight";
     engine.CancelAll();
   }
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
   LOG(INFO) << "stopped";
   return 0;
 }

@@ -78,7 +78,7 @@ bool RequestFromFlags(GenerateRequest* req) {
   req->set_max_new_tokens(absl::GetFlag(FLAGS_max_new_tokens));
   req->set_temperature(absl::GetFlag(FLAGS_temperature));
   req->set_top_k(absl::GetFlag(FLAGS_top_k));
-  req->set_top_p(absl::GetFlag(FLAGS_top_p));
+  req->mutable_top_p()->set_value(absl::GetFlag(FLAGS_top_p));
   req->set_seed(absl::GetFlag(FLAGS_seed));
   for (const auto& s : absl::GetFlag(FLAGS_stop)) req->add_stop(s);
   return true;

@@ -215,6 +215,7 @@ bool Engine::RunStep() {
   }
   std::vector<int32_t> sampled;
   const absl::Status status = runner_->Step(steps, &sampled);
+  if (opt_.debug_step_delay.count() > 0) std::this_thread::sleep_for(opt_.debug_step_delay);
   const auto t1 = Clock::now();
   int step_tokens = 0;
   for (auto& st : steps) step_tokens += st.num_tokens;

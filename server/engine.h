@@ -4,6 +4,7 @@
 // block-diagonal causal attention call over the paged KV cache.
 #pragma once
 #include <atomic>
+#include <chrono>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -22,6 +23,8 @@ class ServerMetrics;
 struct EngineOptions {
   int max_queue = 256;        // waiting sequences beyond which Submit refuses
   int max_new_tokens_limit = 0;  // 0: the model context
+  // Test hook: sleep this long in every step, so tests can act mid-request.
+  std::chrono::microseconds debug_step_delay{0};
 };
 
 struct EngineStats {

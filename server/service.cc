@@ -54,7 +54,7 @@ absl::StatusOr<SequenceRequest> ToSequenceRequest(const v1::GenerateRequest& req
   o.max_new_tokens = req.max_new_tokens();
   o.temperature = req.temperature();
   o.top_k = req.top_k();
-  o.top_p = req.has_top_p() ? req.top_p() : 1.f;
+  o.top_p = req.has_top_p() ? req.top_p().value() : 1.f;
   o.seed = req.seed();
   o.stop_ids.assign(req.stop_token_ids().begin(), req.stop_token_ids().end());
   r.stop_strings.assign(req.stop().begin(), req.stop().end());
@@ -130,7 +130,20 @@ void GenerationService::Finish(const Outcome& o, const grpc::Status& status) {
             << " ttft_s=" << ttft << " total_s=" << total;
 }
 
+namespace {
+// Counts a call as in flight for its whole handler.
+class InFlight {
+ public:
+  explicit InFlight(std::atomic<int>& n) : n_(n) { ++n_; }
+  ~InFlight() { --n_; }
+
+ private:
+  std::atomic<int>& n_;
+};
+}  // namespace
+
 grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req, v1::GenerateResponse* resp) {
+  InFlight guard(in_flight_);
   Outcome o = Run(ctx, *req, [](const std::vector<int32_t>&) { return true; });
   if (o.status.ok()) {
     resp->set_request_id(o.id);
@@ -150,6 +163,7 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const v1::Gen
 
 grpc::Status GenerationService::GenerateStream(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
                                                grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
+  InFlight guard(in_flight_);
   Outcome o = Run(ctx, *req, [&](const std::vector<int32_t>& tokens) {
     v1::GenerateStreamResponse m;
     for (int32_t t : tokens) m.add_token_ids(t);

@@ -1,6 +1,7 @@
 // The tinygpt.v1.Generation gRPC service: turns RPCs into engine sequences
 // and the engine's tokens back into responses.
 #pragma once
+#include <atomic>
 #include <string>
 
 #include "server/engine.h"
@@ -24,6 +25,8 @@ class GenerationService final : public v1::Generation::Service {
   grpc::Status GenerateStream(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
                               grpc::ServerWriter<v1::GenerateStreamResponse>* writer) override;
   grpc::Status GetModelInfo(grpc::ServerContext* ctx, const v1::GetModelInfoRequest* req, v1::ModelInfo* info) override;
+  // Generate/GenerateStream calls not yet returned (for draining).
+  int in_flight() const { return in_flight_.load(); }
 
  private:
   struct Outcome;
@@ -36,6 +39,7 @@ class GenerationService final : public v1::Generation::Service {
   Engine* engine_;
   ServerMetrics* metrics_;
   ServiceOptions opt_;
+  std::atomic<int> in_flight_{0};
 };
 
 // Maps the request's fields onto an engine request (no validation of values;
