@@ -122,8 +122,10 @@ void GenerationService::Finish(const Outcome& o, const grpc::Status& status) {
   if (o.seq && o.seq->scheduled_once) queued = Seconds(o.seq->first_scheduled - o.seq->arrival);
   if (o.seq && !o.tokens.empty()) ttft = Seconds(o.seq->first_token - o.seq->arrival);
   const char* code = GrpcCodeName(status.error_code());
+  // Token counters count what reached the engine; refused requests add none.
   if (metrics_)
-    metrics_->OnRequestDone(code, FinishReasonName(o.reason), o.prompt_tokens, static_cast<int>(o.tokens.size()), total, queued, ttft);
+    metrics_->OnRequestDone(code, FinishReasonName(o.reason), o.seq ? o.prompt_tokens : 0, static_cast<int>(o.tokens.size()),
+                            total, queued, ttft);
   LOG(INFO) << "request " << (o.id.empty() ? "-" : o.id) << " status=" << code
             << (status.ok() ? "" : absl::StrCat(" (", status.error_message(), ")")) << " finish=" << FinishReasonName(o.reason)
             << " prompt_tokens=" << o.prompt_tokens << " generated=" << o.tokens.size() << " queued_s=" << queued
