@@ -64,6 +64,16 @@ int ServeCommand() {
   const std::string path = absl::GetFlag(FLAGS_checkpoint);
   auto ck = LoadCheckpoint(path);
   if (!ck.ok()) return Fail(std::string(ck.status().message()));
+  // /metrics first: its threads must start before the CUDA module is loaded.
+  ServerMetrics metrics;
+  const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  if (metrics_port >= 0) {
+    try {  // prometheus-cpp reports bind failures by exception, at start-up only
+      metrics.Expose(absl::StrCat(absl::GetFlag(FLAGS_host), ":", metrics_port));
+    } catch (const std::exception& e) {
+      return Fail(absl::StrCat("cannot serve /metrics on port ", metrics_port, ": ", e.what()));
+    }
+  }
   auto backend = BackendFromFlags();
   if (!backend.ok()) return Fail(std::string(backend.status().message()));
   RunnerOptions ro;
@@ -75,16 +85,8 @@ int ServeCommand() {
   ro.num_kv_blocks = (cache_tokens + ro.block_size - 1) / std::max(1, ro.block_size);
   auto runner = ModelRunner::Create(backend->get(), *ck, ro);
   if (!runner.ok()) return Fail(std::string(runner.status().message()));
+  metrics.SetBuildInfo({kVersion, (*backend)->name(), (*backend)->device_name(), PresetName(ck->config)});
 
-  ServerMetrics metrics({kVersion, (*backend)->name(), (*backend)->device_name(), PresetName(ck->config)});
-  const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
-  if (metrics_port >= 0) {
-    try {  // prometheus-cpp reports bind failures by exception, at start-up only
-      metrics.Expose(absl::StrCat(absl::GetFlag(FLAGS_host), ":", metrics_port));
-    } catch (const std::exception& e) {
-      return Fail(absl::StrCat("cannot serve /metrics on port ", metrics_port, ": ", e.what()));
-    }
-  }
   EngineOptions eo;
   eo.max_queue = absl::GetFlag(FLAGS_max_queue);
   eo.max_new_tokens_limit = absl::GetFlag(FLAGS_max_new_tokens_limit);

@@ -20,7 +20,7 @@ const Histogram::BucketBoundaries kToken{0.0001, 0.00025, 0.0005, 0.001, 0.0025,
 const Histogram::BucketBoundaries kTokens{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192};
 }  // namespace
 
-ServerMetrics::ServerMetrics(const BuildInfo& info) : registry_(std::make_shared<prometheus::Registry>()) {
+ServerMetrics::ServerMetrics() : registry_(std::make_shared<prometheus::Registry>()) {
   auto& r = *registry_;
   requests_ = &BuildCounter().Name("tinygpt_requests_total").Help("Finished Generate RPCs by final gRPC status and finish reason").Register(r);
   auto& tokens = BuildCounter().Name("tinygpt_tokens_total").Help("Tokens processed, by kind (prompt or generated)").Register(r);
@@ -41,10 +41,13 @@ ServerMetrics::ServerMetrics(const BuildInfo& info) : registry_(std::make_shared
   waiting_ = gauge("tinygpt_waiting_sequences", "Sequences waiting to be scheduled");
   kv_used_ = gauge("tinygpt_kv_cache_blocks_used", "KV cache blocks in use");
   kv_total_ = gauge("tinygpt_kv_cache_blocks_total", "KV cache blocks in the pool");
+}
+
+void ServerMetrics::SetBuildInfo(const BuildInfo& info) {
   BuildGauge()
       .Name("tinygpt_build_info")
       .Help("Build and model information (always 1)")
-      .Register(r)
+      .Register(*registry_)
       .Add({{"version", info.version}, {"backend", info.backend}, {"device", info.device}, {"model_preset", info.preset}})
       .Set(1);
 }

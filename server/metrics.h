@@ -22,11 +22,15 @@ struct BuildInfo {
 
 class ServerMetrics {
  public:
-  explicit ServerMetrics(const BuildInfo& info);
+  ServerMetrics();
   ~ServerMetrics();
 
-  // Serves /metrics on host:port (a civetweb thread pool).
+  // Serves /metrics on host:port (a civetweb thread pool). Call it before the
+  // CUDA module is loaded: cuBLASLt's large static TLS would not fit the
+  // small stacks civetweb gives its threads.
   void Expose(const std::string& host_port);
+  // The tinygpt_build_info gauge, once the backend is known.
+  void SetBuildInfo(const BuildInfo& info);
   // The port /metrics listens on (after Expose), e.g. when asked for port 0.
   int port() const;
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }

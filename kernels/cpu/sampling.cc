@@ -9,33 +9,36 @@ namespace tinygpt::cpu {
 
 int SampleToken(const float* logits, int vocab, const SamplingParams& p) {
   if (p.temperature <= 0.f) return static_cast<int>(std::max_element(logits, logits + vocab) - logits);
-  std::vector<int> idx(vocab);
-  std::iota(idx.begin(), idx.end(), 0);
-  // Descending by logit, ties by index, so the order is fully determined.
-  auto by_logit = [&](int a, int b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
-  const int k = (p.top_k > 0 && p.top_k < vocab) ? p.top_k : vocab;
-  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), by_logit);
-  std::vector<double> prob(k);
-  const double mx = logits[idx[0]];
-  double sum = 0.0;
-  for (int i = 0; i < k; ++i) sum += prob[i] = std::exp((logits[idx[i]] - mx) / p.temperature);
-  int keep = k;
+  // The kept set is every token whose logit reaches a threshold: the k-th
+  // largest logit (top-k), then the logit at which the most likely tokens
+  // reach top_p of the top-k mass (top-p). Ties at a threshold are kept.
+  std::vector<float> sorted(logits, logits + vocab);
+  std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+  const double mx = sorted[0];
+  auto prob = [&](float v) { return std::exp((v - mx) / p.temperature); };
+  float threshold = sorted.back();
+  if (p.top_k > 0 && p.top_k < vocab) threshold = sorted[p.top_k - 1];
   if (p.top_p < 1.f) {
+    double z = 0.0;
+    for (float v : sorted) if (v >= threshold) z += prob(v);
     double cum = 0.0;
-    for (int i = 0; i < k; ++i) {
-      cum += prob[i] / sum;
-      if (cum >= p.top_p) { keep = i + 1; break; }
+    for (float v : sorted) {
+      cum += prob(v);
+      if (cum >= p.top_p * z) { threshold = std::max(threshold, v); break; }
     }
   }
-  double kept = 0.0;
-  for (int i = 0; i < keep; ++i) kept += prob[i];
-  const double target = p.uniform * kept;
-  double cum = 0.0;
-  for (int i = 0; i < keep; ++i) {
-    cum += prob[i];
-    if (target < cum) return idx[i];
+  // Inverse CDF over the kept tokens in index order (as the GPU does).
+  double total = 0.0;
+  for (int i = 0; i < vocab; ++i) if (logits[i] >= threshold) total += prob(logits[i]);
+  double left = p.uniform * total;
+  int last = 0;
+  for (int i = 0; i < vocab; ++i) {
+    if (logits[i] < threshold) continue;
+    last = i;
+    left -= prob(logits[i]);
+    if (left < 0.0) break;
   }
-  return idx[keep - 1];
+  return last;
 }
 
 }  // namespace tinygpt::cpu

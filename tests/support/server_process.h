@@ -16,7 +16,29 @@
 
 namespace tinygpt::testing {
 
-inline std::string TinygptBinary() { return TINYGPT_BIN; }
+// TINYGPT_BIN (environment) overrides the binary built beside the tests.
+inline std::string TinygptBinary() {
+  const char* env = std::getenv("TINYGPT_BIN");
+  return env ? env : TINYGPT_BIN;
+}
+
+// Extra `serve` flags from TINYGPT_TEST_SERVER_FLAGS (space separated), e.g.
+// "--device=cuda" to run the same tests against the CUDA backend.
+inline std::vector<std::string> ExtraServerFlags() {
+  std::vector<std::string> out;
+  const char* env = std::getenv("TINYGPT_TEST_SERVER_FLAGS");
+  std::string cur;
+  for (const char* p = env ? env : ""; ; ++p) {
+    if (*p == ' ' || *p == '\0') {
+      if (!cur.empty()) out.push_back(cur);
+      cur.clear();
+      if (!*p) break;
+    } else {
+      cur.push_back(*p);
+    }
+  }
+  return out;
+}
 
 // Trains (once per process) a seed-preset counting model in a few seconds.
 // The files are removed when the test process exits.
@@ -48,6 +70,7 @@ class ServerProcess {
       close(out[0]);
       std::vector<std::string> args{TinygptBinary(), "serve", "--checkpoint=" + checkpoint, "--port=0", "--metrics-port=0"};
       args.insert(args.end(), flags.begin(), flags.end());
+      for (auto& f : ExtraServerFlags()) args.push_back(f);
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);

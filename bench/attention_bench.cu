@@ -1,0 +1,168 @@
+// Times tinygpt's paged flash-attention kernel on the device; prints one JSON
+// object per measurement (bench/attention_report.py puts them beside PyTorch).
+//   prefill: forward TFLOP/s (FLOPs = 4·B·H·M²·D, halved for causal) and the
+//            bytes this process holds for the call (inputs + output: linear in M)
+//   decode:  GB/s of K/V read at batch × context, and the device copy bandwidth
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/attention_launch.h"
+#include "kernels/cuda/common.cuh"
+
+using namespace tinygpt;
+
+namespace {
+
+std::mt19937 rng(7);
+
+template <class T>
+T* RandomDevice(size_t n) {
+  std::vector<T> h(n);
+  std::normal_distribution<float> d(0.f, 1.f);
+  for (auto& x : h) x = T(d(rng));
+  T* p;
+  TG_CUDA_CHECK(cudaMalloc(&p, n * sizeof(T)));
+  TG_CUDA_CHECK(cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+  return p;
+}
+
+int32_t* Ints(const std::vector<int32_t>& v) {
+  int32_t* p;
+  TG_CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(1, v.size()) * 4));
+  TG_CUDA_CHECK(cudaMemcpy(p, v.data(), v.size() * 4, cudaMemcpyHostToDevice));
+  return p;
+}
+
+// Median time (ms) of `fn` over `reps` runs after warm-up, with CUDA events.
+template <class Fn>
+float MedianMs(Fn fn, int reps = 20) {
+  for (int i = 0; i < 3; ++i) fn();
+  TG_CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<float> t;
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  for (int i = 0; i < reps; ++i) {
+    cudaEventRecord(a);
+    fn();
+    cudaEventRecord(b);
+    cudaEventSynchronize(b);
+    float ms;
+    cudaEventElapsedTime(&ms, a, b);
+    t.push_back(ms);
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// One attention problem: sequences of given lengths (queries = context, i.e.
+// prefill) or of one query over a context (decode), KV in a paged cache.
+struct Problem {
+  std::string kind, label;
+  std::vector<int> q_lens, ctx_lens;
+  int H, Hkv, D, block_size;
+};
+
+void Run(const Problem& pr) {
+  using T = __half;  // the tutorial's and the peers' fp16
+  const int n = static_cast<int>(pr.q_lens.size());
+  int total_q = 0, max_q = 0, max_ctx = 0;
+  long blocks_needed = 0;
+  std::vector<int32_t> cu{0}, ctx;
+  for (int i = 0; i < n; ++i) {
+    total_q += pr.q_lens[i];
+    cu.push_back(total_q);
+    ctx.push_back(pr.ctx_lens[i]);
+    max_q = std::max(max_q, pr.q_lens[i]);
+    max_ctx = std::max(max_ctx, pr.ctx_lens[i]);
+    blocks_needed += (pr.ctx_lens[i] + pr.block_size - 1) / pr.block_size;
+  }
+  const int max_blocks = (max_ctx + pr.block_size - 1) / pr.block_size;
+  std::vector<int32_t> perm(blocks_needed), tables(static_cast<size_t>(n) * max_blocks, 0);
+  for (long i = 0; i < blocks_needed; ++i) perm[i] = static_cast<int32_t>(i);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  long next = 0;
+  for (int i = 0; i < n; ++i)
+    for (int b = 0; b < (pr.ctx_lens[i] + pr.block_size - 1) / pr.block_size; ++b) tables[static_cast<size_t>(i) * max_blocks + b] = perm[next++];
+  size_t free_before, free_after, total;
+  TG_CUDA_CHECK(cudaMemGetInfo(&free_before, &total));
+  const size_t kv_elems = static_cast<size_t>(blocks_needed) * pr.block_size * pr.Hkv * pr.D;
+  T* q = RandomDevice<T>(static_cast<size_t>(total_q) * pr.H * pr.D);
+  T* k = RandomDevice<T>(kv_elems);
+  T* v = RandomDevice<T>(kv_elems);
+  T* out;
+  TG_CUDA_CHECK(cudaMalloc(&out, static_cast<size_t>(total_q) * pr.H * pr.D * sizeof(T)));
+  int32_t *d_cu = Ints(cu), *d_ctx = Ints(ctx), *d_tables = Ints(tables);
+  AttentionDims dims{pr.H, pr.Hkv, pr.D, false};
+  AttentionBatch batch{n, d_cu, d_ctx, total_q, max_q, max_ctx};
+  PagedKv kv{k, v, pr.block_size, d_tables, max_blocks};
+  // Same split policy as the backend (kernels/cuda/cuda_backend.cu).
+  cudaDeviceProp prop;
+  cudaGetDeviceProperties(&prop, 0);
+  const int blocks = n * pr.Hkv * ((max_q * dims.group() + 63) / 64), key_tiles = (max_ctx + 63) / 64;
+  const int splits = (blocks >= prop.multiProcessorCount || key_tiles < 4) ? 1
+                     : std::max(1, std::min({(2 * prop.multiProcessorCount + blocks - 1) / blocks, key_tiles / 2, 32}));
+  float* partial = nullptr;
+  if (splits > 1) TG_CUDA_CHECK(cudaMalloc(&partial, static_cast<size_t>(splits) * total_q * pr.H * (pr.D + 1) * sizeof(float)));
+  TG_CUDA_CHECK(cudaMemGetInfo(&free_after, &total));
+  auto call = [&] { cuda::LaunchPagedAttention(false, dims, batch, q, static_cast<long>(pr.H) * pr.D, kv, out, splits, partial, 0); };
+  const float ms = MedianMs(call);
+  std::string lens;
+  for (int i = 0; i < n; ++i) lens += (i ? "," : "") + std::to_string(pr.q_lens[i]);
+  double flops = 0, kv_bytes = 0;
+  for (int i = 0; i < n; ++i) {
+    // Causal: each query sees (offset + its index + 1) keys.
+    const double q_len = pr.q_lens[i], c = pr.ctx_lens[i];
+    flops += 4.0 * pr.H * pr.D * (q_len * (c - q_len) + q_len * (q_len + 1) / 2);
+    kv_bytes += 2.0 * c * pr.Hkv * pr.D * sizeof(T);
+  }
+  std::printf("{\"kind\":\"%s\",\"label\":\"%s\",\"ms\":%.5f,\"tflops\":%.2f,\"kv_gbps\":%.1f,\"bytes_held\":%zu,\"splits\":%d,"
+              "\"batch\":%d,\"ctx\":%d,\"total_q\":%d,\"H\":%d,\"Hkv\":%d,\"D\":%d,\"lens\":[%s]}\n",
+              pr.kind.c_str(), pr.label.c_str(), ms, flops / ms / 1e9, kv_bytes / ms / 1e6, free_before - free_after, splits, n,
+              max_ctx, total_q, pr.H, pr.Hkv, pr.D, lens.c_str());
+  std::fflush(stdout);
+  cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(out); cudaFree(d_cu); cudaFree(d_ctx); cudaFree(d_tables);
+  if (partial) cudaFree(partial);
+}
+
+void CopyBandwidth() {
+  const size_t bytes = 2ull << 30;
+  void *a, *b;
+  TG_CUDA_CHECK(cudaMalloc(&a, bytes));
+  TG_CUDA_CHECK(cudaMalloc(&b, bytes));
+  TG_CUDA_CHECK(cudaMemset(a, 1, bytes));
+  const float ms = MedianMs([&] { cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice); }, 10);
+  std::printf("{\"kind\":\"copy\",\"label\":\"device-to-device copy\",\"ms\":%.4f,\"gbps\":%.1f}\n", ms, 2.0 * bytes / ms / 1e6);
+  cudaFree(a);
+  cudaFree(b);
+}
+
+}  // namespace
+
+int main() {
+  CopyBandwidth();
+  // The tutorial's sweep: causal, B=2, H=8, D=64.
+  for (int M : {512, 1024, 2048, 4096, 8192, 16384})
+    Run({"tutorial", "B2 H8 D64 M" + std::to_string(M), {M, M}, {M, M}, 8, 8, 64, 256});
+  // Prefill shapes.
+  Run({"prefill", "B8 M2048 H16 D64", std::vector<int>(8, 2048), std::vector<int>(8, 2048), 16, 16, 64, 256});
+  Run({"prefill", "B8 M2048 H16 D128", std::vector<int>(8, 2048), std::vector<int>(8, 2048), 16, 16, 128, 256});
+  Run({"prefill", "B4 M4096 GQA 32q/8kv D128", std::vector<int>(4, 4096), std::vector<int>(4, 4096), 32, 8, 128, 256});
+  std::vector<int> lens;
+  std::mt19937 lrng(11);
+  for (int i = 0; i < 32; ++i) lens.push_back(64 + static_cast<int>(lrng() % 1985));
+  Run({"prefill", "packed 32 x 64-2048 H16 D128", lens, lens, 16, 16, 128, 256});
+  // Decode: one query per sequence over its context, 32q/8kv D128, 16-token blocks.
+  for (int B : {1, 8, 64, 256})
+    for (int C : {256, 1024, 4096, 8192})
+      Run({"decode", "decode B" + std::to_string(B) + " ctx" + std::to_string(C), std::vector<int>(B, 1), std::vector<int>(B, C), 32, 8,
+           128, 16});
+  return 0;
+}

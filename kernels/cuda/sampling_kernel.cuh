@@ -1,0 +1,130 @@
+// Token sampling on the GPU, one block per logits row; only token ids go back
+// to the host. Same rule as the CPU backend (kernels/cpu/sampling.cc): greedy
+// at temperature 0 (lowest index on ties); otherwise keep the tokens whose
+// logit reaches the top-k threshold and then the top-p threshold, and walk
+// their probabilities in index order to the draw `uniform`.
+#pragma once
+#include <cfloat>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/sampling_args.h"
+
+namespace tinygpt::cuda {
+
+constexpr int kSampleThreads = 256;
+
+// Block-wide reductions through shared memory (all threads must call).
+__device__ __forceinline__ float BlockSum(float v, float* scratch) {
+  v = WarpSum(v);
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
+  __syncthreads();
+  float total = 0.f;
+  for (int i = 0; i < kSampleThreads / 32; ++i) total += scratch[i];
+  return total;
+}
+__device__ __forceinline__ float BlockMax(float v, float* scratch) {
+  v = WarpMax(v);
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
+  __syncthreads();
+  float m = -FLT_MAX;
+  for (int i = 0; i < kSampleThreads / 32; ++i) m = fmaxf(m, scratch[i]);
+  return m;
+}
+
+template <class T>
+__global__ void __launch_bounds__(kSampleThreads) SampleKernel(const T* logits, int vocab, const SamplingParams* params, int32_t* out) {
+  __shared__ float scratch[kSampleThreads / 32];
+  __shared__ float chunk_sums[kSampleThreads];
+  __shared__ int chosen;
+  const T* l = logits + static_cast<long>(blockIdx.x) * vocab;
+  const SamplingParams p = params[blockIdx.x];
+  const int tid = threadIdx.x;
+  // Max, and for greedy the lowest index holding it.
+  float mx = -FLT_MAX;
+  for (int i = tid; i < vocab; i += kSampleThreads) mx = fmaxf(mx, ToFloat(l[i]));
+  mx = BlockMax(mx, scratch);
+  if (p.temperature <= 0.f) {
+    if (tid == 0) chosen = vocab;
+    __syncthreads();
+    for (int i = tid; i < vocab; i += kSampleThreads)
+      if (ToFloat(l[i]) == mx) atomicMin(&chosen, i);
+    __syncthreads();
+    if (tid == 0) out[blockIdx.x] = chosen;
+    return;
+  }
+  const float inv_t = 1.f / p.temperature;
+  auto prob = [&](float v) { return __expf((v - mx) * inv_t); };
+  // Thresholds on the logit value by bisection: the largest x whose set
+  // {v >= x} has at least top_k members, then mass >= top_p of the top-k mass.
+  float mn = FLT_MAX;
+  for (int i = tid; i < vocab; i += kSampleThreads) mn = fminf(mn, ToFloat(l[i]));
+  const float lo = -BlockMax(-mn, scratch), hi = mx;
+  float threshold = lo;
+  if (p.top_k > 0 && p.top_k < vocab) {
+    float a = lo, b = hi;
+    for (int it = 0; it < 48; ++it) {
+      const float mid = 0.5f * (a + b);
+      float count = 0.f;
+      for (int i = tid; i < vocab; i += kSampleThreads) count += ToFloat(l[i]) >= mid;
+      if (BlockSum(count, scratch) >= p.top_k) a = mid; else b = mid;
+    }
+    threshold = a;
+  }
+  if (p.top_p < 1.f) {
+    float z = 0.f;
+    for (int i = tid; i < vocab; i += kSampleThreads) z += ToFloat(l[i]) >= threshold ? prob(ToFloat(l[i])) : 0.f;
+    z = BlockSum(z, scratch);
+    float a = threshold, b = hi;
+    for (int it = 0; it < 48; ++it) {
+      const float mid = 0.5f * (a + b);
+      float mass = 0.f;
+      for (int i = tid; i < vocab; i += kSampleThreads) mass += ToFloat(l[i]) >= mid ? prob(ToFloat(l[i])) : 0.f;
+      if (BlockSum(mass, scratch) >= p.top_p * z) a = mid; else b = mid;
+    }
+    threshold = a;
+  }
+  // Snap to the smallest logit at or above the threshold.
+  float snap = FLT_MAX;
+  for (int i = tid; i < vocab; i += kSampleThreads) if (ToFloat(l[i]) >= threshold) snap = fminf(snap, ToFloat(l[i]));
+  threshold = -BlockMax(-snap, scratch);
+  // Inverse CDF in index order: each thread owns a contiguous chunk.
+  const int per = (vocab + kSampleThreads - 1) / kSampleThreads, begin = min(vocab, tid * per), end = min(vocab, begin + per);
+  float mine = 0.f;
+  for (int i = begin; i < end; ++i) mine += ToFloat(l[i]) >= threshold ? prob(ToFloat(l[i])) : 0.f;
+  chunk_sums[tid] = mine;
+  if (tid == 0) chosen = -1;
+  __syncthreads();
+  if (tid == 0) {
+    float total = 0.f;
+    for (int i = 0; i < kSampleThreads; ++i) total += chunk_sums[i];
+    float target = p.uniform * total, cum = 0.f;
+    int owner = -1;
+    float before_last = 0.f;
+    for (int i = 0; i < kSampleThreads; ++i) {
+      if (chunk_sums[i] <= 0.f) continue;
+      owner = i;  // rounding can leave the target past the end: keep the last kept chunk
+      before_last = cum;
+      if (target < cum + chunk_sums[i]) break;
+      cum += chunk_sums[i];
+    }
+    cum = before_last;
+    chunk_sums[0] = target - cum;  // what is left to walk inside the owner's chunk
+    chosen = -owner - 2;
+  }
+  __syncthreads();
+  if (tid == -chosen - 2) {
+    float left = chunk_sums[0];
+    int last = -1;
+    for (int i = begin; i < end; ++i) {
+      if (ToFloat(l[i]) < threshold) continue;
+      last = i;
+      left -= prob(ToFloat(l[i]));
+      if (left < 0.f) break;
+    }
+    out[blockIdx.x] = last;
+  }
+}
+
+}  // namespace tinygpt::cuda
