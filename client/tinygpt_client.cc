@@ -42,6 +42,7 @@ ABSL_FLAG(int, prompt_len_min, 4, "bench: shortest prompt");
 ABSL_FLAG(int, prompt_len_max, 32, "bench: longest prompt");
 ABSL_FLAG(int, output_len_min, 8, "bench: fewest new tokens");
 ABSL_FLAG(int, output_len_max, 32, "bench: most new tokens");
+ABSL_FLAG(bool, unary, false, "bench: unary Generate calls (TTFT and inter-token latency from the server's timings)");
 
 namespace {
 
@@ -193,10 +194,33 @@ int Bench() {
   std::map<std::string, int> errors;
   long generated = 0;
   int ok = 0;
+  auto record = [&](const grpc::Status& s, long tokens, double ttft_s, const std::vector<double>& itls, double e2e_s) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!s.ok()) {
+      errors[std::to_string(s.error_code())]++;
+      return;
+    }
+    ++ok;
+    generated += tokens;
+    ttft.push_back(ttft_s);
+    itl.insert(itl.end(), itls.begin(), itls.end());
+    e2e.push_back(e2e_s);
+  };
   auto run_one = [&](const GenerateRequest& req) {
     grpc::ClientContext ctx;
     SetDeadline(&ctx);
     const auto t0 = Clock::now();
+    if (absl::GetFlag(FLAGS_unary)) {
+      tinygpt::v1::GenerateResponse resp;
+      const grpc::Status s = stub->Generate(&ctx, req, &resp);
+      const double e2e_s = std::chrono::duration<double>(Clock::now() - t0).count();
+      const auto& t = resp.timings();
+      const int n = resp.token_ids_size();
+      std::vector<double> itls;
+      if (n > 1) itls.assign(n - 1, (t.total_seconds() - t.time_to_first_token_seconds()) / (n - 1));
+      record(s, n, t.time_to_first_token_seconds(), itls, e2e_s);
+      return;
+    }
     auto prev = t0;
     std::vector<double> my_itl;
     double my_ttft = -1;
@@ -211,17 +235,8 @@ int Bench() {
       prev = now;
       tokens += m.token_ids_size();
     }
-    grpc::Status s = reader->Finish();
-    std::lock_guard<std::mutex> lock(mu);
-    if (s.ok()) {
-      ++ok;
-      generated += tokens;
-      ttft.push_back(my_ttft);
-      itl.insert(itl.end(), my_itl.begin(), my_itl.end());
-      e2e.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-    } else {
-      errors[std::to_string(s.error_code())]++;
-    }
+    const grpc::Status s = reader->Finish();
+    record(s, tokens, my_ttft, my_itl, std::chrono::duration<double>(Clock::now() - t0).count());
   };
   const double rate = absl::GetFlag(FLAGS_rate);
   const int conc = std::max(1, absl::GetFlag(FLAGS_concurrency));
@@ -245,7 +260,8 @@ int Bench() {
   for (auto& t : threads) t.join();
   const double secs = std::chrono::duration<double>(Clock::now() - start).count();
   nlohmann::json j = {
-      {"requests", n}, {"ok", ok}, {"concurrency", rate > 0 ? 0 : conc}, {"rate", rate}, {"seconds", secs},
+      {"requests", n}, {"ok", ok}, {"concurrency", rate > 0 ? 0 : conc}, {"rate", rate}, {"unary", absl::GetFlag(FLAGS_unary)},
+      {"seconds", secs},
       {"generated_tokens", generated}, {"tokens_per_second", generated / secs}, {"requests_per_second", ok / secs},
       {"ttft_seconds", {{"p50", Percentile(ttft, 50)}, {"p90", Percentile(ttft, 90)}, {"p99", Percentile(ttft, 99)}}},
       {"inter_token_seconds", {{"p50", Percentile(itl, 50)}, {"p90", Percentile(itl, 90)}, {"p99", Percentile(itl, 99)}}},

@@ -7,6 +7,7 @@ set -uo pipefail
 S=$PWD/device-stage
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
+[[ -d $S/lib ]] || tar -C "$S" -xJf "$S/lib.tar.xz"
 cublas=$(dirname "$(find / -name 'libcublasLt.so.13*' -not -path '*/proc/*' 2>/dev/null | head -1)")
 export LD_LIBRARY_PATH=$S/lib:$cublas:${LD_LIBRARY_PATH:-}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv | tee "$OUT/device.txt"

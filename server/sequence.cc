@@ -15,7 +15,7 @@ const char* FinishReasonName(FinishReason r) {
 void Sequence::Emit(int32_t token) {
   std::lock_guard<std::mutex> lock(mu_);
   pending_.tokens.push_back(token);
-  cv_.notify_all();
+  if (request.stream) cv_.notify_all();  // a unary caller waits for the end only
 }
 
 void Sequence::Finish(FinishReason reason, absl::Status status) {
@@ -28,7 +28,7 @@ void Sequence::Finish(FinishReason reason, absl::Status status) {
 
 SequenceEvents Sequence::Wait(std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, timeout, [&] { return !pending_.tokens.empty() || pending_.finished; });
+  cv_.wait_for(lock, timeout, [&] { return (request.stream && !pending_.tokens.empty()) || pending_.finished; });
   SequenceEvents out;
   out.tokens.swap(pending_.tokens);
   out.finished = pending_.finished;

@@ -25,6 +25,7 @@ struct SequenceRequest {
   std::vector<int32_t> prompt;
   GenerateOptions options;             // sampling, max_new_tokens, stop ids
   std::vector<std::string> stop_strings;
+  bool stream = false;  // the caller wants each token as it comes
 };
 
 // What the RPC thread reads: new tokens as they come, then the end.
@@ -59,7 +60,8 @@ class Sequence {
   void Finish(FinishReason reason, absl::Status status = absl::OkStatus());
 
   // --- RPC side ---
-  // Waits up to `timeout` for events; returns what arrived since the last call.
+  // Waits up to `timeout` for events and returns what arrived since the last
+  // call: new tokens (streaming requests) or the end.
   SequenceEvents Wait(std::chrono::milliseconds timeout);
 
  private:

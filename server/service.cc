@@ -42,7 +42,7 @@ double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).coun
 
 }  // namespace
 
-absl::StatusOr<SequenceRequest> ToSequenceRequest(const v1::GenerateRequest& req, size_t max_request_bytes) {
+absl::StatusOr<SequenceRequest> ToSequenceRequest(const v1::GenerateRequest& req, size_t max_request_bytes, bool stream) {
   const size_t bytes = req.ByteSizeLong();
   if (bytes > max_request_bytes)
     return absl::InvalidArgumentError(absl::StrCat("request: ", bytes, " bytes exceeds the limit of ", max_request_bytes));
@@ -58,6 +58,7 @@ absl::StatusOr<SequenceRequest> ToSequenceRequest(const v1::GenerateRequest& req
   o.seed = req.seed();
   o.stop_ids.assign(req.stop_token_ids().begin(), req.stop_token_ids().end());
   r.stop_strings.assign(req.stop().begin(), req.stop().end());
+  r.stream = stream;
   return r;
 }
 
@@ -72,9 +73,10 @@ struct GenerationService::Outcome {
 };
 
 template <class OnTokens>
-GenerationService::Outcome GenerationService::Run(grpc::ServerContext* ctx, const v1::GenerateRequest& req, OnTokens on_tokens) {
+GenerationService::Outcome GenerationService::Run(grpc::ServerContext* ctx, const v1::GenerateRequest& req, bool stream,
+                                                  OnTokens on_tokens) {
   Outcome o;
-  auto sr = ToSequenceRequest(req, opt_.max_request_bytes);
+  auto sr = ToSequenceRequest(req, opt_.max_request_bytes, stream);
   if (!sr.ok()) {
     o.status = ToGrpc(sr.status());
     return o;
@@ -146,7 +148,7 @@ class InFlight {
 
 grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req, v1::GenerateResponse* resp) {
   InFlight guard(in_flight_);
-  Outcome o = Run(ctx, *req, [](const std::vector<int32_t>&) { return true; });
+  Outcome o = Run(ctx, *req, /*stream=*/false, [](const std::vector<int32_t>&) { return true; });
   if (o.status.ok()) {
     resp->set_request_id(o.id);
     for (int32_t t : o.tokens) resp->add_token_ids(t);
@@ -166,7 +168,7 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const v1::Gen
 grpc::Status GenerationService::GenerateStream(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
                                                grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
   InFlight guard(in_flight_);
-  Outcome o = Run(ctx, *req, [&](const std::vector<int32_t>& tokens) {
+  Outcome o = Run(ctx, *req, /*stream=*/true, [&](const std::vector<int32_t>& tokens) {
     v1::GenerateStreamResponse m;
     for (int32_t t : tokens) m.add_token_ids(t);
     m.set_text(DecodeBytes(tokens));

@@ -33,7 +33,7 @@ class GenerationService final : public v1::Generation::Service {
   // Validates, submits and waits for the sequence, calling on_tokens with each
   // batch of new tokens (return false to cancel, e.g. a failed stream write).
   template <class OnTokens>
-  Outcome Run(grpc::ServerContext* ctx, const v1::GenerateRequest& req, OnTokens on_tokens);
+  Outcome Run(grpc::ServerContext* ctx, const v1::GenerateRequest& req, bool stream, OnTokens on_tokens);
   void Finish(const Outcome& o, const grpc::Status& status);
 
   Engine* engine_;
@@ -44,6 +44,6 @@ class GenerationService final : public v1::Generation::Service {
 
 // Maps the request's fields onto an engine request (no validation of values;
 // the engine does that). The request id is made up when empty.
-absl::StatusOr<SequenceRequest> ToSequenceRequest(const v1::GenerateRequest& req, size_t max_request_bytes);
+absl::StatusOr<SequenceRequest> ToSequenceRequest(const v1::GenerateRequest& req, size_t max_request_bytes, bool stream);
 
 }  // namespace tinygpt
