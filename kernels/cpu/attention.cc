@@ -10,6 +10,7 @@
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/parallel.h"
+#include "kernels/cpu/vec_math.h"
 
 namespace tinygpt::cpu {
 namespace {
@@ -89,11 +90,11 @@ void ForwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const f
           const float m_new = std::max(m, tile_max), correction = std::exp(m - m_new);
           l *= correction;
           for (int d = 0; d < D; ++d) acc[d] *= correction;
-          for (int j = j0; j < j1; ++j) {
-            const float p = std::exp(scores[j - j0] - m_new);
-            l += p;
-            Axpy(p, rows.v(s, j, kvh), acc.data(), D);
-          }
+          const int n = j1 - j0;
+          for (int j = 0; j < n; ++j) scores[j] -= m_new;
+          ExpInPlace(scores, n);
+          for (int j = 0; j < n; ++j) l += scores[j];
+          for (int j = j0; j < j1; ++j) Axpy(scores[j - j0], rows.v(s, j, kvh), acc.data(), D);
           m = m_new;
         }
         float* oi = out + (q0 + i) * o_stride + h * D;
@@ -132,6 +133,7 @@ void AttentionBackward(const AttentionDims& dims, const AttentionBatch& batch, c
     const int s = task / dims.n_kv_heads, kvh = task % dims.n_kv_heads;
     const int q0 = batch.cu_q[s], q_len = batch.cu_q[s + 1] - q0, offset = batch.ctx_len[s] - q_len;
     const long k0 = kv.cu_k[s];
+    float p[kKeyTile];
     for (int hh = 0; hh < G; ++hh) {
       const int h = kvh * G + hh;
       const float slope = dims.alibi ? AlibiSlope(h, H) : 0.f;
@@ -143,14 +145,20 @@ void AttentionBackward(const AttentionDims& dims, const AttentionBatch& batch, c
         const float lse_i = lse[r * H + h];
         float* dqi = dq + r * dqkv_stride + h * D;
         const int pos = offset + i;
-        for (int j = 0; j <= pos; ++j) {
-          const float* kj = rows.k(s, j, kvh);
-          const float* vj = rows.v(s, j, kvh);
-          const float p = std::exp(Dot(qi, kj, D) * scale + slope * static_cast<float>(j - pos) - lse_i);
-          const float ds = p * (Dot(doi, vj, D) - delta) * scale;
-          Axpy(p, doi, dv + (k0 + j) * dqkv_stride + kvh * D, D);
-          Axpy(ds, kj, dqi, D);
-          Axpy(ds, qi, dk + (k0 + j) * dqkv_stride + kvh * D, D);
+        // Key tile by key tile: scores, probabilities (vectorized exp), then
+        // the three gradient updates.
+        for (int j0 = 0; j0 <= pos; j0 += kKeyTile) {
+          const int n = std::min(pos + 1, j0 + kKeyTile) - j0;
+          for (int j = 0; j < n; ++j) p[j] = Dot(qi, rows.k(s, j0 + j, kvh), D);
+          for (int j = 0; j < n; ++j) p[j] = p[j] * scale + slope * static_cast<float>(j0 + j - pos) - lse_i;
+          ExpInPlace(p, n);
+          for (int j = 0; j < n; ++j) {
+            const float* kj = rows.k(s, j0 + j, kvh);
+            const float ds = p[j] * (Dot(doi, rows.v(s, j0 + j, kvh), D) - delta) * scale;
+            Axpy(p[j], doi, dv + (k0 + j0 + j) * dqkv_stride + kvh * D, D);
+            Axpy(ds, kj, dqi, D);
+            Axpy(ds, qi, dk + (k0 + j0 + j) * dqkv_stride + kvh * D, D);
+          }
         }
       }
     }

@@ -10,6 +10,7 @@
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/parallel.h"
+#include "kernels/cpu/vec_math.h"
 
 namespace tinygpt::cpu {
 
@@ -153,8 +154,9 @@ void SwiGLUForward(const float* h, float* out, int T, int F) {
     const float* a = h + 2L * t * F;
     const float* g = a + F;
     float* o = out + static_cast<long>(t) * F;
-#pragma omp simd
-    for (int i = 0; i < F; ++i) o[i] = a[i] / (1.0f + std::exp(-a[i])) * g[i];
+    for (int i = 0; i < F; ++i) o[i] = -a[i];
+    ExpInPlace(o, F);  // o = exp(-a)
+    for (int i = 0; i < F; ++i) o[i] = a[i] / (1.0f + o[i]) * g[i];
   }
 }
 
@@ -166,11 +168,13 @@ void SwiGLUBackward(const float* dout, const float* h, float* dh, int T, int F) 
     const float* d = dout + static_cast<long>(t) * F;
     float* da = dh + 2L * t * F;
     float* dg = da + F;
-#pragma omp simd
+    static thread_local std::vector<float> e;
+    e.resize(F);
+    for (int i = 0; i < F; ++i) e[i] = -a[i];
+    ExpInPlace(e.data(), F);
     for (int i = 0; i < F; ++i) {
-      const float sig = 1.0f / (1.0f + std::exp(-a[i]));
-      const float silu = a[i] * sig;
-      dg[i] += d[i] * silu;
+      const float sig = 1.0f / (1.0f + e[i]);
+      dg[i] += d[i] * a[i] * sig;
       da[i] += d[i] * g[i] * sig * (1.0f + a[i] * (1.0f - sig));
     }
   }
