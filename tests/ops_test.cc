@@ -212,3 +212,33 @@ TEST(Linear, RowInvariantKernelIsBatchInvariant) {
 
 }  // namespace
 }  // namespace tinygpt
+
+#include "kernels/cpu/vec_math.h"
+
+namespace tinygpt {
+namespace {
+
+TEST(VecMath, ExpMatchesLibmAndIgnoresPosition) {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> dist(-87.f, 87.f);
+  std::vector<float> x(1003);
+  for (auto& v : x) v = dist(rng);
+  x[0] = -INFINITY;
+  x[1] = 0.f;
+  x[2] = -100.f;  // underflows to (nearly) zero
+  std::vector<float> y = x;
+  cpu::ExpInPlace(y.data(), static_cast<int>(y.size()));
+  EXPECT_EQ(y[0], 0.f);
+  EXPECT_EQ(y[1], 1.f);
+  EXPECT_LT(y[2], 1e-37f);
+  for (size_t i = 3; i < x.size(); ++i) ASSERT_NEAR(y[i], std::exp(static_cast<double>(x[i])), 3e-7 * std::exp(static_cast<double>(x[i]))) << x[i];
+  // The same value gives the same result wherever it sits (vector body or tail).
+  for (int offset : {1, 5, 7}) {
+    std::vector<float> z(x.begin() + offset, x.begin() + offset + 13);
+    cpu::ExpInPlace(z.data(), 13);
+    for (int i = 0; i < 13; ++i) ASSERT_EQ(z[i], y[offset + i]);
+  }
+}
+
+}  // namespace
+}  // namespace tinygpt
