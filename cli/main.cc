@@ -8,6 +8,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "cli/commands.h"
+#include "common/flag_args.h"
 
 namespace {
 
@@ -19,16 +20,6 @@ constexpr const char* kUsage =
     "  bench     CPU training throughput (tokens/s)\n"
     "Run `tinygpt <command> --help` for its flags.";
 
-// Abseil flags are C++ identifiers; accept --foo-bar as --foo_bar.
-std::string Normalize(const char* arg) {
-  std::string a(arg);
-  if (a.rfind("--", 0) != 0) return a;
-  const size_t end = std::min(a.find('='), a.size());
-  for (size_t i = 2; i < end; ++i)
-    if (a[i] == '-') a[i] = '_';
-  return a;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -38,8 +29,7 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : (std::strcmp(argv[1], "--help") == 0 ? 0 : 2);
   }
   const std::string command = argv[1];
-  std::vector<std::string> args{std::string(argv[0]) + " " + command};
-  for (int i = 2; i < argc; ++i) args.push_back(Normalize(argv[i]));
+  std::vector<std::string> args = tinygpt::SubcommandArgs(argc, argv);
   std::vector<char*> ptrs;
   for (auto& a : args) ptrs.push_back(a.data());
   absl::ParseCommandLine(static_cast<int>(ptrs.size()), ptrs.data());

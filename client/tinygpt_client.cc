@@ -19,6 +19,7 @@
 #include "absl/strings/str_split.h"
 #include <google/protobuf/util/json_util.h>
 
+#include "common/flag_args.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "tinygpt.grpc.pb.h"
 
@@ -284,15 +285,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(kUsage);
   if (argc < 2 || argv[1][0] == '-') return std::fprintf(stderr, "%s\n", kUsage), 2;
   const std::string cmd = argv[1];
-  std::vector<std::string> args{std::string(argv[0]) + " " + cmd};
-  for (int i = 2; i < argc; ++i) {
-    std::string a = argv[i];
-    const size_t end = std::min(a.find('='), a.size());
-    if (a.rfind("--", 0) == 0)
-      for (size_t k = 2; k < end; ++k)
-        if (a[k] == '-') a[k] = '_';
-    args.push_back(a);
-  }
+  std::vector<std::string> args = tinygpt::SubcommandArgs(argc, argv);
   std::vector<char*> ptrs;
   for (auto& a : args) ptrs.push_back(a.data());
   absl::ParseCommandLine(static_cast<int>(ptrs.size()), ptrs.data());

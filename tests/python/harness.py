@@ -3,6 +3,7 @@ proto/, a freshly trained small checkpoint, `tinygpt serve` processes on
 loopback, and a /metrics parser."""
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -70,6 +71,12 @@ def value(metrics, name, **labels):
     """Sum of the samples of `name` whose labels include `labels`."""
     want = set(labels.items())
     return sum(v for (n, ls), v in metrics.items() if n == name and want <= set(ls))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout=30.0, what="condition"):

@@ -15,9 +15,7 @@ r = harness.Results()
 work = tempfile.mkdtemp(prefix="tinygpt-nginx-")
 ckpt = harness.train(tinygpt, work)
 
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    lb_port = s.getsockname()[1]
+lb_port = harness.free_port()
 
 with harness.Server(tinygpt, ckpt) as a, harness.Server(tinygpt, ckpt) as b:
     conf = open(os.path.join(source, "deploy/nginx/nginx.conf")).read()

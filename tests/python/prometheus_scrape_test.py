@@ -5,7 +5,7 @@ to the requests sent and a populated TTFT histogram. The scrape job is the one
 in deploy/prometheus/prometheus.yml with its DNS discovery swapped for a static
 loopback target.
 usage: prometheus_scrape_test.py TINYGPT_BIN SOURCE_DIR"""
-import json, os, shutil, socket, subprocess, sys, tempfile, urllib.parse, urllib.request
+import json, os, shutil, subprocess, sys, tempfile, urllib.parse, urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -18,12 +18,6 @@ work = tempfile.mkdtemp(prefix="tinygpt-prom-")
 ckpt = harness.train(tinygpt, work)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 with harness.Server(tinygpt, ckpt) as server:
     deploy_cfg = open(os.path.join(source, "deploy/prometheus/prometheus.yml")).read()
     cfg = deploy_cfg.replace("scrape_interval: 5s", "scrape_interval: 1s")
@@ -32,7 +26,7 @@ with harness.Server(tinygpt, ckpt) as server:
     cfg_path = os.path.join(work, "prometheus.yml")
     open(cfg_path, "w").write(cfg)
     subprocess.run(["promtool", "check", "config", cfg_path], check=True, capture_output=True)
-    port = free_port()
+    port = harness.free_port()
     prom = subprocess.Popen(["prometheus", f"--config.file={cfg_path}", f"--storage.tsdb.path={work}/data",
                              f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
