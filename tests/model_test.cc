@@ -230,3 +230,67 @@ TEST(Training, LearnsTheCountingTask) {
 
 }  // namespace
 }  // namespace tinygpt
+
+namespace tinygpt {
+namespace {
+
+TEST(Training, PacksTextDocumentsWithoutPaddingAndLearns) {
+  const std::string path = TempPath("corpus.txt");
+  {
+    std::ofstream f(path);
+    for (int i = 0; i < 30; ++i) f << "abcabcabc the cat sat on the mat " << i << "\n\n";
+    f << "zz\n\n";
+  }
+  ModelConfig c = *PresetConfig("seed");
+  c.vocab_size = 256;
+  c.max_seq_len = 32;
+  auto data = MakeTextData(path, c.max_seq_len, 8);
+  ASSERT_TRUE(data.ok()) << data.status();
+  const PackedBatch b = (*data)->Batch(1, 0);
+  EXPECT_EQ(b.tokens.size(), 8u * 32);  // the budget is filled exactly: no padding
+  EXPECT_EQ(b.cu_seqlens.front(), 0);
+  EXPECT_EQ(b.cu_seqlens.back(), static_cast<int>(b.tokens.size()));
+  for (size_t s = 0; s + 1 < b.cu_seqlens.size(); ++s) {
+    EXPECT_LE(b.cu_seqlens[s + 1] - b.cu_seqlens[s], 32);
+    EXPECT_GT(b.cu_seqlens[s + 1], b.cu_seqlens[s]);
+    // A chunk never crosses a document boundary (a blank line).
+    for (int t = b.cu_seqlens[s]; t + 1 < b.cu_seqlens[s + 1]; ++t) EXPECT_FALSE(b.tokens[t] == '\n' && b.tokens[t + 1] == '\n');
+  }
+  TrainOptions o;
+  o.steps = 80;
+  o.quiet = true;
+  o.out = TempPath("text.safetensors");
+  auto r = Train(c, **data, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_LT(r->final_loss, 1.5f);  // uniform over 256 bytes is 5.5
+  std::remove(path.c_str());
+  std::remove(o.out.c_str());
+  std::remove((o.out + ".optim").c_str());
+  EXPECT_FALSE(MakeTextData(TempPath("missing.txt"), 32, 8).ok());
+}
+
+TEST(Training, LearningRateWarmsUpThenDecays) {
+  TrainOptions o;
+  o.steps = 100;
+  o.warmup = 10;
+  o.lr = 1.f;
+  o.min_lr_ratio = 0.1f;
+  EXPECT_FLOAT_EQ(LearningRate(o, 0), 0.1f);
+  EXPECT_FLOAT_EQ(LearningRate(o, 9), 1.f);
+  EXPECT_NEAR(LearningRate(o, 55), 0.55f, 1e-5);  // cosine midpoint
+  EXPECT_NEAR(LearningRate(o, 100), 0.1f, 1e-6);
+}
+
+TEST(Checkpoint, FailedWriteLeavesThePreviousFile) {
+  const std::string path = TempPath("keep.safetensors");
+  ASSERT_TRUE(WriteFileAtomically(path, "old contents").ok());
+  // A write into a folder that does not exist fails without touching `path`.
+  EXPECT_FALSE(WriteFileAtomically(TempPath("no/such/dir/x"), "new").ok());
+  std::ifstream in(path);
+  std::string got((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(got, "old contents");
+  std::remove(path.c_str());
+}
+
+}  // namespace
+}  // namespace tinygpt

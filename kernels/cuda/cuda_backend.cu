@@ -95,7 +95,10 @@ class CudaBackend final : public Backend {
   void UploadFloats(void* dst, const float* src, size_t n) override {
     std::vector<T> tmp(n);
     for (size_t i = 0; i < n; ++i) tmp[i] = T(src[i]);
-    TG_CUDA_CHECK(cudaMemcpy(dst, tmp.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+    // On our stream (non-blocking, so unordered with the legacy default
+    // stream): after the Alloc's memset, before any use.
+    TG_CUDA_CHECK(cudaMemcpyAsync(dst, tmp.data(), n * sizeof(T), cudaMemcpyHostToDevice, stream_));
+    TG_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   void DownloadFloats(float* dst, const void* src, size_t n) override {
     std::vector<T> tmp(n);
