@@ -27,7 +27,10 @@ ABSL_FLAG(int, max_batch_tokens, 512, "tokens per scheduler step");
 ABSL_FLAG(int, max_seqs, 64, "sequences per scheduler step");
 ABSL_FLAG(int, max_queue, 256, "waiting requests beyond which RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, kv_block_size, 16, "tokens per KV cache block");
-ABSL_FLAG(int, kv_cache_tokens, 0, "KV cache capacity in tokens (0: max_seqs x max_seq_len)");
+ABSL_FLAG(int, kv_cache_tokens, 0, "KV cache capacity in tokens (0: see --kv-cache-fraction)");
+ABSL_FLAG(double, kv_cache_fraction, 0.0,
+          "size the KV cache to this fraction of the memory left after the weights (GPU memory on CUDA); "
+          "0 with --kv-cache-tokens 0: max_seqs x max_seq_len tokens");
 ABSL_FLAG(int, max_new_tokens_limit, 0, "largest max_new_tokens accepted (0: the model context)");
 ABSL_FLAG(int, max_request_bytes, 64 * 1024, "largest request accepted (INVALID_ARGUMENT beyond)");
 ABSL_FLAG(int, debug_step_delay_ms, 0, "testing only: sleep this long in every scheduler step");
@@ -80,9 +83,19 @@ int ServeCommand() {
   ro.block_size = absl::GetFlag(FLAGS_kv_block_size);
   ro.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
   ro.max_seqs = absl::GetFlag(FLAGS_max_seqs);
-  int cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
-  if (cache_tokens <= 0) cache_tokens = ro.max_seqs * ck->config.max_seq_len;
-  ro.num_kv_blocks = (cache_tokens + ro.block_size - 1) / std::max(1, ro.block_size);
+  const size_t block_bytes = ModelRunner::KvBlockBytes(ck->config, std::max(1, ro.block_size), (*backend)->dtype());
+  const double fraction = absl::GetFlag(FLAGS_kv_cache_fraction);
+  if (absl::GetFlag(FLAGS_kv_cache_tokens) > 0) {
+    ro.num_kv_blocks = (absl::GetFlag(FLAGS_kv_cache_tokens) + ro.block_size - 1) / std::max(1, ro.block_size);
+  } else if (fraction > 0) {
+    if (fraction >= 1) return Fail("--kv-cache-fraction must be below 1");
+    const size_t weights = ck->params.size() * DTypeSize((*backend)->dtype());
+    const size_t avail = (*backend)->AvailableBytes();
+    ro.num_kv_blocks = static_cast<int>(std::min<double>(1 << 30, fraction * (avail > weights ? avail - weights : 0) / block_bytes));
+  } else {
+    ro.num_kv_blocks = (ro.max_seqs * ck->config.max_seq_len + ro.block_size - 1) / std::max(1, ro.block_size);
+  }
+  if (ro.num_kv_blocks <= 0) return Fail("the KV cache would hold no block; raise --kv-cache-tokens or --kv-cache-fraction");
   auto runner = ModelRunner::Create(backend->get(), *ck, ro);
   if (!runner.ok()) return Fail(std::string(runner.status().message()));
   metrics.SetBuildInfo({kVersion, (*backend)->name(), (*backend)->device_name(), PresetName(ck->config)});

@@ -29,6 +29,9 @@ class Backend {
   virtual absl::Status SupportsModel(int head_dim) const = 0;
 
   virtual void* Alloc(size_t bytes) = 0;  // null when out of memory
+  // Memory the backend could still allocate (host RAM or free device memory),
+  // for sizing the KV cache by a fraction.
+  virtual size_t AvailableBytes() const = 0;
   virtual void Free(void* p) = 0;
   virtual void CopyToDevice(void* dst, const void* src, size_t bytes) = 0;
   virtual void CopyToHost(void* dst, const void* src, size_t bytes) = 0;

@@ -17,10 +17,6 @@ ModelRunner::~ModelRunner() {
   for (void* p : allocations_) backend_->Free(p);
 }
 
-size_t ModelRunner::kv_block_bytes() const {
-  return 2ul * cfg_.n_layers * opt_.block_size * cfg_.kv_dim() * DTypeSize(backend_->dtype());
-}
-
 absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(Backend* backend, const Checkpoint& ck, const RunnerOptions& opt) {
   const ModelConfig& c = ck.config;
   if (auto s = backend->SupportsModel(c.head_dim()); !s.ok()) return s;

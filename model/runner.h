@@ -39,7 +39,10 @@ class ModelRunner {
   const RunnerOptions& options() const { return opt_; }
   Backend* backend() const { return backend_; }
   // Bytes of KV cache per block, over all layers (K and V).
-  size_t kv_block_bytes() const;
+  size_t kv_block_bytes() const { return KvBlockBytes(cfg_, opt_.block_size, backend_->dtype()); }
+  static size_t KvBlockBytes(const ModelConfig& cfg, int block_size, DType dtype) {
+    return 2ul * cfg.n_layers * block_size * cfg.kv_dim() * DTypeSize(dtype);
+  }
 
   // Runs the step. `sampled` gets one token per sequence with sample=true, in
   // order. If `logits` is non-null it gets those rows' logits (fp32).

@@ -217,6 +217,17 @@ TEST(Server, PreemptionKeepsOutputsCorrect) {
   EXPECT_NE(s.error_message().find("max_new_tokens"), std::string::npos) << s.error_message();
 }
 
+TEST(Server, KvCacheSizedByMemoryFraction) {
+  ServerProcess small({"--kv-cache-fraction=0.00001"});
+  Client c(small.address());
+  const v1::ModelInfo info = c.Info();
+  EXPECT_GT(info.kv_blocks_total(), 0);
+  EXPECT_LT(info.kv_blocks_total(), 256);  // the default would be 64 x 64 tokens = 256 blocks
+  GenerateResponse resp;
+  ASSERT_TRUE(c.Generate(Ids({1, 2}, 4), &resp).ok());
+  EXPECT_EQ(Tokens(resp), (std::vector<int>{3, 4, 5, 6}));
+}
+
 TEST(Server, CancellationAndDeadlineFreeBlocks) {
   ServerProcess server({"--debug-step-delay-ms=20"});
   Client c(server.address());

@@ -2,6 +2,8 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <string>
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/sampling.h"
@@ -20,6 +22,15 @@ class CpuBackend final : public Backend {
   absl::Status SupportsModel(int) const override { return absl::OkStatus(); }
 
   void* Alloc(size_t bytes) override { return std::calloc(bytes ? bytes : 1, 1); }
+  size_t AvailableBytes() const override {
+    // MemAvailable from /proc/meminfo (kB), the kernel's estimate for new allocations.
+    std::ifstream f("/proc/meminfo");
+    std::string key, unit;
+    size_t kb = 0;
+    while (f >> key >> kb >> unit)
+      if (key == "MemAvailable:") return kb * 1024;
+    return 0;
+  }
   void Free(void* p) override { std::free(p); }
   void CopyToDevice(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void CopyToHost(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }

@@ -81,6 +81,11 @@ class CudaBackend final : public Backend {
     TG_CUDA_CHECK(cudaMemsetAsync(p, 0, std::max<size_t>(bytes, 16), stream_));
     return p;
   }
+  size_t AvailableBytes() const override {
+    size_t free_bytes = 0, total = 0;
+    TG_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
+    return free_bytes;
+  }
   void Free(void* p) override {
     cudaStreamSynchronize(stream_);
     cudaFree(p);
