@@ -102,7 +102,13 @@ TEST(Server, UnaryStreamingInfoHealthReflection) {
   EXPECT_EQ(resp.text(), "234");
 
   const v1::ModelInfo info = c.Info();
-  EXPECT_EQ(info.backend(), "cpu");
+  // The backend the server was asked for (TINYGPT_TEST_SERVER_FLAGS may say --device=cuda).
+  const bool cuda = [] {
+    for (const auto& f : testing::ExtraServerFlags())
+      if (f == "--device=cuda") return true;
+    return false;
+  }();
+  EXPECT_EQ(info.backend(), cuda ? "cuda" : "cpu");
   EXPECT_EQ(info.vocab_size(), 64);
   EXPECT_EQ(info.max_seq_len(), 64);
   EXPECT_NE(info.config_json().find("\"n_layers\":3"), std::string::npos);
