@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/ops.h"
@@ -17,16 +18,35 @@ namespace {
 
 constexpr int kKeyTile = 64;
 
+// kD > 0: the head dimension is a compile-time constant and the loops unroll
+// fully (the common dims get their own instantiation); kD == 0: any n.
+template <int kD>
 inline float Dot(const float* a, const float* b, int n) {
+  const int len = kD ? kD : n;
   float s = 0.f;
 #pragma omp simd reduction(+ : s)
-  for (int i = 0; i < n; ++i) s += a[i] * b[i];
+  for (int i = 0; i < len; ++i) s += a[i] * b[i];
   return s;
 }
 
+template <int kD>
 inline void Axpy(float a, const float* x, float* y, int n) {
+  const int len = kD ? kD : n;
 #pragma omp simd
-  for (int i = 0; i < n; ++i) y[i] += a * x[i];
+  for (int i = 0; i < len; ++i) y[i] += a * x[i];
+}
+
+// Calls fn(std::integral_constant<int, D>) for the head dims with their own
+// instantiation, fn(std::integral_constant<int, 0>) otherwise.
+template <class Fn>
+void WithHeadDim(int D, Fn&& fn) {
+  switch (D) {
+    case 16: return fn(std::integral_constant<int, 16>());
+    case 32: return fn(std::integral_constant<int, 32>());
+    case 64: return fn(std::integral_constant<int, 64>());
+    case 128: return fn(std::integral_constant<int, 128>());
+    default: return fn(std::integral_constant<int, 0>());
+  }
 }
 
 // Key/value row locators: sequence s, position j, KV head kvh → pointer.
@@ -58,7 +78,7 @@ long AttentionWork(const AttentionDims& dims, const AttentionBatch& batch) {
   return pairs * dims.n_heads * 2 * dims.head_dim;
 }
 
-template <class Rows>
+template <int kD, class Rows>
 void ForwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const float* q, long q_stride, const Rows& rows,
                  float* out, long o_stride, float* lse) {
   const int D = dims.head_dim, G = dims.group(), H = dims.n_heads;
@@ -70,7 +90,8 @@ void ForwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const f
     const int s = task / dims.n_kv_heads, kvh = task % dims.n_kv_heads;
     const int q0 = batch.cu_q[s], q_len = batch.cu_q[s + 1] - q0, offset = batch.ctx_len[s] - q_len;
     float scores[kKeyTile];
-    std::vector<float> acc(D);
+    static thread_local std::vector<float> acc;
+    acc.resize(D);
     for (int hh = 0; hh < G; ++hh) {
       const int h = kvh * G + hh;
       const float slope = dims.alibi ? AlibiSlope(h, H) : 0.f;
@@ -83,7 +104,7 @@ void ForwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const f
           const int j1 = std::min(pos + 1, j0 + kKeyTile);
           float tile_max = -std::numeric_limits<float>::infinity();
           for (int j = j0; j < j1; ++j) {
-            const float sc = Dot(qi, rows.k(s, j, kvh), D) * scale + slope * static_cast<float>(j - pos);
+            const float sc = Dot<kD>(qi, rows.k(s, j, kvh), D) * scale + slope * static_cast<float>(j - pos);
             scores[j - j0] = sc;
             tile_max = std::max(tile_max, sc);
           }
@@ -94,7 +115,7 @@ void ForwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const f
           for (int j = 0; j < n; ++j) scores[j] -= m_new;
           ExpInPlace(scores, n);
           for (int j = 0; j < n; ++j) l += scores[j];
-          for (int j = j0; j < j1; ++j) Axpy(scores[j - j0], rows.v(s, j, kvh), acc.data(), D);
+          for (int j = j0; j < j1; ++j) Axpy<kD>(scores[j - j0], rows.v(s, j, kvh), acc.data(), D);
           m = m_new;
         }
         float* oi = out + (q0 + i) * o_stride + h * D;
@@ -109,15 +130,22 @@ void ForwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const f
 
 void AttentionForward(const AttentionDims& dims, const AttentionBatch& batch, const float* q, long q_stride,
                       const PackedKv& kv, float* out, long o_stride, float* lse) {
-  ForwardImpl(dims, batch, q, q_stride, PackedRows{kv, dims.head_dim}, out, o_stride, lse);
+  WithHeadDim(dims.head_dim, [&](auto kD) {
+    ForwardImpl<kD.value>(dims, batch, q, q_stride, PackedRows{kv, dims.head_dim}, out, o_stride, lse);
+  });
 }
 
 void PagedAttentionForward(const AttentionDims& dims, const AttentionBatch& batch, const float* q, long q_stride,
                            const PagedKv& kv, float* out, long o_stride) {
-  ForwardImpl(dims, batch, q, q_stride, PagedRows{kv, dims.head_dim, dims.n_kv_heads}, out, o_stride, nullptr);
+  WithHeadDim(dims.head_dim, [&](auto kD) {
+    ForwardImpl<kD.value>(dims, batch, q, q_stride, PagedRows{kv, dims.head_dim, dims.n_kv_heads}, out, o_stride, nullptr);
+  });
 }
 
-void AttentionBackward(const AttentionDims& dims, const AttentionBatch& batch, const float* q, long q_stride,
+namespace {
+
+template <int kD>
+void BackwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const float* q, long q_stride,
                        const PackedKv& kv, const float* out, long o_stride, const float* dout, const float* lse,
                        float* dq, float* dk, float* dv, long dqkv_stride) {
   // Recomputes each probability from the saved log-sum-exp (as FlashAttention's
@@ -141,7 +169,7 @@ void AttentionBackward(const AttentionDims& dims, const AttentionBatch& batch, c
         const long r = q0 + i;
         const float* qi = q + r * q_stride + h * D;
         const float* doi = dout + r * o_stride + h * D;
-        const float delta = Dot(doi, out + r * o_stride + h * D, D);
+        const float delta = Dot<kD>(doi, out + r * o_stride + h * D, D);
         const float lse_i = lse[r * H + h];
         float* dqi = dq + r * dqkv_stride + h * D;
         const int pos = offset + i;
@@ -149,20 +177,30 @@ void AttentionBackward(const AttentionDims& dims, const AttentionBatch& batch, c
         // the three gradient updates.
         for (int j0 = 0; j0 <= pos; j0 += kKeyTile) {
           const int n = std::min(pos + 1, j0 + kKeyTile) - j0;
-          for (int j = 0; j < n; ++j) p[j] = Dot(qi, rows.k(s, j0 + j, kvh), D);
+          for (int j = 0; j < n; ++j) p[j] = Dot<kD>(qi, rows.k(s, j0 + j, kvh), D);
           for (int j = 0; j < n; ++j) p[j] = p[j] * scale + slope * static_cast<float>(j0 + j - pos) - lse_i;
           ExpInPlace(p, n);
           for (int j = 0; j < n; ++j) {
             const float* kj = rows.k(s, j0 + j, kvh);
-            const float ds = p[j] * (Dot(doi, rows.v(s, j0 + j, kvh), D) - delta) * scale;
-            Axpy(p[j], doi, dv + (k0 + j0 + j) * dqkv_stride + kvh * D, D);
-            Axpy(ds, kj, dqi, D);
-            Axpy(ds, qi, dk + (k0 + j0 + j) * dqkv_stride + kvh * D, D);
+            const float ds = p[j] * (Dot<kD>(doi, rows.v(s, j0 + j, kvh), D) - delta) * scale;
+            Axpy<kD>(p[j], doi, dv + (k0 + j0 + j) * dqkv_stride + kvh * D, D);
+            Axpy<kD>(ds, kj, dqi, D);
+            Axpy<kD>(ds, qi, dk + (k0 + j0 + j) * dqkv_stride + kvh * D, D);
           }
         }
       }
     }
   }
+}
+
+}  // namespace
+
+void AttentionBackward(const AttentionDims& dims, const AttentionBatch& batch, const float* q, long q_stride,
+                       const PackedKv& kv, const float* out, long o_stride, const float* dout, const float* lse,
+                       float* dq, float* dk, float* dv, long dqkv_stride) {
+  WithHeadDim(dims.head_dim, [&](auto kD) {
+    BackwardImpl<kD.value>(dims, batch, q, q_stride, kv, out, o_stride, dout, lse, dq, dk, dv, dqkv_stride);
+  });
 }
 
 void KvAppend(const float* qkv, long qkv_stride, int T, const int32_t* slot_mapping, const AttentionDims& dims,
