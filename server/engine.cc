@@ -257,7 +257,6 @@ void Engine::PublishGauges() {
     stats_.running = running;
     stats_.waiting = waiting;
     stats_.kv_blocks_free = blocks_.num_free();
-    ++stats_.steps;
   }
   if (metrics_) metrics_->SetGauges(running, waiting, blocks_.num_used(), blocks_.num_blocks());
 }

@@ -30,7 +30,7 @@ struct EngineOptions {
 struct EngineStats {
   int running = 0, waiting = 0;
   int kv_blocks_total = 0, kv_blocks_free = 0;
-  long preemptions = 0, steps = 0;
+  long preemptions = 0;
 };
 
 class Engine {
