@@ -15,11 +15,11 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update && apt-get install -y --no-install-recommends \
       build-essential cmake pkg-config \
       libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc \
-      libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev nlohmann-json3-dev libopenblas-dev \
+      libabsl-dev prometheus-cpp-dev nlohmann-json3-dev libopenblas-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=Release \
+RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=Release -DTINYGPT_BUILD_TESTS=OFF \
       -DTINYGPT_CUDA=$([ "$VARIANT" = cpu ] && echo OFF || echo ON) \
     && cmake --build /build -j"$(nproc)" --target tinygpt tinygpt-client \
     && (cmake --build /build -j"$(nproc)" --target tinygpt_cuda || [ "$VARIANT" = cpu ])
