@@ -146,11 +146,13 @@ namespace {
 
 template <int kD>
 void BackwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const float* q, long q_stride,
-                       const PackedKv& kv, const float* out, long o_stride, const float* dout, const float* lse,
-                       float* dq, float* dk, float* dv, long dqkv_stride) {
+                  const PackedKv& kv, const float* out, long o_stride, const float* dout, const float* lse,
+                  float* dq, float* dk, float* dv, long dqkv_stride) {
   // Recomputes each probability from the saved log-sum-exp (as FlashAttention's
   // backward does). A task owns one (sequence, KV head): it alone writes those
   // dK/dV rows and the dQ rows of its query heads, so no atomics are needed.
+  // Keys are handled a tile at a time in key-major (transposed) form, so the
+  // inner loops run along the keys of the tile, not along the short head_dim.
   const int D = dims.head_dim, G = dims.group(), H = dims.n_heads;
   const float scale = dims.scale();
   const PackedRows rows{kv, D};
@@ -160,33 +162,76 @@ void BackwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const 
   for (int task = 0; task < tasks; ++task) {
     const int s = task / dims.n_kv_heads, kvh = task % dims.n_kv_heads;
     const int q0 = batch.cu_q[s], q_len = batch.cu_q[s + 1] - q0, offset = batch.ctx_len[s] - q_len;
+    const int n_keys = batch.ctx_len[s];
     const long k0 = kv.cu_k[s];
-    float p[kKeyTile];
-    for (int hh = 0; hh < G; ++hh) {
-      const int h = kvh * G + hh;
-      const float slope = dims.alibi ? AlibiSlope(h, H) : 0.f;
-      for (int i = 0; i < q_len; ++i) {
-        const long r = q0 + i;
-        const float* qi = q + r * q_stride + h * D;
-        const float* doi = dout + r * o_stride + h * D;
-        const float delta = Dot<kD>(doi, out + r * o_stride + h * D, D);
-        const float lse_i = lse[r * H + h];
-        float* dqi = dq + r * dqkv_stride + h * D;
-        const int pos = offset + i;
-        // Key tile by key tile: scores, probabilities (vectorized exp), then
-        // the three gradient updates.
-        for (int j0 = 0; j0 <= pos; j0 += kKeyTile) {
-          const int n = std::min(pos + 1, j0 + kKeyTile) - j0;
-          for (int j = 0; j < n; ++j) p[j] = Dot<kD>(qi, rows.k(s, j0 + j, kvh), D);
+    // Per tile: K^T, V^T and their gradients, [D][kKeyTile] each.
+    static thread_local std::vector<float> buf;
+    buf.resize(4 * static_cast<size_t>(D) * kKeyTile);
+    float *kt = buf.data(), *vt = kt + D * kKeyTile, *dkt = vt + D * kKeyTile, *dvt = dkt + D * kKeyTile;
+    float p[kKeyTile], ds[kKeyTile];
+    for (int j0 = 0; j0 < n_keys; j0 += kKeyTile) {
+      const int nt = std::min(n_keys, j0 + kKeyTile) - j0;
+      for (int jj = 0; jj < nt; ++jj) {
+        const float* kj = rows.k(s, j0 + jj, kvh);
+        const float* vj = rows.v(s, j0 + jj, kvh);
+        for (int d = 0; d < D; ++d) {
+          kt[d * kKeyTile + jj] = kj[d];
+          vt[d * kKeyTile + jj] = vj[d];
+        }
+      }
+      std::fill(dkt, dkt + 2 * D * kKeyTile, 0.f);
+      for (int hh = 0; hh < G; ++hh) {
+        const int h = kvh * G + hh;
+        const float slope = dims.alibi ? AlibiSlope(h, H) : 0.f;
+        // Only queries at or after the tile's first key see any of it.
+        for (int i = std::max(0, j0 - offset); i < q_len; ++i) {
+          const long r = q0 + i;
+          const float* qi = q + r * q_stride + h * D;
+          const float* doi = dout + r * o_stride + h * D;
+          const float delta = Dot<kD>(doi, out + r * o_stride + h * D, D);
+          const float lse_i = lse[r * H + h];
+          const int pos = offset + i, n = std::min(nt, pos - j0 + 1);
+          // s = q·K^T and dp = do·V^T along the keys.
+          float dp[kKeyTile];
+          std::fill(p, p + n, 0.f);
+          std::fill(dp, dp + n, 0.f);
+          for (int d = 0; d < (kD ? kD : D); ++d) {
+            const float qd = qi[d], dod = doi[d];
+            const float* ktd = kt + d * kKeyTile;
+            const float* vtd = vt + d * kKeyTile;
+#pragma omp simd
+            for (int j = 0; j < n; ++j) {
+              p[j] += qd * ktd[j];
+              dp[j] += dod * vtd[j];
+            }
+          }
           for (int j = 0; j < n; ++j) p[j] = p[j] * scale + slope * static_cast<float>(j0 + j - pos) - lse_i;
           ExpInPlace(p, n);
-          for (int j = 0; j < n; ++j) {
-            const float* kj = rows.k(s, j0 + j, kvh);
-            const float ds = p[j] * (Dot<kD>(doi, rows.v(s, j0 + j, kvh), D) - delta) * scale;
-            Axpy<kD>(p[j], doi, dv + (k0 + j0 + j) * dqkv_stride + kvh * D, D);
-            Axpy<kD>(ds, kj, dqi, D);
-            Axpy<kD>(ds, qi, dk + (k0 + j0 + j) * dqkv_stride + kvh * D, D);
+#pragma omp simd
+          for (int j = 0; j < n; ++j) ds[j] = p[j] * (dp[j] - delta) * scale;
+          float* dqi = dq + r * dqkv_stride + h * D;
+          for (int d = 0; d < (kD ? kD : D); ++d) {
+            const float qd = qi[d], dod = doi[d];
+            const float* ktd = kt + d * kKeyTile;
+            float* dktd = dkt + d * kKeyTile;
+            float* dvtd = dvt + d * kKeyTile;
+            float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+            for (int j = 0; j < n; ++j) {
+              acc += ds[j] * ktd[j];
+              dktd[j] += ds[j] * qd;
+              dvtd[j] += p[j] * dod;
+            }
+            dqi[d] += acc;
           }
+        }
+      }
+      for (int jj = 0; jj < nt; ++jj) {
+        float* dkj = dk + (k0 + j0 + jj) * dqkv_stride + kvh * D;
+        float* dvj = dv + (k0 + j0 + jj) * dqkv_stride + kvh * D;
+        for (int d = 0; d < D; ++d) {
+          dkj[d] += dkt[d * kKeyTile + jj];
+          dvj[d] += dvt[d * kKeyTile + jj];
         }
       }
     }
