@@ -60,12 +60,27 @@ void LinearBackward(const float* dy, const float* x, const float* w, float* dx, 
   static thread_local std::vector<float> ones;
   if (static_cast<int>(ones.size()) < T) ones.assign(T, 1.0f);
   const float* one = ones.data();
-  // dw[o0:o1] += dy[:, o0:o1]^T · x;  db[o0:o1] += dy[:, o0:o1]^T · 1.
-  ParallelSlices(out, static_cast<long>(T) * in * out, [&](int o0, int o1) {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, o1 - o0, in, T, 1.0f, dy + o0, out, x, in, 1.0f,
-                dw + static_cast<long>(o0) * in, in);
-    if (db) cblas_sgemv(CblasRowMajor, CblasTrans, T, o1 - o0, 1.0f, dy + o0, out, one, 1, 1.0f, db + o0, 1);
+  // dw += dy^T · x and db += dy^T · 1 reduce over the T rows: each thread
+  // takes a slice of rows into its own partial sum (so it packs only its part
+  // of x and dy), and the partials are added in thread order: deterministic.
+  const long work = static_cast<long>(T) * in * out;
+  const int nt = work < kMinParallelWork ? 1 : omp_get_max_threads();
+  static thread_local std::vector<float> partial;
+  partial.assign(static_cast<size_t>(nt - 1) * (static_cast<size_t>(out) * in + out), 0.f);
+  float* part = partial.data();
+  ParallelSlices(T, work, [&](int t0, int t1) {
+    const int id = omp_in_parallel() ? omp_get_thread_num() : 0;
+    float* w_acc = id == 0 ? dw : part + static_cast<size_t>(id - 1) * (static_cast<size_t>(out) * in + out);
+    float* b_acc = id == 0 ? db : w_acc + static_cast<size_t>(out) * in;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, t1 - t0, 1.0f, dy + static_cast<long>(t0) * out, out,
+                x + static_cast<long>(t0) * in, in, 1.0f, w_acc, in);
+    if (b_acc) cblas_sgemv(CblasRowMajor, CblasTrans, t1 - t0, out, 1.0f, dy + static_cast<long>(t0) * out, out, one, 1, 1.0f, b_acc, 1);
   });
+  for (int id = 1; id < nt; ++id) {
+    const float* w_part = part + static_cast<size_t>(id - 1) * (static_cast<size_t>(out) * in + out);
+    AddInPlace(dw, w_part, static_cast<size_t>(out) * in);
+    if (db) AddInPlace(db, w_part + static_cast<size_t>(out) * in, out);
+  }
 }
 
 void LayerNormForward(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd, int T, int C, float eps) {
