@@ -4,10 +4,9 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_split.h"
 #include "cli/commands.h"
 #include "cli/common_flags.h"
+#include "common/token_ids.h"
 #include "model/checkpoint.h"
 #include "model/generate.h"
 #include "model/tokenizer.h"
@@ -24,15 +23,6 @@ ABSL_FLAG(bool, json, false, "print one JSON object");
 namespace tinygpt {
 namespace {
 
-bool ParseIds(const std::string& text, std::vector<int32_t>* ids) {
-  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
-    int v;
-    if (!absl::SimpleAtoi(part, &v)) return false;
-    ids->push_back(v);
-  }
-  return true;
-}
-
 int Fail(const std::string& msg, int code = 1) {
   std::fprintf(stderr, "tinygpt generate: %s\n", msg.c_str());
   return code;
@@ -43,7 +33,7 @@ int Fail(const std::string& msg, int code = 1) {
 int GenerateCommand() {
   std::vector<int32_t> prompt;
   if (!absl::GetFlag(FLAGS_prompt_ids).empty()) {
-    if (!ParseIds(absl::GetFlag(FLAGS_prompt_ids), &prompt)) return Fail("--prompt-ids must be comma-separated integers", 2);
+    if (!ParseTokenIds(absl::GetFlag(FLAGS_prompt_ids), &prompt)) return Fail("--prompt-ids must be comma-separated integers", 2);
   } else if (!absl::GetFlag(FLAGS_prompt).empty()) {
     prompt = EncodeBytes(absl::GetFlag(FLAGS_prompt));
   } else {
@@ -55,7 +45,7 @@ int GenerateCommand() {
   o.top_k = absl::GetFlag(FLAGS_top_k);
   o.top_p = absl::GetFlag(FLAGS_top_p);
   o.seed = absl::GetFlag(FLAGS_seed);
-  if (!ParseIds(absl::GetFlag(FLAGS_stop_ids), &o.stop_ids)) return Fail("--stop-ids must be comma-separated integers", 2);
+  if (!ParseTokenIds(absl::GetFlag(FLAGS_stop_ids), &o.stop_ids)) return Fail("--stop-ids must be comma-separated integers", 2);
   auto ck = LoadCheckpoint(absl::GetFlag(FLAGS_checkpoint));
   if (!ck.ok()) return Fail(std::string(ck.status().message()));
   if (auto s = ValidateGenerateRequest(ck->config, prompt, o); !s.ok()) return Fail(std::string(s.message()), 2);

@@ -15,11 +15,10 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_split.h"
 #include <google/protobuf/util/json_util.h>
 
 #include "common/flag_args.h"
+#include "common/token_ids.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "tinygpt.grpc.pb.h"
 
@@ -69,11 +68,9 @@ int PrintError(const grpc::Status& s) {
 
 bool RequestFromFlags(GenerateRequest* req) {
   if (!absl::GetFlag(FLAGS_prompt_ids).empty()) {
-    for (absl::string_view p : absl::StrSplit(absl::GetFlag(FLAGS_prompt_ids), ',', absl::SkipWhitespace())) {
-      int v;
-      if (!absl::SimpleAtoi(p, &v)) return false;
-      req->mutable_token_ids()->add_ids(v);
-    }
+    std::vector<int32_t> ids;
+    if (!tinygpt::ParseTokenIds(absl::GetFlag(FLAGS_prompt_ids), &ids)) return false;
+    for (int32_t id : ids) req->mutable_token_ids()->add_ids(id);
   } else {
     req->set_text(absl::GetFlag(FLAGS_prompt));
   }
