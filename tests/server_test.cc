@@ -206,7 +206,8 @@ TEST(Server, PreemptionKeepsOutputsCorrect) {
       alone.push_back(Tokens(resp));
     }
   }
-  ServerProcess small({"--kv-cache-tokens=128", "--max-seqs=16"});
+  // The step delay keeps all 24 in flight together, so the cache must overflow.
+  ServerProcess small({"--kv-cache-tokens=128", "--max-seqs=16", "--debug-step-delay-ms=2"});
   Client c(small.address());
   EXPECT_EQ(c.Info().kv_blocks_total(), 8);
   const auto together = RunConcurrently(c, reqs);
