@@ -103,12 +103,9 @@ void Run(const Problem& pr) {
   AttentionDims dims{pr.H, pr.Hkv, pr.D, false};
   AttentionBatch batch{n, d_cu, d_ctx, total_q, max_q, max_ctx};
   PagedKv kv{k, v, pr.block_size, d_tables, max_blocks};
-  // Same split policy as the backend (kernels/cuda/cuda_backend.cu).
   cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, 0);
-  const int blocks = n * pr.Hkv * ((max_q * dims.group() + 63) / 64), key_tiles = (max_ctx + 63) / 64;
-  const int splits = (blocks >= prop.multiProcessorCount || key_tiles < 4) ? 1
-                     : std::max(1, std::min({(2 * prop.multiProcessorCount + blocks - 1) / blocks, key_tiles / 2, 32}));
+  const int splits = cuda::ChooseNumSplits(dims, batch, prop.multiProcessorCount);  // as the backend does
   float* partial = nullptr;
   if (splits > 1) TG_CUDA_CHECK(cudaMalloc(&partial, static_cast<size_t>(splits) * total_q * pr.H * (pr.D + 1) * sizeof(float)));
   TG_CUDA_CHECK(cudaMemGetInfo(&free_after, &total));

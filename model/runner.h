@@ -39,7 +39,6 @@ class ModelRunner {
   const RunnerOptions& options() const { return opt_; }
   Backend* backend() const { return backend_; }
   // Bytes of KV cache per block, over all layers (K and V).
-  size_t kv_block_bytes() const { return KvBlockBytes(cfg_, opt_.block_size, backend_->dtype()); }
   static size_t KvBlockBytes(const ModelConfig& cfg, int block_size, DType dtype) {
     return 2ul * cfg.n_layers * block_size * cfg.kv_dim() * DTypeSize(dtype);
   }

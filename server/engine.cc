@@ -96,7 +96,6 @@ void Engine::Loop() {
 void Engine::Retire(const std::shared_ptr<Sequence>& seq, FinishReason reason, absl::Status status) {
   blocks_.Release(&seq->block_table);
   running_.erase(std::remove(running_.begin(), running_.end(), seq), running_.end());
-  seq->finished_at = Clock::now();
   seq->Finish(reason, std::move(status));
 }
 

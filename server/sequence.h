@@ -51,7 +51,7 @@ class Sequence {
   std::vector<int32_t> block_table;
   long admitted_order = -1;     // for preemption: the latest admitted goes first
   int num_generated() const { return static_cast<int>(tokens.size() - request.prompt.size()); }
-  Clock::time_point arrival, first_scheduled, first_token, last_token, finished_at;
+  Clock::time_point arrival, first_scheduled, first_token, last_token;
   bool scheduled_once = false;
   std::atomic<bool> cancel_requested{false};  // set by any thread
 

@@ -118,7 +118,21 @@ GenerationService::Outcome GenerationService::Run(grpc::ServerContext* ctx, cons
   return o;
 }
 
-void GenerationService::Finish(const Outcome& o, const grpc::Status& status) {
+// The fields a unary response and a stream's last message share.
+template <class Msg>
+void GenerationService::FillSummary(const Outcome& o, Msg* m) {
+  m->set_request_id(o.id);
+  m->set_finish_reason(ToProto(o.reason));
+  m->mutable_usage()->set_prompt_tokens(o.prompt_tokens);
+  m->mutable_usage()->set_generated_tokens(static_cast<int>(o.tokens.size()));
+  auto* t = m->mutable_timings();
+  t->set_queued_seconds(Seconds(o.seq->first_scheduled - o.seq->arrival));
+  t->set_time_to_first_token_seconds(Seconds(o.seq->first_token - o.seq->arrival));
+  t->set_total_seconds(Seconds(Clock::now() - o.start));
+}
+
+void GenerationService::Finish(const Outcome& o) {
+  const grpc::Status& status = o.status;
   const double total = Seconds(Clock::now() - o.start);
   double queued = -1, ttft = -1;
   if (o.seq && o.seq->scheduled_once) queued = Seconds(o.seq->first_scheduled - o.seq->arrival);
@@ -150,18 +164,11 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const v1::Gen
   InFlight guard(in_flight_);
   Outcome o = Run(ctx, *req, /*stream=*/false, [](const std::vector<int32_t>&) { return true; });
   if (o.status.ok()) {
-    resp->set_request_id(o.id);
     for (int32_t t : o.tokens) resp->add_token_ids(t);
     resp->set_text(DecodeBytes(o.tokens));
-    resp->set_finish_reason(ToProto(o.reason));
-    resp->mutable_usage()->set_prompt_tokens(o.prompt_tokens);
-    resp->mutable_usage()->set_generated_tokens(static_cast<int>(o.tokens.size()));
-    auto* t = resp->mutable_timings();
-    t->set_queued_seconds(Seconds(o.seq->first_scheduled - o.seq->arrival));
-    t->set_time_to_first_token_seconds(Seconds(o.seq->first_token - o.seq->arrival));
-    t->set_total_seconds(Seconds(Clock::now() - o.start));
+    FillSummary(o, resp);
   }
-  Finish(o, o.status);
+  Finish(o);
   return o.status;
 }
 
@@ -176,17 +183,10 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* ctx, const v
   });
   if (o.status.ok()) {
     v1::GenerateStreamResponse last;
-    last.set_request_id(o.id);
-    last.set_finish_reason(ToProto(o.reason));
-    last.mutable_usage()->set_prompt_tokens(o.prompt_tokens);
-    last.mutable_usage()->set_generated_tokens(static_cast<int>(o.tokens.size()));
-    auto* t = last.mutable_timings();
-    t->set_queued_seconds(Seconds(o.seq->first_scheduled - o.seq->arrival));
-    t->set_time_to_first_token_seconds(Seconds(o.seq->first_token - o.seq->arrival));
-    t->set_total_seconds(Seconds(Clock::now() - o.start));
+    FillSummary(o, &last);
     if (!writer->Write(last)) o.status = grpc::Status(grpc::CANCELLED, "stream closed by the client");
   }
-  Finish(o, o.status);
+  Finish(o);
   return o.status;
 }
 

@@ -34,7 +34,10 @@ class GenerationService final : public v1::Generation::Service {
   // batch of new tokens (return false to cancel, e.g. a failed stream write).
   template <class OnTokens>
   Outcome Run(grpc::ServerContext* ctx, const v1::GenerateRequest& req, bool stream, OnTokens on_tokens);
-  void Finish(const Outcome& o, const grpc::Status& status);
+  template <class Msg>
+  static void FillSummary(const Outcome& o, Msg* m);
+  // Metrics and the one log line of a finished call.
+  void Finish(const Outcome& o);
 
   Engine* engine_;
   ServerMetrics* metrics_;

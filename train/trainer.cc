@@ -58,7 +58,6 @@ absl::StatusOr<TrainResult> Train(const ModelConfig& cfg_in, DataSource& data, c
   if (opt.out.empty()) return absl::InvalidArgumentError("train: --out is required");
   ModelConfig cfg = cfg_in;
   long step = 0;
-  std::vector<float> m, v;
   std::unique_ptr<Transformer> model;
   if (!opt.resume.empty()) {
     auto ck = LoadCheckpoint(opt.resume);
@@ -66,16 +65,14 @@ absl::StatusOr<TrainResult> Train(const ModelConfig& cfg_in, DataSource& data, c
     cfg = ck->config;
     model = std::make_unique<Transformer>(cfg);
     model->params() = std::move(ck->params);
-    m.assign(model->params().size(), 0.f);
-    v.assign(model->params().size(), 0.f);
-    if (auto s = LoadOptimizer(opt.resume + ".optim", &m, &v, &step); !s.ok()) return s;
   } else {
     if (auto s = ValidateConfig(cfg); !s.ok()) return s;
     model = std::make_unique<Transformer>(cfg);
     model->InitParams(opt.seed);
-    m.assign(model->params().size(), 0.f);
-    v.assign(model->params().size(), 0.f);
   }
+  std::vector<float> m(model->params().size(), 0.f), v(model->params().size(), 0.f);  // AdamW moments
+  if (!opt.resume.empty())
+    if (auto s = LoadOptimizer(opt.resume + ".optim", &m, &v, &step); !s.ok()) return s;
   const bool tty = isatty(fileno(stderr));
   TrainResult result;
   auto save = [&](long done) -> absl::Status {

@@ -1,6 +1,8 @@
 #include "kernels/cuda/attention_kernel.cuh"
 #include "kernels/cuda/attention_launch.h"
 
+#include <algorithm>
+
 namespace tinygpt::cuda {
 namespace {
 
@@ -36,6 +38,16 @@ void ForDim(const AttentionDims& d, const AttentionBatch& b, const AttentionPara
 }
 
 }  // namespace
+
+int ChooseNumSplits(const AttentionDims& dims, const AttentionBatch& batch, int num_sms) {
+  // The tile shape does not depend on head_dim or dtype.
+  constexpr int kBlockM = AttentionTraits<64, __half>::kBlockM, kBlockN = AttentionTraits<64, __half>::kBlockN;
+  const int rows_per_seq = std::max(1, batch.max_q_len) * dims.group();
+  const int blocks = batch.num_seqs * dims.n_kv_heads * ((rows_per_seq + kBlockM - 1) / kBlockM);
+  const int key_tiles = (batch.max_ctx_len + kBlockN - 1) / kBlockN;
+  if (blocks >= num_sms || key_tiles < 4) return 1;
+  return std::max(1, std::min({(2 * num_sms + blocks - 1) / blocks, key_tiles / 2, 32}));
+}
 
 void LaunchPagedAttention(bool bf16, const AttentionDims& dims, const AttentionBatch& batch, const void* qkv, long qkv_stride,
                           const PagedKv& kv, void* out, int num_splits, float* partial, cudaStream_t stream) {

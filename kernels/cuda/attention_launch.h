@@ -8,6 +8,10 @@
 
 namespace tinygpt::cuda {
 
+// Key splits for one call (flash-decoding): more than one when (sequences ×
+// KV heads × query tiles) leave SMs idle and contexts are long enough to share.
+int ChooseNumSplits(const AttentionDims& dims, const AttentionBatch& batch, int num_sms);
+
 // qkv: fused rows of qkv_stride elements (queries first); out: [total_q,
 // n_heads*head_dim]. With num_splits > 1, `partial` holds num_splits ×
 // total_q × n_heads × (head_dim + 1) floats.

@@ -155,7 +155,7 @@ class CudaBackend final : public Backend {
     TG_CUDA_LAUNCH_CHECK();
   }
   void PagedAttention(const AttentionDims& d, const AttentionBatch& batch, const void* qkv, const PagedKv& kv, void* out) override {
-    const int splits = ChooseSplits(d, batch);
+    const int splits = ChooseNumSplits(d, batch, num_sms_);
     float* partial = nullptr;
     if (splits > 1) {
       const size_t need = static_cast<size_t>(splits) * batch.total_q * d.n_heads * (d.head_dim + 1) * sizeof(float);
@@ -192,16 +192,6 @@ class CudaBackend final : public Backend {
 
   static const T* P(const void* p) { return static_cast<const T*>(p); }
   static T* P(void* p) { return static_cast<T*>(p); }
-
-  // Split the keys when (sequences × KV heads × query tiles) leave SMs idle
-  // and contexts are long enough to share: flash-decoding.
-  int ChooseSplits(const AttentionDims& d, const AttentionBatch& batch) const {
-    const int rows_per_seq = std::max(1, batch.max_q_len) * d.group();
-    const int blocks = batch.num_seqs * d.n_kv_heads * ((rows_per_seq + 63) / 64);
-    const int key_tiles = (batch.max_ctx_len + 63) / 64;
-    if (blocks >= num_sms_ || key_tiles < 4) return 1;
-    return std::max(1, std::min({(2 * num_sms_ + blocks - 1) / blocks, key_tiles / 2, 32}));
-  }
 
   Plan& GetPlan(int rows, int in, int out, bool bias) {
     const auto key = std::make_tuple(rows, in, out, bias);
