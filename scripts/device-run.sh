@@ -2,24 +2,49 @@
 # On the GPU machine (the device tool runs it from the repo root with
 # device-stage/ carried): checks every CUDA op against the CPU backend, the
 # whole model, the server's integration tests on --device cuda, then times the
-# attention kernels beside PyTorch. Results go to $OUT.
+# attention kernels beside PyTorch. Results go to $OUT (at most 8 files come
+# back: log.txt, backend_ops_{bf16,f16}.txt, server_test_cuda.txt,
+# attention_ours.jsonl, attention.md, attention_memory.png).
+# usage: scripts/device-run.sh [checks|bench|all]   (default all)
 set -uo pipefail
+what=${1:-all}
 S=$PWD/device-stage
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
+log=$OUT/log.txt
 [[ -d $S/lib ]] || tar -C "$S" -xJf "$S/lib.tar.xz"
-cublas=$(dirname "$(find / -name 'libcublasLt.so.13*' -not -path '*/proc/*' 2>/dev/null | head -1)")
+# cuBLASLt comes from the machine's CUDA toolkit (or PyTorch's wheel).
+cublas=$(dirname "$( (ls /usr/local/cuda/lib64/libcublasLt.so.13* 2>/dev/null; find / -name 'libcublasLt.so.13*' -not -path '/proc/*' 2>/dev/null) | head -1)")
 export LD_LIBRARY_PATH=$S/lib:$cublas:${LD_LIBRARY_PATH:-}
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv | tee "$OUT/device.txt"
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+  echo "cublasLt from $cublas"
+  command -v cuobjdump > /dev/null && cuobjdump --dump-sass "$S/bin/libtinygpt_cuda.so" | grep -oE "HMMA\.[0-9A-Z.]+" | sort | uniq -c
+} 2>&1 | tee "$log"
 status=0
-for dtype in bf16 f16; do
-  "$S/bin/tinygpt_backend_ops" --dtype=$dtype "$S/seed.safetensors" > "$OUT/backend_ops_$dtype.txt" 2>&1 || status=1
-  grep -E "FAIL|passed" "$OUT/backend_ops_$dtype.txt" | tail -15
-done
-"$S/bin/tinygpt" generate --checkpoint "$S/seed.safetensors" --device cuda --prompt-ids 10,11,12 --max-new-tokens 8 --json
-TINYGPT_BIN=$S/bin/tinygpt TINYGPT_TEST_SERVER_FLAGS=--device=cuda "$S/bin/server_test" > "$OUT/server_test_cuda.txt" 2>&1 || status=1
-grep -E "^\[  |Failure|error" "$OUT/server_test_cuda.txt" | head -30
-"$S/bin/tinygpt_attention_bench" > "$OUT/attention_ours.jsonl" 2> "$OUT/attention_bench.err" || status=1
-PYTHONUNBUFFERED=1 python3 bench/attention_report.py "$OUT/attention_ours.jsonl" "$OUT" > "$OUT/attention_report.txt" 2>&1 || status=1
-cat "$OUT/attention_report.txt"
+step() {  # step NAME TIMEOUT_S COMMAND...: runs with a limit, records the outcome
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@"
+  local rc=$?
+  echo "== $name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$log"
+  [[ $rc == 0 ]] || status=1
+}
+if [[ $what != bench ]]; then
+  for dtype in bf16 f16; do
+    step "backend ops $dtype" 150 "$S/bin/tinygpt_backend_ops" --dtype=$dtype "$S/seed.safetensors" > "$OUT/backend_ops_$dtype.txt" 2>&1
+    grep -E "^FAIL|passed|error|CUDA" "$OUT/backend_ops_$dtype.txt" | head -20 | tee -a "$log"
+  done
+  step "generate --device cuda" 60 "$S/bin/tinygpt" generate --checkpoint "$S/seed.safetensors" --device cuda \
+    --prompt-ids 10,11,12 --max-new-tokens 8 --json >> "$log" 2>&1
+  TINYGPT_BIN=$S/bin/tinygpt TINYGPT_TEST_SERVER_FLAGS=--device=cuda \
+    step "server_test --device=cuda" 240 "$S/bin/server_test" > "$OUT/server_test_cuda.txt" 2>&1
+  grep -E "^\[  |Failure|error|Expected|Which is" "$OUT/server_test_cuda.txt" | head -40 | tee -a "$log"
+fi
+if [[ $what != checks ]]; then
+  step "attention bench" 200 "$S/bin/tinygpt_attention_bench" > "$OUT/attention_ours.jsonl" 2>> "$log"
+  PYTHONUNBUFFERED=1 step "attention report" 200 python3 bench/attention_report.py "$OUT/attention_ours.jsonl" "$OUT" >> "$log" 2>&1
+  cat "$OUT/attention.md" 2>/dev/null
+fi
+grep "^== " "$log"
 exit $status
