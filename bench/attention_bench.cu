@@ -8,12 +8,15 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "kernels/cuda/attention_launch.h"
+#include "kernels/cuda/attention_run.cuh"
 #include "kernels/cuda/common.cuh"
 
 using namespace tinygpt;
@@ -76,15 +79,44 @@ float MedianMs(Fn fn, int reps = 20) {
   return t[t.size() / 2];
 }
 
+// Other tile shapes of the same kernel, timed beside the one the backend
+// picks (named w<warps>m<m-tiles per warp>n<block N>s<stages>), each checked
+// against the backend's output on the same inputs.
+struct Variant {
+  const char* name;
+  void (*plan)(const AttentionDims&, const AttentionBatch&, int, cuda::AttentionPlan*);
+  void (*launch)(const AttentionDims&, const AttentionBatch&, const cuda::AttentionParams&, cudaStream_t);
+};
+template <int D, int W, int MT, int BN, int S>
+Variant V(const char* name) {
+  using Tr = cuda::AttentionTraits<D, __half, W, MT, BN, S>;
+  return {name, &cuda::PlanFor<Tr>, &cuda::LaunchFor<Tr>};
+}
+std::vector<Variant> Variants(const std::string& kind, int D) {
+  if (kind == "prefill" && D == 64)
+    return {V<64, 4, 1, 64, 2>("w4m1n64s2"), V<64, 8, 1, 64, 2>("w8m1n64s2"), V<64, 4, 2, 64, 3>("w4m2n64s3"),
+            V<64, 4, 2, 32, 2>("w4m2n32s2")};
+  if (kind == "prefill" && D == 128)
+    return {V<128, 4, 1, 64, 2>("w4m1n64s2"), V<128, 8, 1, 64, 2>("w8m1n64s2"), V<128, 4, 2, 32, 3>("w4m2n32s3"),
+            V<128, 8, 1, 32, 3>("w8m1n32s3"), V<128, 4, 1, 32, 3>("w4m1n32s3")};
+  if (kind == "decode" && D == 128)
+    return {V<128, 1, 1, 32, 3>("w1m1n32s3"), V<128, 1, 1, 64, 3>("w1m1n64s3"), V<128, 2, 1, 32, 4>("w2m1n32s4"),
+            V<128, 1, 1, 16, 6>("w1m1n16s6"), V<128, 4, 2, 32, 2>("wide")};
+  return {};
+}
+
 // One attention problem: sequences of given lengths (queries = context, i.e.
 // prefill) or of one query over a context (decode), KV in a paged cache.
 struct Problem {
   std::string kind, label;
   std::vector<int> q_lens, ctx_lens;
   int H, Hkv, D, block_size;
+  bool variants = false;
 };
 
 void Run(const Problem& pr) {
+  // TINYGPT_BENCH_ONLY=LABEL times that shape alone (for a profiler run).
+  if (const char* only = std::getenv("TINYGPT_BENCH_ONLY"); only && pr.label != only) return;
   using T = __half;  // the tutorial's and the peers' fp16
   const int n = static_cast<int>(pr.q_lens.size());
   int total_q = 0, max_q = 0, max_ctx = 0;
@@ -119,11 +151,12 @@ void Run(const Problem& pr) {
   PagedKv kv{k, v, pr.block_size, d_tables, max_blocks};
   cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, 0);
-  const int splits = cuda::ChooseNumSplits(dims, batch, prop.multiProcessorCount);  // as the backend does
+  const cuda::AttentionPlan plan = cuda::PlanPagedAttention(false, dims, batch, prop.multiProcessorCount);  // as the backend does
+  const int splits = plan.num_splits;
   float* partial = nullptr;
-  if (splits > 1) TG_CUDA_CHECK(cudaMalloc(&partial, static_cast<size_t>(splits) * total_q * pr.H * (pr.D + 1) * sizeof(float)));
+  if (splits > 1) TG_CUDA_CHECK(cudaMalloc(&partial, plan.partial_floats() * sizeof(float)));
   TG_CUDA_CHECK(cudaMemGetInfo(&free_after, &total));
-  auto call = [&] { cuda::LaunchPagedAttention(false, dims, batch, q, static_cast<long>(pr.H) * pr.D, kv, out, splits, partial, 0); };
+  auto call = [&] { cuda::LaunchPagedAttention(false, plan, dims, batch, q, static_cast<long>(pr.H) * pr.D, kv, out, partial, 0); };
   const float ms = MedianMs(call);
   std::string lens;
   for (int i = 0; i < n; ++i) lens += (i ? "," : "") + std::to_string(pr.q_lens[i]);
@@ -139,6 +172,32 @@ void Run(const Problem& pr) {
               pr.kind.c_str(), pr.label.c_str(), ms, flops / ms / 1e9, kv_bytes / ms / 1e6, free_before - free_after, splits, n,
               max_ctx, total_q, pr.H, pr.Hkv, pr.D, lens.c_str());
   std::fflush(stdout);
+  if (pr.variants) {
+    const size_t out_n = static_cast<size_t>(total_q) * pr.H * pr.D;
+    std::vector<__half> ref(out_n), got(out_n);
+    TG_CUDA_CHECK(cudaMemcpy(ref.data(), out, out_n * sizeof(T), cudaMemcpyDeviceToHost));
+    for (const Variant& var : Variants(pr.kind, pr.D)) {
+      cuda::AttentionPlan vp;
+      var.plan(dims, batch, prop.multiProcessorCount, &vp);
+      float* vpart = nullptr;
+      if (vp.num_splits > 1) TG_CUDA_CHECK(cudaMalloc(&vpart, vp.partial_floats() * sizeof(float)));
+      const cuda::AttentionParams params =
+          cuda::MakeAttentionParams(vp, dims, batch, q, static_cast<long>(pr.H) * pr.D, kv, out, vpart);
+      TG_CUDA_CHECK(cudaMemset(out, 0xff, out_n * sizeof(T)));  // NaN until written
+      const float vms = MedianMs([&] { var.launch(dims, batch, params, 0); });
+      TG_CUDA_CHECK(cudaMemcpy(got.data(), out, out_n * sizeof(T), cudaMemcpyDeviceToHost));
+      float diff = 0.f;
+      for (size_t i = 0; i < out_n; ++i) {
+        const float d = std::abs(static_cast<float>(got[i]) - static_cast<float>(ref[i]));
+        diff = std::isfinite(d) ? std::max(diff, d) : INFINITY;
+      }
+      std::printf("{\"kind\":\"variant\",\"label\":\"%s\",\"variant\":\"%s\",\"ms\":%.5f,\"tflops\":%.2f,\"kv_gbps\":%.1f,"
+                  "\"splits\":%d,\"max_diff\":%.3g}\n",
+                  pr.label.c_str(), var.name, vms, flops / vms / 1e9, kv_bytes / vms / 1e6, vp.num_splits, diff);
+      std::fflush(stdout);
+      if (vpart) cudaFree(vpart);
+    }
+  }
   cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(out); cudaFree(d_cu); cudaFree(d_ctx); cudaFree(d_tables);
   if (partial) cudaFree(partial);
 }
@@ -163,9 +222,9 @@ int main() {
   for (int M : {512, 1024, 2048, 4096, 8192, 16384})
     Run({"tutorial", "B2 H8 D64 M" + std::to_string(M), {M, M}, {M, M}, 8, 8, 64, 256});
   // Prefill shapes.
-  Run({"prefill", "B8 M2048 H16 D64", std::vector<int>(8, 2048), std::vector<int>(8, 2048), 16, 16, 64, 256});
-  Run({"prefill", "B8 M2048 H16 D128", std::vector<int>(8, 2048), std::vector<int>(8, 2048), 16, 16, 128, 256});
-  Run({"prefill", "B4 M4096 GQA 32q/8kv D128", std::vector<int>(4, 4096), std::vector<int>(4, 4096), 32, 8, 128, 256});
+  Run({"prefill", "B8 M2048 H16 D64", std::vector<int>(8, 2048), std::vector<int>(8, 2048), 16, 16, 64, 256, true});
+  Run({"prefill", "B8 M2048 H16 D128", std::vector<int>(8, 2048), std::vector<int>(8, 2048), 16, 16, 128, 256, true});
+  Run({"prefill", "B4 M4096 GQA 32q/8kv D128", std::vector<int>(4, 4096), std::vector<int>(4, 4096), 32, 8, 128, 256, true});
   std::vector<int> lens;
   std::mt19937 lrng(11);
   for (int i = 0; i < 32; ++i) lens.push_back(64 + static_cast<int>(lrng() % 1985));
@@ -174,6 +233,6 @@ int main() {
   for (int B : {1, 8, 64, 256})
     for (int C : {256, 1024, 4096, 8192})
       Run({"decode", "decode B" + std::to_string(B) + " ctx" + std::to_string(C), std::vector<int>(B, 1), std::vector<int>(B, C), 32, 8,
-           128, 16});
+           128, 16, (B == 8 || B == 64 || B == 256) && C == 4096});
   return 0;
 }

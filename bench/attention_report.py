@@ -111,6 +111,17 @@ lines += ["", f"### Decode attention (32q/8kv heads, D=128, fp16, 16-token block
 for r in (x for x in ours if x["kind"] == "decode"):
     lines.append(f"| {r['batch']} | {r['ctx']} | {r['ms']:.4f} | {r['splits']} | {r['kv_gbps']:,.0f} | {100 * r['kv_gbps'] / copy:.0f}% |")
 
+# 4. Other tile shapes of the same kernel on some of the shapes above.
+variants = [x for x in ours if x["kind"] == "variant"]
+if variants:
+    chosen = {x["label"]: x for x in ours if x["kind"] in ("prefill", "decode")}
+    lines += ["", "### Tile shapes (w warps, m m-tiles per warp, n block N, s stages) vs the backend's choice", "",
+              "| shape | variant | ms | TFLOP/s | K/V GB/s | splits | vs chosen | max diff |", "|---|---|---|---|---|---|---|---|"]
+    for v in variants:
+        c = chosen[v["label"]]
+        lines.append(f"| {v['label']} | {v['variant']} | {v['ms']:.4f} | {v['tflops']:.1f} | {v['kv_gbps']:,.0f} | {v['splits']} | "
+                     f"{c['ms'] / v['ms']:.2f}x | {v['max_diff']:.2g} |")
+
 text = "\n".join(lines)
 print(text)
 open(os.path.join(out_dir, "attention.md"), "w").write(text + "\n")

@@ -22,6 +22,8 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(Backend* backen
   if (auto s = backend->SupportsModel(c.head_dim()); !s.ok()) return s;
   if (opt.num_kv_blocks <= 0 || opt.block_size <= 0 || opt.max_batch_tokens <= 0 || opt.max_seqs <= 0)
     return absl::InvalidArgumentError("runner: kv blocks, block size, max batch tokens and max seqs must be > 0");
+  if ((opt.block_size & (opt.block_size - 1)) != 0)  // the CUDA kernels index blocks by shift and mask
+    return absl::InvalidArgumentError(absl::StrCat("runner: KV block size ", opt.block_size, " is not a power of two"));
   std::unique_ptr<ModelRunner> r(new ModelRunner(backend, c, opt));
   const size_t es = DTypeSize(backend->dtype());
   ParamLayout layout(c);

@@ -4,7 +4,7 @@
 # whole model, the server's integration tests on --device cuda, then times the
 # attention kernels beside PyTorch. Results go to $OUT (at most 8 files come
 # back: log.txt, backend_ops_{bf16,f16}.txt, server_test_cuda.txt,
-# attention_ours.jsonl, attention.md, attention_memory.png).
+# attention_ours.jsonl, attention.md, attention_memory.png, ncu.txt).
 # usage: scripts/device-run.sh [checks|bench|all]   (default all)
 set -uo pipefail
 what=${1:-all}
@@ -27,7 +27,7 @@ step() {  # step NAME TIMEOUT_S COMMAND...: runs with a limit, records the outco
   local t0=$SECONDS
   timeout "$limit" "$@"
   local rc=$?
-  echo "== $name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$log"
+  echo "== $name: rc=$rc in $((SECONDS - t0)) s" >> "$log"
   [[ $rc == 0 ]] || status=1
 }
 if [[ $what != bench ]]; then
@@ -44,6 +44,13 @@ fi
 if [[ $what != checks ]]; then
   step "attention bench" 200 "$S/bin/tinygpt_attention_bench" > "$OUT/attention_ours.jsonl" 2>> "$log"
   PYTHONUNBUFFERED=1 step "attention report" 200 python3 bench/attention_report.py "$OUT/attention_ours.jsonl" "$OUT" >> "$log" 2>&1
+  # Stall reasons and occupancy of the kernel on one prefill and one decode shape.
+  if command -v ncu > /dev/null; then
+    for shape in "B8 M2048 H16 D128" "decode B64 ctx4096"; do
+      TINYGPT_BENCH_ONLY="$shape" step "ncu $shape" 120 ncu --section SpeedOfLight --section WarpStateStats --section Occupancy \
+        --section SchedulerStats -k regex:PagedFlash --launch-skip 3 --launch-count 1 "$S/bin/tinygpt_attention_bench" >> "$OUT/ncu.txt" 2>&1
+    done
+  fi
   cat "$OUT/attention.md" 2>/dev/null
 fi
 grep "^== " "$log"

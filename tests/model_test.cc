@@ -81,7 +81,11 @@ TEST_P(ModelVariants, KvCacheInferenceEqualsFullForward) {
   auto backend = CreateCpuBackend();
   Checkpoint ck{c, m.params()};
   RunnerOptions o;
-  o.block_size = 4; o.num_kv_blocks = 16; o.max_batch_tokens = 64; o.max_seqs = 4;
+  o.block_size = 6; o.num_kv_blocks = 16; o.max_batch_tokens = 64; o.max_seqs = 4;
+  const auto odd = ModelRunner::Create(backend.get(), ck, o);  // block sizes are powers of two
+  ASSERT_FALSE(odd.ok());
+  EXPECT_NE(odd.status().message().find("power of two"), std::string::npos) << odd.status();
+  o.block_size = 4;
   auto runner = ModelRunner::Create(backend.get(), ck, o);
   ASSERT_TRUE(runner.ok()) << runner.status();
   std::vector<int32_t> table{9, 2, 14, 0, 7, 3, 11, 5, 1};  // any blocks, any order

@@ -21,7 +21,7 @@ struct AttentionParams {
   const void* k_cache;
   const void* v_cache;
   const int32_t* block_tables;
-  int max_blocks_per_seq, block_size;
+  int max_blocks_per_seq, block_shift;  // block_size = 1 << block_shift
   const int32_t* cu_q;
   const int32_t* ctx_len;
   void* out;  // [total_q, n_heads, head_dim]
@@ -64,18 +64,33 @@ template <> __device__ __forceinline__ void Mma16816<__half>(float (&c)[4], cons
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending)); }
+
+// exp2 on the SFU; flushes denormals, which only arise from scores far below
+// the row maximum (weights < 2^-126 that fp16/bf16 P cannot hold anyway).
+__device__ __forceinline__ float FastExp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads) PagedFlashAttentionKernel(const AttentionParams p) {
   using T = typename Tr::T;
-  constexpr int D = Tr::kHeadDim, BM = Tr::kBlockM, BN = Tr::kBlockN;
+  constexpr int D = Tr::kHeadDim, BM = Tr::kBlockM, BN = Tr::kBlockN, MT = Tr::kMTiles, S = Tr::kStages;
+  constexpr float kMasked = -FLT_MAX;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
-  T* sK = sQ + Tr::kQElems;      // two stages
-  T* sV = sK + 2 * Tr::kKVElems;  // two stages
+  T* sK = sQ + Tr::kQElems;          // kStages stages
+  T* sV = sK + S * Tr::kKVElems;     // kStages stages
 
   const int s = blockIdx.y / p.n_kv_heads, kvh = blockIdx.y % p.n_kv_heads;
   const int q0 = p.cu_q[s], q_len = p.cu_q[s + 1] - q0, ctx = p.ctx_len[s], offset = ctx - q_len;
-  const int G = p.group, rows = q_len * G, m0 = blockIdx.x * BM;
+  const int G = p.group, rows = q_len * G;
+  // Causal: later query tiles see more keys. Scheduling them first shortens
+  // the tail of the grid.
+  const int m0 = (gridDim.x - 1 - blockIdx.x) * BM;
   if (m0 >= rows) return;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
 
@@ -90,171 +105,212 @@ __global__ void __launch_bounds__(Tr::kThreads) PagedFlashAttentionKernel(const 
   const T* vc = static_cast<const T*>(p.v_cache);
   const int32_t* table = p.block_tables + static_cast<long>(s) * p.max_blocks_per_seq;
 
-  // --- Load Q (rows past the end are zero-filled) ---
+  // --- Q tile (rows past the end are zero-filled) ---
   for (int c = tid; c < BM * Tr::kChunks; c += Tr::kThreads) {
     const int r = c / Tr::kChunks, ch = c % Tr::kChunks, gr = m0 + r;
     const bool valid = gr < rows;
     const int token = valid ? gr / G : 0, head = kvh * G + (valid ? gr % G : 0);
     CpAsync16(sQ + Tr::Offset(r, ch * 8), q_base + (q0 + token) * p.q_stride + head * D + ch * 8, valid);
   }
+  // --- K/V tile t into a stage, gathered through the block table (a
+  // thread keeps one 16-byte column chunk and walks rows) ---
   auto load_kv = [&](int t, int stage) {
     T* dk = sK + stage * Tr::kKVElems;
     T* dv = sV + stage * Tr::kKVElems;
-    for (int c = tid; c < BN * Tr::kChunks; c += Tr::kThreads) {
-      const int r = c / Tr::kChunks, ch = c % Tr::kChunks, j = t * BN + r;
+    const int ch = tid % Tr::kChunks;
+    for (int r = tid / Tr::kChunks; r < BN; r += Tr::kThreads / Tr::kChunks) {
+      const int j = t * BN + r;
       const bool valid = j < n_keys;
       long src = 0;
-      if (valid) src = ((static_cast<long>(table[j / p.block_size]) * p.block_size + j % p.block_size) * p.n_kv_heads + kvh) * D + ch * 8;
+      if (valid)
+        src = ((static_cast<long>(table[j >> p.block_shift]) << p.block_shift) + (j & ((1 << p.block_shift) - 1))) *
+                  (p.n_kv_heads * D) + kvh * D + ch * 8;
       CpAsync16(dk + Tr::Offset(r, ch * 8), kc + src, valid);
       CpAsync16(dv + Tr::Offset(r, ch * 8), vc + src, valid);
     }
   };
-  if (t_begin < t_end) load_kv(t_begin, 0);
-  CpAsyncCommit();
-
-  // Per thread: rows r_lo = lane/4 and r_hi = lane/4 + 8 of the warp's 16.
-  const int r_lo = m0 + warp * 16 + (lane >> 2), r_hi = r_lo + 8;
-  const int pos_lo = offset + min(r_lo, rows - 1) / G, pos_hi = offset + min(r_hi, rows - 1) / G;
-  const float log2e = 1.4426950408889634f;
-  float slope_lo = 0.f, slope_hi = 0.f;
-  if (p.alibi) {
-    const float base = exp2f(-8.0f / p.n_heads);
-    slope_lo = powf(base, static_cast<float>(kvh * G + min(r_lo, rows - 1) % G + 1)) * log2e;
-    slope_hi = powf(base, static_cast<float>(kvh * G + min(r_hi, rows - 1) % G + 1)) * log2e;
-  }
-  float o[Tr::kDTiles][4];
+  // Prologue: the first kStages-1 tiles in flight (one commit group each,
+  // empty where the split has fewer tiles, so the group count stays fixed).
 #pragma unroll
-  for (int i = 0; i < Tr::kDTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  float m_lo = -FLT_MAX, m_hi = -FLT_MAX, l_lo = 0.f, l_hi = 0.f;
-  uint32_t qf[Tr::kKSteps][4];
+  for (int i = 0; i < S - 1; ++i) {
+    if (t_begin + i < t_end) load_kv(t_begin + i, i);
+    CpAsyncCommit();
+  }
+
+  // Per thread and m-tile: rows lo = lane/4 and hi = lane/4 + 8 of 16.
+  int pos[MT][2];
+  bool live[MT][2];
+  float slope[MT][2];
+  const float base = exp2f(-8.0f / p.n_heads), log2e = 1.4426950408889634f;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = m0 + warp * Tr::kRowsPerWarp + mt * 16 + (lane >> 2) + 8 * h;
+      live[mt][h] = r < rows;
+      const int rc = min(r, rows - 1);
+      pos[mt][h] = offset + rc / G;
+      slope[mt][h] = p.alibi ? powf(base, static_cast<float>(kvh * G + rc % G + 1)) * log2e : 0.f;
+    }
+  float o[MT][Tr::kDTiles][4];
+  float m[MT][2], l[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int i = 0; i < Tr::kDTiles; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f;
+    m[mt][0] = m[mt][1] = kMasked;
+    l[mt][0] = l[mt][1] = 0.f;
+  }
+  uint32_t qf[Tr::kQInRegisters ? MT : 1][Tr::kQInRegisters ? Tr::kKSteps : 1][4];
+  // ldmatrix x4 of a 16×16 operand at (row0, col0): lanes 8i..8i+7 address
+  // sub-matrix i = (rows +8 if i odd, cols +8 if i ≥ 2) for A; B swaps them.
+  const int mi = lane >> 3;
+  auto load_q = [&](uint32_t (&a)[4], int mt, int ks) {
+    LdMatrixX4(a, sQ + Tr::Offset(warp * Tr::kRowsPerWarp + mt * 16 + (mi & 1) * 8 + (lane & 7), ks * 16 + (mi >> 1) * 8));
+  };
 
   for (int t = t_begin; t < t_end; ++t) {
-    const int stage = (t - t_begin) & 1;
-    CpAsyncWaitAll();
-    __syncthreads();
-    if (t == t_begin) {
+    const int i = t - t_begin, stage = i % S;
+    CpAsyncWait<S - 2>();
+    __syncthreads();  // tile t has landed for all; everyone is done with tile t-1's stage
+    if constexpr (Tr::kQInRegisters) {
+      if (i == 0) {
 #pragma unroll
-      for (int ks = 0; ks < Tr::kKSteps; ++ks) {
-        const int mi = lane >> 3;
-        LdMatrixX4(qf[ks], sQ + Tr::Offset(warp * 16 + (mi & 1) * 8 + (lane & 7), ks * 16 + (mi >> 1) * 8));
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int ks = 0; ks < Tr::kKSteps; ++ks) load_q(qf[mt][ks], mt, ks);
       }
     }
-    if (t + 1 < t_end) load_kv(t + 1, stage ^ 1);
+    if (t + S - 1 < t_end) load_kv(t + S - 1, (i + S - 1) % S);
     CpAsyncCommit();
     const T* k = sK + stage * Tr::kKVElems;
     const T* v = sV + stage * Tr::kKVElems;
 
-    // S = Q · K^T for the warp's 16 rows × BN keys.
-    float sc[Tr::kNTiles][4];
+    // S = Q · K^T: each K fragment feeds every m-tile of the warp.
+    float sc[MT][Tr::kNTiles][4];
 #pragma unroll
-    for (int n = 0; n < Tr::kNTiles; ++n) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int n = 0; n < Tr::kNTiles; ++n) sc[mt][n][0] = sc[mt][n][1] = sc[mt][n][2] = sc[mt][n][3] = 0.f;
 #pragma unroll
     for (int ks = 0; ks < Tr::kKSteps; ++ks) {
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        if constexpr (Tr::kQInRegisters) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) a[mt][e] = qf[mt][ks][e];
+        } else {
+          load_q(a[mt], mt, ks);
+        }
+      }
 #pragma unroll
       for (int n = 0; n < Tr::kNTiles; n += 2) {
         uint32_t b[4];
-        const int mi = lane >> 3;
         LdMatrixX4(b, k + Tr::Offset(n * 8 + (mi >> 1) * 8 + (lane & 7), ks * 16 + (mi & 1) * 8));
-        Mma16816<T>(sc[n], qf[ks], b[0], b[1]);
-        Mma16816<T>(sc[n + 1], qf[ks], b[2], b[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          Mma16816<T>(sc[mt][n], a[mt], b[0], b[1]);
+          Mma16816<T>(sc[mt][n + 1], a[mt], b[2], b[3]);
+        }
       }
     }
-    // Scale, mask, bias; online softmax over this tile (log2 domain).
-    const bool needs_mask = (t + 1) * BN - 1 > offset + (m0 + warp * 16) / G;
-    float tmax_lo = -FLT_MAX, tmax_hi = -FLT_MAX;
+    // Scale, ALiBi, causal mask; online softmax (log2 domain) per row.
+    const int j0 = t * BN + 2 * (lane & 3);  // this thread's first key column in the tile
 #pragma unroll
-    for (int n = 0; n < Tr::kNTiles; ++n) {
+    for (int mt = 0; mt < MT; ++mt) {
+      // Only tiles reaching past the m-tile's first position need a mask.
+      const bool needs_mask = (t + 1) * BN - 1 > offset + (m0 + warp * Tr::kRowsPerWarp + mt * 16) / G;
+      float tmax[2] = {kMasked, kMasked};
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int j = t * BN + n * 8 + 2 * (lane & 3) + (e & 1);
-        const bool hi = e >= 2;
-        const int pos = hi ? pos_hi : pos_lo;
-        float x = sc[n][e] * p.scale_log2 + (hi ? slope_hi : slope_lo) * static_cast<float>(j - pos);
-        if (needs_mask && (j > pos || (hi ? r_hi : r_lo) >= rows)) x = -FLT_MAX;
-        sc[n][e] = x;
-        if (hi) tmax_hi = fmaxf(tmax_hi, x); else tmax_lo = fmaxf(tmax_lo, x);
+      for (int n = 0; n < Tr::kNTiles; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int h = e >> 1, dj = n * 8 + (e & 1);
+          float x = sc[mt][n][e] * p.scale_log2;
+          if (p.alibi) x += slope[mt][h] * static_cast<float>(j0 + dj - pos[mt][h]);
+          if (needs_mask && (j0 + dj > pos[mt][h] || !live[mt][h])) x = kMasked;
+          sc[mt][n][e] = x;
+          tmax[h] = fmaxf(tmax[h], x);
+        }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        tmax[h] = fmaxf(tmax[h], __shfl_xor_sync(0xffffffffu, tmax[h], 1));
+        tmax[h] = fmaxf(tmax[h], __shfl_xor_sync(0xffffffffu, tmax[h], 2));
+        const float m_new = fmaxf(m[mt][h], tmax[h]);
+        // A row with every key so far masked keeps m = kMasked; subtracting
+        // 0 instead leaves its masked scores at -FLT_MAX, whose exp2 is 0.
+        const float m_use = m_new == kMasked ? 0.f : m_new;
+        const float corr = FastExp2(m[mt][h] - m_use);
+        m[mt][h] = m_new;
+        l[mt][h] *= corr;
+#pragma unroll
+        for (int d = 0; d < Tr::kDTiles; ++d) {
+          o[mt][d][2 * h] *= corr;
+          o[mt][d][2 * h + 1] *= corr;
+        }
+#pragma unroll
+        for (int n = 0; n < Tr::kNTiles; ++n) {
+          sc[mt][n][2 * h] = FastExp2(sc[mt][n][2 * h] - m_use);
+          sc[mt][n][2 * h + 1] = FastExp2(sc[mt][n][2 * h + 1] - m_use);
+          l[mt][h] += sc[mt][n][2 * h] + sc[mt][n][2 * h + 1];
+        }
       }
     }
-#pragma unroll
-    for (int off = 1; off <= 2; off <<= 1) {
-      tmax_lo = fmaxf(tmax_lo, __shfl_xor_sync(0xffffffffu, tmax_lo, off));
-      tmax_hi = fmaxf(tmax_hi, __shfl_xor_sync(0xffffffffu, tmax_hi, off));
-    }
-    const float mn_lo = fmaxf(m_lo, tmax_lo), mn_hi = fmaxf(m_hi, tmax_hi);
-    const float corr_lo = exp2f(m_lo - mn_lo), corr_hi = exp2f(m_hi - mn_hi);
-    m_lo = mn_lo;
-    m_hi = mn_hi;
-    l_lo *= corr_lo;
-    l_hi *= corr_hi;
-#pragma unroll
-    for (int i = 0; i < Tr::kDTiles; ++i) {
-      o[i][0] *= corr_lo; o[i][1] *= corr_lo; o[i][2] *= corr_hi; o[i][3] *= corr_hi;
-    }
-    // P = exp2(S - m); masked entries (-FLT_MAX) underflow to exactly 0.
-#pragma unroll
-    for (int n = 0; n < Tr::kNTiles; ++n) {
-      sc[n][0] = sc[n][0] == -FLT_MAX ? 0.f : exp2f(sc[n][0] - m_lo);
-      sc[n][1] = sc[n][1] == -FLT_MAX ? 0.f : exp2f(sc[n][1] - m_lo);
-      sc[n][2] = sc[n][2] == -FLT_MAX ? 0.f : exp2f(sc[n][2] - m_hi);
-      sc[n][3] = sc[n][3] == -FLT_MAX ? 0.f : exp2f(sc[n][3] - m_hi);
-      l_lo += sc[n][0] + sc[n][1];
-      l_hi += sc[n][2] + sc[n][3];
-    }
-    // O += P · V: P's accumulators become A fragments without leaving registers.
+    // O += P · V: P's accumulators become A fragments without leaving
+    // registers; each V fragment feeds every m-tile.
 #pragma unroll
     for (int kk = 0; kk < Tr::kNTiles / 2; ++kk) {
-      uint32_t a[4];
-      a[0] = PackPair<T>(sc[2 * kk][0], sc[2 * kk][1]);
-      a[1] = PackPair<T>(sc[2 * kk][2], sc[2 * kk][3]);
-      a[2] = PackPair<T>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-      a[3] = PackPair<T>(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        a[mt][0] = PackPair<T>(sc[mt][2 * kk][0], sc[mt][2 * kk][1]);
+        a[mt][1] = PackPair<T>(sc[mt][2 * kk][2], sc[mt][2 * kk][3]);
+        a[mt][2] = PackPair<T>(sc[mt][2 * kk + 1][0], sc[mt][2 * kk + 1][1]);
+        a[mt][3] = PackPair<T>(sc[mt][2 * kk + 1][2], sc[mt][2 * kk + 1][3]);
+      }
 #pragma unroll
       for (int dn = 0; dn < Tr::kDTiles; dn += 2) {
         uint32_t b[4];
-        const int mi = lane >> 3;
         LdMatrixX4Trans(b, v + Tr::Offset(kk * 16 + (mi & 1) * 8 + (lane & 7), dn * 8 + (mi >> 1) * 8));
-        Mma16816<T>(o[dn], a, b[0], b[1]);
-        Mma16816<T>(o[dn + 1], a, b[2], b[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          Mma16816<T>(o[mt][dn], a[mt], b[0], b[1]);
+          Mma16816<T>(o[mt][dn + 1], a[mt], b[2], b[3]);
+        }
       }
     }
-    __syncthreads();  // the next iteration's prefetch overwrites this stage
   }
   CpAsyncWaitAll();
 
   // Epilogue: finish the row sums across the quad, normalize, write.
 #pragma unroll
-  for (int off = 1; off <= 2; off <<= 1) {
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, off);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, off);
-  }
-  const float inv_lo = l_lo > 0.f ? 1.f / l_lo : 0.f, inv_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = half ? r_hi : r_lo;
-    if (r >= rows) continue;
-    const int token = r / G, head = kvh * G + r % G;
-    const long row = static_cast<long>(q0 + token) * p.n_heads + head;
-    const float inv = half ? inv_hi : inv_lo;
-    const int col = 2 * (lane & 3);
-    if (p.num_splits == 1) {
-      T* out = static_cast<T*>(p.out) + row * D;
+    for (int h = 0; h < 2; ++h) {
+      float sum = l[mt][h];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      if (!live[mt][h]) continue;
+      const int r = m0 + warp * Tr::kRowsPerWarp + mt * 16 + (lane >> 2) + 8 * h;
+      const int token = r / G, head = kvh * G + r % G;
+      const long row = static_cast<long>(q0 + token) * p.n_heads + head;
+      const float inv = sum > 0.f ? 1.f / sum : 0.f;
+      const int col = 2 * (lane & 3);
+      if (p.num_splits == 1) {
+        T* out = static_cast<T*>(p.out) + row * D;
 #pragma unroll
-      for (int i = 0; i < Tr::kDTiles; ++i) {
-        const uint32_t packed = PackPair<T>(o[i][2 * half] * inv, o[i][2 * half + 1] * inv);
-        *reinterpret_cast<uint32_t*>(out + i * 8 + col) = packed;
-      }
-    } else {
-      const long prow = static_cast<long>(blockIdx.z) * p.total_q * p.n_heads + row;
-      float* out = p.partial_out + prow * D;
+        for (int d = 0; d < Tr::kDTiles; ++d)
+          *reinterpret_cast<uint32_t*>(out + d * 8 + col) = PackPair<T>(o[mt][d][2 * h] * inv, o[mt][d][2 * h + 1] * inv);
+      } else {
+        const long prow = static_cast<long>(blockIdx.z) * p.total_q * p.n_heads + row;
+        float* out = p.partial_out + prow * D;
 #pragma unroll
-      for (int i = 0; i < Tr::kDTiles; ++i)
-        *reinterpret_cast<float2*>(out + i * 8 + col) = make_float2(o[i][2 * half] * inv, o[i][2 * half + 1] * inv);
-      if ((lane & 3) == 0) {
-        const float l = half ? l_hi : l_lo, m = half ? m_hi : m_lo;
-        p.partial_lse[prow] = l > 0.f ? (m + log2f(l)) / log2e : -FLT_MAX;
+        for (int d = 0; d < Tr::kDTiles; ++d)
+          *reinterpret_cast<float2*>(out + d * 8 + col) = make_float2(o[mt][d][2 * h] * inv, o[mt][d][2 * h + 1] * inv);
+        if ((lane & 3) == 0) p.partial_lse[prow] = sum > 0.f ? (m[mt][h] + log2f(sum)) / log2e : kMasked;
       }
     }
-  }
 }
 
 // Merges the splits of each (row, head): weights exp(lse_s - lse_max).

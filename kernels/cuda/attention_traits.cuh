@@ -4,28 +4,39 @@
 // row is a (query token, query head of the GQA group) pair: packing the group
 // into M lets one K/V tile in shared memory serve every query head that reads
 // that KV head (for decode, the whole group fits one tile). Each of the
-// kWarps warps owns 16 rows; keys are consumed kBlockN at a time.
+// kWarps warps owns kMTiles × 16 rows: two m16 tiles per warp reuse every K/V
+// fragment read from shared memory twice. Keys stream through kStages
+// shared-memory stages, kBlockN at a time.
 #pragma once
 
 namespace tinygpt::cuda {
 
-template <int kHeadDim_, class T_>
+template <int kHeadDim_, class T_, int kWarps_, int kMTiles_, int kBlockN_, int kStages_>
 struct AttentionTraits {
   using T = T_;
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kWarps = 4;
+  static constexpr int kWarps = kWarps_;
+  static constexpr int kMTiles = kMTiles_;
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr int kStages = kStages_;
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kBlockM = 16 * kWarps;
-  static constexpr int kBlockN = 64;
+  static constexpr int kRowsPerWarp = 16 * kMTiles;
+  static constexpr int kBlockM = kWarps * kRowsPerWarp;
   static constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per row
   static constexpr int kNTiles = kBlockN / 8;   // n8 MMA tiles across the keys
   static constexpr int kDTiles = kHeadDim / 8;  // n8 MMA tiles across head_dim
   static constexpr int kKSteps = kHeadDim / 16; // k16 steps of Q·K^T
-  // Shared memory (elements): Q, then two stages of K and of V.
+  // Q fragments stay in registers when they are few; otherwise (head_dim 128
+  // with two m-tiles) they are re-read from shared memory at each k-step, as
+  // FlashAttention-2 does, to leave registers for the accumulators.
+  static constexpr bool kQInRegisters = kMTiles * kHeadDim <= 128;
+  // Shared memory (elements): Q, then kStages stages of K and of V.
   static constexpr int kQElems = kBlockM * kHeadDim;
   static constexpr int kKVElems = kBlockN * kHeadDim;
-  static constexpr int kSmemBytes = (kQElems + 4 * kKVElems) * 2;
+  static constexpr int kSmemBytes = (kQElems + 2 * kStages * kKVElems) * 2;
   static_assert(kHeadDim == 16 || kHeadDim == 32 || kHeadDim == 64 || kHeadDim == 128, "head_dim 16, 32, 64 or 128");
+  static_assert(kBlockN % 16 == 0 && kStages >= 2, "whole k16 steps of P·V; at least double buffering");
+  static_assert(kThreads % kChunks == 0, "a pass of the block covers whole rows");
 
   // XOR swizzle of the 16-byte chunks within a row, so the eight rows an
   // ldmatrix phase reads fall in different banks (fully for head_dim ≥ 64).
@@ -34,5 +45,15 @@ struct AttentionTraits {
     return row * kHeadDim + (((col >> 3) ^ (row & kSwizzle)) << 3) + (col & 7);
   }
 };
+
+// The two shapes the backend launches, by head_dim:
+//  - Wide: prefill chunks and mixed steps (many rows per sequence).
+//  - Narrow: decode steps where a sequence's rows (new tokens × GQA group) fit
+//    one warp's 16: one warp per block and a deeper pipeline, so that many
+//    small blocks keep enough K/V bytes in flight to run at memory bandwidth.
+template <int D, class T>
+using WideAttention = AttentionTraits<D, T, 4, 2, (D >= 128 ? 32 : 64), 2>;  // 128: registers for O
+template <int D, class T>
+using NarrowAttention = AttentionTraits<D, T, 1, 1, (D >= 128 ? 32 : 64), 4>;
 
 }  // namespace tinygpt::cuda

@@ -155,19 +155,15 @@ class CudaBackend final : public Backend {
     TG_CUDA_LAUNCH_CHECK();
   }
   void PagedAttention(const AttentionDims& d, const AttentionBatch& batch, const void* qkv, const PagedKv& kv, void* out) override {
-    const int splits = ChooseNumSplits(d, batch, num_sms_);
-    float* partial = nullptr;
-    if (splits > 1) {
-      const size_t need = static_cast<size_t>(splits) * batch.total_q * d.n_heads * (d.head_dim + 1) * sizeof(float);
-      if (need > split_bytes_) {
-        if (split_workspace_) TG_CUDA_CHECK(cudaFree(split_workspace_));
-        TG_CUDA_CHECK(cudaMalloc(&split_workspace_, need));
-        split_bytes_ = need;
-      }
-      partial = static_cast<float*>(split_workspace_);
+    const AttentionPlan plan = PlanPagedAttention(dtype_ == DType::kBF16, d, batch, num_sms_);
+    const size_t need = plan.partial_floats() * sizeof(float);
+    if (need > split_bytes_) {
+      if (split_workspace_) TG_CUDA_CHECK(cudaFree(split_workspace_));
+      TG_CUDA_CHECK(cudaMalloc(&split_workspace_, need));
+      split_bytes_ = need;
     }
-    LaunchPagedAttention(dtype_ == DType::kBF16, d, batch, qkv, static_cast<long>(d.n_heads + 2 * d.n_kv_heads) * d.head_dim, kv,
-                         out, splits, partial, stream_);
+    LaunchPagedAttention(dtype_ == DType::kBF16, plan, d, batch, qkv, static_cast<long>(d.n_heads + 2 * d.n_kv_heads) * d.head_dim, kv,
+                         out, static_cast<float*>(split_workspace_), stream_);
   }
   void Sample(const void* logits, int rows, int vocab, const SamplingParams* params, int32_t* tokens) override {
     for (int r0 = 0; r0 < rows; r0 += kMaxSampleRows) {

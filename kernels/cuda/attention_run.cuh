@@ -1,0 +1,88 @@
+// Planning and launching one instantiation of the paged flash-attention
+// kernel (its traits fixed at compile time). attention_launch.cu picks the
+// traits for a call; the attention benchmark also times other traits.
+#pragma once
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+
+#include "kernels/cuda/attention_kernel.cuh"
+#include "kernels/cuda/attention_launch.h"
+
+namespace tinygpt::cuda {
+
+// Blocks of this shape that fit one SM (registers, shared memory, threads).
+template <class Tr>
+int BlocksPerSm() {
+  static const int n = [] {
+    TG_CUDA_CHECK(cudaFuncSetAttribute(PagedFlashAttentionKernel<Tr>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
+    int blocks = 0;
+    TG_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, PagedFlashAttentionKernel<Tr>, Tr::kThreads, Tr::kSmemBytes));
+    return std::max(1, blocks);
+  }();
+  return n;
+}
+
+template <class Tr>
+void PlanFor(const AttentionDims& dims, const AttentionBatch& batch, int num_sms, AttentionPlan* plan) {
+  const int rows_per_seq = std::max(1, batch.max_q_len) * dims.group();
+  const long blocks = static_cast<long>(batch.num_seqs) * dims.n_kv_heads * ((rows_per_seq + Tr::kBlockM - 1) / Tr::kBlockM);
+  const int key_tiles = (batch.max_ctx_len + Tr::kBlockN - 1) / Tr::kBlockN;
+  // Aim for about four waves of resident blocks, so the last, partial wave
+  // costs little; each split keeps at least two key tiles.
+  const long target = 4L * num_sms * BlocksPerSm<Tr>();
+  int splits = 1;
+  if (blocks < target && key_tiles >= 4) splits = static_cast<int>(std::min<long>({(target + blocks - 1) / blocks, key_tiles / 2, 64}));
+  plan->num_splits = std::max(1, splits);
+  plan->partial_floats_ =
+      plan->num_splits > 1 ? static_cast<size_t>(plan->num_splits) * batch.total_q * dims.n_heads * (dims.head_dim + 1) : 0;
+}
+
+template <class Tr>
+void LaunchFor(const AttentionDims& dims, const AttentionBatch& batch, const AttentionParams& p, cudaStream_t stream) {
+  BlocksPerSm<Tr>();  // raises the kernel's shared-memory limit once
+  const int rows = std::max(1, batch.max_q_len) * dims.group();
+  const dim3 grid((rows + Tr::kBlockM - 1) / Tr::kBlockM, batch.num_seqs * dims.n_kv_heads, p.num_splits);
+  PagedFlashAttentionKernel<Tr><<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
+  TG_CUDA_LAUNCH_CHECK();
+  if (p.num_splits > 1) {
+    using T = typename Tr::T;
+    AttentionCombineKernel<T><<<batch.total_q * dims.n_heads, std::min(Tr::kHeadDim, 128), 0, stream>>>(
+        p.partial_out, p.partial_lse, static_cast<T*>(p.out), p.num_splits, batch.total_q, dims.n_heads, Tr::kHeadDim);
+    TG_CUDA_LAUNCH_CHECK();
+  }
+}
+
+// The kernel's arguments for one call (see LaunchPagedAttention).
+inline AttentionParams MakeAttentionParams(const AttentionPlan& plan, const AttentionDims& dims, const AttentionBatch& batch,
+                                           const void* qkv, long qkv_stride, const PagedKv& kv, void* out, float* partial) {
+  const int shift = __builtin_ctz(static_cast<unsigned>(kv.block_size));
+  if (kv.block_size <= 0 || (1 << shift) != kv.block_size) {
+    std::fprintf(stderr, "paged attention: block_size %d is not a power of two\n", kv.block_size);
+    std::abort();
+  }
+  AttentionParams p;
+  p.q = qkv;
+  p.q_stride = qkv_stride;
+  p.k_cache = kv.k_cache;
+  p.v_cache = kv.v_cache;
+  p.block_tables = kv.block_tables;
+  p.max_blocks_per_seq = kv.max_blocks_per_seq;
+  p.block_shift = shift;
+  p.cu_q = batch.cu_q;
+  p.ctx_len = batch.ctx_len;
+  p.out = out;
+  p.n_heads = dims.n_heads;
+  p.n_kv_heads = dims.n_kv_heads;
+  p.group = dims.group();
+  p.scale_log2 = dims.scale() * 1.4426950408889634f;
+  p.alibi = dims.alibi;
+  p.num_splits = plan.num_splits;
+  p.total_q = batch.total_q;
+  p.partial_out = plan.num_splits > 1 ? partial : nullptr;
+  p.partial_lse = plan.num_splits > 1 ? partial + static_cast<long>(plan.num_splits) * batch.total_q * dims.n_heads * dims.head_dim
+                                      : nullptr;
+  return p;
+}
+
+}  // namespace tinygpt::cuda
