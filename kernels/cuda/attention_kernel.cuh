@@ -152,6 +152,9 @@ __global__ void __launch_bounds__(Tr::kThreads) PagedFlashAttentionKernel(const 
       pos[mt][h] = offset + rc / G;
       slope[mt][h] = p.alibi ? powf(base, static_cast<float>(kvh * G + rc % G + 1)) * log2e : 0.f;
     }
+  // m is a row's running maximum in score units: raw Q·K without ALiBi,
+  // log2-domain with it; score_scale takes it to the log2 domain.
+  const float score_scale = p.alibi ? 1.f : p.scale_log2;
   float o[MT][Tr::kDTiles][4];
   float m[MT][2], l[MT][2];
 #pragma unroll
@@ -215,8 +218,11 @@ __global__ void __launch_bounds__(Tr::kThreads) PagedFlashAttentionKernel(const 
         }
       }
     }
-    // Scale, ALiBi, causal mask; online softmax (log2 domain) per row.
+    // Causal mask (and ALiBi); online softmax per row. Without ALiBi the
+    // scores stay raw and the scale folds into exp2's argument (one FFMA per
+    // score); with ALiBi they are moved to the log2 domain first.
     const int j0 = t * BN + 2 * (lane & 3);  // this thread's first key column in the tile
+    float m_new[MT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       // Only tiles reaching past the m-tile's first position need a mask.
@@ -227,8 +233,8 @@ __global__ void __launch_bounds__(Tr::kThreads) PagedFlashAttentionKernel(const 
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int h = e >> 1, dj = n * 8 + (e & 1);
-          float x = sc[mt][n][e] * p.scale_log2;
-          if (p.alibi) x += slope[mt][h] * static_cast<float>(j0 + dj - pos[mt][h]);
+          float x = sc[mt][n][e];
+          if (p.alibi) x = x * p.scale_log2 + slope[mt][h] * static_cast<float>(j0 + dj - pos[mt][h]);
           if (needs_mask && (j0 + dj > pos[mt][h] || !live[mt][h])) x = kMasked;
           sc[mt][n][e] = x;
           tmax[h] = fmaxf(tmax[h], x);
@@ -237,26 +243,44 @@ __global__ void __launch_bounds__(Tr::kThreads) PagedFlashAttentionKernel(const 
       for (int h = 0; h < 2; ++h) {
         tmax[h] = fmaxf(tmax[h], __shfl_xor_sync(0xffffffffu, tmax[h], 1));
         tmax[h] = fmaxf(tmax[h], __shfl_xor_sync(0xffffffffu, tmax[h], 2));
-        const float m_new = fmaxf(m[mt][h], tmax[h]);
-        // A row with every key so far masked keeps m = kMasked; subtracting
-        // 0 instead leaves its masked scores at -FLT_MAX, whose exp2 is 0.
-        const float m_use = m_new == kMasked ? 0.f : m_new;
-        const float corr = FastExp2(m[mt][h] - m_use);
-        m[mt][h] = m_new;
-        l[mt][h] *= corr;
+        m_new[mt][h] = fmaxf(m[mt][h], tmax[h]);
+      }
+    }
+    // Rescale O and l only when some row of the warp has a new maximum
+    // (after the first tiles, rarely): saves a multiply per accumulator.
+    bool grew = false;
 #pragma unroll
-        for (int d = 0; d < Tr::kDTiles; ++d) {
-          o[mt][d][2 * h] *= corr;
-          o[mt][d][2 * h + 1] *= corr;
+    for (int mt = 0; mt < MT; ++mt) grew |= (m_new[mt][0] > m[mt][0]) | (m_new[mt][1] > m[mt][1]);
+    if (__any_sync(0xffffffffu, grew)) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          // A row with every key so far masked keeps m = kMasked; using 0
+          // for it keeps its masked scores at -FLT_MAX, whose exp2 is 0.
+          const float m_use = m_new[mt][h] == kMasked ? 0.f : m_new[mt][h];
+          const float corr = FastExp2((m[mt][h] - m_use) * score_scale);
+          l[mt][h] *= corr;
+#pragma unroll
+          for (int d = 0; d < Tr::kDTiles; ++d) {
+            o[mt][d][2 * h] *= corr;
+            o[mt][d][2 * h + 1] *= corr;
+          }
         }
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        m[mt][h] = m_new[mt][h];
+        const float neg_m = -(m_new[mt][h] == kMasked ? 0.f : m_new[mt][h]) * score_scale;
 #pragma unroll
         for (int n = 0; n < Tr::kNTiles; ++n) {
-          sc[mt][n][2 * h] = FastExp2(sc[mt][n][2 * h] - m_use);
-          sc[mt][n][2 * h + 1] = FastExp2(sc[mt][n][2 * h + 1] - m_use);
+          sc[mt][n][2 * h] = FastExp2(fmaf(sc[mt][n][2 * h], score_scale, neg_m));
+          sc[mt][n][2 * h + 1] = FastExp2(fmaf(sc[mt][n][2 * h + 1], score_scale, neg_m));
           l[mt][h] += sc[mt][n][2 * h] + sc[mt][n][2 * h + 1];
         }
       }
-    }
     // O += P · V: P's accumulators become A fragments without leaving
     // registers; each V fragment feeds every m-tile.
 #pragma unroll
@@ -308,7 +332,7 @@ __global__ void __launch_bounds__(Tr::kThreads) PagedFlashAttentionKernel(const 
 #pragma unroll
         for (int d = 0; d < Tr::kDTiles; ++d)
           *reinterpret_cast<float2*>(out + d * 8 + col) = make_float2(o[mt][d][2 * h] * inv, o[mt][d][2 * h + 1] * inv);
-        if ((lane & 3) == 0) p.partial_lse[prow] = sum > 0.f ? (m[mt][h] + log2f(sum)) / log2e : kMasked;
+        if ((lane & 3) == 0) p.partial_lse[prow] = sum > 0.f ? (m[mt][h] * score_scale + log2f(sum)) / log2e : kMasked;
       }
     }
 }
