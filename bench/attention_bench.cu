@@ -94,12 +94,10 @@ Variant V(const char* name) {
 }
 std::vector<Variant> Variants(const std::string& kind, int D) {
   if (kind == "prefill" && D == 64)
-    return {V<64, 4, 1, 64, 2>("w4m1n64s2"), V<64, 4, 2, 64, 3>("w4m2n64s3"), V<64, 4, 2, 32, 2>("w4m2n32s2")};
+    return {V<64, 4, 1, 64, 2>("w4m1n64s2"), V<64, 4, 2, 64, 3>("w4m2n64s3")};
   if (kind == "prefill" && D == 128)
-    return {V<128, 4, 2, 64, 2>("w4m2n64s2"), V<128, 4, 2, 32, 3>("w4m2n32s3"), V<128, 4, 1, 64, 2>("w4m1n64s2")};
-  if (kind == "decode" && D == 128)
-    return {V<128, 1, 1, 32, 4>("w1m1n32s4"), V<128, 1, 1, 16, 6>("w1m1n16s6"), V<128, 2, 1, 32, 3>("w2m1n32s3"),
-            V<128, 1, 1, 64, 2>("w1m1n64s2")};
+    return {V<128, 4, 2, 32, 2>("w4m2n32s2"), V<128, 4, 1, 64, 2>("w4m1n64s2")};
+  if (kind == "decode" && D == 128) return {V<128, 1, 1, 16, 6>("w1m1n16s6"), V<128, 2, 1, 32, 3>("w2m1n32s3")};
   return {};
 }
 

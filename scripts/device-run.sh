@@ -44,9 +44,9 @@ fi
 if [[ $what != checks ]]; then
   step "attention bench" 200 "$S/bin/tinygpt_attention_bench" > "$OUT/attention_ours.jsonl" 2>> "$log"
   PYTHONUNBUFFERED=1 step "attention report" 200 python3 bench/attention_report.py "$OUT/attention_ours.jsonl" "$OUT" >> "$log" 2>&1
-  # Stall reasons and occupancy of the kernel on one prefill and one decode shape.
+  # Stall reasons and occupancy of the kernel on the prefill shapes.
   if command -v ncu > /dev/null; then
-    for shape in "B8 M2048 H16 D128" "decode B64 ctx4096"; do
+    for shape in "B8 M2048 H16 D128" "B8 M2048 H16 D64"; do
       TINYGPT_BENCH_ONLY="$shape" step "ncu $shape" 120 ncu --section SpeedOfLight --section WarpStateStats --section Occupancy \
         --section SchedulerStats -k regex:PagedFlash --launch-skip 3 --launch-count 1 "$S/bin/tinygpt_attention_bench" >> "$OUT/ncu.txt" 2>&1
     done

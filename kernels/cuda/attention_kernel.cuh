@@ -75,6 +75,21 @@ __device__ __forceinline__ float FastExp2(float x) {
   return y;
 }
 
+// Reduces this thread's 2·kNTiles scores of row half h (accumulator elements
+// 2h, 2h+1 of each n8 tile) as a tree: short dependency chains, since with
+// few warps per scheduler there is little else to hide their latency.
+template <int kNTiles, class Op>
+__device__ __forceinline__ float RowReduce(const float (&sc)[kNTiles][4], int h, Op op) {
+  float v[kNTiles];
+#pragma unroll
+  for (int n = 0; n < kNTiles; ++n) v[n] = op(sc[n][2 * h], sc[n][2 * h + 1]);
+#pragma unroll
+  for (int w = kNTiles / 2; w >= 1; w /= 2)
+#pragma unroll
+    for (int i = 0; i < w; ++i) v[i] = op(v[i], v[i + w]);
+  return v[0];
+}
+
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads) PagedFlashAttentionKernel(const AttentionParams p) {
   using T = typename Tr::T;
@@ -227,7 +242,6 @@ __global__ void __launch_bounds__(Tr::kThreads) PagedFlashAttentionKernel(const 
     for (int mt = 0; mt < MT; ++mt) {
       // Only tiles reaching past the m-tile's first position need a mask.
       const bool needs_mask = (t + 1) * BN - 1 > offset + (m0 + warp * Tr::kRowsPerWarp + mt * 16) / G;
-      float tmax[2] = {kMasked, kMasked};
 #pragma unroll
       for (int n = 0; n < Tr::kNTiles; ++n)
 #pragma unroll
@@ -237,13 +251,13 @@ __global__ void __launch_bounds__(Tr::kThreads) PagedFlashAttentionKernel(const 
           if (p.alibi) x = x * p.scale_log2 + slope[mt][h] * static_cast<float>(j0 + dj - pos[mt][h]);
           if (needs_mask && (j0 + dj > pos[mt][h] || !live[mt][h])) x = kMasked;
           sc[mt][n][e] = x;
-          tmax[h] = fmaxf(tmax[h], x);
         }
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        tmax[h] = fmaxf(tmax[h], __shfl_xor_sync(0xffffffffu, tmax[h], 1));
-        tmax[h] = fmaxf(tmax[h], __shfl_xor_sync(0xffffffffu, tmax[h], 2));
-        m_new[mt][h] = fmaxf(m[mt][h], tmax[h]);
+        float tmax = RowReduce<Tr::kNTiles>(sc[mt], h, [](float a, float b) { return fmaxf(a, b); });
+        tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
+        tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 2));
+        m_new[mt][h] = fmaxf(m[mt][h], tmax);
       }
     }
     // Rescale O and l only when some row of the warp has a new maximum
@@ -278,8 +292,8 @@ __global__ void __launch_bounds__(Tr::kThreads) PagedFlashAttentionKernel(const 
         for (int n = 0; n < Tr::kNTiles; ++n) {
           sc[mt][n][2 * h] = FastExp2(fmaf(sc[mt][n][2 * h], score_scale, neg_m));
           sc[mt][n][2 * h + 1] = FastExp2(fmaf(sc[mt][n][2 * h + 1], score_scale, neg_m));
-          l[mt][h] += sc[mt][n][2 * h] + sc[mt][n][2 * h + 1];
         }
+        l[mt][h] += RowReduce<Tr::kNTiles>(sc[mt], h, [](float a, float b) { return a + b; });
       }
     // O += P · V: P's accumulators become A fragments without leaving
     // registers; each V fragment feeds every m-tile.

@@ -47,13 +47,15 @@ struct AttentionTraits {
 };
 
 // The two shapes the backend launches, by head_dim:
-//  - Wide: prefill chunks and mixed steps (many rows per sequence).
+//  - Wide: prefill chunks and mixed steps (many rows per sequence). At
+//    head_dim 128 this uses 255 registers and spills 8 bytes, and still ran
+//    10% faster than block N 32 without spills (docs/benchmarks.md).
 //  - Narrow: decode steps where a sequence's rows (new tokens × GQA group) fit
 //    one warp's 16: one warp per block and three stages, so that many small
 //    blocks (four per SM at head_dim 128) keep enough K/V bytes in flight to
 //    run at memory bandwidth (four stages fit one block fewer and ran slower).
 template <int D, class T>
-using WideAttention = AttentionTraits<D, T, 4, 2, (D >= 128 ? 32 : 64), 2>;  // 128: registers for O
+using WideAttention = AttentionTraits<D, T, 4, 2, 64, 2>;
 template <int D, class T>
 using NarrowAttention = AttentionTraits<D, T, 1, 1, (D >= 128 ? 32 : 64), 3>;
 
