@@ -9,6 +9,7 @@
 // normalized partial output and log-sum-exp for attention_combine.
 #pragma once
 #include <cfloat>
+#include <type_traits>
 
 #include "kernels/cuda/attention_traits.cuh"
 #include "kernels/cuda/common.cuh"
@@ -90,7 +91,10 @@ __device__ __forceinline__ float RowReduce(const float (&sc)[kNTiles][4], int h,
   return v[0];
 }
 
-template <class Tr>
+// kAlibi is a template argument, and tiles that need the causal mask run a
+// separate copy of the tile body: per-score work that is off must cost no
+// instructions (a run-time flag was if-converted into selects on every score).
+template <class Tr, bool kAlibi>
 __global__ void __launch_bounds__(Tr::kThreads) PagedFlashAttentionKernel(const AttentionParams p) {
   using T = typename Tr::T;
   constexpr int D = Tr::kHeadDim, BM = Tr::kBlockM, BN = Tr::kBlockN, MT = Tr::kMTiles, S = Tr::kStages;
@@ -154,7 +158,7 @@ __global__ void __launch_bounds__(Tr::kThreads) PagedFlashAttentionKernel(const 
 
   // Per thread and m-tile: rows lo = lane/4 and hi = lane/4 + 8 of 16.
   int pos[MT][2];
-  bool live[MT][2];
+  bool live[MT][2];  // rows past the end are computed (on zero queries) but not written
   float slope[MT][2];
   const float base = exp2f(-8.0f / p.n_heads), log2e = 1.4426950408889634f;
 #pragma unroll
@@ -165,11 +169,11 @@ __global__ void __launch_bounds__(Tr::kThreads) PagedFlashAttentionKernel(const 
       live[mt][h] = r < rows;
       const int rc = min(r, rows - 1);
       pos[mt][h] = offset + rc / G;
-      slope[mt][h] = p.alibi ? powf(base, static_cast<float>(kvh * G + rc % G + 1)) * log2e : 0.f;
+      slope[mt][h] = kAlibi ? powf(base, static_cast<float>(kvh * G + rc % G + 1)) * log2e : 0.f;
     }
   // m is a row's running maximum in score units: raw Q·K without ALiBi,
   // log2-domain with it; score_scale takes it to the log2 domain.
-  const float score_scale = p.alibi ? 1.f : p.scale_log2;
+  const float score_scale = kAlibi ? 1.f : p.scale_log2;
   float o[MT][Tr::kDTiles][4];
   float m[MT][2], l[MT][2];
 #pragma unroll
@@ -187,7 +191,8 @@ __global__ void __launch_bounds__(Tr::kThreads) PagedFlashAttentionKernel(const 
     LdMatrixX4(a, sQ + Tr::Offset(warp * Tr::kRowsPerWarp + mt * 16 + (mi & 1) * 8 + (lane & 7), ks * 16 + (mi >> 1) * 8));
   };
 
-  for (int t = t_begin; t < t_end; ++t) {
+  auto tile = [&](const int t, auto mask) {
+    constexpr bool kMask = decltype(mask)::value;
     const int i = t - t_begin, stage = i % S;
     CpAsyncWait<S - 2>();
     __syncthreads();  // tile t has landed for all; everyone is done with tile t-1's stage
@@ -240,18 +245,18 @@ __global__ void __launch_bounds__(Tr::kThreads) PagedFlashAttentionKernel(const 
     float m_new[MT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
-      // Only tiles reaching past the m-tile's first position need a mask.
-      const bool needs_mask = (t + 1) * BN - 1 > offset + (m0 + warp * Tr::kRowsPerWarp + mt * 16) / G;
+      if constexpr (kAlibi || kMask) {
 #pragma unroll
-      for (int n = 0; n < Tr::kNTiles; ++n)
+        for (int n = 0; n < Tr::kNTiles; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int h = e >> 1, dj = n * 8 + (e & 1);
-          float x = sc[mt][n][e];
-          if (p.alibi) x = x * p.scale_log2 + slope[mt][h] * static_cast<float>(j0 + dj - pos[mt][h]);
-          if (needs_mask && (j0 + dj > pos[mt][h] || !live[mt][h])) x = kMasked;
-          sc[mt][n][e] = x;
-        }
+          for (int e = 0; e < 4; ++e) {
+            const int h = e >> 1, dj = n * 8 + (e & 1);
+            float x = sc[mt][n][e];
+            if constexpr (kAlibi) x = x * p.scale_log2 + slope[mt][h] * static_cast<float>(j0 + dj - pos[mt][h]);
+            if constexpr (kMask) x = j0 + dj > pos[mt][h] ? kMasked : x;
+            sc[mt][n][e] = x;
+          }
+      }
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         float tmax = RowReduce<Tr::kNTiles>(sc[mt], h, [](float a, float b) { return fmaxf(a, b); });
@@ -318,7 +323,11 @@ __global__ void __launch_bounds__(Tr::kThreads) PagedFlashAttentionKernel(const 
         }
       }
     }
-  }
+  };
+  // Tiles wholly at or before the block's first query position need no mask.
+  const int t_mask = max(t_begin, min(t_end, (offset + m0 / G + 1) / BN));
+  for (int t = t_begin; t < t_mask; ++t) tile(t, std::false_type());
+  for (int t = t_mask; t < t_end; ++t) tile(t, std::true_type());
   CpAsyncWaitAll();
 
   // Epilogue: finish the row sums across the quad, normalize, write.

@@ -15,9 +15,10 @@ namespace tinygpt::cuda {
 template <class Tr>
 int BlocksPerSm() {
   static const int n = [] {
-    TG_CUDA_CHECK(cudaFuncSetAttribute(PagedFlashAttentionKernel<Tr>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
+    TG_CUDA_CHECK(cudaFuncSetAttribute(PagedFlashAttentionKernel<Tr, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
+    TG_CUDA_CHECK(cudaFuncSetAttribute(PagedFlashAttentionKernel<Tr, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
     int blocks = 0;
-    TG_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, PagedFlashAttentionKernel<Tr>, Tr::kThreads, Tr::kSmemBytes));
+    TG_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, PagedFlashAttentionKernel<Tr, false>, Tr::kThreads, Tr::kSmemBytes));
     return std::max(1, blocks);
   }();
   return n;
@@ -40,10 +41,11 @@ void PlanFor(const AttentionDims& dims, const AttentionBatch& batch, int num_sms
 
 template <class Tr>
 void LaunchFor(const AttentionDims& dims, const AttentionBatch& batch, const AttentionParams& p, cudaStream_t stream) {
-  BlocksPerSm<Tr>();  // raises the kernel's shared-memory limit once
+  BlocksPerSm<Tr>();  // raises the kernels' shared-memory limit once
   const int rows = std::max(1, batch.max_q_len) * dims.group();
   const dim3 grid((rows + Tr::kBlockM - 1) / Tr::kBlockM, batch.num_seqs * dims.n_kv_heads, p.num_splits);
-  PagedFlashAttentionKernel<Tr><<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
+  if (p.alibi) PagedFlashAttentionKernel<Tr, true><<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
+  else PagedFlashAttentionKernel<Tr, false><<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
   TG_CUDA_LAUNCH_CHECK();
   if (p.num_splits > 1) {
     using T = typename Tr::T;
