@@ -95,7 +95,7 @@ __device__ __forceinline__ float RowReduce(const float (&sc)[kNTiles][4], int h,
 // separate copy of the tile body: per-score work that is off must cost no
 // instructions (a run-time flag was if-converted into selects on every score).
 template <class Tr, bool kAlibi>
-__global__ void __launch_bounds__(Tr::kThreads) PagedFlashAttentionKernel(const AttentionParams p) {
+__global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm) PagedFlashAttentionKernel(const AttentionParams p) {
   using T = typename Tr::T;
   constexpr int D = Tr::kHeadDim, BM = Tr::kBlockM, BN = Tr::kBlockN, MT = Tr::kMTiles, S = Tr::kStages;
   constexpr float kMasked = -FLT_MAX;

@@ -11,7 +11,7 @@
 
 namespace tinygpt::cuda {
 
-template <int kHeadDim_, class T_, int kWarps_, int kMTiles_, int kBlockN_, int kStages_>
+template <int kHeadDim_, class T_, int kWarps_, int kMTiles_, int kBlockN_, int kStages_, int kMinBlocksPerSm_ = 1>
 struct AttentionTraits {
   using T = T_;
   static constexpr int kHeadDim = kHeadDim_;
@@ -19,6 +19,8 @@ struct AttentionTraits {
   static constexpr int kMTiles = kMTiles_;
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kStages = kStages_;
+  // Blocks per SM the compiler must leave registers for (__launch_bounds__).
+  static constexpr int kMinBlocksPerSm = kMinBlocksPerSm_;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kRowsPerWarp = 16 * kMTiles;
   static constexpr int kBlockM = kWarps * kRowsPerWarp;

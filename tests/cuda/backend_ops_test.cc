@@ -300,12 +300,12 @@ int main(int argc, char** argv) {
     return 77;
   }
   auto cpu = tinygpt::CreateCpuBackend();
-  const double tol = dtype == "bf16" ? 2e-2 : 4e-3;
+  const double tol = dtype == "bf16" ? 1e-2 : 2e-3;  // measured worst on an H100: 3.5e-3 and 4.3e-4
   std::printf("device: %s, dtype %s\n", (*gpu)->device_name().c_str(), dtype.c_str());
   tinygpt::TestDense(gpu->get(), cpu.get(), tol);
   tinygpt::TestAttentionCases(gpu->get(), cpu.get(), tol);
   tinygpt::TestSampling(gpu->get(), cpu.get());
-  if (!checkpoint.empty()) tinygpt::TestModel(gpu->get(), cpu.get(), checkpoint, dtype == "bf16" ? 5e-2 : 1e-2);
+  if (!checkpoint.empty()) tinygpt::TestModel(gpu->get(), cpu.get(), checkpoint, dtype == "bf16" ? 1.5e-2 : 3e-3);
   std::printf("%d passed, %d failed\n", tinygpt::passed, tinygpt::failed);
   return tinygpt::failed ? 1 : 0;
 }
