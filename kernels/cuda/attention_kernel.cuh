@@ -270,7 +270,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm) PagedFlashA
     bool grew = false;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) grew |= (m_new[mt][0] > m[mt][0]) | (m_new[mt][1] > m[mt][1]);
-    if (__any_sync(0xffffffffu, grew)) {
+    if (!Tr::kLazyRescale || __any_sync(0xffffffffu, grew)) {
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll

@@ -11,7 +11,8 @@
 
 namespace tinygpt::cuda {
 
-template <int kHeadDim_, class T_, int kWarps_, int kMTiles_, int kBlockN_, int kStages_, int kMinBlocksPerSm_ = 1>
+template <int kHeadDim_, class T_, int kWarps_, int kMTiles_, int kBlockN_, int kStages_, int kMinBlocksPerSm_ = 1,
+          bool kLazyRescale_ = true>
 struct AttentionTraits {
   using T = T_;
   static constexpr int kHeadDim = kHeadDim_;
@@ -21,6 +22,9 @@ struct AttentionTraits {
   static constexpr int kStages = kStages_;
   // Blocks per SM the compiler must leave registers for (__launch_bounds__).
   static constexpr int kMinBlocksPerSm = kMinBlocksPerSm_;
+  // Rescale O only when a row maximum of the warp grew (a warp vote and a
+  // branch per tile) rather than on every tile.
+  static constexpr bool kLazyRescale = kLazyRescale_;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kRowsPerWarp = 16 * kMTiles;
   static constexpr int kBlockM = kWarps * kRowsPerWarp;
