@@ -19,7 +19,8 @@ export LD_LIBRARY_PATH=$S/lib:$cublas:${LD_LIBRARY_PATH:-}
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
   echo "cublasLt from $cublas"
-  command -v cuobjdump > /dev/null && cuobjdump --dump-sass "$S/bin/libtinygpt_cuda.so" | grep -oE "HMMA\.[0-9A-Z.]+" | sort | uniq -c
+  # The instruction mix of each attention kernel (SASS): MMAs against the rest.
+  command -v cuobjdump > /dev/null && cuobjdump --dump-sass "$S/bin/libtinygpt_cuda.so" | python3 bench/sass_mix.py
 } 2>&1 | tee "$log"
 status=0
 step() {  # step NAME TIMEOUT_S COMMAND...: runs with a limit, records the outcome
