@@ -36,32 +36,34 @@ struct AttentionTraits {
   // with two m-tiles) they are re-read from shared memory at each k-step, as
   // FlashAttention-2 does, to leave registers for the accumulators.
   static constexpr bool kQInRegisters = kMTiles * kHeadDim <= 128;
-  // Shared memory (elements): Q, then kStages stages of K and of V.
-  static constexpr int kQElems = kBlockM * kHeadDim;
-  static constexpr int kKVElems = kBlockN * kHeadDim;
+  // Shared memory (elements): Q, then kStages stages of K and of V. Rows are
+  // padded by 16 bytes: the eight rows an ldmatrix phase reads then start in
+  // eight different 16-byte bank groups (no conflicts), and every fragment
+  // address is a per-thread base plus a compile-time offset, which the
+  // instruction encodes (an XOR swizzle cost integer ops per ldmatrix: the
+  // SASS of that version had four integer instructions per MMA).
+  static constexpr int kRowStride = kHeadDim + 8;
+  static constexpr int kQElems = kBlockM * kRowStride;
+  static constexpr int kKVElems = kBlockN * kRowStride;
   static constexpr int kSmemBytes = (kQElems + 2 * kStages * kKVElems) * 2;
   static_assert(kHeadDim == 16 || kHeadDim == 32 || kHeadDim == 64 || kHeadDim == 128, "head_dim 16, 32, 64 or 128");
   static_assert(kBlockN % 16 == 0 && kStages >= 2, "whole k16 steps of P·V; at least double buffering");
   static_assert(kThreads % kChunks == 0, "a pass of the block covers whole rows");
 
-  // XOR swizzle of the 16-byte chunks within a row, so the eight rows an
-  // ldmatrix phase reads fall in different banks (fully for head_dim ≥ 64).
-  static constexpr int kSwizzle = kChunks < 8 ? kChunks - 1 : 7;
-  __device__ __forceinline__ static int Offset(int row, int col) {
-    return row * kHeadDim + (((col >> 3) ^ (row & kSwizzle)) << 3) + (col & 7);
-  }
+  __device__ __forceinline__ static constexpr int Offset(int row, int col) { return row * kRowStride + col; }
 };
 
 // The two shapes the backend launches, by head_dim:
 //  - Wide: prefill chunks and mixed steps (many rows per sequence). At
 //    head_dim 128 this uses 255 registers and spills 8 bytes, and still ran
-//    10% faster than block N 32 without spills (docs/benchmarks.md).
+//    10% faster than block N 32 without spills (docs/benchmarks.md). Three
+//    stages where they fit two blocks per SM (head_dim ≤ 64: 2-6% faster).
 //  - Narrow: decode steps where a sequence's rows (new tokens × GQA group) fit
 //    one warp's 16: one warp per block and three stages, so that many small
 //    blocks (four per SM at head_dim 128) keep enough K/V bytes in flight to
 //    run at memory bandwidth (four stages fit one block fewer and ran slower).
 template <int D, class T>
-using WideAttention = AttentionTraits<D, T, 4, 2, 64, 2>;
+using WideAttention = AttentionTraits<D, T, 4, 2, 64, (D >= 128 ? 2 : 3)>;
 template <int D, class T>
 using NarrowAttention = AttentionTraits<D, T, 1, 1, (D >= 128 ? 32 : 64), 3>;
 
