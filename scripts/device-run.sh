@@ -45,11 +45,12 @@ fi
 if [[ $what != checks ]]; then
   step "attention bench" 200 "$S/bin/tinygpt_attention_bench" > "$OUT/attention_ours.jsonl" 2>> "$log"
   PYTHONUNBUFFERED=1 step "attention report" 200 python3 bench/attention_report.py "$OUT/attention_ours.jsonl" "$OUT" >> "$log" 2>&1
-  # Stall reasons and occupancy of the kernel on the prefill shapes.
+  # Stall reasons, occupancy and executed opcodes of the kernel on the prefill shapes.
   if command -v ncu > /dev/null; then
     for shape in "B8 M2048 H16 D128" "B8 M2048 H16 D64"; do
       TINYGPT_BENCH_ONLY="$shape" step "ncu $shape" 120 ncu --section SpeedOfLight --section WarpStateStats --section Occupancy \
-        --section SchedulerStats -k regex:PagedFlash --launch-skip 3 --launch-count 1 "$S/bin/tinygpt_attention_bench" >> "$OUT/ncu.txt" 2>&1
+        --section SchedulerStats --metrics "sass__inst_executed_per_opcode,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
+        -k regex:PagedFlash --launch-skip 3 --launch-count 1 "$S/bin/tinygpt_attention_bench" >> "$OUT/ncu.txt" 2>&1
     done
   fi
   cat "$OUT/attention.md" 2>/dev/null
