@@ -204,8 +204,14 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm) PagedFlashA
           for (int ks = 0; ks < Tr::kKSteps; ++ks) load_q(qf[mt][ks], mt, ks);
       }
     }
-    if (t + S - 1 < t_end) load_kv(t + S - 1, (i + S - 1) % S);
-    CpAsyncCommit();
+    // The next tile's copies go out after this tile's Q·K^T MMAs are issued
+    // (kLoadsAfterQK), so the block-table loads they wait on overlap the
+    // tensor cores instead of stalling the warp before them.
+    auto issue_next = [&] {
+      if (t + S - 1 < t_end) load_kv(t + S - 1, (i + S - 1) % S);
+      CpAsyncCommit();
+    };
+    if constexpr (!Tr::kLoadsAfterQK) issue_next();
     const T* k = sK + stage * Tr::kKVElems;
     const T* v = sV + stage * Tr::kKVElems;
 
@@ -238,6 +244,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm) PagedFlashA
         }
       }
     }
+    if constexpr (Tr::kLoadsAfterQK) issue_next();
     // Causal mask (and ALiBi); online softmax per row. Without ALiBi the
     // scores stay raw and the scale folds into exp2's argument (one FFMA per
     // score); with ALiBi they are moved to the log2 domain first.
