@@ -157,20 +157,22 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm) PagedFlashA
   }
 
   // Per thread and m-tile: rows lo = lane/4 and hi = lane/4 + 8 of 16.
-  int pos[MT][2];
-  bool live[MT][2];  // rows past the end are computed (on zero queries) but not written
-  float slope[MT][2];
-  const float base = exp2f(-8.0f / p.n_heads), log2e = 1.4426950408889634f;
+  // Rows past the end are computed (on zero queries) but not written. Row
+  // positions are recomputed where needed (masked tiles, the epilogue) rather
+  // than held: at head_dim 128 every register counts (a spill there put
+  // local-memory loads in the loop).
+  auto row_of = [&](int mt, int h) { return m0 + warp * Tr::kRowsPerWarp + mt * 16 + (lane >> 2) + 8 * h; };
+  auto pos_of = [&](int mt, int h) { return offset + min(row_of(mt, h), rows - 1) / G; };
+  float slope[kAlibi ? MT : 1][2];
+  const float log2e = 1.4426950408889634f;
+  if constexpr (kAlibi) {
+    const float base = exp2f(-8.0f / p.n_heads);
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int r = m0 + warp * Tr::kRowsPerWarp + mt * 16 + (lane >> 2) + 8 * h;
-      live[mt][h] = r < rows;
-      const int rc = min(r, rows - 1);
-      pos[mt][h] = offset + rc / G;
-      slope[mt][h] = kAlibi ? powf(base, static_cast<float>(kvh * G + rc % G + 1)) * log2e : 0.f;
-    }
+      for (int h = 0; h < 2; ++h)
+        slope[mt][h] = powf(base, static_cast<float>(kvh * G + min(row_of(mt, h), rows - 1) % G + 1)) * log2e;
+  }
   // m is a row's running maximum in score units: raw Q·K without ALiBi,
   // log2-domain with it; score_scale takes it to the log2 domain.
   const float score_scale = kAlibi ? 1.f : p.scale_log2;
@@ -253,14 +255,15 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm) PagedFlashA
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       if constexpr (kAlibi || kMask) {
+        const int pos[2] = {pos_of(mt, 0), pos_of(mt, 1)};
 #pragma unroll
         for (int n = 0; n < Tr::kNTiles; ++n)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int h = e >> 1, dj = n * 8 + (e & 1);
             float x = sc[mt][n][e];
-            if constexpr (kAlibi) x = x * p.scale_log2 + slope[mt][h] * static_cast<float>(j0 + dj - pos[mt][h]);
-            if constexpr (kMask) x = j0 + dj > pos[mt][h] ? kMasked : x;
+            if constexpr (kAlibi) x = x * p.scale_log2 + slope[mt][h] * static_cast<float>(j0 + dj - pos[h]);
+            if constexpr (kMask) x = j0 + dj > pos[h] ? kMasked : x;
             sc[mt][n][e] = x;
           }
       }
@@ -345,8 +348,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm) PagedFlashA
       float sum = l[mt][h];
       sum += __shfl_xor_sync(0xffffffffu, sum, 1);
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      if (!live[mt][h]) continue;
-      const int r = m0 + warp * Tr::kRowsPerWarp + mt * 16 + (lane >> 2) + 8 * h;
+      const int r = row_of(mt, h);
+      if (r >= rows) continue;
       const int token = r / G, head = kvh * G + r % G;
       const long row = static_cast<long>(q0 + token) * p.n_heads + head;
       const float inv = sum > 0.f ? 1.f / sum : 0.f;
