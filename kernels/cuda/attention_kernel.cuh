@@ -103,6 +103,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm) PagedFlashA
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sK = sQ + Tr::kQElems;          // kStages stages
   T* sV = sK + S * Tr::kKVElems;     // kStages stages
+  // Block-table entries of each stage's tile, staged a tile ahead so that the
+  // K/V gather reads them from shared memory instead of waiting on a global
+  // load per row (the long-scoreboard stall Nsight showed at head_dim 128).
+  int32_t* sTable = reinterpret_cast<int32_t*>(sV + S * Tr::kKVElems);  // [kStages][kBlockN]
 
   const int s = blockIdx.y / p.n_kv_heads, kvh = blockIdx.y % p.n_kv_heads;
   const int q0 = p.cu_q[s], q_len = p.cu_q[s + 1] - q0, ctx = p.ctx_len[s], offset = ctx - q_len;
@@ -123,6 +127,15 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm) PagedFlashA
   const T* kc = static_cast<const T*>(p.k_cache);
   const T* vc = static_cast<const T*>(p.v_cache);
   const int32_t* table = p.block_tables + static_cast<long>(s) * p.max_blocks_per_seq;
+  const int shift = p.block_shift;
+  // Table entries one tile spans (block sizes are powers of two, so a tile
+  // covers whole blocks or lies inside one), and the last entry in use.
+  const int tile_entries = max(1, BN >> shift), last_entry = (n_keys - 1) >> shift;
+  constexpr int kEntriesPerThread = (BN + Tr::kThreads - 1) / Tr::kThreads;  // up to BN entries (block size 1)
+  auto fetch_entry = [&](int t, int k) {  // entry tid + k·threads of tile t
+    const int x = tid + k * Tr::kThreads, e = ((t * BN) >> shift) + x;
+    return t < t_end && x < tile_entries && e <= last_entry ? table[e] : 0;
+  };
 
   // --- Q tile (rows past the end are zero-filled) ---
   for (int c = tid; c < BM * Tr::kChunks; c += Tr::kThreads) {
@@ -136,20 +149,25 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm) PagedFlashA
   auto load_kv = [&](int t, int stage) {
     T* dk = sK + stage * Tr::kKVElems;
     T* dv = sV + stage * Tr::kKVElems;
-    const int ch = tid % Tr::kChunks;
+    const int* entries = sTable + stage * BN;
+    const int ch = tid % Tr::kChunks, first = (t * BN) >> shift;
     for (int r = tid / Tr::kChunks; r < BN; r += Tr::kThreads / Tr::kChunks) {
       const int j = t * BN + r;
       const bool valid = j < n_keys;
       long src = 0;
       if (valid)
-        src = ((static_cast<long>(table[j >> p.block_shift]) << p.block_shift) + (j & ((1 << p.block_shift) - 1))) *
-                  (p.n_kv_heads * D) + kvh * D + ch * 8;
+        src = ((static_cast<long>(entries[(j >> shift) - first]) << shift) + (j & ((1 << shift) - 1))) * (p.n_kv_heads * D) +
+              kvh * D + ch * 8;
       CpAsync16(dk + Tr::Offset(r, ch * 8), kc + src, valid);
       CpAsync16(dv + Tr::Offset(r, ch * 8), vc + src, valid);
     }
   };
-  // Prologue: the first kStages-1 tiles in flight (one commit group each,
-  // empty where the split has fewer tiles, so the group count stays fixed).
+  // Prologue: the table entries of the first kStages tiles, then the first
+  // kStages-1 tiles in flight (one commit group each, empty where the split
+  // has fewer tiles, so the group count stays fixed).
+  for (int i = 0; i < S; ++i)
+    for (int x = tid; x < tile_entries; x += Tr::kThreads) sTable[i * BN + x] = fetch_entry(t_begin + i, x / Tr::kThreads);
+  __syncthreads();
 #pragma unroll
   for (int i = 0; i < S - 1; ++i) {
     if (t_begin + i < t_end) load_kv(t_begin + i, i);
@@ -198,6 +216,12 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm) PagedFlashA
     const int i = t - t_begin, stage = i % S;
     CpAsyncWait<S - 2>();
     __syncthreads();  // tile t has landed for all; everyone is done with tile t-1's stage
+    // Tile t+S reuses this stage's table slot, whose entries tile t's own
+    // K/V copies (issued S-1 tiles ago) no longer need; the load's latency
+    // hides behind this tile's math, the store comes at its end.
+    int next_entry[kEntriesPerThread];
+#pragma unroll
+    for (int k = 0; k < kEntriesPerThread; ++k) next_entry[k] = fetch_entry(t + S, k);
     if constexpr (Tr::kQInRegisters) {
       if (i == 0) {
 #pragma unroll
@@ -332,6 +356,11 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm) PagedFlashA
           Mma16816<T>(o[mt][dn + 1], a[mt], b[2], b[3]);
         }
       }
+    }
+    if (t + S < t_end) {
+#pragma unroll
+      for (int k = 0; k < kEntriesPerThread; ++k)
+        if (tid + k * Tr::kThreads < tile_entries) sTable[stage * BN + tid + k * Tr::kThreads] = next_entry[k];
     }
   };
   // Tiles wholly at or before the block's first query position need no mask.

@@ -47,7 +47,8 @@ struct AttentionTraits {
   static constexpr int kRowStride = kHeadDim + 8;
   static constexpr int kQElems = kBlockM * kRowStride;
   static constexpr int kKVElems = kBlockN * kRowStride;
-  static constexpr int kSmemBytes = (kQElems + 2 * kStages * kKVElems) * 2;
+  // Then kStages × kBlockN block-table entries (int32).
+  static constexpr int kSmemBytes = (kQElems + 2 * kStages * kKVElems) * 2 + kStages * kBlockN * 4;
   static_assert(kHeadDim == 16 || kHeadDim == 32 || kHeadDim == 64 || kHeadDim == 128, "head_dim 16, 32, 64 or 128");
   static_assert(kBlockN % 16 == 0 && kStages >= 2, "whole k16 steps of P·V; at least double buffering");
   static_assert(kThreads % kChunks == 0, "a pass of the block covers whole rows");

@@ -211,6 +211,11 @@ void TestAttentionCases(Backend* G, Backend* C, double tol) {
   }
   TestAttention(G, C, tutorial, 8, 8, 16, false, 16, tol);  // the seed model's head_dim
   TestAttention(G, C, offset, 8, 2, 32, true, 32, tol);
+  // Block sizes at both ends of the staged block-table path: one token per
+  // block (a tile spans more entries than the narrow kernel has threads) and
+  // blocks larger than a key tile.
+  TestAttention(G, C, decode, 8, 8, 64, false, 1, tol);
+  TestAttention(G, C, offset, 8, 2, 128, true, 256, tol);
   std::vector<std::pair<int, int>> many;  // a decode batch wide enough to fill the GPU
   for (int i = 0; i < 64; ++i) many.push_back({1, 1 + static_cast<int>(rng() % 3000)});
   TestAttention(G, C, many, 32, 8, 128, false, 16, tol);
