@@ -30,7 +30,7 @@ std::mt19937_64 rng(1234);
 
 void Report(const std::string& name, double err, double tol) {
   const bool ok = std::isfinite(err) && err <= tol;
-  std::printf("%s %-72s rel_err %.3e (tol %.0e)\n", ok ? "PASS" : "FAIL", name.c_str(), err, tol);
+  std::printf("%s %-72s rel_err %.3e (tol %.1e)\n", ok ? "PASS" : "FAIL", name.c_str(), err, tol);
   (ok ? passed : failed)++;
 }
 
