@@ -305,6 +305,12 @@ int main(int argc, char** argv) {
     return 77;
   }
   auto cpu = tinygpt::CreateCpuBackend();
+  {  // head dims without a kernel are refused when a model is loaded, with a message
+    const auto bad = (*gpu)->SupportsModel(48);
+    const bool ok = !bad.ok() && bad.message().find("head_dim 48") != std::string::npos && (*gpu)->SupportsModel(128).ok();
+    std::printf("%s %-72s %s\n", ok ? "PASS" : "FAIL", "head_dim 48 refused, 128 accepted", std::string(bad.message()).c_str());
+    (ok ? tinygpt::passed : tinygpt::failed)++;
+  }
   const double tol = dtype == "bf16" ? 1e-2 : 2e-3;  // measured worst on an H100: 3.5e-3 and 4.3e-4
   std::printf("device: %s, dtype %s\n", (*gpu)->device_name().c_str(), dtype.c_str());
   tinygpt::TestDense(gpu->get(), cpu.get(), tol);
