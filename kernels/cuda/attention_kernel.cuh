@@ -2,11 +2,14 @@
 // block-diagonal causal with offset (a sequence's new tokens see its cached
 // prefix and, causally, each other), GQA, optional ALiBi, split-KV.
 //
-// Per block: Q tile → registers once; K/V tiles stream through a two-stage
-// cp.async pipeline, gathered through the block table; S = Q·K^T and O += P·V
-// on tensor cores (mma.sync m16n8k16, fp32 accumulation); softmax online in
-// registers, in the log2 domain. With num_splits > 1 each split writes its
-// normalized partial output and log-sum-exp for attention_combine.
+// Per block: Q tile → shared memory (→ registers where it fits); K/V tiles
+// stream through a kStages-deep cp.async pipeline, gathered through the block
+// table (its entries staged in shared memory a tile ahead); S = Q·K^T and
+// O += P·V on tensor cores (mma.sync m16n8k16, fp32 accumulation); softmax
+// online in registers, in the log2 domain. One barrier per key tile. With
+// num_splits > 1 each split writes its normalized partial output and
+// log-sum-exp for AttentionCombineKernel. Tile shapes: attention_traits.cuh;
+// which shape a call gets and the split count: attention_run.cuh.
 #pragma once
 #include <cfloat>
 #include <type_traits>
