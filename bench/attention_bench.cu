@@ -152,7 +152,7 @@ void Run(const Problem& pr) {
   const cuda::AttentionPlan plan = cuda::PlanPagedAttention(false, dims, batch, prop.multiProcessorCount);  // as the backend does
   const int splits = plan.num_splits;
   float* partial = nullptr;
-  if (splits > 1) TG_CUDA_CHECK(cudaMalloc(&partial, plan.partial_floats() * sizeof(float)));
+  if (splits > 1) TG_CUDA_CHECK(cudaMalloc(&partial, plan.partial_floats * sizeof(float)));
   TG_CUDA_CHECK(cudaMemGetInfo(&free_after, &total));
   auto call = [&] { cuda::LaunchPagedAttention(false, plan, dims, batch, q, static_cast<long>(pr.H) * pr.D, kv, out, partial, 0); };
   const float ms = MedianMs(call);
@@ -178,7 +178,7 @@ void Run(const Problem& pr) {
       cuda::AttentionPlan vp;
       var.plan(dims, batch, prop.multiProcessorCount, &vp);
       float* vpart = nullptr;
-      if (vp.num_splits > 1) TG_CUDA_CHECK(cudaMalloc(&vpart, vp.partial_floats() * sizeof(float)));
+      if (vp.num_splits > 1) TG_CUDA_CHECK(cudaMalloc(&vpart, vp.partial_floats * sizeof(float)));
       const cuda::AttentionParams params =
           cuda::MakeAttentionParams(vp, dims, batch, q, static_cast<long>(pr.H) * pr.D, kv, out, vpart);
       TG_CUDA_CHECK(cudaMemset(out, 0xff, out_n * sizeof(T)));  // NaN until written

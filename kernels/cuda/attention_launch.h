@@ -17,14 +17,13 @@ namespace tinygpt::cuda {
 struct AttentionPlan {
   bool narrow = false;
   int num_splits = 1;
-  size_t partial_floats() const { return partial_floats_; }
-  size_t partial_floats_ = 0;  // num_splits × total_q × n_heads × (head_dim + 1) when split
+  size_t partial_floats = 0;  // split workspace: num_splits × total_q × n_heads × (head_dim + 1), 0 unsplit
 };
 
 AttentionPlan PlanPagedAttention(bool bf16, const AttentionDims& dims, const AttentionBatch& batch, int num_sms);
 
 // qkv: fused rows of qkv_stride elements (queries first); out: [total_q,
-// n_heads*head_dim]. `partial` holds plan.partial_floats() floats.
+// n_heads*head_dim]. `partial` holds plan.partial_floats floats.
 // kv.block_size must be a power of two.
 void LaunchPagedAttention(bool bf16, const AttentionPlan& plan, const AttentionDims& dims, const AttentionBatch& batch,
                           const void* qkv, long qkv_stride, const PagedKv& kv, void* out, float* partial, cudaStream_t stream);

@@ -35,7 +35,7 @@ void PlanFor(const AttentionDims& dims, const AttentionBatch& batch, int num_sms
   int splits = 1;
   if (blocks < target && key_tiles >= 4) splits = static_cast<int>(std::min<long>({(target + blocks - 1) / blocks, key_tiles / 2, 64}));
   plan->num_splits = std::max(1, splits);
-  plan->partial_floats_ =
+  plan->partial_floats =
       plan->num_splits > 1 ? static_cast<size_t>(plan->num_splits) * batch.total_q * dims.n_heads * (dims.head_dim + 1) : 0;
 }
 

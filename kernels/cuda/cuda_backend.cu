@@ -156,7 +156,7 @@ class CudaBackend final : public Backend {
   }
   void PagedAttention(const AttentionDims& d, const AttentionBatch& batch, const void* qkv, const PagedKv& kv, void* out) override {
     const AttentionPlan plan = PlanPagedAttention(dtype_ == DType::kBF16, d, batch, num_sms_);
-    const size_t need = plan.partial_floats() * sizeof(float);
+    const size_t need = plan.partial_floats * sizeof(float);
     if (need > split_bytes_) {
       if (split_workspace_) TG_CUDA_CHECK(cudaFree(split_workspace_));
       TG_CUDA_CHECK(cudaMalloc(&split_workspace_, need));
