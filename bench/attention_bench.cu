@@ -80,26 +80,23 @@ float MedianMs(Fn fn, int reps = 20) {
 }
 
 // Other tile shapes of the same kernel, timed beside the one the backend
-// picks (named w<warps>m<m-tiles per warp>n<block N>s<stages>[b<min blocks
-// per SM>], eager: O rescaled on every tile; early loads: next tile's copies
-// issued before Q·K^T), each checked
+// picks (named w<warps>m<m-tiles per warp>n<block N>s<stages>), each checked
 // against the backend's output on the same inputs.
 struct Variant {
   const char* name;
   void (*plan)(const AttentionDims&, const AttentionBatch&, int, cuda::AttentionPlan*);
   void (*launch)(const AttentionDims&, const AttentionBatch&, const cuda::AttentionParams&, cudaStream_t);
 };
-template <int D, int W, int MT, int BN, int S, int MinBlocks = 1, bool Lazy = true, bool LoadsAfterQK = true>
+template <int D, int W, int MT, int BN, int S>
 Variant V(const char* name) {
-  using Tr = cuda::AttentionTraits<D, __half, W, MT, BN, S, MinBlocks, Lazy, LoadsAfterQK>;
+  using Tr = cuda::AttentionTraits<D, __half, W, MT, BN, S>;
   return {name, &cuda::PlanFor<Tr>, &cuda::LaunchFor<Tr>};
 }
 std::vector<Variant> Variants(const std::string& kind, int D) {
   if (kind == "prefill" && D == 64)
-    return {V<64, 4, 2, 64, 3, 1, true, false>("w4m2n64s3 early loads"), V<64, 4, 2, 64, 2>("w4m2n64s2")};
-  if (kind == "decode" && D == 128) return {V<128, 1, 1, 32, 3, 1, true, false>("w1m1n32s3 early loads")};
-  if (kind == "prefill" && D == 128)
-    return {V<128, 4, 2, 64, 2, 1, true, false>("w4m2n64s2 early loads"), V<128, 4, 2, 64, 2, 1, false>("w4m2n64s2 eager")};
+    return {V<64, 4, 2, 64, 2>("w4m2n64s2"), V<64, 4, 1, 64, 3>("w4m1n64s3")};
+  if (kind == "prefill" && D == 128) return {V<128, 4, 2, 32, 2>("w4m2n32s2"), V<128, 8, 1, 64, 2>("w8m1n64s2")};
+  if (kind == "decode" && D == 128) return {V<128, 2, 1, 32, 3>("w2m1n32s3"), V<128, 1, 1, 16, 6>("w1m1n16s6")};
   return {};
 }
 

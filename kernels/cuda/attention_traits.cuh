@@ -11,8 +11,7 @@
 
 namespace tinygpt::cuda {
 
-template <int kHeadDim_, class T_, int kWarps_, int kMTiles_, int kBlockN_, int kStages_, int kMinBlocksPerSm_ = 1,
-          bool kLazyRescale_ = true, bool kLoadsAfterQK_ = true>
+template <int kHeadDim_, class T_, int kWarps_, int kMTiles_, int kBlockN_, int kStages_>
 struct AttentionTraits {
   using T = T_;
   static constexpr int kHeadDim = kHeadDim_;
@@ -20,13 +19,6 @@ struct AttentionTraits {
   static constexpr int kMTiles = kMTiles_;
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kStages = kStages_;
-  // Blocks per SM the compiler must leave registers for (__launch_bounds__).
-  static constexpr int kMinBlocksPerSm = kMinBlocksPerSm_;
-  // Rescale O only when a row maximum of the warp grew (a warp vote and a
-  // branch per tile) rather than on every tile.
-  static constexpr bool kLazyRescale = kLazyRescale_;
-  // Issue the next tile's K/V copies after this tile's Q·K^T (see the kernel).
-  static constexpr bool kLoadsAfterQK = kLoadsAfterQK_;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kRowsPerWarp = 16 * kMTiles;
   static constexpr int kBlockM = kWarps * kRowsPerWarp;
