@@ -51,7 +51,7 @@ struct LaunchFn {
 AttentionPlan PlanPagedAttention(bool bf16, const AttentionDims& dims, const AttentionBatch& batch, int num_sms) {
   AttentionPlan plan;
   // Narrow when every sequence's rows (new tokens × GQA group) fit one warp.
-  plan.narrow = std::max(1, batch.max_q_len) * dims.group() <= 16;
+  plan.narrow = RowsPerSequence(dims, batch) <= 16;
   Dispatch(bf16, plan.narrow, dims.head_dim, PlanFn{dims, batch, num_sms, &plan});
   return plan;
 }

@@ -11,6 +11,18 @@
 
 namespace tinygpt::cuda {
 
+// A sequence's kernel rows: its longest query chunk × the GQA group (the
+// query heads that share a KV head are packed into the tile's rows).
+inline int RowsPerSequence(const AttentionDims& dims, const AttentionBatch& batch) {
+  return std::max(1, batch.max_q_len) * dims.group();
+}
+
+// The grid: query tiles × (sequence, KV head) pairs × key splits.
+template <class Tr>
+dim3 Grid(const AttentionDims& dims, const AttentionBatch& batch, int num_splits) {
+  return dim3((RowsPerSequence(dims, batch) + Tr::kBlockM - 1) / Tr::kBlockM, batch.num_seqs * dims.n_kv_heads, num_splits);
+}
+
 // Blocks of this shape that fit one SM (registers, shared memory, threads).
 template <class Tr>
 int BlocksPerSm() {
@@ -26,8 +38,8 @@ int BlocksPerSm() {
 
 template <class Tr>
 void PlanFor(const AttentionDims& dims, const AttentionBatch& batch, int num_sms, AttentionPlan* plan) {
-  const int rows_per_seq = std::max(1, batch.max_q_len) * dims.group();
-  const long blocks = static_cast<long>(batch.num_seqs) * dims.n_kv_heads * ((rows_per_seq + Tr::kBlockM - 1) / Tr::kBlockM);
+  const dim3 grid = Grid<Tr>(dims, batch, 1);
+  const long blocks = static_cast<long>(grid.x) * grid.y;
   const int key_tiles = (batch.max_ctx_len + Tr::kBlockN - 1) / Tr::kBlockN;
   // Aim for about four waves of resident blocks, so the last, partial wave
   // costs little; each split keeps at least two key tiles.
@@ -42,8 +54,7 @@ void PlanFor(const AttentionDims& dims, const AttentionBatch& batch, int num_sms
 template <class Tr>
 void LaunchFor(const AttentionDims& dims, const AttentionBatch& batch, const AttentionParams& p, cudaStream_t stream) {
   BlocksPerSm<Tr>();  // raises the kernels' shared-memory limit once
-  const int rows = std::max(1, batch.max_q_len) * dims.group();
-  const dim3 grid((rows + Tr::kBlockM - 1) / Tr::kBlockM, batch.num_seqs * dims.n_kv_heads, p.num_splits);
+  const dim3 grid = Grid<Tr>(dims, batch, p.num_splits);
   if (p.alibi) PagedFlashAttentionKernel<Tr, true><<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
   else PagedFlashAttentionKernel<Tr, false><<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
   TG_CUDA_LAUNCH_CHECK();
