@@ -24,7 +24,7 @@ groups = {"HMMA": ["HMMA"], "LDSM": ["LDSM"], "LDGSTS": ["LDGSTS"], "MUFU": ["MU
           "MEM": ["LDG", "STG", "LDL", "STL", "LDS", "STS", "LDC", "ULDC"], "BRANCH": ["BRA", "BSSY", "BSYNC", "EXIT", "RET", "CALL"]}
 print("kernel (traits) | total | " + " | ".join(groups) + " | other")
 for name, c in kernels.items():
-    m = re.search(r"AttentionTraitsILi(\d+)E(\w+?)Li(\d+)ELi(\d+)ELi(\d+)ELi(\d+)E(?:Li\d+E)?(?:Lb\dE)*EELb(\d)E", name)
+    m = re.search(r"AttentionTraitsILi(\d+)E(\w+?)Li(\d+)ELi(\d+)ELi(\d+)ELi(\d+)EEELb(\d)E", name)
     label = name[:60] if not m else f"D{m[1]} {'bf16' if 'bfloat' in m[2] else 'f16'} w{m[3]}m{m[4]}n{m[5]}s{m[6]} alibi={m[7]}"
     seen = {op for ops in groups.values() for op in ops}
     cells = [sum(c[o] for o in ops) for ops in groups.values()]
