@@ -38,11 +38,17 @@ class Backend {
   // Converts n fp32 values to dtype() on the way in / out.
   virtual void UploadFloats(void* dst, const float* src, size_t n) = 0;
   virtual void DownloadFloats(float* dst, const void* src, size_t n) = 0;
+  // Uploads a linear weight given in nn.Linear's [out, in] layout into the
+  // layout this backend's Linear reads (out·in elements of dtype()). The
+  // default keeps [out, in]; the CPU backend packs it for its GEMM kernel.
+  virtual void UploadLinearWeight(void* dst, const float* src, int out, int in) {
+    UploadFloats(dst, src, static_cast<size_t>(out) * in);
+  }
 
   virtual void Embedding(const int32_t* tokens, const int32_t* positions, const void* tok, const void* pos, void* out,
                          int T, int C) = 0;
   virtual void LayerNorm(const void* x, const void* w, const void* b, void* y, int T, int C, float eps) = 0;
-  // y[T,out] = x[T,in] · w[out,in]^T + b
+  // y[T,out] = x[T,in] · w[out,in]^T + b, w as UploadLinearWeight stored it
   virtual void Linear(const void* x, const void* w, const void* b, void* y, int T, int in, int out) = 0;
   virtual void AddInPlace(void* x, const void* y, size_t n) = 0;
   virtual void SwiGLU(const void* h, void* out, int T, int F) = 0;

@@ -5,8 +5,8 @@
 namespace tinygpt {
 
 ParamLayout::ParamLayout(const ModelConfig& c) : cfg_(c) {
-  auto add = [&](std::string name, std::vector<long> shape) {
-    ParamTensor t{std::move(name), std::move(shape), total_};
+  auto add = [&](std::string name, std::vector<long> shape, bool linear_weight = false) {
+    ParamTensor t{std::move(name), std::move(shape), total_, linear_weight};
     total_ += t.numel();
     tensors_.push_back(std::move(t));
   };
@@ -17,20 +17,20 @@ ParamLayout::ParamLayout(const ModelConfig& c) : cfg_(c) {
     const std::string p = absl::StrCat("blocks.", i, ".");
     add(p + "n1.weight", {d});
     add(p + "n1.bias", {d});
-    add(p + "qkv.weight", {c.qkv_dim(), d});
+    add(p + "qkv.weight", {c.qkv_dim(), d}, true);
     add(p + "qkv.bias", {c.qkv_dim()});
-    add(p + "proj.weight", {d, d});
+    add(p + "proj.weight", {d, d}, true);
     add(p + "proj.bias", {d});
     add(p + "n2.weight", {d});
     add(p + "n2.bias", {d});
-    add(p + "ff.w12.weight", {2L * c.ffn_hidden, d});
+    add(p + "ff.w12.weight", {2L * c.ffn_hidden, d}, true);
     add(p + "ff.w12.bias", {2L * c.ffn_hidden});
-    add(p + "ff.w3.weight", {d, c.ffn_hidden});
+    add(p + "ff.w3.weight", {d, c.ffn_hidden}, true);
     add(p + "ff.w3.bias", {d});
   }
   add("nf.weight", {d});
   add("nf.bias", {d});
-  add("head.weight", {c.vocab_size, d});
+  add("head.weight", {c.vocab_size, d}, true);
   add("head.bias", {c.vocab_size});
 }
 

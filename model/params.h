@@ -13,6 +13,7 @@ struct ParamTensor {
   std::string name;
   std::vector<long> shape;
   size_t offset = 0;  // in floats, into the parameter buffer
+  bool linear_weight = false;  // an nn.Linear weight [out, in] (backends may re-lay it out)
   size_t numel() const {
     size_t n = 1;
     for (long d : shape) n *= d;

@@ -30,7 +30,10 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(Backend* backen
   for (const auto& t : layout.tensors()) {
     void* w = r->Alloc(t.numel(), es);
     if (!w) return absl::ResourceExhaustedError(absl::StrCat("runner: out of memory for weight ", t.name));
-    backend->UploadFloats(w, ck.params.data() + t.offset, t.numel());
+    if (t.linear_weight)
+      backend->UploadLinearWeight(w, ck.params.data() + t.offset, static_cast<int>(t.shape[0]), static_cast<int>(t.shape[1]));
+    else
+      backend->UploadFloats(w, ck.params.data() + t.offset, t.numel());
     r->weights_.push_back(w);
   }
   const size_t cache_elems = static_cast<size_t>(opt.num_kv_blocks) * opt.block_size * c.kv_dim();

@@ -193,20 +193,29 @@ namespace {
 // Each row's output is bitwise the same whatever the number of rows in the
 // call, and matches the reference.
 TEST(Linear, RowInvariantKernelIsBatchInvariant) {
-  for (auto [in, out] : {std::pair{128, 1024}, {13, 7}, {129, 33}}) {
+  // Shapes cover full 16-output panels, a narrow last panel, in < 16 and odd
+  // in; T = 67 runs the threaded path (row blocks of 24, 6-row tiles and a
+  // 1-row remainder); the parts run 1- to 7-row tiles on the serial path.
+  for (auto [in, out] : {std::pair{128, 1024}, {512, 128}, {13, 7}, {129, 33}, {64, 200}}) {
     const int T = 67;
     auto x = RandomVector(T * in, 1), w = RandomVector(out * in, 2), b = RandomVector(out, 3);
-    std::vector<float> all(T * out, NAN), ref(T * out);
-    cpu::LinearForwardRowInvariant(x.data(), w.data(), b.data(), all.data(), T, in, out);
+    std::vector<float> packed(out * in), all(T * out, NAN), ref(T * out);
+    cpu::PackLinearWeight(w.data(), packed.data(), in, out);
+    cpu::LinearForwardRowInvariant(x.data(), packed.data(), b.data(), all.data(), T, in, out);
     cpu::LinearForward(x.data(), w.data(), b.data(), ref.data(), T, in, out);
-    EXPECT_LT(RelError(all, ref), 1e-5);
-    for (int t0 : {0, 5, 66})
-      for (int M : {1, 2, 5}) {
+    EXPECT_LT(RelError(all, ref), 1e-5) << in << "->" << out;
+    for (int t0 : {0, 5, 60, 66})
+      for (int M : {1, 2, 3, 4, 5, 6, 7}) {
         if (t0 + M > T) continue;
         std::vector<float> part(M * out, NAN);
-        cpu::LinearForwardRowInvariant(x.data() + t0 * in, w.data(), b.data(), part.data(), M, in, out);
+        cpu::LinearForwardRowInvariant(x.data() + t0 * in, packed.data(), b.data(), part.data(), M, in, out);
         for (int i = 0; i < M * out; ++i) ASSERT_EQ(part[i], all[t0 * out + i]) << "rows " << t0 << "+" << M;
       }
+    // Without a bias: the same products.
+    std::vector<float> nobias(T * out, NAN), ref_nobias(T * out);
+    cpu::LinearForwardRowInvariant(x.data(), packed.data(), nullptr, nobias.data(), T, in, out);
+    cpu::LinearForward(x.data(), w.data(), nullptr, ref_nobias.data(), T, in, out);
+    EXPECT_LT(RelError(nobias, ref_nobias), 1e-5) << in << "->" << out << " no bias";
   }
 }
 

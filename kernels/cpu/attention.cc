@@ -50,22 +50,37 @@ void WithHeadDim(int D, Fn&& fn) {
 }
 
 // Key/value row locators: sequence s, position j, KV head kvh → pointer.
+// ForEach(s, kvh, j0, j1, fn) calls fn(j, k_row, v_row) for keys j0..j1-1 in
+// order, stepping a pointer through each contiguous run of rows (no division
+// per key: decode steps are short enough for it to show).
 struct PackedRows {
   const PackedKv& kv;
   int head_dim;
   const float* k(int s, int j, int kvh) const { return kv.k + (static_cast<long>(kv.cu_k[s]) + j) * kv.stride + kvh * head_dim; }
   const float* v(int s, int j, int kvh) const { return kv.v + (static_cast<long>(kv.cu_k[s]) + j) * kv.stride + kvh * head_dim; }
+  template <class Fn>
+  void ForEach(int s, int kvh, int j0, int j1, Fn&& fn) const {
+    const float *kr = k(s, j0, kvh), *vr = v(s, j0, kvh);
+    for (int j = j0; j < j1; ++j, kr += kv.stride, vr += kv.stride) fn(j, kr, vr);
+  }
 };
 
 struct PagedRows {
   const PagedKv& kv;
   int head_dim, n_kv_heads;
-  long row(int s, int j, int kvh) const {
-    const long block = kv.block_tables[static_cast<long>(s) * kv.max_blocks_per_seq + j / kv.block_size];
-    return ((block * kv.block_size + j % kv.block_size) * n_kv_heads + kvh) * head_dim;
+  template <class Fn>
+  void ForEach(int s, int kvh, int j0, int j1, Fn&& fn) const {
+    const long row_stride = static_cast<long>(n_kv_heads) * head_dim;
+    const int32_t* table = kv.block_tables + static_cast<long>(s) * kv.max_blocks_per_seq;
+    int blk = j0 / kv.block_size, off = j0 % kv.block_size;
+    for (int j = j0; j < j1; ++blk, off = 0) {
+      const long first = (static_cast<long>(table[blk]) * kv.block_size + off) * row_stride + kvh * head_dim;
+      const float* kr = static_cast<const float*>(kv.k_cache) + first;
+      const float* vr = static_cast<const float*>(kv.v_cache) + first;
+      for (const int end = std::min(j1, j + kv.block_size - off); j < end; ++j, kr += row_stride, vr += row_stride)
+        fn(j, kr, vr);
+    }
   }
-  const float* k(int s, int j, int kvh) const { return static_cast<const float*>(kv.k_cache) + row(s, j, kvh); }
-  const float* v(int s, int j, int kvh) const { return static_cast<const float*>(kv.v_cache) + row(s, j, kvh); }
 };
 
 // Scalar multiply-adds of the forward pass: queries × visible keys × 2·D.
@@ -103,11 +118,11 @@ void ForwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const f
         for (int j0 = 0; j0 <= pos; j0 += kKeyTile) {
           const int j1 = std::min(pos + 1, j0 + kKeyTile);
           float tile_max = -std::numeric_limits<float>::infinity();
-          for (int j = j0; j < j1; ++j) {
-            const float sc = Dot<kD>(qi, rows.k(s, j, kvh), D) * scale + slope * static_cast<float>(j - pos);
+          rows.ForEach(s, kvh, j0, j1, [&](int j, const float* kj, const float*) {
+            const float sc = Dot<kD>(qi, kj, D) * scale + slope * static_cast<float>(j - pos);
             scores[j - j0] = sc;
             tile_max = std::max(tile_max, sc);
-          }
+          });
           const float m_new = std::max(m, tile_max), correction = std::exp(m - m_new);
           l *= correction;
           for (int d = 0; d < D; ++d) acc[d] *= correction;
@@ -115,7 +130,7 @@ void ForwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const f
           for (int j = 0; j < n; ++j) scores[j] -= m_new;
           ExpInPlace(scores, n);
           for (int j = 0; j < n; ++j) l += scores[j];
-          for (int j = j0; j < j1; ++j) Axpy<kD>(scores[j - j0], rows.v(s, j, kvh), acc.data(), D);
+          rows.ForEach(s, kvh, j0, j1, [&](int j, const float*, const float* vj) { Axpy<kD>(scores[j - j0], vj, acc.data(), D); });
           m = m_new;
         }
         float* oi = out + (q0 + i) * o_stride + h * D;

@@ -36,6 +36,9 @@ class CpuBackend final : public Backend {
   void CopyToHost(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void UploadFloats(void* dst, const float* src, size_t n) override { std::memcpy(dst, src, n * sizeof(float)); }
   void DownloadFloats(float* dst, const void* src, size_t n) override { std::memcpy(dst, src, n * sizeof(float)); }
+  void UploadLinearWeight(void* dst, const float* src, int out, int in) override {
+    cpu::PackLinearWeight(src, F(dst), in, out);
+  }
 
   void Embedding(const int32_t* tokens, const int32_t* positions, const void* tok, const void* pos, void* out, int T,
                  int C) override {

@@ -71,6 +71,12 @@ struct Pair {
     gpu->DownloadFloats(v.data(), g, n);  // rounded as the GPU holds them
     cpu->UploadFloats(c, v.data(), n);
   }
+  // A linear weight [out, in]: each backend stores it in its own layout.
+  void SetLinearWeight(std::vector<float> v, int out, int in) {
+    gpu->UploadLinearWeight(g, v.data(), out, in);
+    gpu->DownloadFloats(v.data(), g, n);  // rounded as the GPU holds them (its layout is [out, in])
+    cpu->UploadLinearWeight(c, v.data(), out, in);
+  }
   void Poison() {
     std::vector<unsigned char> nan(n * DTypeSize(gpu->dtype()), 0xff);  // all-ones halves are NaN
     gpu->CopyToDevice(g, nan.data(), nan.size());
@@ -112,7 +118,7 @@ void TestDense(Backend* G, Backend* C, double tol) {
     for (auto [in, out] : {std::pair{64, 192}, {128, 1024}, {768, 768}}) {
       Pair x(G, C, T * in), w(G, C, out * in), b(G, C, out), y(G, C, T * out);
       x.Set(Random(x.n));
-      w.Set(Random(w.n, 1.f / std::sqrt(in)));
+      w.SetLinearWeight(Random(w.n, 1.f / std::sqrt(in)), out, in);
       b.Set(Random(b.n));
       for (bool bias : {true, false}) {
         y.Poison();
