@@ -2,22 +2,32 @@
 """Serving throughput of the continuous batcher on the CPU (seed model):
 `tinygpt-client bench` at 1, 8 and 64 concurrent streams against the same
 requests sent one at a time, in one run; prints a table with ratios.
-usage: serve_cpu.py BUILD_DIR CHECKPOINT [--requests N]"""
-import argparse, json, subprocess
+usage: serve_cpu.py BUILD_DIR CHECKPOINT [--requests N] [--server-arg=--threads=8 ...]
+BUILD_DIR is a build tree or a flat folder of binaries (device-stage/bin)."""
+import argparse, json, os, subprocess
 
 ap = argparse.ArgumentParser()
 ap.add_argument("build_dir")
 ap.add_argument("checkpoint")
 ap.add_argument("--requests", type=int, default=1024)
+ap.add_argument("--server-arg", action="append", default=[], help="extra `tinygpt serve` flag (repeatable)")
 a = ap.parse_args()
-server = subprocess.Popen([f"{a.build_dir}/cli/tinygpt", "serve", f"--checkpoint={a.checkpoint}", "--port=0", "--metrics-port=-1"],
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def binary(name, subdir):
+    flat = os.path.join(a.build_dir, name)
+    return flat if os.path.isfile(flat) else os.path.join(a.build_dir, subdir, name)
+
+
+server = subprocess.Popen([binary("tinygpt", "cli"), "serve", f"--checkpoint={a.checkpoint}", "--device=cpu", "--port=0",
+                           "--metrics-port=-1", *a.server_arg], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 target = server.stdout.readline().split("listening on ")[1].split()[0]
+print(f"cores {len(os.sched_getaffinity(0))}; server flags: {' '.join(a.server_arg) or 'defaults'}")
 rows = []
 try:
     for unary in (False, True):
         for c in (1, 8, 64):
-            cmd = [f"{a.build_dir}/client/tinygpt-client", "bench", f"--target={target}", f"--requests={a.requests}",
+            cmd = [binary("tinygpt-client", "client"), "bench", f"--target={target}", f"--requests={a.requests}",
                    f"--concurrency={c}", "--prompt-len-min=4", "--prompt-len-max=32", "--output-len-min=8",
                    "--output-len-max=32", "--seed=1", "--json"] + (["--unary"] if unary else [])
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout

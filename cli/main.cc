@@ -5,10 +5,13 @@
 #include <string>
 #include <vector>
 
+#include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "cli/commands.h"
+#include "cli/common_flags.h"
 #include "common/flag_args.h"
+#include "kernels/cpu/cpu_backend.h"
 
 namespace {
 
@@ -33,6 +36,7 @@ int main(int argc, char** argv) {
   std::vector<char*> ptrs;
   for (auto& a : args) ptrs.push_back(a.data());
   absl::ParseCommandLine(static_cast<int>(ptrs.size()), ptrs.data());
+  tinygpt::SetCpuThreads(absl::GetFlag(FLAGS_threads));
   if (command == "train") return tinygpt::TrainCommand();
   if (command == "generate") return tinygpt::GenerateCommand();
   if (command == "serve") return tinygpt::ServeCommand();

@@ -2,10 +2,12 @@
 # On the GPU machine (the device tool runs it from the repo root with
 # device-stage/ carried): checks every CUDA op against the CPU backend, the
 # whole model, the server's integration tests on --device cuda, then times the
-# attention kernels beside PyTorch. Results go to $OUT (at most 8 files come
-# back: log.txt, backend_ops_{bf16,f16}.txt, server_test_cuda.txt,
-# attention_ours.jsonl, attention.md, attention_memory.png, ncu.txt).
-# usage: scripts/device-run.sh [checks|bench|all]   (default all)
+# attention kernels beside PyTorch, and the CPU backend (engine steps, serving,
+# training beside PyTorch) on the machine's CPU cores. Results go to $OUT (at
+# most 8 files come back: log.txt, backend_ops_{bf16,f16}.txt,
+# server_test_cuda.txt, attention_ours.jsonl, attention.md,
+# attention_memory.png, cpu.md; `ncu` mode writes ncu.txt).
+# usage: scripts/device-run.sh [checks|bench|cpu|ncu|all]   (default all: checks, bench, cpu)
 set -uo pipefail
 what=${1:-all}
 S=$PWD/device-stage
@@ -31,7 +33,7 @@ step() {  # step NAME TIMEOUT_S COMMAND...: runs with a limit, records the outco
   echo "== $name: rc=$rc in $((SECONDS - t0)) s" >> "$log"
   [[ $rc == 0 ]] || status=1
 }
-if [[ $what != bench ]]; then
+if [[ $what == all || $what == checks ]]; then
   for dtype in bf16 f16; do
     step "backend ops $dtype" 150 "$S/bin/tinygpt_backend_ops" --dtype=$dtype "$S/seed.safetensors" > "$OUT/backend_ops_$dtype.txt" 2>&1
     grep -E "^FAIL|passed|error|CUDA" "$OUT/backend_ops_$dtype.txt" | head -20 | tee -a "$log"
@@ -42,9 +44,27 @@ if [[ $what != bench ]]; then
     step "server_test --device=cuda" 240 "$S/bin/server_test" > "$OUT/server_test_cuda.txt" 2>&1
   grep -E "^\[  |Failure|error|Expected|Which is" "$OUT/server_test_cuda.txt" | head -40 | tee -a "$log"
 fi
-if [[ $what != checks ]]; then
+if [[ $what == all || $what == bench ]]; then
   step "attention bench" 200 "$S/bin/tinygpt_attention_bench" > "$OUT/attention_ours.jsonl" 2>> "$log"
   PYTHONUNBUFFERED=1 step "attention report" 200 python3 bench/attention_report.py "$OUT/attention_ours.jsonl" "$OUT" >> "$log" 2>&1
+  cat "$OUT/attention.md" 2>/dev/null
+fi
+if [[ $what == all || $what == cpu ]]; then
+  # The CPU backend on this machine's cores: decode steps alone, serving through
+  # gRPC (server, load generator and gRPC threads share the cores), training.
+  cpu=$OUT/cpu.md
+  { lscpu | grep -E "^Model name|^CPU\(s\)|^Thread|^Core|^Socket|^L2|^L3"; echo "cores for this process: $(nproc)"; } > "$cpu"
+  for t in 1 4 8 16; do
+    echo "engine steps, OMP_NUM_THREADS=$t:" >> "$cpu"
+    OMP_NUM_THREADS=$t step "engine bench $t threads" 60 "$S/bin/tinygpt_engine_bench" "$S/seed.safetensors" >> "$cpu" 2>&1
+  done
+  for flags in "" "--server-arg=--threads=8" "--server-arg=--threads=4"; do
+    step "serve bench $flags" 150 python3 bench/serve_cpu.py "$S/bin" "$S/seed.safetensors" $flags >> "$cpu" 2>&1
+  done
+  step "train bench" 420 python3 bench/train_cpu_vs_torch.py "$S/bin" --steps 20 --rounds 3 --torch-threads 1,2,4,8,16 >> "$cpu" 2>&1
+  cat "$cpu"
+fi
+if [[ $what == ncu ]]; then
   # Stall reasons, occupancy and executed opcodes of the kernel on the prefill shapes.
   if command -v ncu > /dev/null; then
     for shape in "B8 M2048 H16 D128" "B8 M2048 H16 D64"; do
@@ -53,7 +73,6 @@ if [[ $what != checks ]]; then
         -k regex:PagedFlash --launch-skip 3 --launch-count 1 "$S/bin/tinygpt_attention_bench" >> "$OUT/ncu.txt" 2>&1
     done
   fi
-  cat "$OUT/attention.md" 2>/dev/null
 fi
 grep "^== " "$log"
 exit $status

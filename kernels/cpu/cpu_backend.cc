@@ -1,5 +1,7 @@
 #include "kernels/cpu/cpu_backend.h"
 
+#include <omp.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -72,5 +74,9 @@ class CpuBackend final : public Backend {
 }  // namespace
 
 std::unique_ptr<Backend> CreateCpuBackend() { return std::make_unique<CpuBackend>(); }
+
+void SetCpuThreads(int n) {
+  if (n > 0) omp_set_num_threads(n);
+}
 
 }  // namespace tinygpt

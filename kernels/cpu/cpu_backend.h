@@ -6,4 +6,7 @@
 namespace tinygpt {
 // The fp32 CPU backend: the reference, and the default where no GPU is found.
 std::unique_ptr<Backend> CreateCpuBackend();
+// Threads the CPU ops use (OpenMP's team size); n <= 0 keeps OpenMP's default
+// (OMP_NUM_THREADS, else one per core this process may run on).
+void SetCpuThreads(int n);
 }  // namespace tinygpt

@@ -2,7 +2,9 @@
 fields tinygpt supports (GQA, ALiBi, ffn_hidden), with the same module names,
 so its state_dict is a tinygpt checkpoint. Attention is the tutorial's
 `vanilla_attention` (materialized scores) with a block-diagonal causal mask,
-since xFormers does not run on the CPU."""
+since xFormers does not run on the CPU; with `sdpa=True` (PyTorch >= 2.0,
+learned positions) each sequence goes through F.scaled_dot_product_attention
+with is_causal, PyTorch's own fused CPU kernel, for benchmarks."""
 import json
 import math
 import struct
@@ -28,9 +30,10 @@ def alibi_slopes(h):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, sdpa=False):
         super().__init__()
         d = cfg["d_model"]
+        self.sdpa = sdpa
         self.h, self.hkv, self.k = cfg["n_heads"], cfg["n_kv_heads"], d // cfg["n_heads"]
         self.alibi = cfg["pos_encoding"] == "alibi"
         self.n1, self.n2 = nn.LayerNorm(d, eps=cfg["norm_eps"]), nn.LayerNorm(d, eps=cfg["norm_eps"])
@@ -56,6 +59,8 @@ class Block(nn.Module):
         q = q.view(B, n, self.h, self.k).transpose(1, 2)
         k = k.view(B, n, self.hkv, self.k).transpose(1, 2).repeat_interleave(self.h // self.hkv, 1)
         v = v.view(B, n, self.hkv, self.k).transpose(1, 2).repeat_interleave(self.h // self.hkv, 1)
+        if self.sdpa:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.k)
         pos = torch.arange(n)
         if self.alibi:
@@ -66,14 +71,15 @@ class Block(nn.Module):
 
 
 class TinyGPT(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, sdpa=False):
         super().__init__()
+        assert not (sdpa and cfg["pos_encoding"] == "alibi"), "the SDPA path has no ALiBi bias"
         self.cfg = cfg
         d = cfg["d_model"]
         self.tok = nn.Embedding(cfg["vocab_size"], d)
         if cfg["pos_encoding"] == "learned":
             self.pos = nn.Embedding(cfg["max_seq_len"], d)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg["n_layers"]))
+        self.blocks = nn.ModuleList(Block(cfg, sdpa) for _ in range(cfg["n_layers"]))
         self.nf, self.head = nn.LayerNorm(d, eps=cfg["norm_eps"]), nn.Linear(d, cfg["vocab_size"])
 
     def forward(self, tokens, seqlens):
