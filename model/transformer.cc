@@ -34,7 +34,7 @@ void Transformer::InitParams(uint64_t seed) {
   }
 }
 
-void Transformer::ZeroGrad() { std::fill(grads_.begin(), grads_.end(), 0.f); }
+void Transformer::ZeroGrad() { cpu::Zero(grads_.data(), grads_.size()); }
 
 void Transformer::Reserve(int T) {
   if (T <= capacity_) return;
@@ -108,8 +108,8 @@ void Transformer::Backward(const PackedBatch& b) {
   const int k_off = cfg_.n_heads * dims.head_dim, v_off = k_off + cfg_.kv_dim();
 
   // dres holds d(loss)/d(residual stream) as we walk down the layers.
-  std::fill_n(dln_.begin(), Td, 0.f);
-  std::fill_n(dres_.begin(), Td, 0.f);
+  cpu::Zero(dln_.data(), Td);
+  cpu::Zero(dres_.data(), Td);
   cpu::LinearBackward(dlogits_.data(), lnf_.data(), P.head_w, dln_.data(), G.head_w, G.head_b, T, d, cfg_.vocab_size);
   cpu::LayerNormBackward(dln_.data(), out_.data(), P.nf_w, lnf_mean_.data(), lnf_rstd_.data(), dres_.data(), G.nf_w, G.nf_b, T, d);
   for (int l = cfg_.n_layers - 1; l >= 0; --l) {
@@ -117,22 +117,22 @@ void Transformer::Backward(const PackedBatch& b) {
     const BlockParams& W = P.blocks[l];
     const BlockParams& GW = G.blocks[l];
     // Feed-forward: res_out = mid + w3(swiglu(w12(ln2(mid)))).
-    std::fill_n(dsw_.begin(), static_cast<long>(T) * F, 0.f);
+    cpu::Zero(dsw_.data(), static_cast<size_t>(T) * F);
     cpu::LinearBackward(dres_.data(), a.sw.data(), W.w3_w, dsw_.data(), GW.w3_w, GW.w3_b, T, F, d);
-    std::fill_n(dh12_.begin(), 2L * T * F, 0.f);
+    cpu::Zero(dh12_.data(), 2ul * T * F);
     cpu::SwiGLUBackward(dsw_.data(), a.h12.data(), dh12_.data(), T, F);
-    std::fill_n(dln_.begin(), Td, 0.f);
+    cpu::Zero(dln_.data(), Td);
     cpu::LinearBackward(dh12_.data(), a.ln2.data(), W.w12_w, dln_.data(), GW.w12_w, GW.w12_b, T, d, 2 * F);
     cpu::LayerNormBackward(dln_.data(), a.mid.data(), W.n2_w, a.ln2_mean.data(), a.ln2_rstd.data(), dres_.data(), GW.n2_w, GW.n2_b, T, d);
     // Attention: mid = in + proj(attn(qkv(ln1(in)))).
-    std::fill_n(datt_.begin(), Td, 0.f);
+    cpu::Zero(datt_.data(), Td);
     cpu::LinearBackward(dres_.data(), a.att.data(), W.proj_w, datt_.data(), GW.proj_w, GW.proj_b, T, d, d);
-    std::fill_n(dqkv_.begin(), static_cast<long>(T) * qkv_dim, 0.f);
+    cpu::Zero(dqkv_.data(), static_cast<size_t>(T) * qkv_dim);
     const float* q = a.qkv.data();
     const PackedKv kv{q + k_off, q + v_off, qkv_dim, cu_.data()};
     cpu::AttentionBackward(dims, batch, q, qkv_dim, kv, a.att.data(), d, datt_.data(), a.lse.data(), dqkv_.data(),
                            dqkv_.data() + k_off, dqkv_.data() + v_off, qkv_dim);
-    std::fill_n(dln_.begin(), Td, 0.f);
+    cpu::Zero(dln_.data(), Td);
     cpu::LinearBackward(dqkv_.data(), a.ln1.data(), W.qkv_w, dln_.data(), GW.qkv_w, GW.qkv_b, T, d, qkv_dim);
     cpu::LayerNormBackward(dln_.data(), a.in.data(), W.n1_w, a.ln1_mean.data(), a.ln1_rstd.data(), dres_.data(), GW.n1_w, GW.n1_b, T, d);
   }

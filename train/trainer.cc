@@ -91,11 +91,8 @@ absl::StatusOr<TrainResult> Train(const ModelConfig& cfg_in, DataSource& data, c
     if (!std::isfinite(loss)) return absl::InternalError(absl::StrCat("train: loss is ", loss, " at step ", step));
     model->Backward(batch);
     std::vector<float>& g = model->grads();
-    double norm2 = 0.0;
-    for (float x : g) norm2 += static_cast<double>(x) * x;
-    const float norm = static_cast<float>(std::sqrt(norm2));
-    if (opt.clip > 0.f && norm > opt.clip)
-      for (float& x : g) x *= opt.clip / norm;
+    const float norm = static_cast<float>(std::sqrt(cpu::SumOfSquares(g.data(), g.size())));
+    if (opt.clip > 0.f && norm > opt.clip) cpu::Scale(g.data(), g.size(), opt.clip / norm);
     const float lr = LearningRate(opt, step);
     for (const auto& t : model->layout().tensors())
       cpu::AdamW(model->params().data() + t.offset, g.data() + t.offset, m.data() + t.offset, v.data() + t.offset, t.numel(),

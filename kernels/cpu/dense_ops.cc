@@ -61,25 +61,38 @@ void LinearBackward(const float* dy, const float* x, const float* w, float* dx, 
   if (static_cast<int>(ones.size()) < T) ones.assign(T, 1.0f);
   const float* one = ones.data();
   // dw += dy^T · x and db += dy^T · 1 reduce over the T rows: each thread
-  // takes a slice of rows into its own partial sum (so it packs only its part
-  // of x and dy), and the partials are added in thread order: deterministic.
+  // takes a slice of rows; thread 0 accumulates into dw/db, the others write
+  // (beta 0, so nothing needs zeroing) their own partial sums, which are then
+  // added in thread order: deterministic for a given thread count.
   const long work = static_cast<long>(T) * in * out;
   const int nt = work < kMinParallelWork ? 1 : omp_get_max_threads();
+  const size_t part_size = static_cast<size_t>(out) * in + out;
   static thread_local std::vector<float> partial;
-  partial.assign(static_cast<size_t>(nt - 1) * (static_cast<size_t>(out) * in + out), 0.f);
+  static thread_local std::vector<char> wrote_buf;
+  partial.resize(static_cast<size_t>(nt - 1) * part_size);
+  wrote_buf.assign(nt, 0);
+  // Pointers, not the thread_local vectors: the worker threads have their own.
   float* part = partial.data();
+  char* wrote = wrote_buf.data();
   ParallelSlices(T, work, [&](int t0, int t1) {
     const int id = omp_in_parallel() ? omp_get_thread_num() : 0;
-    float* w_acc = id == 0 ? dw : part + static_cast<size_t>(id - 1) * (static_cast<size_t>(out) * in + out);
-    float* b_acc = id == 0 ? db : w_acc + static_cast<size_t>(out) * in;
+    float* w_acc = id == 0 ? dw : part + static_cast<size_t>(id - 1) * part_size;
+    float* b_acc = id == 0 ? db : (db ? w_acc + static_cast<size_t>(out) * in : nullptr);
+    const float beta = id == 0 ? 1.0f : 0.0f;
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, t1 - t0, 1.0f, dy + static_cast<long>(t0) * out, out,
-                x + static_cast<long>(t0) * in, in, 1.0f, w_acc, in);
-    if (b_acc) cblas_sgemv(CblasRowMajor, CblasTrans, t1 - t0, out, 1.0f, dy + static_cast<long>(t0) * out, out, one, 1, 1.0f, b_acc, 1);
+                x + static_cast<long>(t0) * in, in, beta, w_acc, in);
+    if (b_acc) cblas_sgemv(CblasRowMajor, CblasTrans, t1 - t0, out, 1.0f, dy + static_cast<long>(t0) * out, out, one, 1, beta, b_acc, 1);
+    wrote[id] = 1;
   });
-  for (int id = 1; id < nt; ++id) {
-    const float* w_part = part + static_cast<size_t>(id - 1) * (static_cast<size_t>(out) * in + out);
-    AddInPlace(dw, w_part, static_cast<size_t>(out) * in);
-    if (db) AddInPlace(db, w_part + static_cast<size_t>(out) * in, out);
+  if (nt == 1) return;
+  const long w_elems = static_cast<long>(out) * in;
+#pragma omp parallel for schedule(static)
+  for (long i = 0; i < w_elems + (db ? out : 0); ++i) {
+    float* acc = i < w_elems ? dw + i : db + (i - w_elems);
+    float s = *acc;
+    for (int id = 1; id < nt; ++id)
+      if (wrote[id]) s += part[static_cast<size_t>(id - 1) * part_size + i];
+    *acc = s;
   }
 }
 
@@ -102,34 +115,43 @@ void LayerNormForward(const float* x, const float* w, const float* b, float* y, 
 
 void LayerNormBackward(const float* dy, const float* x, const float* w, const float* mean, const float* rstd,
                        float* dx, float* dw, float* db, int T, int C) {
-  // dx per row is independent; dw/db reduce over rows, so do them in a second
-  // pass parallel over columns to stay race-free and deterministic.
-#pragma omp parallel for schedule(static) if (static_cast<long>(T) * C >= kMinParallelWork)
-  for (int t = 0; t < T; ++t) {
-    const float* xr = x + static_cast<long>(t) * C;
-    const float* dyr = dy + static_cast<long>(t) * C;
-    float* dxr = dx + static_cast<long>(t) * C;
-    const float m = mean[t], rs = rstd[t];
-    float dnorm_mean = 0.f, dnorm_norm_mean = 0.f;
-    for (int i = 0; i < C; ++i) {
-      const float norm = (xr[i] - m) * rs, dnorm = dyr[i] * w[i];
-      dnorm_mean += dnorm;
-      dnorm_norm_mean += dnorm * norm;
-    }
-    dnorm_mean /= C;
-    dnorm_norm_mean /= C;
-    for (int i = 0; i < C; ++i) {
-      const float norm = (xr[i] - m) * rs, dnorm = dyr[i] * w[i];
-      dxr[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rs;
+  // dx per row is independent; dw/db reduce over rows: each thread sums its
+  // rows into its own partial, and the partials are added in thread order
+  // (race-free, deterministic for a given thread count, one pass over x, dy).
+  const bool parallel = static_cast<long>(T) * C >= kMinParallelWork;
+  const int nt = parallel ? omp_get_max_threads() : 1;
+  std::vector<float> partial(static_cast<size_t>(nt) * 2 * C, 0.f);
+#pragma omp parallel if (parallel)
+  {
+    float* pw = partial.data() + static_cast<size_t>(omp_get_thread_num()) * 2 * C;
+    float* pb = pw + C;
+#pragma omp for schedule(static)
+    for (int t = 0; t < T; ++t) {
+      const float* xr = x + static_cast<long>(t) * C;
+      const float* dyr = dy + static_cast<long>(t) * C;
+      float* dxr = dx + static_cast<long>(t) * C;
+      const float m = mean[t], rs = rstd[t];
+      float dnorm_mean = 0.f, dnorm_norm_mean = 0.f;
+      for (int i = 0; i < C; ++i) {
+        const float norm = (xr[i] - m) * rs, dnorm = dyr[i] * w[i];
+        dnorm_mean += dnorm;
+        dnorm_norm_mean += dnorm * norm;
+        pw[i] += dyr[i] * norm;
+        pb[i] += dyr[i];
+      }
+      dnorm_mean /= C;
+      dnorm_norm_mean /= C;
+      for (int i = 0; i < C; ++i) {
+        const float norm = (xr[i] - m) * rs, dnorm = dyr[i] * w[i];
+        dxr[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rs;
+      }
     }
   }
-#pragma omp parallel for schedule(static) if (static_cast<long>(T) * C >= kMinParallelWork)
   for (int i = 0; i < C; ++i) {
     float sw = 0.f, sb = 0.f;
-    for (int t = 0; t < T; ++t) {
-      const long r = static_cast<long>(t) * C;
-      sw += dy[r + i] * (x[r + i] - mean[t]) * rstd[t];
-      sb += dy[r + i];
+    for (int id = 0; id < nt; ++id) {
+      sw += partial[static_cast<size_t>(id) * 2 * C + i];
+      sb += partial[static_cast<size_t>(id) * 2 * C + C + i];
     }
     dw[i] += sw;
     db[i] += sb;
@@ -151,14 +173,21 @@ void EmbeddingForward(const int32_t* tokens, const int32_t* positions, const flo
 }
 
 void EmbeddingBackward(const float* dout, const int32_t* tokens, const int32_t* positions, float* dtok, float* dpos, int T, int C) {
-  // Scatter-add; rows can repeat, so this stays serial (it is cheap).
-  for (int t = 0; t < T; ++t) {
-    const float* d = dout + static_cast<long>(t) * C;
-    float* te = dtok + static_cast<long>(tokens[t]) * C;
-    for (int i = 0; i < C; ++i) te[i] += d[i];
-    if (dpos) {
-      float* pe = dpos + static_cast<long>(positions[t]) * C;
-      for (int i = 0; i < C; ++i) pe[i] += d[i];
+  // Scatter-add; rows can repeat, so threads split the channels, not the rows
+  // (each output element is still summed in row order).
+  constexpr int kChannels = 16;
+  const int chunks = (C + kChannels - 1) / kChannels;
+#pragma omp parallel for schedule(static) if (static_cast<long>(T) * C >= kMinParallelWork)
+  for (int c = 0; c < chunks; ++c) {
+    const int c0 = c * kChannels, c1 = std::min(C, c0 + kChannels);
+    for (int t = 0; t < T; ++t) {
+      const float* d = dout + static_cast<long>(t) * C;
+      float* te = dtok + static_cast<long>(tokens[t]) * C;
+      for (int i = c0; i < c1; ++i) te[i] += d[i];
+      if (dpos) {
+        float* pe = dpos + static_cast<long>(positions[t]) * C;
+        for (int i = c0; i < c1; ++i) pe[i] += d[i];
+      }
     }
   }
 }
@@ -193,6 +222,33 @@ void SwiGLUBackward(const float* dout, const float* h, float* dh, int T, int F) 
       da[i] += d[i] * g[i] * sig * (1.0f + a[i] * (1.0f - sig));
     }
   }
+}
+
+void Zero(float* x, size_t n) {
+#pragma omp parallel for schedule(static) if (static_cast<long>(n) >= kMinParallelWork)
+  for (long i = 0; i < static_cast<long>(n); ++i) x[i] = 0.f;
+}
+
+double SumOfSquares(const float* x, size_t n) {
+  // Fixed chunks summed in double, then added in chunk order: the result does
+  // not depend on the thread count.
+  constexpr long kChunk = 1 << 14;
+  const long chunks = (static_cast<long>(n) + kChunk - 1) / kChunk;
+  std::vector<double> sums(chunks);
+#pragma omp parallel for schedule(static) if (static_cast<long>(n) >= kMinParallelWork)
+  for (long c = 0; c < chunks; ++c) {
+    double s = 0.0;
+    for (long i = c * kChunk; i < std::min(static_cast<long>(n), (c + 1) * kChunk); ++i) s += static_cast<double>(x[i]) * x[i];
+    sums[c] = s;
+  }
+  double total = 0.0;
+  for (double s : sums) total += s;
+  return total;
+}
+
+void Scale(float* x, size_t n, float a) {
+#pragma omp parallel for schedule(static) if (static_cast<long>(n) >= kMinParallelWork)
+  for (long i = 0; i < static_cast<long>(n); ++i) x[i] *= a;
 }
 
 void AddInPlace(float* x, const float* y, size_t n) {

@@ -35,6 +35,10 @@ void SwiGLUForward(const float* h, float* out, int T, int F);
 void SwiGLUBackward(const float* dout, const float* h, float* dh, int T, int F);
 
 void AddInPlace(float* x, const float* y, size_t n);
+void Zero(float* x, size_t n);
+void Scale(float* x, size_t n, float a);
+// Σ x², in double; the same bits whatever the thread count.
+double SumOfSquares(const float* x, size_t n);
 
 // Mean cross-entropy over T rows; writes dlogits = (softmax - onehot) / T if
 // non-null and counts argmax hits in *correct if non-null.
