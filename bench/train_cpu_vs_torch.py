@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Seed-task training throughput on the CPU: tinygpt beside PyTorch, in one run.
 
-usage: bench/train_cpu_vs_torch.py BUILD_DIR [--steps N] [--torch-threads 1,2,4]
+usage: bench/train_cpu_vs_torch.py BUILD_DIR [--steps N] [--threads 1,2,4]
 BUILD_DIR is a build tree or a flat folder of binaries (device-stage/bin).
 Both train the tutorial's TinyGPT (batch 64 × 63 tokens) with AdamW, fp32 as on
 tinygpt's CPU backend. The PyTorch side is the seed's model with the tutorial's
 materialized attention (xFormers has no CPU kernels) and, where PyTorch has it,
-also with F.scaled_dot_product_attention (its fused CPU kernel); each at
-several thread counts, and the best of all is the peer.
+also with F.scaled_dot_product_attention (its fused CPU kernel). Both run at
+several thread counts; the best PyTorch run of all is the peer.
 """
 import argparse, json, os, statistics, subprocess, sys, time
 
@@ -47,28 +47,29 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
-    ap.add_argument("--torch-threads", default="", help="PyTorch thread counts to try (default: 1..cores up to 4, "
+    ap.add_argument("--threads", default="", help="thread counts to run both systems at (default: 1..cores up to 4, "
                     "then powers of two and the core count)")
     a = ap.parse_args()
     cores = len(os.sched_getaffinity(0))
     tinygpt = next(p for p in (os.path.join(a.build_dir, "tinygpt"), os.path.join(a.build_dir, "cli", "tinygpt"))
                    if os.path.isfile(p))
 
-    def ours():
-        out = subprocess.run([tinygpt, "bench", f"--bench-steps={a.steps}", f"--bench-batch={a.batch}"],
+    def ours(t):
+        out = subprocess.run([tinygpt, "bench", f"--bench-steps={a.steps}", f"--bench-batch={a.batch}", f"--threads={t}"],
                              check=True, capture_output=True, text=True).stdout
         return json.loads(out.strip().splitlines()[-1])["tokens_per_second"]
 
-    if a.torch_threads:
-        threads = [int(t) for t in a.torch_threads.split(",")]
+    if a.threads:
+        threads = [int(t) for t in a.threads.split(",")]
     else:
         threads = sorted({t for t in range(1, cores + 1) if t <= 4 or t & (t - 1) == 0} | {cores})
     variants = [(t, sdpa) for sdpa in ([False, True] if hasattr(F, "scaled_dot_product_attention") else [False])
                 for t in threads]
     # Rounds interleave the systems so that a noisy neighbour hits both alike.
-    runs = {"tinygpt": [], **{v: [] for v in variants}}
+    runs = {**{t: [] for t in threads}, **{v: [] for v in variants}}
     for _ in range(a.rounds):
-        runs["tinygpt"].append(ours())
+        for t in threads:
+            runs[t].append(ours(t))
         for t, sdpa in variants:
             runs[(t, sdpa)].append(torch_tokens_per_second(a.steps, a.batch, t, sdpa))
     med = {k: statistics.median(v) for k, v in runs.items()}
@@ -77,8 +78,9 @@ def main():
     print(f"cores {cores}; OpenBLAS pins in the environment: {pins or 'none'}; median of {a.rounds} interleaved rounds")
     print("| system | tokens/s (median) | min–max | ratio vs best PyTorch |")
     print("|---|---|---|---|")
-    print(f"| tinygpt (CPU backend, fp32, {os.environ.get('OMP_NUM_THREADS', cores)} threads) | {med['tinygpt']:,.0f} | "
-          f"{min(runs['tinygpt']):,.0f}–{max(runs['tinygpt']):,.0f} | {med['tinygpt'] / best:.2f}x |")
+    for t in threads:
+        print(f"| tinygpt (CPU backend, fp32, {t} thread{'s' if t > 1 else ''}) | {med[t]:,.0f} | "
+              f"{min(runs[t]):,.0f}–{max(runs[t]):,.0f} | {med[t] / best:.2f}x |")
     for t, sdpa in variants:
         r = runs[(t, sdpa)]
         print(f"| PyTorch {torch.__version__} (CPU, fp32, {'SDPA' if sdpa else 'materialized'} attention, "

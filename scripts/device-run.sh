@@ -58,10 +58,10 @@ if [[ $what == all || $what == cpu ]]; then
     echo "engine steps, OMP_NUM_THREADS=$t:" >> "$cpu"
     OMP_NUM_THREADS=$t step "engine bench $t threads" 60 "$S/bin/tinygpt_engine_bench" "$S/seed.safetensors" >> "$cpu" 2>&1
   done
-  for flags in "" "--server-arg=--threads=8" "--server-arg=--threads=4"; do
+  for flags in "" "" "--server-arg=--threads=8"; do
     step "serve bench $flags" 150 python3 bench/serve_cpu.py "$S/bin" "$S/seed.safetensors" $flags >> "$cpu" 2>&1
   done
-  step "train bench" 420 python3 bench/train_cpu_vs_torch.py "$S/bin" --steps 20 --rounds 3 --torch-threads 1,2,4,8,16 >> "$cpu" 2>&1
+  step "train bench" 420 python3 bench/train_cpu_vs_torch.py "$S/bin" --steps 20 --rounds 3 --threads 1,2,4,8,16 >> "$cpu" 2>&1
   cat "$cpu"
 fi
 if [[ $what == ncu ]]; then
