@@ -7,7 +7,7 @@
 # most 8 files come back: log.txt, backend_ops_{bf16,f16}.txt,
 # server_test_cuda.txt, attention_ours.jsonl, attention.md,
 # attention_memory.png, cpu.md; `ncu` mode writes ncu.txt).
-# usage: scripts/device-run.sh [checks|bench|cpu|ncu|all]   (default all: checks, bench, cpu)
+# usage: scripts/device-run.sh [checks|bench|cpu|checks+cpu|ncu|all]   (default all: checks, bench, cpu)
 set -uo pipefail
 what=${1:-all}
 S=$PWD/device-stage
@@ -33,7 +33,7 @@ step() {  # step NAME TIMEOUT_S COMMAND...: runs with a limit, records the outco
   echo "== $name: rc=$rc in $((SECONDS - t0)) s" >> "$log"
   [[ $rc == 0 ]] || status=1
 }
-if [[ $what == all || $what == checks ]]; then
+if [[ $what == all || $what == checks || $what == checks+cpu ]]; then
   for dtype in bf16 f16; do
     step "backend ops $dtype" 150 "$S/bin/tinygpt_backend_ops" --dtype=$dtype "$S/seed.safetensors" > "$OUT/backend_ops_$dtype.txt" 2>&1
     grep -E "^FAIL|passed|error|CUDA" "$OUT/backend_ops_$dtype.txt" | head -20 | tee -a "$log"
@@ -49,7 +49,7 @@ if [[ $what == all || $what == bench ]]; then
   PYTHONUNBUFFERED=1 step "attention report" 200 python3 bench/attention_report.py "$OUT/attention_ours.jsonl" "$OUT" >> "$log" 2>&1
   cat "$OUT/attention.md" 2>/dev/null
 fi
-if [[ $what == all || $what == cpu ]]; then
+if [[ $what == all || $what == cpu || $what == checks+cpu ]]; then
   # The CPU backend on this machine's cores: decode steps alone, serving through
   # gRPC (server, load generator and gRPC threads share the cores), training.
   cpu=$OUT/cpu.md
