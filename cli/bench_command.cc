@@ -9,6 +9,7 @@
 #include "absl/flags/flag.h"
 #include "cli/commands.h"
 #include "cli/common_flags.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "model/config.h"
 #include "train/data.h"
 #include "train/trainer.h"
@@ -36,7 +37,7 @@ int BenchCommand() {
     return 1;
   }
   nlohmann::json j = {{"system", "tinygpt"}, {"steps", r->steps_run}, {"tokens_per_second", r->tokens_per_second},
-                      {"final_loss", r->final_loss}};
+                      {"final_loss", r->final_loss}, {"blas_core", CpuBlasCoreName()}};
   std::printf("%s\n", j.dump().c_str());
   return 0;
 }

@@ -1,5 +1,6 @@
 #include "kernels/cpu/cpu_backend.h"
 
+#include <cblas.h>
 #include <omp.h>
 
 #include <cstdlib>
@@ -78,5 +79,7 @@ std::unique_ptr<Backend> CreateCpuBackend() { return std::make_unique<CpuBackend
 void SetCpuThreads(int n) {
   if (n > 0) omp_set_num_threads(n);
 }
+
+std::string CpuBlasCoreName() { return openblas_get_corename(); }
 
 }  // namespace tinygpt
