@@ -8,6 +8,7 @@
 # server_test_cuda.txt, attention_ours.jsonl, attention.md,
 # attention_memory.png, cpu.md; `ncu` mode writes ncu.txt).
 # usage: scripts/device-run.sh [checks|bench|cpu|checks+cpu|ncu|all]   (default all: checks, bench, cpu)
+#        TRAIN_THREADS=1,16 picks the thread counts of the CPU training comparison.
 set -uo pipefail
 what=${1:-all}
 S=$PWD/device-stage
@@ -61,7 +62,7 @@ if [[ $what == all || $what == cpu || $what == checks+cpu ]]; then
   for flags in "" "" "--server-arg=--threads=8"; do
     step "serve bench $flags" 150 python3 bench/serve_cpu.py "$S/bin" "$S/seed.safetensors" $flags >> "$cpu" 2>&1
   done
-  step "train bench" 420 python3 bench/train_cpu_vs_torch.py "$S/bin" --steps 20 --rounds 3 --threads 1,2,4,8,16 >> "$cpu" 2>&1
+  step "train bench" 420 python3 bench/train_cpu_vs_torch.py "$S/bin" --steps 20 --rounds 3 --threads "${TRAIN_THREADS:-1,2,4,8,16}" >> "$cpu" 2>&1
   cat "$cpu"
 fi
 if [[ $what == ncu ]]; then
