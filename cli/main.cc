@@ -11,6 +11,7 @@
 #include "cli/commands.h"
 #include "cli/common_flags.h"
 #include "common/flag_args.h"
+#include "kernels/cpu/blas_core.h"
 #include "kernels/cpu/cpu_backend.h"
 
 namespace {
@@ -26,6 +27,7 @@ constexpr const char* kUsage =
 }  // namespace
 
 int main(int argc, char** argv) {
+  tinygpt::cpu::ReexecWithBetterBlasKernels(argv);
   absl::SetProgramUsageMessage(kUsage);
   if (argc < 2 || argv[1][0] == '-') {
     std::fprintf(stderr, "%s\n", kUsage);

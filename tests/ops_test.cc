@@ -4,6 +4,7 @@
 
 #include <functional>
 
+#include "kernels/cpu/blas_core.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/sampling.h"
 #include "tests/support/reference.h"
@@ -247,6 +248,15 @@ TEST(VecMath, ExpMatchesLibmAndIgnoresPosition) {
     cpu::ExpInPlace(z.data(), 13);
     for (int i = 0; i < 13; ++i) ASSERT_EQ(z[i], y[offset + i]);
   }
+}
+
+TEST(BlasCore, GenericFallbackIsReplacedByTheBestKernelsTheCpuRuns) {
+  EXPECT_EQ(cpu::BlasCoreOverride("Prescott", true, true, true), "Cooperlake");
+  EXPECT_EQ(cpu::BlasCoreOverride("Prescott", false, true, true), "SkylakeX");
+  EXPECT_EQ(cpu::BlasCoreOverride("Nehalem", false, false, true), "Haswell");
+  EXPECT_EQ(cpu::BlasCoreOverride("Prescott", false, false, false), "");  // nothing better to run
+  EXPECT_EQ(cpu::BlasCoreOverride("Cooperlake", true, true, true), "");   // a real pick stays
+  EXPECT_EQ(cpu::BlasCoreOverride("Zen", false, false, true), "");
 }
 
 }  // namespace
