@@ -80,10 +80,15 @@ def free_port():
 
 
 def wait_for(predicate, timeout=30.0, what="condition"):
+    """Polls predicate until it is true; a connection error (the thing waited
+    for is not listening yet) counts as false."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if predicate():
-            return
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
 
