@@ -93,9 +93,57 @@ long AttentionWork(const AttentionDims& dims, const AttentionBatch& batch) {
   return pairs * dims.n_heads * 2 * dims.head_dim;
 }
 
+// s[j] = q · K^T[:, j] for 8-key chunks of a transposed key tile (kt is
+// [D][kKeyTile]): vectors run along the keys, so no horizontal sums. Each
+// key's score is one FMA chain over d in order, whatever the chunk count, so
+// a query's scores never depend on how many keys its tile holds.
+template <int kD, int kChunks>
+inline void ScoresChunks(const float* q, const float* kt, int D, float* s) {
+  __m256 a[kChunks];
+  for (int c = 0; c < kChunks; ++c) a[c] = _mm256_setzero_ps();
+  for (int d = 0; d < (kD ? kD : D); ++d) {
+    const __m256 qd = _mm256_set1_ps(q[d]);
+    for (int c = 0; c < kChunks; ++c) a[c] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kt + d * kKeyTile + 8 * c), a[c]);
+  }
+  for (int c = 0; c < kChunks; ++c) _mm256_storeu_ps(s + 8 * c, a[c]);
+}
+
+// The same scores from untransposed key rows, for blocks of too few queries
+// to pay for the transpose (decode steps): the same FMA chain per key, so
+// bit-identical to Scores (a prompt's rows give the same output however the
+// server chunks it).
+template <int kD>
+void ScoresFromRows(const float* q, const float* const* k_rows, int D, int n, float* s) {
+  for (int j = 0; j < n; ++j) {
+    float a = 0.f;
+    for (int d = 0; d < (kD ? kD : D); ++d) a = std::fma(q[d], k_rows[j][d], a);
+    s[j] = a;
+  }
+}
+
+template <int kD>
+void Scores(const float* q, const float* kt, int D, int n, float* s) {
+  static_assert(kKeyTile == 64, "one case per 8-key chunk");
+  switch ((n + 7) / 8) {
+    case 1: return ScoresChunks<kD, 1>(q, kt, D, s);
+    case 2: return ScoresChunks<kD, 2>(q, kt, D, s);
+    case 3: return ScoresChunks<kD, 3>(q, kt, D, s);
+    case 4: return ScoresChunks<kD, 4>(q, kt, D, s);
+    case 5: return ScoresChunks<kD, 5>(q, kt, D, s);
+    case 6: return ScoresChunks<kD, 6>(q, kt, D, s);
+    case 7: return ScoresChunks<kD, 7>(q, kt, D, s);
+    default: return ScoresChunks<kD, 8>(q, kt, D, s);
+  }
+}
+
+// A task is one (sequence, KV head). Its queries go in blocks of kQueryBlock
+// rows; each key tile is transposed once per block and head and serves every
+// row of the block, each row keeping its own online-softmax state (m, l, acc).
 template <int kD, class Rows>
 void ForwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const float* q, long q_stride, const Rows& rows,
                  float* out, long o_stride, float* lse) {
+  constexpr int kQueryBlock = 64;
+  constexpr int kMinRowsToTranspose = 4;
   const int D = dims.head_dim, G = dims.group(), H = dims.n_heads;
   const float scale = dims.scale();
   const int tasks = batch.num_seqs * dims.n_kv_heads;
@@ -104,38 +152,62 @@ void ForwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const f
   for (int task = 0; task < tasks; ++task) {
     const int s = task / dims.n_kv_heads, kvh = task % dims.n_kv_heads;
     const int q0 = batch.cu_q[s], q_len = batch.cu_q[s + 1] - q0, offset = batch.ctx_len[s] - q_len;
-    float scores[kKeyTile];
-    static thread_local std::vector<float> acc;
-    acc.resize(D);
+    static thread_local std::vector<float> scratch;
+    scratch.resize(static_cast<size_t>(D) * kKeyTile + static_cast<size_t>(kQueryBlock) * (D + 2));
+    float* kt = scratch.data();               // K^T of the tile, [D][kKeyTile]
+    float* acc = kt + D * kKeyTile;           // [kQueryBlock][D]
+    float* m = acc + kQueryBlock * D;         // running max per row
+    float* l = m + kQueryBlock;               // running sum per row
+    const float *k_rows[kKeyTile], *v_rows[kKeyTile];
+    float sc[kKeyTile];
     for (int hh = 0; hh < G; ++hh) {
       const int h = kvh * G + hh;
       const float slope = dims.alibi ? AlibiSlope(h, H) : 0.f;
-      for (int i = 0; i < q_len; ++i) {
-        const float* qi = q + (q0 + i) * q_stride + h * D;
-        const int pos = offset + i;  // the last key this query sees
-        float m = -std::numeric_limits<float>::infinity(), l = 0.f;
-        std::fill(acc.begin(), acc.end(), 0.f);
-        for (int j0 = 0; j0 <= pos; j0 += kKeyTile) {
-          const int j1 = std::min(pos + 1, j0 + kKeyTile);
-          float tile_max = -std::numeric_limits<float>::infinity();
-          rows.ForEach(s, kvh, j0, j1, [&](int j, const float* kj, const float*) {
-            const float sc = Dot<kD>(qi, kj, D) * scale + slope * static_cast<float>(j - pos);
-            scores[j - j0] = sc;
-            tile_max = std::max(tile_max, sc);
+      for (int i0 = 0; i0 < q_len; i0 += kQueryBlock) {
+        const int nq = std::min(kQueryBlock, q_len - i0), last = offset + i0 + nq - 1;  // the block's last visible key
+        std::fill(acc, acc + nq * D, 0.f);
+        std::fill(m, m + nq, -std::numeric_limits<float>::infinity());
+        std::fill(l, l + nq, 0.f);
+        for (int j0 = 0; j0 <= last; j0 += kKeyTile) {
+          const int nt = std::min(kKeyTile, last + 1 - j0), padded = (nt + 7) & ~7;
+          const bool transposed = nq >= kMinRowsToTranspose;
+          rows.ForEach(s, kvh, j0, j0 + nt, [&](int j, const float* kj, const float* vj) {
+            if (transposed)
+              for (int d = 0; d < D; ++d) kt[d * kKeyTile + j - j0] = kj[d];
+            k_rows[j - j0] = kj;
+            v_rows[j - j0] = vj;
           });
-          const float m_new = std::max(m, tile_max), correction = std::exp(m - m_new);
-          l *= correction;
-          for (int d = 0; d < D; ++d) acc[d] *= correction;
-          const int n = j1 - j0;
-          for (int j = 0; j < n; ++j) scores[j] -= m_new;
-          ExpInPlace(scores, n);
-          for (int j = 0; j < n; ++j) l += scores[j];
-          rows.ForEach(s, kvh, j0, j1, [&](int j, const float*, const float* vj) { Axpy<kD>(scores[j - j0], vj, acc.data(), D); });
-          m = m_new;
+          if (transposed)
+            for (int d = 0; d < D; ++d) std::fill(kt + d * kKeyTile + nt, kt + d * kKeyTile + padded, 0.f);
+          // Rows before the tile's first key see none of it.
+          for (int r = std::max(0, j0 - offset - i0); r < nq; ++r) {
+            const int pos = offset + i0 + r, n = std::min(nt, pos - j0 + 1);  // pos: the last key row r sees
+            const float* qi = q + (q0 + i0 + r) * q_stride + h * D;
+            if (transposed)
+              Scores<kD>(qi, kt, D, n, sc);
+            else
+              ScoresFromRows<kD>(qi, k_rows, D, n, sc);
+            float tile_max = -std::numeric_limits<float>::infinity();
+            for (int j = 0; j < n; ++j) {
+              sc[j] = sc[j] * scale + slope * static_cast<float>(j0 + j - pos);
+              tile_max = std::max(tile_max, sc[j]);
+            }
+            const float m_new = std::max(m[r], tile_max), correction = std::exp(m[r] - m_new);
+            float* ar = acc + r * D;
+            l[r] *= correction;
+            for (int d = 0; d < D; ++d) ar[d] *= correction;
+            for (int j = 0; j < n; ++j) sc[j] -= m_new;
+            ExpInPlace(sc, n);
+            for (int j = 0; j < n; ++j) l[r] += sc[j];
+            for (int j = 0; j < n; ++j) Axpy<kD>(sc[j], v_rows[j], ar, D);
+            m[r] = m_new;
+          }
         }
-        float* oi = out + (q0 + i) * o_stride + h * D;
-        for (int d = 0; d < D; ++d) oi[d] = acc[d] / l;
-        if (lse) lse[static_cast<long>(q0 + i) * H + h] = m + std::log(l);
+        for (int r = 0; r < nq; ++r) {
+          float* oi = out + (q0 + i0 + r) * o_stride + h * D;
+          for (int d = 0; d < D; ++d) oi[d] = acc[r * D + d] / l[r];
+          if (lse) lse[static_cast<long>(q0 + i0 + r) * H + h] = m[r] + std::log(l[r]);
+        }
       }
     }
   }
