@@ -36,6 +36,92 @@ inline void Axpy(float a, const float* x, float* y, int n) {
   for (int i = 0; i < len; ++i) y[i] += a * x[i];
 }
 
+// 8×8 block transpose in registers (the usual unpack/shuffle/permute ladder).
+inline void Transpose8x8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+// tile[d][j] = rows[j][d] for j < n (tile is [D][kKeyTile]); columns n up to
+// the next multiple of 8 are zeroed, so 8-key vectors never read stale data.
+void RowsToTile(const float* const* rows, int n, int D, float* tile) {
+  int j = 0;
+  if (D % 8 == 0)
+    for (; j + 8 <= n; j += 8)
+      for (int d = 0; d < D; d += 8) {
+        __m256 r[8];
+        for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(rows[j + i] + d);
+        Transpose8x8(r);
+        for (int i = 0; i < 8; ++i) _mm256_storeu_ps(tile + (d + i) * kKeyTile + j, r[i]);
+      }
+  for (; j < n; ++j)
+    for (int d = 0; d < D; ++d) tile[d * kKeyTile + j] = rows[j][d];
+  for (int d = 0; d < D; ++d)
+    for (int jj = n; jj < ((n + 7) & ~7); ++jj) tile[d * kKeyTile + jj] = 0.f;
+}
+
+// rows[j][d] += tile[d][j] for j < n: the transposed tile's way back.
+void AddTileToRows(const float* tile, int n, int D, float* const* rows) {
+  int j = 0;
+  if (D % 8 == 0)
+    for (; j + 8 <= n; j += 8)
+      for (int d = 0; d < D; d += 8) {
+        __m256 r[8];
+        for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(tile + (d + i) * kKeyTile + j);
+        Transpose8x8(r);
+        for (int i = 0; i < 8; ++i) _mm256_storeu_ps(rows[j + i] + d, _mm256_add_ps(_mm256_loadu_ps(rows[j + i] + d), r[i]));
+      }
+  for (; j < n; ++j)
+    for (int d = 0; d < D; ++d) rows[j][d] += tile[d * kKeyTile + j];
+}
+
+// y[d] += Σ_j w[j] · rows[j][d] for j < n, vectors along d (the backward's
+// dQ = dS·K from the key rows, with no per-d horizontal sum). Chunks of up to
+// 64 dims stay in registers; D <= 32 splits even and odd keys over two sets
+// of accumulators to keep enough FMA chains in flight.
+template <int kD>
+void AccumulateRows(const float* w, const float* const* rows, int n, int D, float* y) {
+  if constexpr (kD > 0 && kD % 8 == 0) {
+    constexpr int kChunk = kD < 64 ? kD : 64, kVecs = kChunk / 8, kSets = kD <= 32 ? 2 : 1;
+    for (int d0 = 0; d0 < kD; d0 += kChunk) {
+      __m256 a[kSets][kVecs];
+      for (int t = 0; t < kSets; ++t)
+        for (int c = 0; c < kVecs; ++c) a[t][c] = _mm256_setzero_ps();
+      int j = 0;
+      for (; j + kSets <= n; j += kSets)
+        for (int t = 0; t < kSets; ++t) {
+          const __m256 wj = _mm256_set1_ps(w[j + t]);
+          for (int c = 0; c < kVecs; ++c) a[t][c] = _mm256_fmadd_ps(wj, _mm256_loadu_ps(rows[j + t] + d0 + 8 * c), a[t][c]);
+        }
+      for (; j < n; ++j) {
+        const __m256 wj = _mm256_set1_ps(w[j]);
+        for (int c = 0; c < kVecs; ++c) a[0][c] = _mm256_fmadd_ps(wj, _mm256_loadu_ps(rows[j] + d0 + 8 * c), a[0][c]);
+      }
+      for (int c = 0; c < kVecs; ++c) {
+        __m256 sum = a[0][c];
+        if constexpr (kSets == 2) sum = _mm256_add_ps(sum, a[1][c]);
+        _mm256_storeu_ps(y + d0 + 8 * c, _mm256_add_ps(_mm256_loadu_ps(y + d0 + 8 * c), sum));
+      }
+    }
+  } else {
+    for (int j = 0; j < n; ++j) Axpy<kD>(w[j], rows[j], y, D);
+  }
+}
+
 // Calls fn(std::integral_constant<int, D>) for the head dims with their own
 // instantiation, fn(std::integral_constant<int, 0>) otherwise.
 template <class Fn>
@@ -169,16 +255,13 @@ void ForwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const f
         std::fill(m, m + nq, -std::numeric_limits<float>::infinity());
         std::fill(l, l + nq, 0.f);
         for (int j0 = 0; j0 <= last; j0 += kKeyTile) {
-          const int nt = std::min(kKeyTile, last + 1 - j0), padded = (nt + 7) & ~7;
+          const int nt = std::min(kKeyTile, last + 1 - j0);
           const bool transposed = nq >= kMinRowsToTranspose;
           rows.ForEach(s, kvh, j0, j0 + nt, [&](int j, const float* kj, const float* vj) {
-            if (transposed)
-              for (int d = 0; d < D; ++d) kt[d * kKeyTile + j - j0] = kj[d];
             k_rows[j - j0] = kj;
             v_rows[j - j0] = vj;
           });
-          if (transposed)
-            for (int d = 0; d < D; ++d) std::fill(kt + d * kKeyTile + nt, kt + d * kKeyTile + padded, 0.f);
+          if (transposed) RowsToTile(k_rows, nt, D, kt);
           // Rows before the tile's first key see none of it.
           for (int r = std::max(0, j0 - offset - i0); r < nq; ++r) {
             const int pos = offset + i0 + r, n = std::min(nt, pos - j0 + 1);  // pos: the last key row r sees
@@ -258,14 +341,16 @@ void BackwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const 
     float p[kKeyTile], ds[kKeyTile];
     for (int j0 = 0; j0 < n_keys; j0 += kKeyTile) {
       const int nt = std::min(n_keys, j0 + kKeyTile) - j0;
+      const float *k_rows[kKeyTile], *v_rows[kKeyTile];
+      float *dk_rows[kKeyTile], *dv_rows[kKeyTile];
       for (int jj = 0; jj < nt; ++jj) {
-        const float* kj = rows.k(s, j0 + jj, kvh);
-        const float* vj = rows.v(s, j0 + jj, kvh);
-        for (int d = 0; d < D; ++d) {
-          kt[d * kKeyTile + jj] = kj[d];
-          vt[d * kKeyTile + jj] = vj[d];
-        }
+        k_rows[jj] = rows.k(s, j0 + jj, kvh);
+        v_rows[jj] = rows.v(s, j0 + jj, kvh);
+        dk_rows[jj] = dk + (k0 + j0 + jj) * dqkv_stride + kvh * D;
+        dv_rows[jj] = dv + (k0 + j0 + jj) * dqkv_stride + kvh * D;
       }
+      RowsToTile(k_rows, nt, D, kt);
+      RowsToTile(v_rows, nt, D, vt);
       std::fill(dkt, dkt + 2 * D * kKeyTile, 0.f);
       for (int hh = 0; hh < G; ++hh) {
         const int h = kvh * G + hh;
@@ -296,31 +381,21 @@ void BackwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const 
           ExpInPlace(p, n);
 #pragma omp simd
           for (int j = 0; j < n; ++j) ds[j] = p[j] * (dp[j] - delta) * scale;
-          float* dqi = dq + r * dqkv_stride + h * D;
           for (int d = 0; d < (kD ? kD : D); ++d) {
             const float qd = qi[d], dod = doi[d];
-            const float* ktd = kt + d * kKeyTile;
             float* dktd = dkt + d * kKeyTile;
             float* dvtd = dvt + d * kKeyTile;
-            float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
+#pragma omp simd
             for (int j = 0; j < n; ++j) {
-              acc += ds[j] * ktd[j];
               dktd[j] += ds[j] * qd;
               dvtd[j] += p[j] * dod;
             }
-            dqi[d] += acc;
           }
+          AccumulateRows<kD>(ds, k_rows, n, D, dq + r * dqkv_stride + h * D);
         }
       }
-      for (int jj = 0; jj < nt; ++jj) {
-        float* dkj = dk + (k0 + j0 + jj) * dqkv_stride + kvh * D;
-        float* dvj = dv + (k0 + j0 + jj) * dqkv_stride + kvh * D;
-        for (int d = 0; d < D; ++d) {
-          dkj[d] += dkt[d * kKeyTile + jj];
-          dvj[d] += dvt[d * kKeyTile + jj];
-        }
-      }
+      AddTileToRows(dkt, nt, D, dk_rows);
+      AddTileToRows(dvt, nt, D, dv_rows);
     }
   }
 }
