@@ -109,12 +109,13 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(Case{{1}, 4, 4, 16, false}, Case{{7}, 4, 2, 16, false}, Case{{129}, 8, 8, 16, false},
                       Case{{37, 120, 8, 200}, 8, 8, 64, false}, Case{{37, 120, 8, 200}, 8, 2, 64, true},
                       Case{{1, 7, 129}, 8, 1, 32, true}, Case{{5, 9}, 4, 1, 8, true}, Case{{3, 1, 6}, 4, 2, 8, false},
-                      Case{{300}, 4, 4, 128, false}),
+                      Case{{300}, 4, 4, 128, false}, Case{{5, 70}, 4, 2, 12, true}),
     CaseName);
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionGradCases,
                          ::testing::Values(Case{{1}, 4, 4, 16, false}, Case{{7}, 4, 2, 16, false}, Case{{5, 9}, 4, 1, 8, true},
-                                           Case{{3, 1, 6}, 4, 2, 8, false}, Case{{20, 13}, 4, 2, 16, true}),
+                                           Case{{3, 1, 6}, 4, 2, 8, false}, Case{{20, 13}, 4, 2, 16, true},
+                                           Case{{9, 4}, 2, 1, 12, false}),
                          CaseName);
 
 TEST(Attention, PackedEqualsPerSequence) {
@@ -187,9 +188,7 @@ TEST(Attention, OffsetQueriesOverPagedContextEqualFullAttention) {
   for (int block_size : {16, 32}) {
     for (bool alibi : {false, true}) {
       const std::vector<int> ctx_lens{37, 120, 8, 200};
-      // The last q_len tokens of each are "new": 1 and 3 rows take the kernel's
-      // untransposed path, 8 and 17 the transposed one, as the full pass does.
-      const std::vector<int> q_lens{3, 1, 8, 17};
+      const std::vector<int> q_lens{3, 1, 8, 17};  // the last q_len tokens of each are "new"
       const Case full_case{ctx_lens, 8, 2, 32, alibi};
       Qkv full(full_case, 10);
       const auto ref = full.Forward();

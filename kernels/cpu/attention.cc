@@ -194,19 +194,6 @@ inline void ScoresChunks(const float* q, const float* kt, int D, float* s) {
   for (int c = 0; c < kChunks; ++c) _mm256_storeu_ps(s + 8 * c, a[c]);
 }
 
-// The same scores from untransposed key rows, for blocks of too few queries
-// to pay for the transpose (decode steps): the same FMA chain per key, so
-// bit-identical to Scores (a prompt's rows give the same output however the
-// server chunks it).
-template <int kD>
-void ScoresFromRows(const float* q, const float* const* k_rows, int D, int n, float* s) {
-  for (int j = 0; j < n; ++j) {
-    float a = 0.f;
-    for (int d = 0; d < (kD ? kD : D); ++d) a = std::fma(q[d], k_rows[j][d], a);
-    s[j] = a;
-  }
-}
-
 template <int kD>
 void Scores(const float* q, const float* kt, int D, int n, float* s) {
   static_assert(kKeyTile == 64, "one case per 8-key chunk");
@@ -229,7 +216,6 @@ template <int kD, class Rows>
 void ForwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const float* q, long q_stride, const Rows& rows,
                  float* out, long o_stride, float* lse) {
   constexpr int kQueryBlock = 64;
-  constexpr int kMinRowsToTranspose = 4;
   const int D = dims.head_dim, G = dims.group(), H = dims.n_heads;
   const float scale = dims.scale();
   const int tasks = batch.num_seqs * dims.n_kv_heads;
@@ -256,20 +242,15 @@ void ForwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const f
         std::fill(l, l + nq, 0.f);
         for (int j0 = 0; j0 <= last; j0 += kKeyTile) {
           const int nt = std::min(kKeyTile, last + 1 - j0);
-          const bool transposed = nq >= kMinRowsToTranspose;
           rows.ForEach(s, kvh, j0, j0 + nt, [&](int j, const float* kj, const float* vj) {
             k_rows[j - j0] = kj;
             v_rows[j - j0] = vj;
           });
-          if (transposed) RowsToTile(k_rows, nt, D, kt);
+          RowsToTile(k_rows, nt, D, kt);
           // Rows before the tile's first key see none of it.
           for (int r = std::max(0, j0 - offset - i0); r < nq; ++r) {
             const int pos = offset + i0 + r, n = std::min(nt, pos - j0 + 1);  // pos: the last key row r sees
-            const float* qi = q + (q0 + i0 + r) * q_stride + h * D;
-            if (transposed)
-              Scores<kD>(qi, kt, D, n, sc);
-            else
-              ScoresFromRows<kD>(qi, k_rows, D, n, sc);
+            Scores<kD>(q + (q0 + i0 + r) * q_stride + h * D, kt, D, n, sc);
             float tile_max = -std::numeric_limits<float>::infinity();
             for (int j = 0; j < n; ++j) {
               sc[j] = sc[j] * scale + slope * static_cast<float>(j0 + j - pos);
