@@ -89,8 +89,9 @@ void AddTileToRows(const float* tile, int n, int D, float* const* rows) {
     for (int d = 0; d < D; ++d) rows[j][d] += tile[d * kKeyTile + j];
 }
 
-// y[d] += Σ_j w[j] · rows[j][d] for j < n, vectors along d (the backward's
-// dQ = dS·K from the key rows, with no per-d horizontal sum). Chunks of up to
+// y[d] += Σ_j w[j] · rows[j][d] for j < n, vectors along d (the forward's
+// P·V and the backward's dQ = dS·K, from key/value rows, with no per-d
+// horizontal sum and the accumulators in registers). Chunks of up to
 // 64 dims stay in registers; D <= 32 splits even and odd keys over two sets
 // of accumulators to keep enough FMA chains in flight.
 template <int kD>
@@ -263,7 +264,7 @@ void ForwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const f
             for (int j = 0; j < n; ++j) sc[j] -= m_new;
             ExpInPlace(sc, n);
             for (int j = 0; j < n; ++j) l[r] += sc[j];
-            for (int j = 0; j < n; ++j) Axpy<kD>(sc[j], v_rows[j], ar, D);
+            AccumulateRows<kD>(sc, v_rows, n, D, ar);
             m[r] = m_new;
           }
         }
