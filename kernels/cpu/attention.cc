@@ -1,7 +1,8 @@
 // Memory-efficient attention on the CPU: each (sequence, KV head) task walks
 // the keys tile by tile with an online softmax (running max m, running sum l,
 // rescaled accumulator), so no score matrix is ever stored. All query heads of
-// a GQA group run in the same task and share its K/V rows in cache.
+// a GQA group run in the same task and share its K/V rows in cache. The
+// vector helpers the tiles use are in attention_tiles.h.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -11,117 +12,13 @@
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/parallel.h"
+#include "kernels/cpu/attention_tiles.h"
 #include "kernels/cpu/vec_math.h"
 
 namespace tinygpt::cpu {
 namespace {
 
-constexpr int kKeyTile = 64;
-
-// kD > 0: the head dimension is a compile-time constant and the loops unroll
-// fully (the common dims get their own instantiation); kD == 0: any n.
-template <int kD>
-inline float Dot(const float* a, const float* b, int n) {
-  const int len = kD ? kD : n;
-  float s = 0.f;
-#pragma omp simd reduction(+ : s)
-  for (int i = 0; i < len; ++i) s += a[i] * b[i];
-  return s;
-}
-
-template <int kD>
-inline void Axpy(float a, const float* x, float* y, int n) {
-  const int len = kD ? kD : n;
-#pragma omp simd
-  for (int i = 0; i < len; ++i) y[i] += a * x[i];
-}
-
-// 8×8 block transpose in registers (the usual unpack/shuffle/permute ladder).
-inline void Transpose8x8(__m256 r[8]) {
-  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
-  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
-  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
-  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
-  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
-}
-
-// tile[d][j] = rows[j][d] for j < n (tile is [D][kKeyTile]); columns n up to
-// the next multiple of 8 are zeroed, so 8-key vectors never read stale data.
-void RowsToTile(const float* const* rows, int n, int D, float* tile) {
-  int j = 0;
-  if (D % 8 == 0)
-    for (; j + 8 <= n; j += 8)
-      for (int d = 0; d < D; d += 8) {
-        __m256 r[8];
-        for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(rows[j + i] + d);
-        Transpose8x8(r);
-        for (int i = 0; i < 8; ++i) _mm256_storeu_ps(tile + (d + i) * kKeyTile + j, r[i]);
-      }
-  for (; j < n; ++j)
-    for (int d = 0; d < D; ++d) tile[d * kKeyTile + j] = rows[j][d];
-  for (int d = 0; d < D; ++d)
-    for (int jj = n; jj < ((n + 7) & ~7); ++jj) tile[d * kKeyTile + jj] = 0.f;
-}
-
-// rows[j][d] += tile[d][j] for j < n: the transposed tile's way back.
-void AddTileToRows(const float* tile, int n, int D, float* const* rows) {
-  int j = 0;
-  if (D % 8 == 0)
-    for (; j + 8 <= n; j += 8)
-      for (int d = 0; d < D; d += 8) {
-        __m256 r[8];
-        for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(tile + (d + i) * kKeyTile + j);
-        Transpose8x8(r);
-        for (int i = 0; i < 8; ++i) _mm256_storeu_ps(rows[j + i] + d, _mm256_add_ps(_mm256_loadu_ps(rows[j + i] + d), r[i]));
-      }
-  for (; j < n; ++j)
-    for (int d = 0; d < D; ++d) rows[j][d] += tile[d * kKeyTile + j];
-}
-
-// y[d] += Σ_j w[j] · rows[j][d] for j < n, vectors along d (the forward's
-// P·V and the backward's dQ = dS·K, from key/value rows, with no per-d
-// horizontal sum and the accumulators in registers). Chunks of up to
-// 64 dims stay in registers; D <= 32 splits even and odd keys over two sets
-// of accumulators to keep enough FMA chains in flight.
-template <int kD>
-void AccumulateRows(const float* w, const float* const* rows, int n, int D, float* y) {
-  if constexpr (kD > 0 && kD % 8 == 0) {
-    constexpr int kChunk = kD < 64 ? kD : 64, kVecs = kChunk / 8, kSets = kD <= 32 ? 2 : 1;
-    for (int d0 = 0; d0 < kD; d0 += kChunk) {
-      __m256 a[kSets][kVecs];
-      for (int t = 0; t < kSets; ++t)
-        for (int c = 0; c < kVecs; ++c) a[t][c] = _mm256_setzero_ps();
-      int j = 0;
-      for (; j + kSets <= n; j += kSets)
-        for (int t = 0; t < kSets; ++t) {
-          const __m256 wj = _mm256_set1_ps(w[j + t]);
-          for (int c = 0; c < kVecs; ++c) a[t][c] = _mm256_fmadd_ps(wj, _mm256_loadu_ps(rows[j + t] + d0 + 8 * c), a[t][c]);
-        }
-      for (; j < n; ++j) {
-        const __m256 wj = _mm256_set1_ps(w[j]);
-        for (int c = 0; c < kVecs; ++c) a[0][c] = _mm256_fmadd_ps(wj, _mm256_loadu_ps(rows[j] + d0 + 8 * c), a[0][c]);
-      }
-      for (int c = 0; c < kVecs; ++c) {
-        __m256 sum = a[0][c];
-        if constexpr (kSets == 2) sum = _mm256_add_ps(sum, a[1][c]);
-        _mm256_storeu_ps(y + d0 + 8 * c, _mm256_add_ps(_mm256_loadu_ps(y + d0 + 8 * c), sum));
-      }
-    }
-  } else {
-    for (int j = 0; j < n; ++j) Axpy<kD>(w[j], rows[j], y, D);
-  }
-}
+using namespace attention_tiles;  // the tile helpers serve this file alone
 
 // Calls fn(std::integral_constant<int, D>) for the head dims with their own
 // instantiation, fn(std::integral_constant<int, 0>) otherwise.
@@ -178,36 +75,6 @@ long AttentionWork(const AttentionDims& dims, const AttentionBatch& batch) {
     pairs += q_len * batch.ctx_len[s];
   }
   return pairs * dims.n_heads * 2 * dims.head_dim;
-}
-
-// s[j] = q · K^T[:, j] for 8-key chunks of a transposed key tile (kt is
-// [D][kKeyTile]): vectors run along the keys, so no horizontal sums. Each
-// key's score is one FMA chain over d in order, whatever the chunk count, so
-// a query's scores never depend on how many keys its tile holds.
-template <int kD, int kChunks>
-inline void ScoresChunks(const float* q, const float* kt, int D, float* s) {
-  __m256 a[kChunks];
-  for (int c = 0; c < kChunks; ++c) a[c] = _mm256_setzero_ps();
-  for (int d = 0; d < (kD ? kD : D); ++d) {
-    const __m256 qd = _mm256_set1_ps(q[d]);
-    for (int c = 0; c < kChunks; ++c) a[c] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kt + d * kKeyTile + 8 * c), a[c]);
-  }
-  for (int c = 0; c < kChunks; ++c) _mm256_storeu_ps(s + 8 * c, a[c]);
-}
-
-template <int kD>
-void Scores(const float* q, const float* kt, int D, int n, float* s) {
-  static_assert(kKeyTile == 64, "one case per 8-key chunk");
-  switch ((n + 7) / 8) {
-    case 1: return ScoresChunks<kD, 1>(q, kt, D, s);
-    case 2: return ScoresChunks<kD, 2>(q, kt, D, s);
-    case 3: return ScoresChunks<kD, 3>(q, kt, D, s);
-    case 4: return ScoresChunks<kD, 4>(q, kt, D, s);
-    case 5: return ScoresChunks<kD, 5>(q, kt, D, s);
-    case 6: return ScoresChunks<kD, 6>(q, kt, D, s);
-    case 7: return ScoresChunks<kD, 7>(q, kt, D, s);
-    default: return ScoresChunks<kD, 8>(q, kt, D, s);
-  }
 }
 
 // A task is one (sequence, KV head). Its queries go in blocks of kQueryBlock
