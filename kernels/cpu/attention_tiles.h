@@ -5,7 +5,6 @@
 #pragma once
 #include <immintrin.h>
 
-
 namespace tinygpt::cpu::attention_tiles {
 
 constexpr int kKeyTile = 64;
