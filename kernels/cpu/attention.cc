@@ -171,7 +171,8 @@ void BackwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const 
   // backward does). A task owns one (sequence, KV head): it alone writes those
   // dK/dV rows and the dQ rows of its query heads, so no atomics are needed.
   // Keys are handled a tile at a time in key-major (transposed) form, so the
-  // inner loops run along the keys of the tile, not along the short head_dim.
+  // inner loops run along the keys of the tile, not along the short head_dim;
+  // dQ, a sum over keys, accumulates key rows along the head dimension.
   const int D = dims.head_dim, G = dims.group(), H = dims.n_heads;
   const float scale = dims.scale();
   const PackedRows rows{kv, D};
@@ -212,20 +213,10 @@ void BackwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const 
           const float delta = Dot<kD>(doi, out + r * o_stride + h * D, D);
           const float lse_i = lse[r * H + h];
           const int pos = offset + i, n = std::min(nt, pos - j0 + 1);
-          // s = q·K^T and dp = do·V^T along the keys.
+          // s = q·K^T (the forward's scores, bit for bit) and dp = do·V^T, along the keys.
           float dp[kKeyTile];
-          std::fill(p, p + n, 0.f);
-          std::fill(dp, dp + n, 0.f);
-          for (int d = 0; d < (kD ? kD : D); ++d) {
-            const float qd = qi[d], dod = doi[d];
-            const float* ktd = kt + d * kKeyTile;
-            const float* vtd = vt + d * kKeyTile;
-#pragma omp simd
-            for (int j = 0; j < n; ++j) {
-              p[j] += qd * ktd[j];
-              dp[j] += dod * vtd[j];
-            }
-          }
+          Scores<kD>(qi, kt, D, n, p);
+          Scores<kD>(doi, vt, D, n, dp);
           for (int j = 0; j < n; ++j) p[j] = p[j] * scale + slope * static_cast<float>(j0 + j - pos) - lse_i;
           ExpInPlace(p, n);
 #pragma omp simd
