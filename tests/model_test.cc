@@ -200,6 +200,25 @@ TEST(Checkpoint, OverlappingRangesAreRejected) {
   EXPECT_NE(r.status().message().find("overlap"), std::string::npos) << r.status();
 }
 
+TEST(Training, UntimedStepsAreLeftOutOfTheThroughput) {
+  ModelConfig c = *PresetConfig("seed");
+  auto data = MakeCountTask(c.vocab_size, c.max_seq_len, 4);
+  TrainOptions o;
+  o.quiet = true;
+  o.out = TempPath("untimed.safetensors");
+  o.steps = 3;
+  o.untimed_steps = 3;  // nothing timed: no tokens counted
+  auto none = Train(c, *data, o);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_EQ(none->tokens_per_second, 0.0);
+  EXPECT_EQ(none->steps_run, 3);
+  o.steps = 5;  // two timed steps
+  auto some = Train(c, *data, o);
+  ASSERT_TRUE(some.ok()) << some.status();
+  EXPECT_GT(some->tokens_per_second, 0.0);
+  EXPECT_EQ(some->steps_run, 5);
+}
+
 TEST(Training, LearnsTheCountingTask) {
   ModelConfig c = *PresetConfig("seed");
   auto data = MakeCountTask(c.vocab_size, c.max_seq_len, 16);

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -80,7 +81,7 @@ absl::StatusOr<TrainResult> Train(const ModelConfig& cfg_in, DataSource& data, c
     if (auto s = SaveOptimizer(opt.out + ".optim", m, v, done); !s.ok()) return s;
     return SaveCheckpoint(opt.out, cfg, model->params().data());
   };
-  const auto t0 = std::chrono::steady_clock::now();
+  auto t0 = std::chrono::steady_clock::now();
   long tokens = 0;
   const long first = step;
   for (; step < opt.steps; ++step) {
@@ -97,14 +98,18 @@ absl::StatusOr<TrainResult> Train(const ModelConfig& cfg_in, DataSource& data, c
     for (const auto& t : model->layout().tensors())
       cpu::AdamW(model->params().data() + t.offset, g.data() + t.offset, m.data() + t.offset, v.data() + t.offset, t.numel(),
                  lr, opt.beta1, opt.beta2, opt.eps, IsDecayed(t) ? opt.weight_decay : 0.f, step + 1);
-    tokens += static_cast<long>(batch.tokens.size());
+    if (step - first < opt.untimed_steps) {
+      t0 = std::chrono::steady_clock::now();  // the clock starts after the untimed steps
+    } else {
+      tokens += static_cast<long>(batch.tokens.size());
+    }
     result.final_loss = loss;
     result.final_accuracy = static_cast<float>(correct) / batch.tokens.size();
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     result.tokens_per_second = tokens / std::max(secs, 1e-9);
     const long done = step + 1;
     if (!opt.quiet && (tty || done % 20 == 0 || done == opt.steps || done == first + 1)) {
-      const double eta = secs / (done - first) * (opt.steps - done);
+      const double eta = secs / std::max<long>(1, done - first - opt.untimed_steps) * (opt.steps - done);
       std::fprintf(stderr, "%sstep %5ld/%ld | loss %.4f | acc %5.1f%% | lr %.2e | %.0f tok/s | ETA %.0fs%s", tty ? "\r\033[K" : "", done,
                    opt.steps, loss, 100.0 * result.final_accuracy, lr, result.tokens_per_second, eta, tty ? "" : "\n");
     }

@@ -23,6 +23,7 @@ struct TrainOptions {
   std::string out;         // checkpoint path; optimizer state goes to out + ".optim"
   std::string resume;      // checkpoint to continue from (its .optim beside it)
   bool quiet = false;
+  long untimed_steps = 0;  // first steps left out of tokens_per_second (a benchmark's warm-up)
 };
 
 struct TrainResult {
