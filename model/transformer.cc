@@ -108,7 +108,8 @@ void Transformer::Backward(const PackedBatch& b) {
   const int k_off = cfg_.n_heads * dims.head_dim, v_off = k_off + cfg_.kv_dim();
 
   // dres holds d(loss)/d(residual stream) as we walk down the layers.
-  cpu::Zero(dln_.data(), Td);
+  // Linear and SwiGLU backwards write their input gradients; LayerNorm's and
+  // attention's accumulate, into dres (zeroed here) and dqkv (per layer).
   cpu::Zero(dres_.data(), Td);
   cpu::LinearBackward(dlogits_.data(), lnf_.data(), P.head_w, dln_.data(), G.head_w, G.head_b, T, d, cfg_.vocab_size);
   cpu::LayerNormBackward(dln_.data(), out_.data(), P.nf_w, lnf_mean_.data(), lnf_rstd_.data(), dres_.data(), G.nf_w, G.nf_b, T, d);
@@ -117,22 +118,17 @@ void Transformer::Backward(const PackedBatch& b) {
     const BlockParams& W = P.blocks[l];
     const BlockParams& GW = G.blocks[l];
     // Feed-forward: res_out = mid + w3(swiglu(w12(ln2(mid)))).
-    cpu::Zero(dsw_.data(), static_cast<size_t>(T) * F);
     cpu::LinearBackward(dres_.data(), a.sw.data(), W.w3_w, dsw_.data(), GW.w3_w, GW.w3_b, T, F, d);
-    cpu::Zero(dh12_.data(), 2ul * T * F);
     cpu::SwiGLUBackward(dsw_.data(), a.h12.data(), dh12_.data(), T, F);
-    cpu::Zero(dln_.data(), Td);
     cpu::LinearBackward(dh12_.data(), a.ln2.data(), W.w12_w, dln_.data(), GW.w12_w, GW.w12_b, T, d, 2 * F);
     cpu::LayerNormBackward(dln_.data(), a.mid.data(), W.n2_w, a.ln2_mean.data(), a.ln2_rstd.data(), dres_.data(), GW.n2_w, GW.n2_b, T, d);
     // Attention: mid = in + proj(attn(qkv(ln1(in)))).
-    cpu::Zero(datt_.data(), Td);
     cpu::LinearBackward(dres_.data(), a.att.data(), W.proj_w, datt_.data(), GW.proj_w, GW.proj_b, T, d, d);
     cpu::Zero(dqkv_.data(), static_cast<size_t>(T) * qkv_dim);
     const float* q = a.qkv.data();
     const PackedKv kv{q + k_off, q + v_off, qkv_dim, cu_.data()};
     cpu::AttentionBackward(dims, batch, q, qkv_dim, kv, a.att.data(), d, datt_.data(), a.lse.data(), dqkv_.data(),
                            dqkv_.data() + k_off, dqkv_.data() + v_off, qkv_dim);
-    cpu::Zero(dln_.data(), Td);
     cpu::LinearBackward(dqkv_.data(), a.ln1.data(), W.qkv_w, dln_.data(), GW.qkv_w, GW.qkv_b, T, d, qkv_dim);
     cpu::LayerNormBackward(dln_.data(), a.in.data(), W.n1_w, a.ln1_mean.data(), a.ln1_rstd.data(), dres_.data(), GW.n1_w, GW.n1_b, T, d);
   }

@@ -62,7 +62,7 @@ TEST(Linear, BackwardMatchesFiniteDifferences) {
     cpu::LinearForward(x.data(), w.data(), b.data(), y.data(), T, in, out);
     return Dot(y, g);
   };
-  std::vector<float> dx(T * in, 0.f), dw(out * in, 0.f), db(out, 0.f);
+  std::vector<float> dx(T * in, NAN), dw(out * in, 0.f), db(out, 0.f);  // dx is written, dw/db accumulated
   cpu::LinearBackward(g.data(), x.data(), w.data(), dx.data(), dw.data(), db.data(), T, in, out);
   ExpectFiniteDifferences(x, dx, loss);
   ExpectFiniteDifferences(w, dw, loss);
@@ -113,7 +113,7 @@ TEST(SwiGLU, ForwardMatchesReferenceAndBackwardMatchesFiniteDifferences) {
     cpu::SwiGLUForward(h.data(), o.data(), T, F);
     return Dot(o, g);
   };
-  std::vector<float> dh(h.size(), 0.f);
+  std::vector<float> dh(h.size(), NAN);  // written, not accumulated into
   cpu::SwiGLUBackward(g.data(), h.data(), dh.data(), T, F);
   ExpectFiniteDifferences(h, dh, loss);
 }

@@ -55,7 +55,7 @@ void LinearBackward(const float* dy, const float* x, const float* w, float* dx, 
   if (dx)
     ParallelSlices(T, static_cast<long>(T) * in * out, [&](int t0, int t1) {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, t1 - t0, in, out, 1.0f, dy + static_cast<long>(t0) * out, out, w,
-                  in, 1.0f, dx + static_cast<long>(t0) * in, in);
+                  in, 0.0f, dx + static_cast<long>(t0) * in, in);
     });
   static thread_local std::vector<float> ones;
   if (static_cast<int>(ones.size()) < T) ones.assign(T, 1.0f);
@@ -192,19 +192,49 @@ void EmbeddingBackward(const float* dout, const int32_t* tokens, const int32_t* 
   }
 }
 
+namespace {
+
+// Calls fn(i, n) over [0, F) in 8-lane steps, the last one on a zero-padded
+// copy (n < 8 valid lanes), so every element goes through the same vector code.
+template <class Fn>
+void Lanes8(int F, Fn&& fn) {
+  int i = 0;
+  for (; i + 8 <= F; i += 8) fn(i, 8);
+  if (i < F) fn(i, F - i);
+}
+
+inline __m256 Load8(const float* p, int n) {
+  if (n == 8) return _mm256_loadu_ps(p);
+  float tmp[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::memcpy(tmp, p, sizeof(float) * n);
+  return _mm256_loadu_ps(tmp);
+}
+
+inline void Store8(float* p, __m256 v, int n) {
+  if (n == 8) return _mm256_storeu_ps(p, v);
+  float tmp[8];
+  _mm256_storeu_ps(tmp, v);
+  std::memcpy(p, tmp, sizeof(float) * n);
+}
+
+}  // namespace
+
 void SwiGLUForward(const float* h, float* out, int T, int F) {
+  const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
 #pragma omp parallel for schedule(static) if (static_cast<long>(T) * F * 8 >= kMinParallelWork)
   for (int t = 0; t < T; ++t) {
     const float* a = h + 2L * t * F;
     const float* g = a + F;
     float* o = out + static_cast<long>(t) * F;
-    for (int i = 0; i < F; ++i) o[i] = -a[i];
-    ExpInPlace(o, F);  // o = exp(-a)
-    for (int i = 0; i < F; ++i) o[i] = a[i] / (1.0f + o[i]) * g[i];
+    Lanes8(F, [&](int i, int n) {
+      const __m256 av = Load8(a + i, n), e = Exp8(_mm256_sub_ps(zero, av));  // e = exp(-a)
+      Store8(o + i, _mm256_mul_ps(_mm256_div_ps(av, _mm256_add_ps(one, e)), Load8(g + i, n)), n);
+    });
   }
 }
 
 void SwiGLUBackward(const float* dout, const float* h, float* dh, int T, int F) {
+  const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
 #pragma omp parallel for schedule(static) if (static_cast<long>(T) * F * 8 >= kMinParallelWork)
   for (int t = 0; t < T; ++t) {
     const float* a = h + 2L * t * F;
@@ -212,15 +242,14 @@ void SwiGLUBackward(const float* dout, const float* h, float* dh, int T, int F) 
     const float* d = dout + static_cast<long>(t) * F;
     float* da = dh + 2L * t * F;
     float* dg = da + F;
-    static thread_local std::vector<float> e;
-    e.resize(F);
-    for (int i = 0; i < F; ++i) e[i] = -a[i];
-    ExpInPlace(e.data(), F);
-    for (int i = 0; i < F; ++i) {
-      const float sig = 1.0f / (1.0f + e[i]);
-      dg[i] += d[i] * a[i] * sig;
-      da[i] += d[i] * g[i] * sig * (1.0f + a[i] * (1.0f - sig));
-    }
+    Lanes8(F, [&](int i, int n) {
+      const __m256 av = Load8(a + i, n), gv = Load8(g + i, n), dv = Load8(d + i, n);
+      const __m256 sig = _mm256_div_ps(one, _mm256_add_ps(one, Exp8(_mm256_sub_ps(zero, av))));
+      Store8(dg + i, _mm256_mul_ps(_mm256_mul_ps(dv, av), sig), n);
+      // d(silu)/da = sig · (1 + a·(1 − sig))
+      const __m256 dsilu = _mm256_mul_ps(sig, _mm256_fmadd_ps(av, _mm256_sub_ps(one, sig), one));
+      Store8(da + i, _mm256_mul_ps(dv, _mm256_mul_ps(gv, dsilu)), n);
+    });
   }
 }
 

@@ -1,7 +1,9 @@
 // The CPU backend's ops, forward and backward, in fp32. They are the
 // reference every other backend is tested against, and the ops training uses.
 // Matrices are row-major; linear weights use nn.Linear's [out, in] layout.
-// Backward functions ACCUMULATE into parameter gradients and into dx.
+// Backward functions ACCUMULATE into parameter gradients. Input gradients:
+// LinearBackward and SwiGLUBackward WRITE theirs; LayerNorm, attention and
+// embedding backwards accumulate (their dx sums several paths).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -18,7 +20,7 @@ void LinearForward(const float* x, const float* w, const float* b, float* y, int
 // outputs stored k-major), not in nn.Linear's layout.
 void PackLinearWeight(const float* w, float* packed, int in, int out);
 void LinearForwardRowInvariant(const float* x, const float* w_packed, const float* b, float* y, int T, int in, int out);
-// dx += dy·w, dw += dy^T·x, db += Σ_rows dy   (dx, db may be null)
+// dx = dy·w, dw += dy^T·x, db += Σ_rows dy   (dx, db may be null)
 void LinearBackward(const float* dy, const float* x, const float* w, float* dx, float* dw, float* db, int T, int in, int out);
 
 // y = (x - mean) * rstd * w + b, per row of C; saves mean/rstd for backward if non-null.
@@ -32,6 +34,7 @@ void EmbeddingBackward(const float* dout, const int32_t* tokens, const int32_t* 
 
 // h[T, 2F] → out[T, F] = silu(h[:, :F]) * h[:, F:]
 void SwiGLUForward(const float* h, float* out, int T, int F);
+// dh = d(out)/dh · dout (written, as LinearBackward's dx).
 void SwiGLUBackward(const float* dout, const float* h, float* dh, int T, int F);
 
 void AddInPlace(float* x, const float* y, size_t n);
