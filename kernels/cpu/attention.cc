@@ -86,6 +86,7 @@ void ForwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const f
   constexpr int kQueryBlock = 64;
   const int D = dims.head_dim, G = dims.group(), H = dims.n_heads;
   const float scale = dims.scale();
+  const __m256 vscale = _mm256_set1_ps(scale);
   const int tasks = batch.num_seqs * dims.n_kv_heads;
   const long work = AttentionWork(dims, batch);
 #pragma omp parallel for schedule(dynamic) if (work >= kMinParallelWork)
@@ -103,6 +104,7 @@ void ForwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const f
     for (int hh = 0; hh < G; ++hh) {
       const int h = kvh * G + hh;
       const float slope = dims.alibi ? AlibiSlope(h, H) : 0.f;
+      const __m256 vslope = _mm256_set1_ps(slope);
       for (int i0 = 0; i0 < q_len; i0 += kQueryBlock) {
         const int nq = std::min(kQueryBlock, q_len - i0), last = offset + i0 + nq - 1;  // the block's last visible key
         std::fill(acc, acc + nq * D, 0.f);
@@ -119,18 +121,28 @@ void ForwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const f
           for (int r = std::max(0, j0 - offset - i0); r < nq; ++r) {
             const int pos = offset + i0 + r, n = std::min(nt, pos - j0 + 1);  // pos: the last key row r sees
             Scores<kD>(q + (q0 + i0 + r) * q_stride + h * D, kt, D, n, sc);
-            float tile_max = -std::numeric_limits<float>::infinity();
-            for (int j = 0; j < n; ++j) {
-              sc[j] = sc[j] * scale + slope * static_cast<float>(j0 + j - pos);
-              tile_max = std::max(tile_max, sc[j]);
+            // Scale, ALiBi bias and the tile's max, 8 keys at a time; keys past n are -inf.
+            const int padded = (n + 7) & ~7;
+            __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+            for (int j = 0; j < padded; j += 8) {
+              const __m256 rel = _mm256_add_ps(_mm256_set1_ps(static_cast<float>(j0 + j - pos)), kLaneIndex);
+              __m256 x = _mm256_fmadd_ps(_mm256_loadu_ps(sc + j), vscale, _mm256_mul_ps(vslope, rel));
+              x = _mm256_blendv_ps(x, _mm256_set1_ps(-std::numeric_limits<float>::infinity()),
+                                   _mm256_cmp_ps(_mm256_set1_ps(static_cast<float>(n - j)), kLaneIndex, _CMP_LE_OQ));
+              _mm256_storeu_ps(sc + j, x);
+              vmax = _mm256_max_ps(vmax, x);
             }
-            const float m_new = std::max(m[r], tile_max), correction = std::exp(m[r] - m_new);
+            const float m_new = std::max(m[r], HorizontalMax(vmax)), correction = std::exp(m[r] - m_new);
+            // p = exp(s - m_new) (0 past n), and its sum in a fixed lane order.
+            __m256 vsum = _mm256_setzero_ps();
+            for (int j = 0; j < padded; j += 8) {
+              const __m256 p = Exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + j), _mm256_set1_ps(m_new)));
+              _mm256_storeu_ps(sc + j, p);
+              vsum = _mm256_add_ps(vsum, p);
+            }
             float* ar = acc + r * D;
-            l[r] *= correction;
+            l[r] = l[r] * correction + HorizontalSum(vsum);
             for (int d = 0; d < D; ++d) ar[d] *= correction;
-            for (int j = 0; j < n; ++j) sc[j] -= m_new;
-            ExpInPlace(sc, n);
-            for (int j = 0; j < n; ++j) l[r] += sc[j];
             AccumulateRows<kD>(sc, v_rows, n, D, ar);
             m[r] = m_new;
           }
@@ -174,7 +186,7 @@ void BackwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const 
   // inner loops run along the keys of the tile, not along the short head_dim;
   // dQ, a sum over keys, accumulates key rows along the head dimension.
   const int D = dims.head_dim, G = dims.group(), H = dims.n_heads;
-  const float scale = dims.scale();
+  const __m256 vscale = _mm256_set1_ps(dims.scale());
   const PackedRows rows{kv, D};
   const int tasks = batch.num_seqs * dims.n_kv_heads;
   const long work = 3 * AttentionWork(dims, batch);
@@ -204,31 +216,38 @@ void BackwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const 
       std::fill(dkt, dkt + 2 * D * kKeyTile, 0.f);
       for (int hh = 0; hh < G; ++hh) {
         const int h = kvh * G + hh;
-        const float slope = dims.alibi ? AlibiSlope(h, H) : 0.f;
+        const __m256 vslope = _mm256_set1_ps(dims.alibi ? AlibiSlope(h, H) : 0.f);
         // Only queries at or after the tile's first key see any of it.
         for (int i = std::max(0, j0 - offset); i < q_len; ++i) {
           const long r = q0 + i;
           const float* qi = q + r * q_stride + h * D;
           const float* doi = dout + r * o_stride + h * D;
           const float delta = Dot<kD>(doi, out + r * o_stride + h * D, D);
-          const float lse_i = lse[r * H + h];
+          const __m256 vlse = _mm256_set1_ps(lse[r * H + h]), vdelta = _mm256_set1_ps(delta);
           const int pos = offset + i, n = std::min(nt, pos - j0 + 1);
           // s = q·K^T (the forward's scores, bit for bit) and dp = do·V^T, along the keys.
           float dp[kKeyTile];
           Scores<kD>(qi, kt, D, n, p);
           Scores<kD>(doi, vt, D, n, dp);
-          for (int j = 0; j < n; ++j) p[j] = p[j] * scale + slope * static_cast<float>(j0 + j - pos) - lse_i;
-          ExpInPlace(p, n);
-#pragma omp simd
-          for (int j = 0; j < n; ++j) ds[j] = p[j] * (dp[j] - delta) * scale;
+          // 8 keys at a time over the padded width: p and ds are 0 past n, so
+          // the tile columns of keys this row does not see get zeros added.
+          const int padded = (n + 7) & ~7;
+          for (int j = 0; j < padded; j += 8) {
+            const __m256 rel = _mm256_add_ps(_mm256_set1_ps(static_cast<float>(j0 + j - pos)), kLaneIndex);
+            __m256 x = _mm256_sub_ps(_mm256_fmadd_ps(_mm256_loadu_ps(p + j), vscale, _mm256_mul_ps(vslope, rel)), vlse);
+            x = _mm256_blendv_ps(x, _mm256_set1_ps(-std::numeric_limits<float>::infinity()),
+                                 _mm256_cmp_ps(_mm256_set1_ps(static_cast<float>(n - j)), kLaneIndex, _CMP_LE_OQ));
+            const __m256 pj = Exp8(x);
+            _mm256_storeu_ps(p + j, pj);
+            _mm256_storeu_ps(ds + j, _mm256_mul_ps(_mm256_mul_ps(pj, _mm256_sub_ps(_mm256_loadu_ps(dp + j), vdelta)), vscale));
+          }
           for (int d = 0; d < (kD ? kD : D); ++d) {
-            const float qd = qi[d], dod = doi[d];
+            const __m256 qd = _mm256_set1_ps(qi[d]), dod = _mm256_set1_ps(doi[d]);
             float* dktd = dkt + d * kKeyTile;
             float* dvtd = dvt + d * kKeyTile;
-#pragma omp simd
-            for (int j = 0; j < n; ++j) {
-              dktd[j] += ds[j] * qd;
-              dvtd[j] += p[j] * dod;
+            for (int j = 0; j < padded; j += 8) {
+              _mm256_storeu_ps(dktd + j, _mm256_fmadd_ps(_mm256_loadu_ps(ds + j), qd, _mm256_loadu_ps(dktd + j)));
+              _mm256_storeu_ps(dvtd + j, _mm256_fmadd_ps(_mm256_loadu_ps(p + j), dod, _mm256_loadu_ps(dvtd + j)));
             }
           }
           AccumulateRows<kD>(ds, k_rows, n, D, dq + r * dqkv_stride + h * D);

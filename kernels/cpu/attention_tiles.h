@@ -9,6 +9,21 @@ namespace tinygpt::cpu::attention_tiles {
 
 constexpr int kKeyTile = 64;
 
+// 0, 1, ..., 7: lane j of an 8-key vector is key j0 + j.
+inline const __m256 kLaneIndex = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+
+inline float HorizontalSum(__m256 v) {  // a fixed order: ((0+4)+(2+6))+((1+5)+(3+7))
+  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  return _mm_cvtss_f32(_mm_add_ss(x, _mm_shuffle_ps(x, x, 1)));
+}
+
+inline float HorizontalMax(__m256 v) {
+  __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+  return _mm_cvtss_f32(_mm_max_ss(x, _mm_shuffle_ps(x, x, 1)));
+}
+
 // kD > 0: the head dimension is a compile-time constant and the loops unroll
 // fully (the common dims get their own instantiation); kD == 0: any n.
 template <int kD>
