@@ -194,47 +194,48 @@ void EmbeddingBackward(const float* dout, const int32_t* tokens, const int32_t* 
 
 namespace {
 
-// Calls fn(i, n) over [0, F) in 8-lane steps, the last one on a zero-padded
-// copy (n < 8 valid lanes), so every element goes through the same vector code.
-template <class Fn>
-void Lanes8(int F, Fn&& fn) {
-  int i = 0;
-  for (; i + 8 <= F; i += 8) fn(i, 8);
-  if (i < F) fn(i, F - i);
+// One 8-lane step of SwiGLU's forward / backward at element i of a row.
+inline __m256 SiluGate8(__m256 a, __m256 g) {
+  const __m256 e = Exp8(_mm256_sub_ps(_mm256_setzero_ps(), a));  // exp(-a)
+  return _mm256_mul_ps(_mm256_div_ps(a, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), g);
 }
 
-inline __m256 Load8(const float* p, int n) {
-  if (n == 8) return _mm256_loadu_ps(p);
-  float tmp[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  std::memcpy(tmp, p, sizeof(float) * n);
-  return _mm256_loadu_ps(tmp);
+inline void SiluGateGrad8(__m256 a, __m256 g, __m256 d, __m256* da, __m256* dg) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 sig = _mm256_div_ps(one, _mm256_add_ps(one, Exp8(_mm256_sub_ps(_mm256_setzero_ps(), a))));
+  *dg = _mm256_mul_ps(_mm256_mul_ps(d, a), sig);
+  // d(silu)/da = sig · (1 + a·(1 − sig))
+  *da = _mm256_mul_ps(d, _mm256_mul_ps(g, _mm256_mul_ps(sig, _mm256_fmadd_ps(a, _mm256_sub_ps(one, sig), one))));
 }
 
-inline void Store8(float* p, __m256 v, int n) {
-  if (n == 8) return _mm256_storeu_ps(p, v);
-  float tmp[8];
-  _mm256_storeu_ps(tmp, v);
-  std::memcpy(p, tmp, sizeof(float) * n);
+// A row's last F % 8 elements go through the same 8-lane code on zero-padded copies.
+struct Tail8 {
+  float v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  Tail8(const float* p, int n) { std::memcpy(v, p, sizeof(float) * n); }
+  __m256 load() const { return _mm256_loadu_ps(v); }
+};
+
+inline void StoreTail(float* p, __m256 x, int n) {
+  float v[8];
+  _mm256_storeu_ps(v, x);
+  std::memcpy(p, v, sizeof(float) * n);
 }
 
 }  // namespace
 
 void SwiGLUForward(const float* h, float* out, int T, int F) {
-  const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
 #pragma omp parallel for schedule(static) if (static_cast<long>(T) * F * 8 >= kMinParallelWork)
   for (int t = 0; t < T; ++t) {
     const float* a = h + 2L * t * F;
     const float* g = a + F;
     float* o = out + static_cast<long>(t) * F;
-    Lanes8(F, [&](int i, int n) {
-      const __m256 av = Load8(a + i, n), e = Exp8(_mm256_sub_ps(zero, av));  // e = exp(-a)
-      Store8(o + i, _mm256_mul_ps(_mm256_div_ps(av, _mm256_add_ps(one, e)), Load8(g + i, n)), n);
-    });
+    int i = 0;
+    for (; i + 8 <= F; i += 8) _mm256_storeu_ps(o + i, SiluGate8(_mm256_loadu_ps(a + i), _mm256_loadu_ps(g + i)));
+    if (i < F) StoreTail(o + i, SiluGate8(Tail8(a + i, F - i).load(), Tail8(g + i, F - i).load()), F - i);
   }
 }
 
 void SwiGLUBackward(const float* dout, const float* h, float* dh, int T, int F) {
-  const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
 #pragma omp parallel for schedule(static) if (static_cast<long>(T) * F * 8 >= kMinParallelWork)
   for (int t = 0; t < T; ++t) {
     const float* a = h + 2L * t * F;
@@ -242,14 +243,19 @@ void SwiGLUBackward(const float* dout, const float* h, float* dh, int T, int F) 
     const float* d = dout + static_cast<long>(t) * F;
     float* da = dh + 2L * t * F;
     float* dg = da + F;
-    Lanes8(F, [&](int i, int n) {
-      const __m256 av = Load8(a + i, n), gv = Load8(g + i, n), dv = Load8(d + i, n);
-      const __m256 sig = _mm256_div_ps(one, _mm256_add_ps(one, Exp8(_mm256_sub_ps(zero, av))));
-      Store8(dg + i, _mm256_mul_ps(_mm256_mul_ps(dv, av), sig), n);
-      // d(silu)/da = sig · (1 + a·(1 − sig))
-      const __m256 dsilu = _mm256_mul_ps(sig, _mm256_fmadd_ps(av, _mm256_sub_ps(one, sig), one));
-      Store8(da + i, _mm256_mul_ps(dv, _mm256_mul_ps(gv, dsilu)), n);
-    });
+    __m256 va, vg;
+    int i = 0;
+    for (; i + 8 <= F; i += 8) {
+      SiluGateGrad8(_mm256_loadu_ps(a + i), _mm256_loadu_ps(g + i), _mm256_loadu_ps(d + i), &va, &vg);
+      _mm256_storeu_ps(da + i, va);
+      _mm256_storeu_ps(dg + i, vg);
+    }
+    if (i < F) {
+      const int n = F - i;
+      SiluGateGrad8(Tail8(a + i, n).load(), Tail8(g + i, n).load(), Tail8(d + i, n).load(), &va, &vg);
+      StoreTail(da + i, va, n);
+      StoreTail(dg + i, vg, n);
+    }
   }
 }
 
