@@ -208,19 +208,6 @@ inline void SiluGateGrad8(__m256 a, __m256 g, __m256 d, __m256* da, __m256* dg) 
   *da = _mm256_mul_ps(d, _mm256_mul_ps(g, _mm256_mul_ps(sig, _mm256_fmadd_ps(a, _mm256_sub_ps(one, sig), one))));
 }
 
-// A row's last F % 8 elements go through the same 8-lane code on zero-padded copies.
-struct Tail8 {
-  float v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  Tail8(const float* p, int n) { std::memcpy(v, p, sizeof(float) * n); }
-  __m256 load() const { return _mm256_loadu_ps(v); }
-};
-
-inline void StoreTail(float* p, __m256 x, int n) {
-  float v[8];
-  _mm256_storeu_ps(v, x);
-  std::memcpy(p, v, sizeof(float) * n);
-}
-
 }  // namespace
 
 void SwiGLUForward(const float* h, float* out, int T, int F) {
@@ -231,7 +218,7 @@ void SwiGLUForward(const float* h, float* out, int T, int F) {
     float* o = out + static_cast<long>(t) * F;
     int i = 0;
     for (; i + 8 <= F; i += 8) _mm256_storeu_ps(o + i, SiluGate8(_mm256_loadu_ps(a + i), _mm256_loadu_ps(g + i)));
-    if (i < F) StoreTail(o + i, SiluGate8(Tail8(a + i, F - i).load(), Tail8(g + i, F - i).load()), F - i);
+    if (i < F) StoreTail8(o + i, SiluGate8(LoadTail8(a + i, F - i), LoadTail8(g + i, F - i)), F - i);
   }
 }
 
@@ -252,9 +239,9 @@ void SwiGLUBackward(const float* dout, const float* h, float* dh, int T, int F) 
     }
     if (i < F) {
       const int n = F - i;
-      SiluGateGrad8(Tail8(a + i, n).load(), Tail8(g + i, n).load(), Tail8(d + i, n).load(), &va, &vg);
-      StoreTail(da + i, va, n);
-      StoreTail(dg + i, vg, n);
+      SiluGateGrad8(LoadTail8(a + i, n), LoadTail8(g + i, n), LoadTail8(d + i, n), &va, &vg);
+      StoreTail8(da + i, va, n);
+      StoreTail8(dg + i, vg, n);
     }
   }
 }

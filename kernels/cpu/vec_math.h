@@ -31,16 +31,25 @@ inline __m256 Exp8(__m256 x) {
   return _mm256_andnot_ps(is_neg_inf, y);  // exp(-inf) = 0 exactly
 }
 
+// The last n < 8 elements of an array as a zero-padded vector, and back: the
+// tails of 8-lane loops go through the same vector code as the rest.
+inline __m256 LoadTail8(const float* p, int n) {
+  float v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::memcpy(v, p, sizeof(float) * n);
+  return _mm256_loadu_ps(v);
+}
+
+inline void StoreTail8(float* p, __m256 x, int n) {
+  float v[8];
+  _mm256_storeu_ps(v, x);
+  std::memcpy(p, v, sizeof(float) * n);
+}
+
 // x[i] = exp(x[i]) for i < n.
 inline void ExpInPlace(float* x, int n) {
   int i = 0;
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, Exp8(_mm256_loadu_ps(x + i)));
-  if (i < n) {
-    float tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    std::memcpy(tail, x + i, sizeof(float) * (n - i));
-    _mm256_storeu_ps(tail, Exp8(_mm256_loadu_ps(tail)));
-    std::memcpy(x + i, tail, sizeof(float) * (n - i));
-  }
+  if (i < n) StoreTail8(x + i, Exp8(LoadTail8(x + i, n - i)), n - i);
 }
 
 }  // namespace tinygpt::cpu
