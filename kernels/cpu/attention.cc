@@ -10,9 +10,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels/cpu/attention_tiles.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/parallel.h"
-#include "kernels/cpu/attention_tiles.h"
 #include "kernels/cpu/vec_math.h"
 
 namespace tinygpt::cpu {
@@ -121,14 +121,11 @@ void ForwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const f
           for (int r = std::max(0, j0 - offset - i0); r < nq; ++r) {
             const int pos = offset + i0 + r, n = std::min(nt, pos - j0 + 1);  // pos: the last key row r sees
             Scores<kD>(q + (q0 + i0 + r) * q_stride + h * D, kt, D, n, sc);
-            // Scale, ALiBi bias and the tile's max, 8 keys at a time; keys past n are -inf.
+            // Logits and the tile's max, 8 keys at a time.
             const int padded = (n + 7) & ~7;
             __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
             for (int j = 0; j < padded; j += 8) {
-              const __m256 rel = _mm256_add_ps(_mm256_set1_ps(static_cast<float>(j0 + j - pos)), kLaneIndex);
-              __m256 x = _mm256_fmadd_ps(_mm256_loadu_ps(sc + j), vscale, _mm256_mul_ps(vslope, rel));
-              x = _mm256_blendv_ps(x, _mm256_set1_ps(-std::numeric_limits<float>::infinity()),
-                                   _mm256_cmp_ps(_mm256_set1_ps(static_cast<float>(n - j)), kLaneIndex, _CMP_LE_OQ));
+              const __m256 x = MaskedLogits8(sc, j, static_cast<float>(j0 + j - pos), n, vscale, vslope);
               _mm256_storeu_ps(sc + j, x);
               vmax = _mm256_max_ps(vmax, x);
             }
@@ -233,11 +230,7 @@ void BackwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const 
           // the tile columns of keys this row does not see get zeros added.
           const int padded = (n + 7) & ~7;
           for (int j = 0; j < padded; j += 8) {
-            const __m256 rel = _mm256_add_ps(_mm256_set1_ps(static_cast<float>(j0 + j - pos)), kLaneIndex);
-            __m256 x = _mm256_sub_ps(_mm256_fmadd_ps(_mm256_loadu_ps(p + j), vscale, _mm256_mul_ps(vslope, rel)), vlse);
-            x = _mm256_blendv_ps(x, _mm256_set1_ps(-std::numeric_limits<float>::infinity()),
-                                 _mm256_cmp_ps(_mm256_set1_ps(static_cast<float>(n - j)), kLaneIndex, _CMP_LE_OQ));
-            const __m256 pj = Exp8(x);
+            const __m256 pj = Exp8(_mm256_sub_ps(MaskedLogits8(p, j, static_cast<float>(j0 + j - pos), n, vscale, vslope), vlse));
             _mm256_storeu_ps(p + j, pj);
             _mm256_storeu_ps(ds + j, _mm256_mul_ps(_mm256_mul_ps(pj, _mm256_sub_ps(_mm256_loadu_ps(dp + j), vdelta)), vscale));
           }

@@ -5,6 +5,8 @@
 #pragma once
 #include <immintrin.h>
 
+#include <limits>
+
 namespace tinygpt::cpu::attention_tiles {
 
 constexpr int kKeyTile = 64;
@@ -22,6 +24,16 @@ inline float HorizontalMax(__m256 v) {
   __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   x = _mm_max_ps(x, _mm_movehl_ps(x, x));
   return _mm_cvtss_f32(_mm_max_ss(x, _mm_shuffle_ps(x, x, 1)));
+}
+
+// Logits of keys j .. j+7 of a tile from their raw scores s[j..]:
+// s·scale + slope·(key − pos), with rel0 = j0 + j − pos the first lane's
+// key − pos, and keys at n or beyond (not visible to the row) set to −inf.
+inline __m256 MaskedLogits8(const float* s, int j, float rel0, int n, __m256 scale, __m256 slope) {
+  const __m256 rel = _mm256_add_ps(_mm256_set1_ps(rel0), kLaneIndex);
+  const __m256 x = _mm256_fmadd_ps(_mm256_loadu_ps(s + j), scale, _mm256_mul_ps(slope, rel));
+  const __m256 past_n = _mm256_cmp_ps(_mm256_set1_ps(static_cast<float>(n - j)), kLaneIndex, _CMP_LE_OQ);
+  return _mm256_blendv_ps(x, _mm256_set1_ps(-std::numeric_limits<float>::infinity()), past_n);
 }
 
 // kD > 0: the head dimension is a compile-time constant and the loops unroll
