@@ -66,6 +66,54 @@ inline std::vector<double> NaiveAttention(const AttentionDims& d, const std::vec
   return out;
 }
 
+// Gradients of Σ dout ⊙ attention(q, k, v) for fused qkv rows (stride
+// floats: n_heads query heads, then n_kv_heads key heads, then value heads),
+// self-attention over each sequence; returned in the same fused layout.
+inline std::vector<double> NaiveAttentionBackward(const AttentionDims& d, const std::vector<int32_t>& cu,
+                                                  const float* qkv, long stride, const float* dout) {
+  const int D = d.head_dim, H = d.n_heads, G = d.group();
+  const long k_off = static_cast<long>(H) * D, v_off = k_off + static_cast<long>(d.n_kv_heads) * D;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  std::vector<double> grad(static_cast<size_t>(cu.back()) * stride, 0.0);
+  for (size_t s = 0; s + 1 < cu.size(); ++s) {
+    const int n = cu[s + 1] - cu[s];
+    for (int h = 0; h < H; ++h) {
+      const int kvh = h / G;
+      const double slope = d.alibi ? AlibiSlope(h, H) : 0.0;
+      auto row = [&](int i) { return static_cast<long>(cu[s] + i) * stride; };
+      for (int i = 0; i < n; ++i) {
+        const float* qi = qkv + row(i) + h * D;
+        const float* doi = dout + static_cast<long>(cu[s] + i) * H * D + h * D;
+        std::vector<double> p(i + 1), dp(i + 1);  // keys 0..i: the row's scores, then probabilities
+        double mx = -std::numeric_limits<double>::infinity(), sum = 0, pdp = 0;
+        for (int j = 0; j <= i; ++j) {
+          double dot = 0;
+          for (int e = 0; e < D; ++e) dot += static_cast<double>(qi[e]) * qkv[row(j) + k_off + kvh * D + e];
+          p[j] = dot * scale + slope * (j - i);
+          mx = std::max(mx, p[j]);
+        }
+        for (int j = 0; j <= i; ++j) sum += p[j] = std::exp(p[j] - mx);
+        for (int j = 0; j <= i; ++j) {
+          p[j] /= sum;
+          double dot = 0;
+          for (int e = 0; e < D; ++e) dot += static_cast<double>(doi[e]) * qkv[row(j) + v_off + kvh * D + e];
+          dp[j] = dot;
+          pdp += p[j] * dot;
+        }
+        for (int j = 0; j <= i; ++j) {
+          const double ds = p[j] * (dp[j] - pdp) * scale;
+          for (int e = 0; e < D; ++e) {
+            grad[row(i) + h * D + e] += ds * qkv[row(j) + k_off + kvh * D + e];
+            grad[row(j) + k_off + kvh * D + e] += ds * qi[e];
+            grad[row(j) + v_off + kvh * D + e] += p[j] * doi[e];
+          }
+        }
+      }
+    }
+  }
+  return grad;
+}
+
 // Max |a - b| / (max |b| + tiny): one relative error for a whole tensor.
 template <class A, class B>
 double RelError(const A& a, const B& b) {
