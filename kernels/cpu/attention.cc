@@ -172,6 +172,48 @@ void PagedAttentionForward(const AttentionDims& dims, const AttentionBatch& batc
 
 namespace {
 
+// dK^T[d][j] += Σ_r Q[r][d]·dS[r][j] and dV^T[d][j] += Σ_r dO[r][d]·P[r][j]
+// for the 8 keys of the tile's chunk at column j, over rows r_begin..r_end-1
+// of a query block (p and ds rows kKeyTile apart). The tile columns stay in
+// registers across the rows (4 head dims of each at a time: eight FMA chains),
+// so each row costs two loads and eight broadcasts instead of a load and a
+// store of the tiles per FMA.
+template <int kD>
+inline void RankUpdateChunk(const float* const* q_rows, const float* ds, const float* const* do_rows, const float* p,
+                            int r_begin, int r_end, int j, int D, float* dkt, float* dvt) {
+  const int dims = kD ? kD : D;
+  int d0 = 0;
+  for (; d0 + 4 <= dims; d0 += 4) {
+    __m256 ak[4], av[4];
+    for (int e = 0; e < 4; ++e) {
+      ak[e] = _mm256_loadu_ps(dkt + (d0 + e) * kKeyTile + j);
+      av[e] = _mm256_loadu_ps(dvt + (d0 + e) * kKeyTile + j);
+    }
+    for (int r = r_begin; r < r_end; ++r) {
+      const __m256 dsr = _mm256_loadu_ps(ds + r * kKeyTile + j), pr = _mm256_loadu_ps(p + r * kKeyTile + j);
+      for (int e = 0; e < 4; ++e) {
+        ak[e] = _mm256_fmadd_ps(dsr, _mm256_set1_ps(q_rows[r][d0 + e]), ak[e]);
+        av[e] = _mm256_fmadd_ps(pr, _mm256_set1_ps(do_rows[r][d0 + e]), av[e]);
+      }
+    }
+    for (int e = 0; e < 4; ++e) {
+      _mm256_storeu_ps(dkt + (d0 + e) * kKeyTile + j, ak[e]);
+      _mm256_storeu_ps(dvt + (d0 + e) * kKeyTile + j, av[e]);
+    }
+  }
+  if constexpr (kD % 4 != 0 || kD == 0) {  // head dims that are not a multiple of 4
+    for (; d0 < dims; ++d0) {
+      __m256 ak = _mm256_loadu_ps(dkt + d0 * kKeyTile + j), av = _mm256_loadu_ps(dvt + d0 * kKeyTile + j);
+      for (int r = r_begin; r < r_end; ++r) {
+        ak = _mm256_fmadd_ps(_mm256_loadu_ps(ds + r * kKeyTile + j), _mm256_set1_ps(q_rows[r][d0]), ak);
+        av = _mm256_fmadd_ps(_mm256_loadu_ps(p + r * kKeyTile + j), _mm256_set1_ps(do_rows[r][d0]), av);
+      }
+      _mm256_storeu_ps(dkt + d0 * kKeyTile + j, ak);
+      _mm256_storeu_ps(dvt + d0 * kKeyTile + j, av);
+    }
+  }
+}
+
 template <int kD>
 void BackwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const float* q, long q_stride,
                   const PackedKv& kv, const float* out, long o_stride, const float* dout, const float* lse,
@@ -180,8 +222,12 @@ void BackwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const 
   // backward does). A task owns one (sequence, KV head): it alone writes those
   // dK/dV rows and the dQ rows of its query heads, so no atomics are needed.
   // Keys are handled a tile at a time in key-major (transposed) form, so the
-  // inner loops run along the keys of the tile, not along the short head_dim;
-  // dQ, a sum over keys, accumulates key rows along the head dimension.
+  // inner loops run along the keys of the tile, not along the short head_dim.
+  // Queries go in blocks of kQueryBlock rows: each row's probabilities P and
+  // score gradients dS over the tile are kept, then the block updates the
+  // tile's dK^T and dV^T at once (RankUpdateChunk); dQ, a sum over keys,
+  // accumulates key rows along the head dimension row by row.
+  constexpr int kQueryBlock = 32;
   const int D = dims.head_dim, G = dims.group(), H = dims.n_heads;
   const __m256 vscale = _mm256_set1_ps(dims.scale());
   const PackedRows rows{kv, D};
@@ -193,11 +239,12 @@ void BackwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const 
     const int q0 = batch.cu_q[s], q_len = batch.cu_q[s + 1] - q0, offset = batch.ctx_len[s] - q_len;
     const int n_keys = batch.ctx_len[s];
     const long k0 = kv.cu_k[s];
-    // Per tile: K^T, V^T and their gradients, [D][kKeyTile] each.
+    // Per tile: K^T, V^T and their gradients, [D][kKeyTile] each; per query
+    // block: P and dS, [kQueryBlock][kKeyTile] each.
     static thread_local std::vector<float> buf;
-    buf.resize(4 * static_cast<size_t>(D) * kKeyTile);
+    buf.resize(4 * static_cast<size_t>(D) * kKeyTile + 2 * kQueryBlock * kKeyTile);
     float *kt = buf.data(), *vt = kt + D * kKeyTile, *dkt = vt + D * kKeyTile, *dvt = dkt + D * kKeyTile;
-    float p[kKeyTile], ds[kKeyTile];
+    float *p_blk = dvt + D * kKeyTile, *ds_blk = p_blk + kQueryBlock * kKeyTile;
     for (int j0 = 0; j0 < n_keys; j0 += kKeyTile) {
       const int nt = std::min(n_keys, j0 + kKeyTile) - j0;
       const float *k_rows[kKeyTile], *v_rows[kKeyTile];
@@ -215,35 +262,35 @@ void BackwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const 
         const int h = kvh * G + hh;
         const __m256 vslope = _mm256_set1_ps(dims.alibi ? AlibiSlope(h, H) : 0.f);
         // Only queries at or after the tile's first key see any of it.
-        for (int i = std::max(0, j0 - offset); i < q_len; ++i) {
-          const long r = q0 + i;
-          const float* qi = q + r * q_stride + h * D;
-          const float* doi = dout + r * o_stride + h * D;
-          const float delta = Dot<kD>(doi, out + r * o_stride + h * D, D);
-          const __m256 vlse = _mm256_set1_ps(lse[r * H + h]), vdelta = _mm256_set1_ps(delta);
-          const int pos = offset + i, n = std::min(nt, pos - j0 + 1);
-          // s = q·K^T (the forward's scores, bit for bit) and dp = do·V^T, along the keys.
-          float dp[kKeyTile];
-          Scores<kD>(qi, kt, D, n, p);
-          Scores<kD>(doi, vt, D, n, dp);
-          // 8 keys at a time over the padded width: p and ds are 0 past n, so
-          // the tile columns of keys this row does not see get zeros added.
-          const int padded = (n + 7) & ~7;
-          for (int j = 0; j < padded; j += 8) {
-            const __m256 pj = Exp8(_mm256_sub_ps(MaskedLogits8(p, j, static_cast<float>(j0 + j - pos), n, vscale, vslope), vlse));
-            _mm256_storeu_ps(p + j, pj);
-            _mm256_storeu_ps(ds + j, _mm256_mul_ps(_mm256_mul_ps(pj, _mm256_sub_ps(_mm256_loadu_ps(dp + j), vdelta)), vscale));
-          }
-          for (int d = 0; d < (kD ? kD : D); ++d) {
-            const __m256 qd = _mm256_set1_ps(qi[d]), dod = _mm256_set1_ps(doi[d]);
-            float* dktd = dkt + d * kKeyTile;
-            float* dvtd = dvt + d * kKeyTile;
+        for (int i0 = std::max(0, j0 - offset); i0 < q_len; i0 += kQueryBlock) {
+          const int nq = std::min(kQueryBlock, q_len - i0);
+          const float *q_rows[kQueryBlock], *do_rows[kQueryBlock];
+          for (int r = 0; r < nq; ++r) {
+            const long row = q0 + i0 + r;
+            const float* qi = q_rows[r] = q + row * q_stride + h * D;
+            const float* doi = do_rows[r] = dout + row * o_stride + h * D;
+            const float delta = Dot<kD>(doi, out + row * o_stride + h * D, D);
+            const __m256 vlse = _mm256_set1_ps(lse[row * H + h]), vdelta = _mm256_set1_ps(delta);
+            const int pos = offset + i0 + r, n = std::min(nt, pos - j0 + 1);
+            // s = q·K^T (the forward's scores, bit for bit) and dp = do·V^T, along the keys.
+            float* p = p_blk + r * kKeyTile;
+            float* ds = ds_blk + r * kKeyTile;
+            float dp[kKeyTile];
+            Scores<kD>(qi, kt, D, n, p);
+            Scores<kD>(doi, vt, D, n, dp);
+            // 8 keys at a time over the padded width: p and ds are 0 past n, so
+            // the tile columns of keys this row does not see get zeros added.
+            const int padded = (n + 7) & ~7;
             for (int j = 0; j < padded; j += 8) {
-              _mm256_storeu_ps(dktd + j, _mm256_fmadd_ps(_mm256_loadu_ps(ds + j), qd, _mm256_loadu_ps(dktd + j)));
-              _mm256_storeu_ps(dvtd + j, _mm256_fmadd_ps(_mm256_loadu_ps(p + j), dod, _mm256_loadu_ps(dvtd + j)));
+              const __m256 pj = Exp8(_mm256_sub_ps(MaskedLogits8(p, j, static_cast<float>(j0 + j - pos), n, vscale, vslope), vlse));
+              _mm256_storeu_ps(p + j, pj);
+              _mm256_storeu_ps(ds + j, _mm256_mul_ps(_mm256_mul_ps(pj, _mm256_sub_ps(_mm256_loadu_ps(dp + j), vdelta)), vscale));
             }
+            AccumulateRows<kD>(ds, k_rows, n, D, dq + row * dqkv_stride + h * D);
           }
-          AccumulateRows<kD>(ds, k_rows, n, D, dq + r * dqkv_stride + h * D);
+          // Row r sees the chunk of keys j..j+7 once its position reaches j0 + j.
+          for (int j = 0; j < nt; j += 8)
+            RankUpdateChunk<kD>(q_rows, ds_blk, do_rows, p_blk, std::max(0, j0 + j - offset - i0), nq, j, D, dkt, dvt);
         }
       }
       AddTileToRows(dkt, nt, D, dk_rows);
