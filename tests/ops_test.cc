@@ -38,19 +38,49 @@ double Dot(const std::vector<float>& a, const std::vector<float>& b) {
   return s;
 }
 
+// y = x·w^T + b in double.
+std::vector<double> ReferenceLinear(const std::vector<float>& x, const std::vector<float>& w, const float* b, int T, int in,
+                                    int out) {
+  std::vector<double> y(static_cast<size_t>(T) * out);
+  for (int t = 0; t < T; ++t)
+    for (int o = 0; o < out; ++o) {
+      double s = b ? b[o] : 0.0;
+      for (int i = 0; i < in; ++i) s += static_cast<double>(x[t * in + i]) * w[o * in + i];
+      y[static_cast<size_t>(t) * out + o] = s;
+    }
+  return y;
+}
+
 TEST(Linear, ForwardMatchesReference) {
   for (auto [T, in, out] : {std::tuple{1, 7, 5}, {7, 129, 33}, {129, 64, 200}}) {
     auto x = RandomVector(T * in, 1), w = RandomVector(out * in, 2), b = RandomVector(out, 3);
     std::vector<float> y(T * out, NAN);
     cpu::LinearForward(x.data(), w.data(), b.data(), y.data(), T, in, out);
-    std::vector<double> ref(T * out);
+    EXPECT_LT(RelError(y, ReferenceLinear(x, w, b.data(), T, in, out)), 1e-5);
+  }
+}
+
+// dx, dw and db of larger shapes than finite differences can afford: several
+// row blocks and panels, narrow panels on both sides (in and out not multiples of 16).
+TEST(Linear, BackwardMatchesReference) {
+  for (auto [T, in, out] : {std::tuple{67, 128, 48}, {130, 40, 129}, {9, 17, 300}}) {
+    auto x = RandomVector(T * in, 1), w = RandomVector(out * in, 2), dy = RandomVector(T * out, 3);
+    std::vector<float> dx(T * in, NAN), dw = RandomVector(out * in, 4), db = RandomVector(out, 5);
+    const std::vector<float> dw0 = dw, db0 = db;  // accumulated into
+    cpu::LinearBackward(dy.data(), x.data(), w.data(), dx.data(), dw.data(), db.data(), T, in, out);
+    std::vector<double> ref_dx(T * in, 0.0), ref_dw(dw0.begin(), dw0.end()), ref_db(db0.begin(), db0.end());
     for (int t = 0; t < T; ++t)
       for (int o = 0; o < out; ++o) {
-        double s = b[o];
-        for (int i = 0; i < in; ++i) s += static_cast<double>(x[t * in + i]) * w[o * in + i];
-        ref[t * out + o] = s;
+        const double g = dy[t * out + o];
+        ref_db[o] += g;
+        for (int i = 0; i < in; ++i) {
+          ref_dx[t * in + i] += g * w[o * in + i];
+          ref_dw[o * in + i] += g * x[t * in + i];
+        }
       }
-    EXPECT_LT(RelError(y, ref), 1e-5);
+    EXPECT_LT(RelError(dx, ref_dx), 1e-5) << T << "x" << in << "->" << out;
+    EXPECT_LT(RelError(dw, ref_dw), 1e-5) << T << "x" << in << "->" << out;
+    EXPECT_LT(RelError(db, ref_db), 1e-5) << T << "x" << in << "->" << out;
   }
 }
 
@@ -200,11 +230,10 @@ TEST(Linear, RowInvariantKernelIsBatchInvariant) {
   for (auto [in, out] : {std::pair{128, 1024}, {512, 128}, {13, 7}, {129, 33}, {64, 200}}) {
     const int T = 67;
     auto x = RandomVector(T * in, 1), w = RandomVector(out * in, 2), b = RandomVector(out, 3);
-    std::vector<float> packed(out * in), all(T * out, NAN), ref(T * out);
+    std::vector<float> packed(out * in), all(T * out, NAN);
     cpu::PackLinearWeight(w.data(), packed.data(), in, out);
     cpu::LinearForwardRowInvariant(x.data(), packed.data(), b.data(), all.data(), T, in, out);
-    cpu::LinearForward(x.data(), w.data(), b.data(), ref.data(), T, in, out);
-    EXPECT_LT(RelError(all, ref), 1e-5) << in << "->" << out;
+    EXPECT_LT(RelError(all, ReferenceLinear(x, w, b.data(), T, in, out)), 1e-5) << in << "->" << out;
     for (int t0 : {0, 5, 60, 66})
       for (int M : {1, 2, 3, 4, 5, 6, 7}) {
         if (t0 + M > T) continue;
@@ -213,10 +242,9 @@ TEST(Linear, RowInvariantKernelIsBatchInvariant) {
         for (int i = 0; i < M * out; ++i) ASSERT_EQ(part[i], all[t0 * out + i]) << "rows " << t0 << "+" << M;
       }
     // Without a bias: the same products.
-    std::vector<float> nobias(T * out, NAN), ref_nobias(T * out);
+    std::vector<float> nobias(T * out, NAN);
     cpu::LinearForwardRowInvariant(x.data(), packed.data(), nullptr, nobias.data(), T, in, out);
-    cpu::LinearForward(x.data(), w.data(), nullptr, ref_nobias.data(), T, in, out);
-    EXPECT_LT(RelError(nobias, ref_nobias), 1e-5) << in << "->" << out << " no bias";
+    EXPECT_LT(RelError(nobias, ReferenceLinear(x, w, nullptr, T, in, out)), 1e-5) << in << "->" << out << " no bias";
   }
 }
 

@@ -1,5 +1,6 @@
-// Row-wise and GEMM ops of the CPU backend. GEMMs go through OpenBLAS; the
-// row loops are threaded with OpenMP.
+// Row-wise and GEMM ops of the CPU backend. Weight-gradient GEMMs go through
+// OpenBLAS, the others through linear_rows.cc's packed kernel; the row loops
+// are threaded with OpenMP.
 #include <cblas.h>
 #include <omp.h>
 
@@ -39,24 +40,30 @@ void ParallelSlices(int n, long work, Fn fn) {
 
 }  // namespace
 
+// The products with the weight on the right (y = x·w^T and dx = dy·w) go
+// through linear_rows.cc's kernel with the weight packed per call: it reads
+// x in place, where OpenBLAS would copy it into its own panels first, and it
+// adds the bias on the way out (10-20% faster than cblas_sgemm on the seed's
+// training shapes in isolation, packing included; a one-thread training step
+// 7% faster). dw = dy^T·x, a reduction
+// over the rows, stays with OpenBLAS.
 void LinearForward(const float* x, const float* w, const float* b, float* y, int T, int in, int out) {
-  (void)kBlasSingleThreaded;
   if (T == 0) return;
-  ParallelSlices(T, static_cast<long>(T) * in * out, [&](int t0, int t1) {
-    if (b)
-      for (int t = t0; t < t1; ++t) std::memcpy(y + static_cast<long>(t) * out, b, sizeof(float) * out);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t1 - t0, out, in, 1.0f, x + static_cast<long>(t0) * in, in, w, in,
-                b ? 1.0f : 0.0f, y + static_cast<long>(t0) * out, out);
-  });
+  static thread_local std::vector<float> packed;
+  packed.resize(static_cast<size_t>(out) * in);
+  PackLinearWeight(w, packed.data(), in, out);
+  LinearForwardRowInvariant(x, packed.data(), b, y, T, in, out);
 }
 
 void LinearBackward(const float* dy, const float* x, const float* w, float* dx, float* dw, float* db, int T, int in, int out) {
+  (void)kBlasSingleThreaded;
   if (T == 0) return;
-  if (dx)
-    ParallelSlices(T, static_cast<long>(T) * in * out, [&](int t0, int t1) {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, t1 - t0, in, out, 1.0f, dy + static_cast<long>(t0) * out, out, w,
-                  in, 0.0f, dx + static_cast<long>(t0) * in, in);
-    });
+  if (dx) {
+    static thread_local std::vector<float> packed;
+    packed.resize(static_cast<size_t>(out) * in);
+    PackLinearWeightTransposed(w, packed.data(), in, out);
+    LinearForwardRowInvariant(dy, packed.data(), nullptr, dx, T, out, in);
+  }
   static thread_local std::vector<float> ones;
   if (static_cast<int>(ones.size()) < T) ones.assign(T, 1.0f);
   const float* one = ones.data();

@@ -2,7 +2,8 @@
 // the call. OpenBLAS' sgemm picks different kernels and blockings for
 // different M, so the same token's logits would change with the batch it was
 // scheduled in; a server must give a request the same output alone or among
-// 64 others, so inference linears go through this kernel instead.
+// 64 others, so inference linears go through this kernel instead. Training
+// uses it too (dense_ops.cc), for speed: it reads x in place.
 //
 // Each output y[t, o] is one FMA chain over k = 0..in-1 in order, starting
 // from zero, then + bias. Every tile shape below performs exactly that chain
@@ -98,14 +99,26 @@ void Block(const float* x, const float* w, const float* b, float* y, int t0, int
 
 }  // namespace
 
-void PackLinearWeight(const float* w, float* packed, int in, int out) {
-  for (int o0 = 0; o0 < out; o0 += kPanel) {
-    const int width = std::min(kPanel, out - o0);
+namespace {
+
+// packed panel layout (see the top of the file) of a weight whose element
+// (o, k) — output o, input k — is at w[o·o_stride + k·k_stride].
+void Pack(const float* w, long o_stride, long k_stride, float* packed, int in, int out) {
+  const int panels = (out + kPanel - 1) / kPanel;
+#pragma omp parallel for schedule(static) if (static_cast<long>(in) * out >= kMinParallelWork * 4)
+  for (int p = 0; p < panels; ++p) {
+    const int o0 = p * kPanel, width = std::min(kPanel, out - o0);
     float* panel = packed + static_cast<long>(o0) * in;
     for (int k = 0; k < in; ++k)
-      for (int j = 0; j < width; ++j) panel[static_cast<long>(k) * width + j] = w[static_cast<long>(o0 + j) * in + k];
+      for (int j = 0; j < width; ++j) panel[static_cast<long>(k) * width + j] = w[(o0 + j) * o_stride + k * k_stride];
   }
 }
+
+}  // namespace
+
+void PackLinearWeight(const float* w, float* packed, int in, int out) { Pack(w, in, 1, packed, in, out); }
+
+void PackLinearWeightTransposed(const float* w, float* packed, int in, int out) { Pack(w, 1, in, packed, out, in); }
 
 void LinearForwardRowInvariant(const float* x, const float* w, const float* b, float* y, int T, int in, int out) {
   const int full = out / kPanel, narrow = out % kPanel;

@@ -14,11 +14,14 @@ namespace tinygpt::cpu {
 
 // y[T,out] = x[T,in] · w[out,in]^T + b   (b may be null)
 void LinearForward(const float* x, const float* w, const float* b, float* y, int T, int in, int out);
-// The same product with each row's result independent of T (see
-// linear_rows.cc); inference uses it so batching never changes outputs. It
+// The same product from a weight packed once (inference packs at upload): it
 // reads the weight as PackLinearWeight wrote it (out·in floats, panels of 16
-// outputs stored k-major), not in nn.Linear's layout.
+// outputs stored k-major), not in nn.Linear's layout. Each row's result is
+// independent of T (see linear_rows.cc), so batching never changes outputs.
 void PackLinearWeight(const float* w, float* packed, int in, int out);
+// The same layout for w^T, the weight of the linear map from `out` features
+// back to `in` (LinearBackward's dx = dy·w).
+void PackLinearWeightTransposed(const float* w, float* packed, int in, int out);
 void LinearForwardRowInvariant(const float* x, const float* w_packed, const float* b, float* y, int T, int in, int out);
 // dx = dy·w, dw += dy^T·x, db += Σ_rows dy   (dx, db may be null)
 void LinearBackward(const float* dy, const float* x, const float* w, float* dx, float* dw, float* db, int T, int in, int out);
