@@ -45,8 +45,7 @@ void ParallelSlices(int n, long work, Fn fn) {
 // x in place, where OpenBLAS would copy it into its own panels first, and it
 // adds the bias on the way out (10-20% faster than cblas_sgemm on the seed's
 // training shapes in isolation, packing included; a one-thread training step
-// 7% faster). dw = dy^T·x, a reduction
-// over the rows, stays with OpenBLAS.
+// 7% faster). dw = dy^T·x, a reduction over the rows, stays with OpenBLAS.
 void LinearForward(const float* x, const float* w, const float* b, float* y, int T, int in, int out) {
   if (T == 0) return;
   static thread_local std::vector<float> packed;
