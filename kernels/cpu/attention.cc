@@ -77,13 +77,58 @@ long AttentionWork(const AttentionDims& dims, const AttentionBatch& batch) {
   return pairs * dims.n_heads * 2 * dims.head_dim;
 }
 
+// Query rows per register tile (forward and backward): two rows share each
+// key and value load where their accumulators fit in registers (head dims up
+// to 16).
+template <int kD>
+constexpr int kRowsPerTile = kD > 0 && kD <= 16 ? 2 : 1;
+
+// Online-softmax update of R consecutive query rows with one key tile: the
+// rows' scores over the keys the last of them sees (earlier rows see those
+// keys masked to -inf, which add exact zeros), then per row the logits, the
+// new running max, p = exp(s - max) and the rescaled accumulator, then P·V.
+// pos[i]: the last key row i sees; kt: the tile's K^T; sc: R·kKeyTile scratch.
+template <int kD, int R>
+inline void ForwardRows(const float* const* q_rows, const int* pos, int j0, int nt, const float* kt,
+                        const float* const* v_rows, int D, __m256 vscale, __m256 vslope, float* sc, float* const* acc,
+                        float* m, float* l) {
+  int n[R];
+  for (int i = 0; i < R; ++i) n[i] = std::min(nt, pos[i] - j0 + 1);
+  const int n_max = n[R - 1], padded = (n_max + 7) & ~7;
+  Scores<kD, R>(q_rows, kt, D, n_max, sc);
+  for (int i = 0; i < R; ++i) {
+    float* si = sc + i * kKeyTile;
+    // Logits and the tile's max, 8 keys at a time.
+    __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int j = 0; j < padded; j += 8) {
+      const __m256 x = MaskedLogits8(si, j, static_cast<float>(j0 + j - pos[i]), n[i], vscale, vslope);
+      _mm256_storeu_ps(si + j, x);
+      vmax = _mm256_max_ps(vmax, x);
+    }
+    const float m_new = std::max(m[i], HorizontalMax(vmax)), correction = std::exp(m[i] - m_new);
+    // p = exp(s - m_new) (0 past n), and its sum in a fixed lane order.
+    __m256 vsum = _mm256_setzero_ps();
+    for (int j = 0; j < padded; j += 8) {
+      const __m256 p = Exp8(_mm256_sub_ps(_mm256_loadu_ps(si + j), _mm256_set1_ps(m_new)));
+      _mm256_storeu_ps(si + j, p);
+      vsum = _mm256_add_ps(vsum, p);
+    }
+    l[i] = l[i] * correction + HorizontalSum(vsum);
+    for (int d = 0; d < D; ++d) acc[i][d] *= correction;
+    m[i] = m_new;
+  }
+  AccumulateRows<kD, R>(sc, v_rows, n_max, D, acc);
+}
+
 // A task is one (sequence, KV head). Its queries go in blocks of kQueryBlock
 // rows; each key tile is transposed once per block and head and serves every
 // row of the block, each row keeping its own online-softmax state (m, l, acc).
+// A row's arithmetic does not depend on the block or tile it shares, so a
+// prompt's outputs are the same bits however it is split into chunks.
 template <int kD, class Rows>
 void ForwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const float* q, long q_stride, const Rows& rows,
                  float* out, long o_stride, float* lse) {
-  constexpr int kQueryBlock = 64;
+  constexpr int kQueryBlock = 64, R = kRowsPerTile<kD>;
   const int D = dims.head_dim, G = dims.group(), H = dims.n_heads;
   const float scale = dims.scale();
   const __m256 vscale = _mm256_set1_ps(scale);
@@ -100,7 +145,7 @@ void ForwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const f
     float* m = acc + kQueryBlock * D;         // running max per row
     float* l = m + kQueryBlock;               // running sum per row
     const float *k_rows[kKeyTile], *v_rows[kKeyTile];
-    float sc[kKeyTile];
+    float sc[R * kKeyTile];
     for (int hh = 0; hh < G; ++hh) {
       const int h = kvh * G + hh;
       const float slope = dims.alibi ? AlibiSlope(h, H) : 0.f;
@@ -117,31 +162,22 @@ void ForwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const f
             v_rows[j - j0] = vj;
           });
           RowsToTile(k_rows, nt, D, kt);
-          // Rows before the tile's first key see none of it.
-          for (int r = std::max(0, j0 - offset - i0); r < nq; ++r) {
-            const int pos = offset + i0 + r, n = std::min(nt, pos - j0 + 1);  // pos: the last key row r sees
-            Scores<kD>(q + (q0 + i0 + r) * q_stride + h * D, kt, D, n, sc);
-            // Logits and the tile's max, 8 keys at a time.
-            const int padded = (n + 7) & ~7;
-            __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-            for (int j = 0; j < padded; j += 8) {
-              const __m256 x = MaskedLogits8(sc, j, static_cast<float>(j0 + j - pos), n, vscale, vslope);
-              _mm256_storeu_ps(sc + j, x);
-              vmax = _mm256_max_ps(vmax, x);
+          // Rows before the tile's first key see none of it; the rest go R at a time.
+          for (int r = std::max(0, j0 - offset - i0); r < nq;) {
+            const float* q_rows[R];
+            float* acc_rows[R];
+            int pos[R];
+            const int rows_here = r + R <= nq ? R : 1;
+            for (int i = 0; i < rows_here; ++i) {
+              q_rows[i] = q + (q0 + i0 + r + i) * q_stride + h * D;
+              acc_rows[i] = acc + (r + i) * D;
+              pos[i] = offset + i0 + r + i;
             }
-            const float m_new = std::max(m[r], HorizontalMax(vmax)), correction = std::exp(m[r] - m_new);
-            // p = exp(s - m_new) (0 past n), and its sum in a fixed lane order.
-            __m256 vsum = _mm256_setzero_ps();
-            for (int j = 0; j < padded; j += 8) {
-              const __m256 p = Exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + j), _mm256_set1_ps(m_new)));
-              _mm256_storeu_ps(sc + j, p);
-              vsum = _mm256_add_ps(vsum, p);
-            }
-            float* ar = acc + r * D;
-            l[r] = l[r] * correction + HorizontalSum(vsum);
-            for (int d = 0; d < D; ++d) ar[d] *= correction;
-            AccumulateRows<kD>(sc, v_rows, n, D, ar);
-            m[r] = m_new;
+            if (rows_here == R)
+              ForwardRows<kD, R>(q_rows, pos, j0, nt, kt, v_rows, D, vscale, vslope, sc, acc_rows, m + r, l + r);
+            else
+              ForwardRows<kD, 1>(q_rows, pos, j0, nt, kt, v_rows, D, vscale, vslope, sc, acc_rows, m + r, l + r);
+            r += rows_here;
           }
         }
         for (int r = 0; r < nq; ++r) {
@@ -214,6 +250,62 @@ inline void RankUpdateChunk(const float* const* q_rows, const float* ds, const f
   }
 }
 
+// What the backward's query rows of one head need while a key tile is loaded.
+struct BackwardTile {
+  int j0, nt, D;                 // the tile's first key, its key count; head dim
+  const float *kt, *vt;          // K^T and V^T of the tile, [D][kKeyTile]
+  const float* const* k_rows;    // its key rows, for dQ
+  const float *q, *out, *dout, *lse;
+  long q_stride, o_stride;
+  int h, H;                      // this query head, and the head count (lse rows)
+  float* dq;
+  long dq_stride;
+  __m256 vscale, vslope;
+};
+
+// R consecutive query rows (packed rows row0.., positions pos0.., so each sees
+// keys up to its position) against one key tile: recomputes their
+// probabilities P from the saved log-sum-exp and their score gradients
+// dS = P·(dP - delta)·scale into p/ds (rows kKeyTile apart; 0 past each
+// row's last key, to a whole 8-key chunk), and adds dS·K to their dQ rows.
+// The rows' scores and dP come from one pass over K^T and V^T for the R rows.
+// Their q and dO row pointers are written to q_rows/do_rows for the tile's
+// dK/dV update.
+template <int kD, int R>
+inline void BackwardRows(const BackwardTile& t, long row0, int pos0, float* p, float* ds, const float** q_rows,
+                         const float** do_rows) {
+  const int D = t.D;
+  int n[R];
+  float* dq_rows[R];
+  for (int i = 0; i < R; ++i) {
+    q_rows[i] = t.q + (row0 + i) * t.q_stride + t.h * D;
+    do_rows[i] = t.dout + (row0 + i) * t.o_stride + t.h * D;
+    dq_rows[i] = t.dq + (row0 + i) * t.dq_stride + t.h * D;
+    n[i] = std::min(t.nt, pos0 + i - t.j0 + 1);
+  }
+  const int n_max = n[R - 1], padded = (n_max + 7) & ~7;
+  float dp[R * kKeyTile];
+  // s = q·K^T (the forward's scores, bit for bit) and dp = do·V^T, along the keys.
+  Scores<kD, R>(q_rows, t.kt, D, n_max, p);
+  Scores<kD, R>(do_rows, t.vt, D, n_max, dp);
+  for (int i = 0; i < R; ++i) {
+    const long row = row0 + i;
+    const float delta = Dot<kD>(do_rows[i], t.out + row * t.o_stride + t.h * D, D);
+    const __m256 vlse = _mm256_set1_ps(t.lse[row * t.H + t.h]), vdelta = _mm256_set1_ps(delta);
+    float *pi = p + i * kKeyTile, *dsi = ds + i * kKeyTile;
+    const float* dpi = dp + i * kKeyTile;
+    // 8 keys at a time over the padded width: p and ds are 0 past n, so
+    // the tile columns of keys this row does not see get zeros added.
+    for (int j = 0; j < padded; j += 8) {
+      const __m256 logits = MaskedLogits8(pi, j, static_cast<float>(t.j0 + j - pos0 - i), n[i], t.vscale, t.vslope);
+      const __m256 pj = Exp8(_mm256_sub_ps(logits, vlse));
+      _mm256_storeu_ps(pi + j, pj);
+      _mm256_storeu_ps(dsi + j, _mm256_mul_ps(_mm256_mul_ps(pj, _mm256_sub_ps(_mm256_loadu_ps(dpi + j), vdelta)), t.vscale));
+    }
+  }
+  AccumulateRows<kD, R>(ds, t.k_rows, n_max, D, dq_rows);
+}
+
 template <int kD>
 void BackwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const float* q, long q_stride,
                   const PackedKv& kv, const float* out, long o_stride, const float* dout, const float* lse,
@@ -226,8 +318,8 @@ void BackwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const 
   // Queries go in blocks of kQueryBlock rows: each row's probabilities P and
   // score gradients dS over the tile are kept, then the block updates the
   // tile's dK^T and dV^T at once (RankUpdateChunk); dQ, a sum over keys,
-  // accumulates key rows along the head dimension row by row.
-  constexpr int kQueryBlock = 32;
+  // accumulates key rows along the head dimension (BackwardRows).
+  constexpr int kQueryBlock = 32, R = kRowsPerTile<kD>;
   const int D = dims.head_dim, G = dims.group(), H = dims.n_heads;
   const __m256 vscale = _mm256_set1_ps(dims.scale());
   const PackedRows rows{kv, D};
@@ -260,33 +352,20 @@ void BackwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const 
       std::fill(dkt, dkt + 2 * D * kKeyTile, 0.f);
       for (int hh = 0; hh < G; ++hh) {
         const int h = kvh * G + hh;
-        const __m256 vslope = _mm256_set1_ps(dims.alibi ? AlibiSlope(h, H) : 0.f);
+        const BackwardTile tile{j0, nt, D, kt, vt, k_rows, q, out, dout, lse, q_stride, o_stride, h, H, dq, dqkv_stride,
+                                vscale, _mm256_set1_ps(dims.alibi ? AlibiSlope(h, H) : 0.f)};
         // Only queries at or after the tile's first key see any of it.
         for (int i0 = std::max(0, j0 - offset); i0 < q_len; i0 += kQueryBlock) {
           const int nq = std::min(kQueryBlock, q_len - i0);
           const float *q_rows[kQueryBlock], *do_rows[kQueryBlock];
-          for (int r = 0; r < nq; ++r) {
-            const long row = q0 + i0 + r;
-            const float* qi = q_rows[r] = q + row * q_stride + h * D;
-            const float* doi = do_rows[r] = dout + row * o_stride + h * D;
-            const float delta = Dot<kD>(doi, out + row * o_stride + h * D, D);
-            const __m256 vlse = _mm256_set1_ps(lse[row * H + h]), vdelta = _mm256_set1_ps(delta);
-            const int pos = offset + i0 + r, n = std::min(nt, pos - j0 + 1);
-            // s = q·K^T (the forward's scores, bit for bit) and dp = do·V^T, along the keys.
-            float* p = p_blk + r * kKeyTile;
-            float* ds = ds_blk + r * kKeyTile;
-            float dp[kKeyTile];
-            Scores<kD>(qi, kt, D, n, p);
-            Scores<kD>(doi, vt, D, n, dp);
-            // 8 keys at a time over the padded width: p and ds are 0 past n, so
-            // the tile columns of keys this row does not see get zeros added.
-            const int padded = (n + 7) & ~7;
-            for (int j = 0; j < padded; j += 8) {
-              const __m256 pj = Exp8(_mm256_sub_ps(MaskedLogits8(p, j, static_cast<float>(j0 + j - pos), n, vscale, vslope), vlse));
-              _mm256_storeu_ps(p + j, pj);
-              _mm256_storeu_ps(ds + j, _mm256_mul_ps(_mm256_mul_ps(pj, _mm256_sub_ps(_mm256_loadu_ps(dp + j), vdelta)), vscale));
-            }
-            AccumulateRows<kD>(ds, k_rows, n, D, dq + row * dqkv_stride + h * D);
+          for (int r = 0; r < nq;) {
+            const int rows_here = r + R <= nq ? R : 1;
+            float *p = p_blk + r * kKeyTile, *ds = ds_blk + r * kKeyTile;
+            if (rows_here == R)
+              BackwardRows<kD, R>(tile, q0 + i0 + r, offset + i0 + r, p, ds, q_rows + r, do_rows + r);
+            else
+              BackwardRows<kD, 1>(tile, q0 + i0 + r, offset + i0 + r, p, ds, q_rows + r, do_rows + r);
+            r += rows_here;
           }
           // Row r sees the chunk of keys j..j+7 once its position reaches j0 + j.
           for (int j = 0; j < nt; j += 8)

@@ -107,67 +107,91 @@ inline void AddTileToRows(const float* tile, int n, int D, float* const* rows) {
     for (int d = 0; d < D; ++d) rows[j][d] += tile[d * kKeyTile + j];
 }
 
-// y[d] += Σ_j w[j] · rows[j][d] for j < n, vectors along d (the forward's
-// P·V and the backward's dQ = dS·K, from key/value rows, with no per-d
-// horizontal sum and the accumulators in registers). Chunks of up to
-// 64 dims stay in registers; D <= 32 splits even and odd keys over two sets
-// of accumulators to keep enough FMA chains in flight.
-template <int kD>
-inline void AccumulateRows(const float* w, const float* const* rows, int n, int D, float* y) {
+// y_r[d] += Σ_j w_r[j] · rows[j][d] for j < n, for R rows at once (w rows
+// kKeyTile floats apart): the forward's P·V and the backward's dQ = dS·K,
+// from key/value rows, vectors along d, accumulators in registers and each
+// key row loaded once for the R rows. Chunks of up to 64 dims stay in
+// registers; D <= 32 splits even and odd keys over two sets of accumulators
+// to keep enough FMA chains in flight. A row's arithmetic is the same for
+// any R (key j always goes to set j % 2), so grouping never shows in its bits.
+template <int kD, int R>
+inline void AccumulateRows(const float* w, const float* const* rows, int n, int D, float* const* y) {
   if constexpr (kD > 0 && kD % 8 == 0) {
     constexpr int kChunk = kD < 64 ? kD : 64, kVecs = kChunk / 8, kSets = kD <= 32 ? 2 : 1;
     for (int d0 = 0; d0 < kD; d0 += kChunk) {
-      __m256 a[kSets][kVecs];
-      for (int t = 0; t < kSets; ++t)
-        for (int c = 0; c < kVecs; ++c) a[t][c] = _mm256_setzero_ps();
+      __m256 a[R][kSets][kVecs];
+      for (int r = 0; r < R; ++r)
+        for (int t = 0; t < kSets; ++t)
+          for (int c = 0; c < kVecs; ++c) a[r][t][c] = _mm256_setzero_ps();
       int j = 0;
       for (; j + kSets <= n; j += kSets)
         for (int t = 0; t < kSets; ++t) {
-          const __m256 wj = _mm256_set1_ps(w[j + t]);
-          for (int c = 0; c < kVecs; ++c) a[t][c] = _mm256_fmadd_ps(wj, _mm256_loadu_ps(rows[j + t] + d0 + 8 * c), a[t][c]);
+          __m256 v[kVecs];
+          for (int c = 0; c < kVecs; ++c) v[c] = _mm256_loadu_ps(rows[j + t] + d0 + 8 * c);
+          for (int r = 0; r < R; ++r) {
+            const __m256 wj = _mm256_set1_ps(w[r * kKeyTile + j + t]);
+            for (int c = 0; c < kVecs; ++c) a[r][t][c] = _mm256_fmadd_ps(wj, v[c], a[r][t][c]);
+          }
         }
-      for (; j < n; ++j) {
-        const __m256 wj = _mm256_set1_ps(w[j]);
-        for (int c = 0; c < kVecs; ++c) a[0][c] = _mm256_fmadd_ps(wj, _mm256_loadu_ps(rows[j] + d0 + 8 * c), a[0][c]);
-      }
-      for (int c = 0; c < kVecs; ++c) {
-        __m256 sum = a[0][c];
-        if constexpr (kSets == 2) sum = _mm256_add_ps(sum, a[1][c]);
-        _mm256_storeu_ps(y + d0 + 8 * c, _mm256_add_ps(_mm256_loadu_ps(y + d0 + 8 * c), sum));
-      }
+      for (; j < n; ++j)
+        for (int r = 0; r < R; ++r) {
+          const __m256 wj = _mm256_set1_ps(w[r * kKeyTile + j]);
+          for (int c = 0; c < kVecs; ++c) a[r][0][c] = _mm256_fmadd_ps(wj, _mm256_loadu_ps(rows[j] + d0 + 8 * c), a[r][0][c]);
+        }
+      for (int r = 0; r < R; ++r)
+        for (int c = 0; c < kVecs; ++c) {
+          __m256 sum = a[r][0][c];
+          if constexpr (kSets == 2) sum = _mm256_add_ps(sum, a[r][1][c]);
+          _mm256_storeu_ps(y[r] + d0 + 8 * c, _mm256_add_ps(_mm256_loadu_ps(y[r] + d0 + 8 * c), sum));
+        }
     }
   } else {
-    for (int j = 0; j < n; ++j) Axpy<kD>(w[j], rows[j], y, D);
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < n; ++j) Axpy<kD>(w[r * kKeyTile + j], rows[j], y[r], D);
   }
 }
 
-// s[j] = q · K^T[:, j] for 8-key chunks of a transposed key tile (kt is
-// [D][kKeyTile]): vectors run along the keys, so no horizontal sums. Each
-// key's score is one FMA chain over d in order, whatever the chunk count, so
-// a query's scores never depend on how many keys its tile holds.
-template <int kD, int kChunks>
-inline void ScoresChunks(const float* q, const float* kt, int D, float* s) {
-  __m256 a[kChunks];
-  for (int c = 0; c < kChunks; ++c) a[c] = _mm256_setzero_ps();
+// s_r[j] = q_r · K^T[:, j] for R query rows and kChunks 8-key chunks of a
+// transposed key tile (kt is [D][kKeyTile]; s rows kKeyTile apart): vectors
+// run along the keys, so no horizontal sums, and each kt vector loaded serves
+// the R rows. Each key's score is one FMA chain over d in order, whatever the
+// row or chunk count, so a query's scores never depend on how many keys its
+// tile holds or which rows it was grouped with.
+template <int kD, int R, int kChunks>
+inline void ScoresBlock(const float* const* q, const float* kt, int D, float* s) {
+  __m256 a[R][kChunks];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < kChunks; ++c) a[r][c] = _mm256_setzero_ps();
   for (int d = 0; d < (kD ? kD : D); ++d) {
-    const __m256 qd = _mm256_set1_ps(q[d]);
-    for (int c = 0; c < kChunks; ++c) a[c] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kt + d * kKeyTile + 8 * c), a[c]);
+    __m256 k[kChunks];
+    for (int c = 0; c < kChunks; ++c) k[c] = _mm256_loadu_ps(kt + d * kKeyTile + 8 * c);
+    for (int r = 0; r < R; ++r) {
+      const __m256 qd = _mm256_set1_ps(q[r][d]);
+      for (int c = 0; c < kChunks; ++c) a[r][c] = _mm256_fmadd_ps(qd, k[c], a[r][c]);
+    }
   }
-  for (int c = 0; c < kChunks; ++c) _mm256_storeu_ps(s + 8 * c, a[c]);
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < kChunks; ++c) _mm256_storeu_ps(s + r * kKeyTile + 8 * c, a[r][c]);
 }
 
-template <int kD>
-inline void Scores(const float* q, const float* kt, int D, int n, float* s) {
-  static_assert(kKeyTile == 64, "one case per 8-key chunk");
-  switch ((n + 7) / 8) {
-    case 1: return ScoresChunks<kD, 1>(q, kt, D, s);
-    case 2: return ScoresChunks<kD, 2>(q, kt, D, s);
-    case 3: return ScoresChunks<kD, 3>(q, kt, D, s);
-    case 4: return ScoresChunks<kD, 4>(q, kt, D, s);
-    case 5: return ScoresChunks<kD, 5>(q, kt, D, s);
-    case 6: return ScoresChunks<kD, 6>(q, kt, D, s);
-    case 7: return ScoresChunks<kD, 7>(q, kt, D, s);
-    default: return ScoresChunks<kD, 8>(q, kt, D, s);
+// Scores of R rows over the first n keys of the tile (rounded up to whole
+// 8-key chunks), in blocks of up to 8 / R chunks (eight accumulators).
+template <int kD, int R>
+inline void Scores(const float* const* q, const float* kt, int D, int n, float* s) {
+  static_assert(kKeyTile == 64 && (R == 1 || R == 2), "chunk blocks sized for one or two rows");
+  constexpr int kBlock = 8 / R;
+  const int chunks = (n + 7) / 8;
+  int c = 0;
+  for (; c + kBlock <= chunks; c += kBlock) ScoresBlock<kD, R, kBlock>(q, kt + 8 * c, D, s + 8 * c);
+  switch (chunks - c) {
+    case 1: return ScoresBlock<kD, R, 1>(q, kt + 8 * c, D, s + 8 * c);
+    case 2: return ScoresBlock<kD, R, 2>(q, kt + 8 * c, D, s + 8 * c);
+    case 3: return ScoresBlock<kD, R, 3>(q, kt + 8 * c, D, s + 8 * c);
+    case 4: return ScoresBlock<kD, R, 4>(q, kt + 8 * c, D, s + 8 * c);
+    case 5: return ScoresBlock<kD, R, 5>(q, kt + 8 * c, D, s + 8 * c);
+    case 6: return ScoresBlock<kD, R, 6>(q, kt + 8 * c, D, s + 8 * c);
+    case 7: return ScoresBlock<kD, R, 7>(q, kt + 8 * c, D, s + 8 * c);
+    default: return;
   }
 }
 
