@@ -107,12 +107,17 @@ void LayerNormForward(const float* x, const float* w, const float* b, float* y, 
   for (int t = 0; t < T; ++t) {
     const float* xr = x + static_cast<long>(t) * C;
     float* yr = y + static_cast<long>(t) * C;
+    // `omp simd` lets the sums run in 8 lanes (a plain float reduction may
+    // not be reordered, and its add latency made LayerNorm 3% of a step).
     float m = 0.f;
+#pragma omp simd reduction(+ : m)
     for (int i = 0; i < C; ++i) m += xr[i];
     m /= C;
     float var = 0.f;
+#pragma omp simd reduction(+ : var)
     for (int i = 0; i < C; ++i) var += (xr[i] - m) * (xr[i] - m);
     const float rs = 1.0f / std::sqrt(var / C + eps);
+#pragma omp simd
     for (int i = 0; i < C; ++i) yr[i] = (xr[i] - m) * rs * w[i] + b[i];
     if (mean) mean[t] = m;
     if (rstd) rstd[t] = rs;
@@ -138,6 +143,7 @@ void LayerNormBackward(const float* dy, const float* x, const float* w, const fl
       float* dxr = dx + static_cast<long>(t) * C;
       const float m = mean[t], rs = rstd[t];
       float dnorm_mean = 0.f, dnorm_norm_mean = 0.f;
+#pragma omp simd reduction(+ : dnorm_mean, dnorm_norm_mean)
       for (int i = 0; i < C; ++i) {
         const float norm = (xr[i] - m) * rs, dnorm = dyr[i] * w[i];
         dnorm_mean += dnorm;
@@ -147,6 +153,7 @@ void LayerNormBackward(const float* dy, const float* x, const float* w, const fl
       }
       dnorm_mean /= C;
       dnorm_norm_mean /= C;
+#pragma omp simd
       for (int i = 0; i < C; ++i) {
         const float norm = (xr[i] - m) * rs, dnorm = dyr[i] * w[i];
         dxr[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rs;
