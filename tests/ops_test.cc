@@ -2,9 +2,11 @@
 // against central finite differences.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <functional>
 
 #include "kernels/cpu/blas_core.h"
+#include "kernels/cpu/linear_rows.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/sampling.h"
 #include "tests/support/reference.h"
@@ -222,30 +224,45 @@ namespace tinygpt {
 namespace {
 
 // Each row's output is bitwise the same whatever the number of rows in the
-// call, and matches the reference.
+// call, on every vector ISA the CPU has, and the ISAs agree bit for bit.
 TEST(Linear, RowInvariantKernelIsBatchInvariant) {
   // Shapes cover full 16-output panels, a narrow last panel, in < 16 and odd
   // in; T = 67 runs the threaded path (row blocks of 24, 6-row tiles and a
   // 1-row remainder); the parts run 1- to 7-row tiles on the serial path.
+  std::vector<cpu::RowsIsa> isas;
+  for (auto isa : {cpu::RowsIsa::kAvx2, cpu::RowsIsa::kAvx512})
+    if (cpu::RowsIsaSupported(isa)) isas.push_back(isa);
+  const cpu::RowsIsa default_isa = cpu::CurrentRowsIsa();
+  if (isas.size() < 2) std::printf("note: only AVX2 on this CPU; the AVX-512 tiles were not run\n");
   for (auto [in, out] : {std::pair{128, 1024}, {512, 128}, {13, 7}, {129, 33}, {64, 200}}) {
     const int T = 67;
     auto x = RandomVector(T * in, 1), w = RandomVector(out * in, 2), b = RandomVector(out, 3);
-    std::vector<float> packed(out * in), all(T * out, NAN);
+    std::vector<float> packed(out * in), first_isa;
     cpu::PackLinearWeight(w.data(), packed.data(), in, out);
-    cpu::LinearForwardRowInvariant(x.data(), packed.data(), b.data(), all.data(), T, in, out);
-    EXPECT_LT(RelError(all, ReferenceLinear(x, w, b.data(), T, in, out)), 1e-5) << in << "->" << out;
-    for (int t0 : {0, 5, 60, 66})
-      for (int M : {1, 2, 3, 4, 5, 6, 7}) {
-        if (t0 + M > T) continue;
-        std::vector<float> part(M * out, NAN);
-        cpu::LinearForwardRowInvariant(x.data() + t0 * in, packed.data(), b.data(), part.data(), M, in, out);
-        for (int i = 0; i < M * out; ++i) ASSERT_EQ(part[i], all[t0 * out + i]) << "rows " << t0 << "+" << M;
-      }
-    // Without a bias: the same products.
-    std::vector<float> nobias(T * out, NAN);
-    cpu::LinearForwardRowInvariant(x.data(), packed.data(), nullptr, nobias.data(), T, in, out);
-    EXPECT_LT(RelError(nobias, ReferenceLinear(x, w, nullptr, T, in, out)), 1e-5) << in << "->" << out << " no bias";
+    for (cpu::RowsIsa isa : isas) {
+      SCOPED_TRACE(isa == cpu::RowsIsa::kAvx2 ? "AVX2" : "AVX-512");
+      cpu::SetRowsIsa(isa);
+      std::vector<float> all(T * out, NAN);
+      cpu::LinearForwardRowInvariant(x.data(), packed.data(), b.data(), all.data(), T, in, out);
+      EXPECT_LT(RelError(all, ReferenceLinear(x, w, b.data(), T, in, out)), 1e-5) << in << "->" << out;
+      for (int t0 : {0, 5, 60, 66})
+        for (int M : {1, 2, 3, 4, 5, 6, 7}) {
+          if (t0 + M > T) continue;
+          std::vector<float> part(M * out, NAN);
+          cpu::LinearForwardRowInvariant(x.data() + t0 * in, packed.data(), b.data(), part.data(), M, in, out);
+          for (int i = 0; i < M * out; ++i) ASSERT_EQ(part[i], all[t0 * out + i]) << "rows " << t0 << "+" << M;
+        }
+      if (first_isa.empty())
+        first_isa = all;
+      else
+        for (int i = 0; i < T * out; ++i) ASSERT_EQ(all[i], first_isa[i]) << "AVX2 and AVX-512 differ at " << i;
+      // Without a bias: the same products.
+      std::vector<float> nobias(T * out, NAN);
+      cpu::LinearForwardRowInvariant(x.data(), packed.data(), nullptr, nobias.data(), T, in, out);
+      EXPECT_LT(RelError(nobias, ReferenceLinear(x, w, nullptr, T, in, out)), 1e-5) << in << "->" << out << " no bias";
+    }
   }
+  cpu::SetRowsIsa(default_isa);
 }
 
 }  // namespace

@@ -16,50 +16,51 @@
 // with no horizontal sums (the GotoBLAS/BLIS micro-kernel shape; 6×16 fills
 // AVX2's 16 registers with 12 accumulators). Few-row tiles (decode steps) span
 // several panels instead, to keep enough independent FMA chains in flight.
+// The tiles are written once for any vector ISA (linear_rows_tiles.h); CPUs
+// with AVX-512 run 6×64 tiles (linear_rows_avx512.cc), with the same bits.
+#include "kernels/cpu/linear_rows.h"
+
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/cpu/linear_rows_tiles.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/parallel.h"
 
 namespace tinygpt::cpu {
 namespace {
 
-constexpr int kPanel = 16;      // outputs per packed panel
-constexpr int kTileRows = 6;    // rows of the main register tile
+using linear_rows::kPanel;
 constexpr int kRowBlock = 24;   // rows per parallel work item (4 tiles)
 constexpr int kPanelBlock = 4;  // panels per parallel work item (64 outputs)
 
-// R rows × P full panels. x: the tile's first row (row stride `in`); w: its
-// first panel (panels kPanel·in floats apart); b, y: at the tile's first output.
-template <int R, int P>
-inline void Tile(const float* x, int in, const float* w, const float* b, float* y, int out) {
-  __m256 acc[R][2 * P];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < 2 * P; ++c) acc[r][c] = _mm256_setzero_ps();
-  const long panel_stride = static_cast<long>(kPanel) * in;
-  for (int k = 0; k < in; ++k) {
-    for (int p = 0; p < P; ++p) {
-      const float* wk = w + p * panel_stride + k * kPanel;
-      const __m256 w0 = _mm256_loadu_ps(wk), w1 = _mm256_loadu_ps(wk + 8);
-      for (int r = 0; r < R; ++r) {
-        const __m256 xr = _mm256_broadcast_ss(x + static_cast<long>(r) * in + k);
-        acc[r][2 * p] = _mm256_fmadd_ps(xr, w0, acc[r][2 * p]);
-        acc[r][2 * p + 1] = _mm256_fmadd_ps(xr, w1, acc[r][2 * p + 1]);
-      }
-    }
-  }
-  for (int p = 0; p < P; ++p) {
-    const __m256 b0 = b ? _mm256_loadu_ps(b + p * kPanel) : _mm256_setzero_ps();
-    const __m256 b1 = b ? _mm256_loadu_ps(b + p * kPanel + 8) : _mm256_setzero_ps();
-    for (int r = 0; r < R; ++r) {
-      float* yr = y + static_cast<long>(r) * out + p * kPanel;
-      _mm256_storeu_ps(yr, b ? _mm256_add_ps(acc[r][2 * p], b0) : acc[r][2 * p]);
-      _mm256_storeu_ps(yr + 8, b ? _mm256_add_ps(acc[r][2 * p + 1], b1) : acc[r][2 * p + 1]);
-    }
-  }
+struct Avx2 {
+  using V = __m256;
+  static constexpr int kLanes = 8;
+  // Panels per tile of R rows (index R): 1- and 2-row tiles (decode steps)
+  // span several panels to keep eight FMA chains in flight; 6×1 fills the 16
+  // registers with 12 accumulators.
+  static constexpr int kTilePanels[linear_rows::kTileRows + 1] = {0, 4, 2, 1, 1, 1, 1};
+  static V Zero() { return _mm256_setzero_ps(); }
+  static V Load(const float* p) { return _mm256_loadu_ps(p); }
+  static V Broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V Add(V a, V b) { return _mm256_add_ps(a, b); }
+  static void Store(float* p, V v) { _mm256_storeu_ps(p, v); }
+};
+
+RowsIsa& SelectedIsa() {
+  static RowsIsa isa = RowsIsaSupported(RowsIsa::kAvx512) ? RowsIsa::kAvx512 : RowsIsa::kAvx2;
+  return isa;
+}
+
+void Block(const float* x, const float* w, const float* b, float* y, int t0, int t1, int in, int out, int p0, int p1) {
+  if (SelectedIsa() == RowsIsa::kAvx512)
+    linear_rows::BlockAvx512(x, w, b, y, t0, t1, in, out, p0, p1);
+  else
+    linear_rows::Block<Avx2>(x, w, b, y, t0, t1, in, out, p0, p1);
 }
 
 // A last panel narrower than kPanel ([in][width]): the same chain, in scalars.
@@ -70,31 +71,6 @@ void NarrowPanel(const float* x, int rows, int in, const float* w, int width, co
       for (int k = 0; k < in; ++k) s = std::fma(x[static_cast<long>(r) * in + k], w[static_cast<long>(k) * width + j], s);
       y[static_cast<long>(r) * out + j] = b ? s + b[j] : s;
     }
-}
-
-// Rows [t0, t1) of full panels [p0, p1): tiles of P panels while they last, then one at a time.
-template <int R, int P>
-void RowTile(const float* x, const float* w, const float* b, float* y, int t, int in, int out, int p0, int p1) {
-  int p = p0;
-  const float* xt = x + static_cast<long>(t) * in;
-  float* yt = y + static_cast<long>(t) * out;
-  for (; p + P <= p1; p += P)
-    Tile<R, P>(xt, in, w + static_cast<long>(p) * kPanel * in, b ? b + p * kPanel : nullptr, yt + p * kPanel, out);
-  for (; p < p1; ++p)
-    Tile<R, 1>(xt, in, w + static_cast<long>(p) * kPanel * in, b ? b + p * kPanel : nullptr, yt + p * kPanel, out);
-}
-
-void Block(const float* x, const float* w, const float* b, float* y, int t0, int t1, int in, int out, int p0, int p1) {
-  int t = t0;
-  for (; t + kTileRows <= t1; t += kTileRows) RowTile<kTileRows, 1>(x, w, b, y, t, in, out, p0, p1);
-  switch (t1 - t) {
-    case 5: return RowTile<5, 1>(x, w, b, y, t, in, out, p0, p1);
-    case 4: return RowTile<4, 1>(x, w, b, y, t, in, out, p0, p1);
-    case 3: return RowTile<3, 1>(x, w, b, y, t, in, out, p0, p1);
-    case 2: return RowTile<2, 2>(x, w, b, y, t, in, out, p0, p1);
-    case 1: return RowTile<1, 4>(x, w, b, y, t, in, out, p0, p1);
-    default: return;
-  }
 }
 
 }  // namespace
@@ -119,6 +95,14 @@ void Pack(const float* w, long o_stride, long k_stride, float* packed, int in, i
 void PackLinearWeight(const float* w, float* packed, int in, int out) { Pack(w, in, 1, packed, in, out); }
 
 void PackLinearWeightTransposed(const float* w, float* packed, int in, int out) { Pack(w, 1, in, packed, out, in); }
+
+bool RowsIsaSupported(RowsIsa isa) {
+  return isa == RowsIsa::kAvx2 || __builtin_cpu_supports("avx512f");
+}
+
+void SetRowsIsa(RowsIsa isa) { SelectedIsa() = isa; }
+
+RowsIsa CurrentRowsIsa() { return SelectedIsa(); }
 
 void LinearForwardRowInvariant(const float* x, const float* w, const float* b, float* y, int T, int in, int out) {
   const int full = out / kPanel, narrow = out % kPanel;
