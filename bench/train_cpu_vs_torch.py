@@ -54,13 +54,14 @@ def main():
     tinygpt = next(p for p in (os.path.join(a.build_dir, "tinygpt"), os.path.join(a.build_dir, "cli", "tinygpt"))
                    if os.path.isfile(p))
 
-    blas_core = set()
+    blas_core, linear_isa = set(), set()
 
     def ours(t):
         out = subprocess.run([tinygpt, "bench", f"--bench-steps={a.steps}", f"--bench-batch={a.batch}", f"--threads={t}"],
                              check=True, capture_output=True, text=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
         blas_core.add(r["blas_core"])
+        linear_isa.add(r.get("linear_isa", "?"))
         return r["tokens_per_second"]
 
     if a.threads:
@@ -79,7 +80,7 @@ def main():
     med = {k: statistics.median(v) for k, v in runs.items()}
     best = max(med[v] for v in variants)
     pins = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_VERBOSE") if k in os.environ}
-    print(f"cores {cores}; OpenBLAS kernels {', '.join(blas_core)}, pins in the environment: {pins or 'none'}; "
+    print(f"cores {cores}; OpenBLAS kernels {', '.join(blas_core)}, linear kernel {', '.join(linear_isa)}, pins in the environment: {pins or 'none'}; "
           f"median of {a.rounds} interleaved rounds")
     print("| system | tokens/s (median) | min–max | ratio vs best PyTorch |")
     print("|---|---|---|---|")

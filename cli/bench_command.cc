@@ -10,6 +10,7 @@
 #include "cli/commands.h"
 #include "cli/common_flags.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/linear_rows.h"
 #include "model/config.h"
 #include "train/data.h"
 #include "train/trainer.h"
@@ -38,7 +39,8 @@ int BenchCommand() {
     return 1;
   }
   nlohmann::json j = {{"system", "tinygpt"}, {"steps", r->steps_run - o.untimed_steps}, {"tokens_per_second", r->tokens_per_second},
-                      {"final_loss", r->final_loss}, {"blas_core", CpuBlasCoreName()}};
+                      {"final_loss", r->final_loss}, {"blas_core", CpuBlasCoreName()},
+                      {"linear_isa", cpu::RowsIsaName(cpu::CurrentRowsIsa())}};
   std::printf("%s\n", j.dump().c_str());
   return 0;
 }

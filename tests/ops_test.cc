@@ -240,7 +240,7 @@ TEST(Linear, RowInvariantKernelIsBatchInvariant) {
     std::vector<float> packed(out * in), first_isa;
     cpu::PackLinearWeight(w.data(), packed.data(), in, out);
     for (cpu::RowsIsa isa : isas) {
-      SCOPED_TRACE(isa == cpu::RowsIsa::kAvx2 ? "AVX2" : "AVX-512");
+      SCOPED_TRACE(cpu::RowsIsaName(isa));
       cpu::SetRowsIsa(isa);
       std::vector<float> all(T * out, NAN);
       cpu::LinearForwardRowInvariant(x.data(), packed.data(), b.data(), all.data(), T, in, out);

@@ -104,6 +104,8 @@ void SetRowsIsa(RowsIsa isa) { SelectedIsa() = isa; }
 
 RowsIsa CurrentRowsIsa() { return SelectedIsa(); }
 
+const char* RowsIsaName(RowsIsa isa) { return isa == RowsIsa::kAvx512 ? "AVX-512" : "AVX2"; }
+
 void LinearForwardRowInvariant(const float* x, const float* w, const float* b, float* y, int T, int in, int out) {
   const int full = out / kPanel, narrow = out % kPanel;
   if (narrow) {

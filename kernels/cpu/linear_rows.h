@@ -12,6 +12,7 @@ bool RowsIsaSupported(RowsIsa isa);
 // running kernels, meant for tests and benchmarks.
 void SetRowsIsa(RowsIsa isa);
 RowsIsa CurrentRowsIsa();
+const char* RowsIsaName(RowsIsa isa);  // "AVX2" or "AVX-512"
 
 namespace linear_rows {
 // Rows [t0, t1) × full panels [p0, p1) on AVX-512 (linear_rows_avx512.cc).
