@@ -82,8 +82,7 @@ float Transformer::Forward(const PackedBatch& b, int* correct) {
     cpu::LinearForward(a.att.data(), W.proj_w, W.proj_b, a.mid.data(), T, d, d);
     cpu::AddInPlace(a.mid.data(), a.in.data(), static_cast<size_t>(T) * d);
     cpu::LayerNormForward(a.mid.data(), W.n2_w, W.n2_b, a.ln2.data(), a.ln2_mean.data(), a.ln2_rstd.data(), T, d, cfg_.norm_eps);
-    cpu::LinearForward(a.ln2.data(), W.w12_w, W.w12_b, a.h12.data(), T, d, 2 * F);
-    cpu::SwiGLUForward(a.h12.data(), a.sw.data(), T, F);
+    cpu::LinearSwiGLUForward(a.ln2.data(), W.w12_w, W.w12_b, a.h12.data(), a.sw.data(), T, d, F);
     float* next = l + 1 < cfg_.n_layers ? acts_[l + 1].in.data() : out_.data();
     cpu::LinearForward(a.sw.data(), W.w3_w, W.w3_b, next, T, F, d);
     cpu::AddInPlace(next, a.mid.data(), static_cast<size_t>(T) * d);

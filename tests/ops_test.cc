@@ -128,6 +128,19 @@ TEST(LayerNorm, ForwardMatchesReferenceAndBackwardMatchesFiniteDifferences) {
   ExpectFiniteDifferences(b, db, loss);
 }
 
+// The fused op gives exactly the two ops' results, across its row blocks.
+TEST(SwiGLU, FusedLinearEqualsLinearThenSwiGLU) {
+  for (auto [T, in, F] : {std::tuple{1, 16, 8}, {7, 33, 40}, {500, 128, 512}}) {
+    auto x = RandomVector(T * in, 1), w = RandomVector(2 * F * in, 2), b = RandomVector(2 * F, 3);
+    std::vector<float> h(T * 2 * F, NAN), out(T * F, NAN), ref_h(T * 2 * F), ref_out(T * F);
+    cpu::LinearSwiGLUForward(x.data(), w.data(), b.data(), h.data(), out.data(), T, in, F);
+    cpu::LinearForward(x.data(), w.data(), b.data(), ref_h.data(), T, in, 2 * F);
+    cpu::SwiGLUForward(ref_h.data(), ref_out.data(), T, F);
+    EXPECT_EQ(h, ref_h) << T << "x" << in << "->" << F;
+    EXPECT_EQ(out, ref_out) << T << "x" << in << "->" << F;
+  }
+}
+
 TEST(SwiGLU, ForwardMatchesReferenceAndBackwardMatchesFiniteDifferences) {
   const int T = 7, F = 129;
   auto h = RandomVector(T * 2 * F, 1, 2.f), g = RandomVector(T * F, 2);

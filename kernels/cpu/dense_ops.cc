@@ -286,6 +286,22 @@ void Scale(float* x, size_t n, float a) {
   for (long i = 0; i < static_cast<long>(n); ++i) x[i] *= a;
 }
 
+void LinearSwiGLUForward(const float* x, const float* w, const float* b, float* h, float* out, int T, int in, int F) {
+  if (T == 0) return;
+  static thread_local std::vector<float> packed;
+  packed.resize(2 * static_cast<size_t>(F) * in);
+  PackLinearWeight(w, packed.data(), in, 2 * F);
+  // Row blocks of 120 per thread: 120 rows of h (2F = 1024 wide) are ~0.5 MB,
+  // so a block of h is still in the cores' caches when SwiGLU reads it.
+  const int rows = 120 * (static_cast<long>(T) * in * F >= kMinParallelWork ? omp_get_max_threads() : 1);
+  for (int t0 = 0; t0 < T; t0 += rows) {
+    const int n = std::min(rows, T - t0);
+    float* h_block = h + 2L * t0 * F;
+    LinearForwardRowInvariant(x + static_cast<long>(t0) * in, packed.data(), b, h_block, n, in, 2 * F);
+    SwiGLUForward(h_block, out + static_cast<long>(t0) * F, n, F);
+  }
+}
+
 void AddInPlace(float* x, const float* y, size_t n) {
 #pragma omp parallel for schedule(static) if (static_cast<long>(n) >= kMinParallelWork)
   for (long i = 0; i < static_cast<long>(n); ++i) x[i] += y[i];

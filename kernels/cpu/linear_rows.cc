@@ -22,6 +22,8 @@
 
 #include <immintrin.h>
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 
@@ -81,7 +83,7 @@ namespace {
 // (o, k) — output o, input k — is at w[o·o_stride + k·k_stride].
 void Pack(const float* w, long o_stride, long k_stride, float* packed, int in, int out) {
   const int panels = (out + kPanel - 1) / kPanel;
-#pragma omp parallel for schedule(static) if (static_cast<long>(in) * out >= kMinParallelWork * 4)
+#pragma omp parallel for schedule(static) if (static_cast<long>(in) * out >= kMinParallelWork / 4)
   for (int p = 0; p < panels; ++p) {
     const int o0 = p * kPanel, width = std::min(kPanel, out - o0);
     float* panel = packed + static_cast<long>(o0) * in;
@@ -117,10 +119,15 @@ void LinearForwardRowInvariant(const float* x, const float* w, const float* b, f
     Block(x, w, b, y, 0, T, in, out, 0, full);
     return;
   }
-  // Threads split rows and panels, never a dot product.
+  // Threads split rows and panels, never a dot product. They take items as
+  // they go (a core slowed by a neighbour would hold up a static split at the
+  // barrier), in runs along a row block's panels while there are at least 8
+  // runs per thread, so a thread mostly reuses the x rows it has in cache.
   const int row_blocks = (T + kRowBlock - 1) / kRowBlock, panel_blocks = (full + kPanelBlock - 1) / kPanelBlock;
-#pragma omp parallel for schedule(static)
-  for (int item = 0; item < row_blocks * panel_blocks; ++item) {
+  const int items = row_blocks * panel_blocks;
+  const int run = std::max(1, std::min(panel_blocks, items / (8 * omp_get_max_threads())));
+#pragma omp parallel for schedule(dynamic, run)
+  for (int item = 0; item < items; ++item) {
     const int rb = item / panel_blocks, pb = item % panel_blocks;
     Block(x, w, b, y, rb * kRowBlock, std::min(T, (rb + 1) * kRowBlock), in, out, pb * kPanelBlock,
           std::min(full, (pb + 1) * kPanelBlock));

@@ -37,6 +37,10 @@ void EmbeddingBackward(const float* dout, const int32_t* tokens, const int32_t* 
 
 // h[T, 2F] → out[T, F] = silu(h[:, :F]) * h[:, F:]
 void SwiGLUForward(const float* h, float* out, int T, int F);
+// h = x·w^T + b (w: [2F, in]), then out = swiglu(h): the same results as
+// LinearForward then SwiGLUForward, a block of rows at a time so that SwiGLU
+// reads h from cache (h is the largest activation of a training step).
+void LinearSwiGLUForward(const float* x, const float* w, const float* b, float* h, float* out, int T, int in, int F);
 // dh = d(out)/dh · dout (written, as LinearBackward's dx).
 void SwiGLUBackward(const float* dout, const float* h, float* dh, int T, int F);
 
