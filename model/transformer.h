@@ -1,10 +1,12 @@
 // TinyGPT forward and backward over a packed batch on the CPU backend, in the
 // style of llm.c: parameters and gradients in one buffer each, activations
-// kept per layer for the backward pass. Training and parity tests use this.
+// kept per layer for the backward pass (cache-line aligned, see
+// common/aligned_vector.h). Training and parity tests use this.
 #pragma once
 #include <cstdint>
 #include <vector>
 
+#include "common/aligned_vector.h"
 #include "model/config.h"
 #include "model/params.h"
 
@@ -39,7 +41,7 @@ class Transformer {
 
  private:
   struct LayerActs {
-    std::vector<float> in, ln1, ln1_mean, ln1_rstd, qkv, att, lse, mid, ln2, ln2_mean, ln2_rstd, h12, sw;
+    AlignedVector<float> in, ln1, ln1_mean, ln1_rstd, qkv, att, lse, mid, ln2, ln2_mean, ln2_rstd, h12, sw;
   };
   void Reserve(int T);
 
@@ -49,9 +51,10 @@ class Transformer {
   int capacity_ = 0;
   std::vector<int32_t> positions_, cu_;
   std::vector<LayerActs> acts_;
-  std::vector<float> out_, lnf_, lnf_mean_, lnf_rstd_, logits_, dlogits_;
+  AlignedVector<float> out_, lnf_, lnf_mean_, lnf_rstd_;
+  std::vector<float> logits_, dlogits_;
   // Backward scratch.
-  std::vector<float> dres_, dln_, dqkv_, datt_, dh12_, dsw_;
+  AlignedVector<float> dres_, dln_, dqkv_, datt_, dh12_, dsw_;
 };
 
 }  // namespace tinygpt

@@ -3,6 +3,8 @@
 // rescaled accumulator), so no score matrix is ever stored. All query heads of
 // a GQA group run in the same task and share its K/V rows in cache. The
 // vector helpers the tiles use are in attention_tiles.h.
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -66,6 +68,15 @@ struct PagedRows {
     }
   }
 };
+
+// Tasks per scheduling grab: all KV heads of a sequence when there are
+// sequences enough to go round (threads then work on different sequences'
+// rows at any moment, while each walks one sequence's rows head by head,
+// in cache; with single tasks two threads wrote neighbouring heads of the
+// same rows and the backward scaled 1.4x on two cores), else single tasks.
+int TasksPerGrab(const AttentionDims& dims, const AttentionBatch& batch) {
+  return batch.num_seqs >= 4 * omp_get_max_threads() ? dims.n_kv_heads : 1;
+}
 
 // Scalar multiply-adds of the forward pass: queries × visible keys × 2·D.
 long AttentionWork(const AttentionDims& dims, const AttentionBatch& batch) {
@@ -134,7 +145,8 @@ void ForwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const f
   const __m256 vscale = _mm256_set1_ps(scale);
   const int tasks = batch.num_seqs * dims.n_kv_heads;
   const long work = AttentionWork(dims, batch);
-#pragma omp parallel for schedule(dynamic) if (work >= kMinParallelWork)
+  const int grab = TasksPerGrab(dims, batch);
+#pragma omp parallel for schedule(dynamic, grab) if (work >= kMinParallelWork)
   for (int task = 0; task < tasks; ++task) {
     const int s = task / dims.n_kv_heads, kvh = task % dims.n_kv_heads;
     const int q0 = batch.cu_q[s], q_len = batch.cu_q[s + 1] - q0, offset = batch.ctx_len[s] - q_len;
@@ -325,7 +337,8 @@ void BackwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const 
   const PackedRows rows{kv, D};
   const int tasks = batch.num_seqs * dims.n_kv_heads;
   const long work = 3 * AttentionWork(dims, batch);
-#pragma omp parallel for schedule(dynamic) if (work >= kMinParallelWork)
+  const int grab = TasksPerGrab(dims, batch);
+#pragma omp parallel for schedule(dynamic, grab) if (work >= kMinParallelWork)
   for (int task = 0; task < tasks; ++task) {
     const int s = task / dims.n_kv_heads, kvh = task % dims.n_kv_heads;
     const int q0 = batch.cu_q[s], q_len = batch.cu_q[s + 1] - q0, offset = batch.ctx_len[s] - q_len;
