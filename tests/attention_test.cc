@@ -48,6 +48,19 @@ struct Qkv {
                           dims.n_heads * dims.head_dim, lse ? lse->data() : nullptr);
     return out;
   }
+  // d(Σ dout ⊙ Forward())/d(qkv), in the fused qkv layout.
+  std::vector<float> Backward(const std::vector<float>& dout) const {
+    std::vector<float> lse;
+    const auto out = Forward(&lse);
+    std::vector<float> dqkv(qkv.size(), 0.f);
+    const auto l = lens();
+    const AttentionBatch batch{static_cast<int>(l.size()), cu.data(), l.data(), T()};
+    const int k_off = dims.n_heads * dims.head_dim, v_off = k_off + dims.n_kv_heads * dims.head_dim;
+    cpu::AttentionBackward(dims, batch, q(), stride, PackedKv{k(), v(), stride, cu.data()}, out.data(),
+                           dims.n_heads * dims.head_dim, dout.data(), lse.data(), dqkv.data(), dqkv.data() + k_off,
+                           dqkv.data() + v_off, stride);
+    return dqkv;
+  }
 };
 
 std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
@@ -80,14 +93,7 @@ TEST_P(AttentionGradCases, BackwardMatchesFiniteDifferences) {
     for (size_t i = 0; i < out.size(); ++i) s += static_cast<double>(w[i]) * out[i];
     return s;
   };
-  std::vector<float> lse;
-  const auto out = x.Forward(&lse);
-  std::vector<float> dqkv(x.qkv.size(), 0.f);
-  const auto l = x.lens();
-  const AttentionBatch batch{static_cast<int>(l.size()), x.cu.data(), l.data(), x.T()};
-  const int k_off = c.H * c.D, v_off = k_off + c.Hkv * c.D;
-  cpu::AttentionBackward(x.dims, batch, x.q(), x.stride, PackedKv{x.k(), x.v(), x.stride, x.cu.data()}, out.data(), width,
-                         w.data(), lse.data(), dqkv.data(), dqkv.data() + k_off, dqkv.data() + v_off, x.stride);
+  const std::vector<float> dqkv = x.Backward(w);
   std::mt19937 rng(4);
   double max_err = 0;
   for (int trial = 0; trial < 60; ++trial) {
@@ -111,14 +117,7 @@ TEST_P(AttentionCases, BackwardMatchesNaiveReference) {
   Qkv x(c, 5);
   const int width = c.H * c.D;
   const auto dout = RandomVector(static_cast<size_t>(x.T()) * width, 6);
-  std::vector<float> lse;
-  const auto out = x.Forward(&lse);
-  std::vector<float> dqkv(x.qkv.size(), 0.f);
-  const auto l = x.lens();
-  const AttentionBatch batch{static_cast<int>(l.size()), x.cu.data(), l.data(), x.T()};
-  const int k_off = c.H * c.D, v_off = k_off + c.Hkv * c.D;
-  cpu::AttentionBackward(x.dims, batch, x.q(), x.stride, PackedKv{x.k(), x.v(), x.stride, x.cu.data()}, out.data(), width,
-                         dout.data(), lse.data(), dqkv.data(), dqkv.data() + k_off, dqkv.data() + v_off, x.stride);
+  const std::vector<float> dqkv = x.Backward(dout);
   const auto ref = testing::NaiveAttentionBackward(x.dims, x.cu, x.qkv.data(), x.stride, dout.data());
   EXPECT_LT(RelError(dqkv, ref), 2e-5);
 }
