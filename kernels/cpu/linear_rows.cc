@@ -75,10 +75,6 @@ void NarrowPanel(const float* x, int rows, int in, const float* w, int width, co
     }
 }
 
-}  // namespace
-
-namespace {
-
 // packed panel layout (see the top of the file) of a weight whose element
 // (o, k) — output o, input k — is at w[o·o_stride + k·k_stride].
 void Pack(const float* w, long o_stride, long k_stride, float* packed, int in, int out) {
