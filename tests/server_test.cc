@@ -308,10 +308,10 @@ TEST(Server, InvalidInputsGetInvalidArgumentNamingTheField) {
 }
 
 TEST(Server, QueueOverflowGivesResourceExhausted) {
-  ServerProcess server({"--max-queue=2", "--max-seqs=1", "--debug-step-delay-ms=20"});
+  ServerProcess server({"--max-queue=2", "--max-seqs=1", "--debug-step-delay-ms=40"});
   Client c(server.address());
   // One request holds the only running slot: its first streamed token proves the
-  // engine took it out of the waiting queue (50 steps of 20 ms keep it there).
+  // engine took it out of the waiting queue (50 steps of 40 ms keep it there).
   grpc::ClientContext sctx;
   auto running = c.stub->GenerateStream(&sctx, Ids({1, 2}, 50));
   v1::GenerateStreamResponse m;
