@@ -49,7 +49,7 @@ void Transformer::Reserve(int T) {
   out_.resize(T * d); lnf_.resize(T * d); lnf_mean_.resize(T); lnf_rstd_.resize(T);
   logits_.resize(static_cast<long>(T) * cfg_.vocab_size); dlogits_.resize(logits_.size());
   dres_.resize(T * d); dln_.resize(T * d); dqkv_.resize(T * cfg_.qkv_dim()); datt_.resize(T * d);
-  dh12_.resize(T * 2 * F); dsw_.resize(T * F);
+  dh12_.resize(T * 2 * F);
 }
 
 float Transformer::Forward(const PackedBatch& b, int* correct) {
@@ -117,8 +117,8 @@ void Transformer::Backward(const PackedBatch& b) {
     const BlockParams& W = P.blocks[l];
     const BlockParams& GW = G.blocks[l];
     // Feed-forward: res_out = mid + w3(swiglu(w12(ln2(mid)))).
-    cpu::LinearBackward(dres_.data(), a.sw.data(), W.w3_w, dsw_.data(), GW.w3_w, GW.w3_b, T, F, d);
-    cpu::SwiGLUBackward(dsw_.data(), a.h12.data(), dh12_.data(), T, F);
+    cpu::LinearBackward(dres_.data(), a.sw.data(), W.w3_w, nullptr, GW.w3_w, GW.w3_b, T, F, d);
+    cpu::SwiGLULinearBackwardInput(dres_.data(), W.w3_w, a.h12.data(), dh12_.data(), T, F, d);
     cpu::LinearBackward(dh12_.data(), a.ln2.data(), W.w12_w, dln_.data(), GW.w12_w, GW.w12_b, T, d, 2 * F);
     cpu::LayerNormBackward(dln_.data(), a.mid.data(), W.n2_w, a.ln2_mean.data(), a.ln2_rstd.data(), dres_.data(), GW.n2_w, GW.n2_b, T, d);
     // Attention: mid = in + proj(attn(qkv(ln1(in)))).

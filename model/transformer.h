@@ -54,7 +54,7 @@ class Transformer {
   AlignedVector<float> out_, lnf_, lnf_mean_, lnf_rstd_;
   std::vector<float> logits_, dlogits_;
   // Backward scratch.
-  AlignedVector<float> dres_, dln_, dqkv_, datt_, dh12_, dsw_;
+  AlignedVector<float> dres_, dln_, dqkv_, datt_, dh12_;
 };
 
 }  // namespace tinygpt

@@ -141,6 +141,17 @@ TEST(SwiGLU, FusedLinearEqualsLinearThenSwiGLU) {
   }
 }
 
+TEST(SwiGLU, FusedLinearBackwardEqualsLinearThenSwiGLUBackward) {
+  for (auto [T, F, out] : {std::tuple{1, 8, 16}, {7, 40, 33}, {500, 512, 128}}) {
+    auto dy = RandomVector(T * out, 1), w = RandomVector(out * F, 2), h = RandomVector(T * 2 * F, 3), x = RandomVector(T * F, 4);
+    std::vector<float> dh(T * 2 * F, NAN), dsw(T * F), ref_dh(T * 2 * F), dw(out * F, 0.f);
+    cpu::SwiGLULinearBackwardInput(dy.data(), w.data(), h.data(), dh.data(), T, F, out);
+    cpu::LinearBackward(dy.data(), x.data(), w.data(), dsw.data(), dw.data(), nullptr, T, F, out);
+    cpu::SwiGLUBackward(dsw.data(), h.data(), ref_dh.data(), T, F);
+    EXPECT_EQ(dh, ref_dh) << T << "x" << out << "->" << F;
+  }
+}
+
 TEST(SwiGLU, ForwardMatchesReferenceAndBackwardMatchesFiniteDifferences) {
   const int T = 7, F = 129;
   auto h = RandomVector(T * 2 * F, 1, 2.f), g = RandomVector(T * F, 2);

@@ -302,6 +302,22 @@ void LinearSwiGLUForward(const float* x, const float* w, const float* b, float* 
   }
 }
 
+void SwiGLULinearBackwardInput(const float* dy, const float* w, const float* h, float* dh, int T, int F, int out) {
+  if (T == 0) return;
+  static thread_local std::vector<float> packed, dsw;
+  packed.resize(static_cast<size_t>(out) * F);
+  PackLinearWeightTransposed(w, packed.data(), F, out);
+  // Row blocks as in LinearSwiGLUForward: a block of d(swiglu) rows is used
+  // while it is in cache and never written to memory whole.
+  const int rows = 120 * (static_cast<long>(T) * out * F >= kMinParallelWork ? omp_get_max_threads() : 1);
+  dsw.resize(static_cast<size_t>(std::min(rows, T)) * F);
+  for (int t0 = 0; t0 < T; t0 += rows) {
+    const int n = std::min(rows, T - t0);
+    LinearForwardRowInvariant(dy + static_cast<long>(t0) * out, packed.data(), nullptr, dsw.data(), n, out, F);
+    SwiGLUBackward(dsw.data(), h + 2L * t0 * F, dh + 2L * t0 * F, n, F);
+  }
+}
+
 void AddInPlace(float* x, const float* y, size_t n) {
 #pragma omp parallel for schedule(static) if (static_cast<long>(n) >= kMinParallelWork)
   for (long i = 0; i < static_cast<long>(n); ++i) x[i] += y[i];

@@ -43,6 +43,10 @@ void SwiGLUForward(const float* h, float* out, int T, int F);
 void LinearSwiGLUForward(const float* x, const float* w, const float* b, float* h, float* out, int T, int in, int F);
 // dh = d(out)/dh · dout (written, as LinearBackward's dx).
 void SwiGLUBackward(const float* dout, const float* h, float* dh, int T, int F);
+// dh for y = swiglu(h)·w^T (w: [out, F]) from dy: LinearBackward's dx then
+// SwiGLUBackward, the same results, a block of rows at a time so that
+// d(swiglu) never goes to memory. (The weight gradients: LinearBackward with dx null.)
+void SwiGLULinearBackwardInput(const float* dy, const float* w, const float* h, float* dh, int T, int F, int out);
 
 void AddInPlace(float* x, const float* y, size_t n);
 void Zero(float* x, size_t n);
