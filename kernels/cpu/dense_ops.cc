@@ -38,6 +38,24 @@ void ParallelSlices(int n, long work, Fn fn) {
   }
 }
 
+// The weight w [out, in] packed for LinearForwardRowInvariant: as is (y =
+// x·w^T) or transposed (dx = dy·w). One buffer per thread, valid until the
+// next call: every caller packs, then runs its products, then returns.
+const float* PackForThisCall(const float* w, int in, int out, bool transposed) {
+  static thread_local std::vector<float> packed;
+  packed.resize(static_cast<size_t>(out) * in);
+  if (transposed)
+    PackLinearWeightTransposed(w, packed.data(), in, out);
+  else
+    PackLinearWeight(w, packed.data(), in, out);
+  return packed.data();
+}
+
+// Rows per block of the fused ops below: 120 per thread, so that the block
+// of their wide intermediate (120 rows of 2F = 1024 floats, ~0.5 MB) is still
+// in the cores' caches when its second op reads it.
+int FusedRowBlock(long work) { return 120 * (work >= kMinParallelWork ? omp_get_max_threads() : 1); }
+
 }  // namespace
 
 // The products with the weight on the right (y = x·w^T and dx = dy·w) go
@@ -48,21 +66,13 @@ void ParallelSlices(int n, long work, Fn fn) {
 // 7% faster). dw = dy^T·x, a reduction over the rows, stays with OpenBLAS.
 void LinearForward(const float* x, const float* w, const float* b, float* y, int T, int in, int out) {
   if (T == 0) return;
-  static thread_local std::vector<float> packed;
-  packed.resize(static_cast<size_t>(out) * in);
-  PackLinearWeight(w, packed.data(), in, out);
-  LinearForwardRowInvariant(x, packed.data(), b, y, T, in, out);
+  LinearForwardRowInvariant(x, PackForThisCall(w, in, out, false), b, y, T, in, out);
 }
 
 void LinearBackward(const float* dy, const float* x, const float* w, float* dx, float* dw, float* db, int T, int in, int out) {
   (void)kBlasSingleThreaded;
   if (T == 0) return;
-  if (dx) {
-    static thread_local std::vector<float> packed;
-    packed.resize(static_cast<size_t>(out) * in);
-    PackLinearWeightTransposed(w, packed.data(), in, out);
-    LinearForwardRowInvariant(dy, packed.data(), nullptr, dx, T, out, in);
-  }
+  if (dx) LinearForwardRowInvariant(dy, PackForThisCall(w, in, out, true), nullptr, dx, T, out, in);
   static thread_local std::vector<float> ones;
   if (static_cast<int>(ones.size()) < T) ones.assign(T, 1.0f);
   const float* one = ones.data();
@@ -288,32 +298,26 @@ void Scale(float* x, size_t n, float a) {
 
 void LinearSwiGLUForward(const float* x, const float* w, const float* b, float* h, float* out, int T, int in, int F) {
   if (T == 0) return;
-  static thread_local std::vector<float> packed;
-  packed.resize(2 * static_cast<size_t>(F) * in);
-  PackLinearWeight(w, packed.data(), in, 2 * F);
-  // Row blocks of 120 per thread: 120 rows of h (2F = 1024 wide) are ~0.5 MB,
-  // so a block of h is still in the cores' caches when SwiGLU reads it.
-  const int rows = 120 * (static_cast<long>(T) * in * F >= kMinParallelWork ? omp_get_max_threads() : 1);
+  const float* packed = PackForThisCall(w, in, 2 * F, false);
+  const int rows = FusedRowBlock(static_cast<long>(T) * in * F);
   for (int t0 = 0; t0 < T; t0 += rows) {
     const int n = std::min(rows, T - t0);
     float* h_block = h + 2L * t0 * F;
-    LinearForwardRowInvariant(x + static_cast<long>(t0) * in, packed.data(), b, h_block, n, in, 2 * F);
+    LinearForwardRowInvariant(x + static_cast<long>(t0) * in, packed, b, h_block, n, in, 2 * F);
     SwiGLUForward(h_block, out + static_cast<long>(t0) * F, n, F);
   }
 }
 
 void SwiGLULinearBackwardInput(const float* dy, const float* w, const float* h, float* dh, int T, int F, int out) {
   if (T == 0) return;
-  static thread_local std::vector<float> packed, dsw;
-  packed.resize(static_cast<size_t>(out) * F);
-  PackLinearWeightTransposed(w, packed.data(), F, out);
-  // Row blocks as in LinearSwiGLUForward: a block of d(swiglu) rows is used
-  // while it is in cache and never written to memory whole.
-  const int rows = 120 * (static_cast<long>(T) * out * F >= kMinParallelWork ? omp_get_max_threads() : 1);
+  const float* packed = PackForThisCall(w, F, out, true);
+  // A block of d(swiglu) rows is used while it is in cache and never written to memory whole.
+  const int rows = FusedRowBlock(static_cast<long>(T) * out * F);
+  static thread_local std::vector<float> dsw;
   dsw.resize(static_cast<size_t>(std::min(rows, T)) * F);
   for (int t0 = 0; t0 < T; t0 += rows) {
     const int n = std::min(rows, T - t0);
-    LinearForwardRowInvariant(dy + static_cast<long>(t0) * out, packed.data(), nullptr, dsw.data(), n, out, F);
+    LinearForwardRowInvariant(dy + static_cast<long>(t0) * out, packed, nullptr, dsw.data(), n, out, F);
     SwiGLUBackward(dsw.data(), h + 2L * t0 * F, dh + 2L * t0 * F, n, F);
   }
 }
