@@ -94,6 +94,15 @@ long AttentionWork(const AttentionDims& dims, const AttentionBatch& batch) {
 template <int kD>
 constexpr int kRowsPerTile = kD > 0 && kD <= 16 ? 2 : 1;
 
+// Calls fn(std::integral_constant<int, n>(), r) for rows r_begin..r_end-1 in
+// groups of n = R rows from r, and the rows left over one at a time (n = 1).
+template <int R, class Fn>
+inline void InRowGroups(int r_begin, int r_end, Fn&& fn) {
+  int r = r_begin;
+  for (; r + R <= r_end; r += R) fn(std::integral_constant<int, R>(), r);
+  for (; r < r_end; ++r) fn(std::integral_constant<int, 1>(), r);
+}
+
 // Online-softmax update of R consecutive query rows with one key tile: the
 // rows' scores over the keys the last of them sees (earlier rows see those
 // keys masked to -inf, which add exact zeros), then per row the logits, the
@@ -175,22 +184,17 @@ void ForwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const f
           });
           RowsToTile(k_rows, nt, D, kt);
           // Rows before the tile's first key see none of it; the rest go R at a time.
-          for (int r = std::max(0, j0 - offset - i0); r < nq;) {
-            const float* q_rows[R];
-            float* acc_rows[R];
-            int pos[R];
-            const int rows_here = r + R <= nq ? R : 1;
-            for (int i = 0; i < rows_here; ++i) {
+          InRowGroups<R>(std::max(0, j0 - offset - i0), nq, [&](auto n, int r) {
+            const float* q_rows[n.value];
+            float* acc_rows[n.value];
+            int pos[n.value];
+            for (int i = 0; i < n.value; ++i) {
               q_rows[i] = q + (q0 + i0 + r + i) * q_stride + h * D;
               acc_rows[i] = acc + (r + i) * D;
               pos[i] = offset + i0 + r + i;
             }
-            if (rows_here == R)
-              ForwardRows<kD, R>(q_rows, pos, j0, nt, kt, v_rows, D, vscale, vslope, sc, acc_rows, m + r, l + r);
-            else
-              ForwardRows<kD, 1>(q_rows, pos, j0, nt, kt, v_rows, D, vscale, vslope, sc, acc_rows, m + r, l + r);
-            r += rows_here;
-          }
+            ForwardRows<kD, n.value>(q_rows, pos, j0, nt, kt, v_rows, D, vscale, vslope, sc, acc_rows, m + r, l + r);
+          });
         }
         for (int r = 0; r < nq; ++r) {
           float* oi = out + (q0 + i0 + r) * o_stride + h * D;
@@ -371,15 +375,10 @@ void BackwardImpl(const AttentionDims& dims, const AttentionBatch& batch, const 
         for (int i0 = std::max(0, j0 - offset); i0 < q_len; i0 += kQueryBlock) {
           const int nq = std::min(kQueryBlock, q_len - i0);
           const float *q_rows[kQueryBlock], *do_rows[kQueryBlock];
-          for (int r = 0; r < nq;) {
-            const int rows_here = r + R <= nq ? R : 1;
-            float *p = p_blk + r * kKeyTile, *ds = ds_blk + r * kKeyTile;
-            if (rows_here == R)
-              BackwardRows<kD, R>(tile, q0 + i0 + r, offset + i0 + r, p, ds, q_rows + r, do_rows + r);
-            else
-              BackwardRows<kD, 1>(tile, q0 + i0 + r, offset + i0 + r, p, ds, q_rows + r, do_rows + r);
-            r += rows_here;
-          }
+          InRowGroups<R>(0, nq, [&](auto n, int r) {
+            BackwardRows<kD, n.value>(tile, q0 + i0 + r, offset + i0 + r, p_blk + r * kKeyTile, ds_blk + r * kKeyTile,
+                                      q_rows + r, do_rows + r);
+          });
           // Row r sees the chunk of keys j..j+7 once its position reaches j0 + j.
           for (int j = 0; j < nt; j += 8)
             RankUpdateChunk<kD>(q_rows, ds_blk, do_rows, p_blk, std::max(0, j0 + j - offset - i0), nq, j, D, dkt, dvt);
