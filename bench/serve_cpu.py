@@ -6,6 +6,8 @@ usage: serve_cpu.py BUILD_DIR CHECKPOINT [--requests N] [--server-arg=--threads=
 BUILD_DIR is a build tree or a flat folder of binaries (device-stage/bin)."""
 import argparse, json, os, subprocess
 
+from binaries import binary
+
 ap = argparse.ArgumentParser()
 ap.add_argument("build_dir")
 ap.add_argument("checkpoint")
@@ -13,13 +15,7 @@ ap.add_argument("--requests", type=int, default=1024)
 ap.add_argument("--server-arg", action="append", default=[], help="extra `tinygpt serve` flag (repeatable)")
 a = ap.parse_args()
 
-
-def binary(name, subdir):
-    flat = os.path.join(a.build_dir, name)
-    return flat if os.path.isfile(flat) else os.path.join(a.build_dir, subdir, name)
-
-
-server = subprocess.Popen([binary("tinygpt", "cli"), "serve", f"--checkpoint={a.checkpoint}", "--device=cpu", "--port=0",
+server = subprocess.Popen([binary(a.build_dir, "tinygpt", "cli"), "serve", f"--checkpoint={a.checkpoint}", "--device=cpu", "--port=0",
                            "--metrics-port=-1", *a.server_arg], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 target = server.stdout.readline().split("listening on ")[1].split()[0]
 print(f"cores {len(os.sched_getaffinity(0))}; server flags: {' '.join(a.server_arg) or 'defaults'}")
@@ -27,7 +23,7 @@ rows = []
 try:
     for unary in (False, True):
         for c in (1, 8, 64):
-            cmd = [binary("tinygpt-client", "client"), "bench", f"--target={target}", f"--requests={a.requests}",
+            cmd = [binary(a.build_dir, "tinygpt-client", "client"), "bench", f"--target={target}", f"--requests={a.requests}",
                    f"--concurrency={c}", "--prompt-len-min=4", "--prompt-len-max=32", "--output-len-min=8",
                    "--output-len-max=32", "--seed=1", "--json"] + (["--unary"] if unary else [])
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout

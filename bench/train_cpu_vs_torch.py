@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch_tinygpt import SEED_CONFIG, TinyGPT, count_batch
 
+from binaries import binary
+
 
 def torch_tokens_per_second(steps, batch, threads, sdpa):
     torch.set_num_threads(threads)
@@ -51,8 +53,7 @@ def main():
                     "then powers of two and the core count)")
     a = ap.parse_args()
     cores = len(os.sched_getaffinity(0))
-    tinygpt = next(p for p in (os.path.join(a.build_dir, "tinygpt"), os.path.join(a.build_dir, "cli", "tinygpt"))
-                   if os.path.isfile(p))
+    tinygpt = binary(a.build_dir, "tinygpt", "cli")
 
     blas_core, linear_isa = set(), set()
 
