@@ -104,9 +104,11 @@ int ServeCommand() {
   eo.max_queue = absl::GetFlag(FLAGS_max_queue);
   eo.max_new_tokens_limit = absl::GetFlag(FLAGS_max_new_tokens_limit);
   eo.debug_step_delay = std::chrono::milliseconds(absl::GetFlag(FLAGS_debug_step_delay_ms));
+  eo.tokenizer = ck->tokenizer.get();
   Engine engine(runner->get(), eo, &metrics);
   GenerationService service(&engine, &metrics,
-                            {static_cast<size_t>(absl::GetFlag(FLAGS_max_request_bytes)), path, ConfigToJson(ck->config)});
+                            {static_cast<size_t>(absl::GetFlag(FLAGS_max_request_bytes)), path, ConfigToJson(ck->config),
+                             ck->tokenizer.get()});
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -122,8 +124,9 @@ int ServeCommand() {
   const std::string service_name = v1::Generation::service_full_name();
   health->SetServingStatus(true);
   health->SetServingStatus(service_name, true);
-  std::printf("tinygpt serve: listening on %s:%d (backend %s, %d KV blocks of %d tokens)\n", absl::GetFlag(FLAGS_host).c_str(),
-              port, (*backend)->name().c_str(), ro.num_kv_blocks, ro.block_size);
+  std::printf("tinygpt serve: listening on %s:%d (backend %s, %d KV blocks of %d tokens, %s)\n", absl::GetFlag(FLAGS_host).c_str(),
+              port, (*backend)->name().c_str(), ro.num_kv_blocks, ro.block_size,
+              ck->tokenizer ? absl::StrCat(ck->tokenizer->type(), " tokenizer").c_str() : "no tokenizer: token ids only");
   if (metrics_port >= 0) std::printf("tinygpt serve: metrics on http://%s:%d/metrics\n", absl::GetFlag(FLAGS_host).c_str(), metrics.port());
   std::fflush(stdout);
   LOG(INFO) << "serving " << path << " on port " << port;

@@ -17,7 +17,15 @@ absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& path) {
   if (meta == file->metadata.end()) return err(absl::StrCat("missing metadata key ", kConfigMetadataKey));
   auto config = ConfigFromJson(meta->second);
   if (!config.ok()) return err(std::string(config.status().message()));
-  Checkpoint ck{*config, {}};
+  Checkpoint ck{*config, {}, nullptr};
+  if (auto tok = file->metadata.find(kTokenizerMetadataKey); tok != file->metadata.end()) {
+    auto t = TokenizerFromMetadata(tok->second);
+    if (!t.ok()) return err(std::string(t.status().message()));
+    if ((*t)->vocab_size() > ck.config.vocab_size)
+      return err(absl::StrCat("the tokenizer has ", (*t)->vocab_size(), " tokens, more than the model's vocab_size ",
+                              ck.config.vocab_size));
+    ck.tokenizer = std::move(*t);
+  }
   ParamLayout layout(ck.config);
   ck.params.resize(layout.total());
   for (const auto& t : layout.tensors()) {
@@ -34,10 +42,12 @@ absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& path) {
   return ck;
 }
 
-absl::Status SaveCheckpoint(const std::string& path, const ModelConfig& config, const float* params) {
+absl::Status SaveCheckpoint(const std::string& path, const ModelConfig& config, const float* params,
+                            const Tokenizer* tokenizer) {
   ParamLayout layout(config);
   StFile file;
   file.metadata[kConfigMetadataKey] = ConfigToJson(config);
+  if (tokenizer) file.metadata[kTokenizerMetadataKey] = tokenizer->ToMetadata();
   for (const auto& t : layout.tensors()) file.tensors.emplace(t.name, F32Tensor(t.shape, params + t.offset));
   return WriteFileAtomically(path, SerializeSafetensors(file));
 }

@@ -4,7 +4,6 @@
 
 #include "common/log.h"
 #include "absl/strings/str_cat.h"
-#include "model/tokenizer.h"
 #include "server/metrics.h"
 
 namespace tinygpt {
@@ -36,11 +35,13 @@ absl::StatusOr<std::shared_ptr<Sequence>> Engine::Submit(SequenceRequest req) {
   if (req.options.max_new_tokens > opt_.max_new_tokens_limit)
     return absl::InvalidArgumentError(absl::StrCat("max_new_tokens: ", req.options.max_new_tokens, " exceeds the server limit of ",
                                                    opt_.max_new_tokens_limit));
+  if (!req.stop_strings.empty() && !opt_.tokenizer)
+    return absl::InvalidArgumentError("stop: this model has no tokenizer, so it cannot match stop strings; use stop_token_ids");
   const int need = BlocksFor(static_cast<int>(req.prompt.size()) + req.options.max_new_tokens, block_size_);
   if (need > blocks_.num_blocks())
     return absl::InvalidArgumentError(absl::StrCat("max_new_tokens: prompt + max_new_tokens need ", need,
                                                    " KV blocks, more than the whole cache (", blocks_.num_blocks(), ")"));
-  auto seq = std::make_shared<Sequence>(std::move(req));
+  auto seq = std::make_shared<Sequence>(std::move(req), opt_.tokenizer);
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (draining_ || stop_) return absl::UnavailableError("server is draining");
@@ -96,7 +97,7 @@ void Engine::Loop() {
 void Engine::Retire(const std::shared_ptr<Sequence>& seq, FinishReason reason, absl::Status status) {
   blocks_.Release(&seq->block_table);
   running_.erase(std::remove(running_.begin(), running_.end(), seq), running_.end());
-  seq->Finish(reason, std::move(status));
+  seq->Finish(reason, std::move(status), seq->detokenizer ? seq->detokenizer->Finish() : std::string());
 }
 
 void Engine::Preempt(std::shared_ptr<Sequence> victim) {
@@ -115,15 +116,11 @@ void Engine::Preempt(std::shared_ptr<Sequence> victim) {
   LOG(INFO) << "preempted request " << victim->request.id << " (" << victim->tokens.size() << " tokens to recompute)";
 }
 
-bool Engine::StopsOn(const Sequence& seq, int32_t token) const {
+bool Engine::StopsOn(Sequence& seq, int32_t token, const std::string& text) const {
   const auto& ids = seq.request.options.stop_ids;
   if (std::find(ids.begin(), ids.end(), token) != ids.end()) return true;
-  if (seq.request.stop_strings.empty()) return false;
-  const std::string text =
-      DecodeBytes(std::vector<int32_t>(seq.tokens.begin() + seq.request.prompt.size(), seq.tokens.end()));
-  for (const auto& s : seq.request.stop_strings)
-    if (!s.empty() && text.size() >= s.size() && text.compare(text.size() - s.size(), s.size(), s) == 0) return true;
-  return false;
+  if (opt_.tokenizer && token == opt_.tokenizer->eos_id() && !seq.request.ignore_eos) return true;
+  return seq.stop_strings.Push(text);
 }
 
 bool Engine::RunStep() {
@@ -240,8 +237,9 @@ bool Engine::RunStep() {
       metrics_->OnInterTokenLatency(std::chrono::duration<double>(t1 - s->last_token).count());
     }
     s->last_token = t1;
-    s->Emit(token);
-    if (StopsOn(*s, token)) Retire(s, FinishReason::kStop);
+    const std::string text = s->detokenizer ? s->detokenizer->Next(token) : std::string();
+    s->Emit(token, text);
+    if (StopsOn(*s, token, text)) Retire(s, FinishReason::kStop);
     else if (s->num_generated() >= s->request.options.max_new_tokens) Retire(s, FinishReason::kLength);
   }
   PublishGauges();

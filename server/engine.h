@@ -23,6 +23,9 @@ class ServerMetrics;
 struct EngineOptions {
   int max_queue = 256;        // waiting sequences beyond which Submit refuses
   int max_new_tokens_limit = 0;  // 0: the model context
+  // The checkpoint's tokenizer (output text, stop strings, end token); null:
+  // token ids only.
+  const Tokenizer* tokenizer = nullptr;
   // Test hook: sleep this long in every step, so tests can act mid-request.
   std::chrono::microseconds debug_step_delay{0};
 };
@@ -58,7 +61,9 @@ class Engine {
   bool RunStep();
   void Preempt(std::shared_ptr<Sequence> victim);
   void Retire(const std::shared_ptr<Sequence>& seq, FinishReason reason, absl::Status status = absl::OkStatus());
-  bool StopsOn(const Sequence& seq, int32_t token) const;
+  // Whether the sequence ends with this token (stop id, end token, or a stop
+  // string completed by `text`, the text the token added).
+  bool StopsOn(Sequence& seq, int32_t token, const std::string& text) const;
   void PublishGauges();
 
   ModelRunner* runner_;

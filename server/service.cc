@@ -4,7 +4,7 @@
 
 #include "common/log.h"
 #include "absl/strings/str_cat.h"
-#include "model/tokenizer.h"
+#include "common/utf8.h"
 
 namespace tinygpt {
 namespace {
@@ -42,14 +42,23 @@ double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).coun
 
 }  // namespace
 
-absl::StatusOr<SequenceRequest> ToSequenceRequest(const v1::GenerateRequest& req, size_t max_request_bytes, bool stream) {
+absl::StatusOr<SequenceRequest> ToSequenceRequest(const v1::GenerateRequest& req, size_t max_request_bytes, bool stream,
+                                                  const Tokenizer* tokenizer) {
   const size_t bytes = req.ByteSizeLong();
   if (bytes > max_request_bytes)
     return absl::InvalidArgumentError(absl::StrCat("request: ", bytes, " bytes exceeds the limit of ", max_request_bytes));
   SequenceRequest r;
   r.id = req.request_id().empty() ? absl::StrCat("req-", ++g_request_counter) : req.request_id();
-  if (req.has_token_ids()) r.prompt.assign(req.token_ids().ids().begin(), req.token_ids().ids().end());
-  else r.prompt = EncodeBytes(req.text());
+  if (req.has_token_ids()) {
+    r.prompt.assign(req.token_ids().ids().begin(), req.token_ids().ids().end());
+  } else {
+    if (!tokenizer)
+      return absl::InvalidArgumentError("prompt: this model has no tokenizer, so it takes token_ids, not text");
+    if (!IsValidUtf8(req.text())) return absl::InvalidArgumentError("prompt: text is not valid UTF-8");
+    auto ids = tokenizer->Encode(req.text());
+    if (!ids.ok()) return absl::InvalidArgumentError(absl::StrCat("prompt: ", ids.status().message()));
+    r.prompt = std::move(*ids);
+  }
   GenerateOptions& o = r.options;
   o.max_new_tokens = req.max_new_tokens();
   o.temperature = req.temperature();
@@ -58,6 +67,7 @@ absl::StatusOr<SequenceRequest> ToSequenceRequest(const v1::GenerateRequest& req
   o.seed = req.seed();
   o.stop_ids.assign(req.stop_token_ids().begin(), req.stop_token_ids().end());
   r.stop_strings.assign(req.stop().begin(), req.stop().end());
+  r.ignore_eos = req.ignore_eos();
   r.stream = stream;
   return r;
 }
@@ -67,16 +77,17 @@ struct GenerationService::Outcome {
   std::string id;
   int prompt_tokens = 0;
   std::vector<int32_t> tokens;
+  std::string text;
   FinishReason reason = FinishReason::kNone;
   grpc::Status status;
   Clock::time_point start = Clock::now();
 };
 
-template <class OnTokens>
+template <class OnOutput>
 GenerationService::Outcome GenerationService::Run(grpc::ServerContext* ctx, const v1::GenerateRequest& req, bool stream,
-                                                  OnTokens on_tokens) {
+                                                  OnOutput on_output) {
   Outcome o;
-  auto sr = ToSequenceRequest(req, opt_.max_request_bytes, stream);
+  auto sr = ToSequenceRequest(req, opt_.max_request_bytes, stream, opt_.tokenizer);
   if (!sr.ok()) {
     o.status = ToGrpc(sr.status());
     return o;
@@ -92,9 +103,10 @@ GenerationService::Outcome GenerationService::Run(grpc::ServerContext* ctx, cons
   bool cancel_sent = false;
   while (true) {
     SequenceEvents ev = o.seq->Wait(std::chrono::milliseconds(20));
-    if (!ev.tokens.empty()) {
+    if (!ev.tokens.empty() || !ev.text.empty()) {
       o.tokens.insert(o.tokens.end(), ev.tokens.begin(), ev.tokens.end());
-      if (!cancel_sent && !on_tokens(ev.tokens) && !ev.finished) {
+      o.text += ev.text;
+      if (!cancel_sent && !on_output(ev) && !ev.finished) {
         engine_->Cancel(o.seq);
         cancel_sent = true;
       }
@@ -162,10 +174,10 @@ class InFlight {
 
 grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req, v1::GenerateResponse* resp) {
   InFlight guard(in_flight_);
-  Outcome o = Run(ctx, *req, /*stream=*/false, [](const std::vector<int32_t>&) { return true; });
+  Outcome o = Run(ctx, *req, /*stream=*/false, [](const SequenceEvents&) { return true; });
   if (o.status.ok()) {
     for (int32_t t : o.tokens) resp->add_token_ids(t);
-    resp->set_text(DecodeBytes(o.tokens));
+    resp->set_text(o.text);
     FillSummary(o, resp);
   }
   Finish(o);
@@ -175,10 +187,10 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const v1::Gen
 grpc::Status GenerationService::GenerateStream(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
                                                grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
   InFlight guard(in_flight_);
-  Outcome o = Run(ctx, *req, /*stream=*/true, [&](const std::vector<int32_t>& tokens) {
+  Outcome o = Run(ctx, *req, /*stream=*/true, [&](const SequenceEvents& ev) {
     v1::GenerateStreamResponse m;
-    for (int32_t t : tokens) m.add_token_ids(t);
-    m.set_text(DecodeBytes(tokens));
+    for (int32_t t : ev.tokens) m.add_token_ids(t);
+    m.set_text(ev.text);
     return writer->Write(m);
   });
   if (o.status.ok()) {
@@ -210,6 +222,9 @@ grpc::Status GenerationService::GetModelInfo(grpc::ServerContext*, const v1::Get
   info->set_running_seqs(s.running);
   info->set_waiting_seqs(s.waiting);
   info->set_preemptions(s.preemptions);
+  info->set_tokenizer(opt_.tokenizer ? opt_.tokenizer->type() : "");
+  info->set_tokenizer_vocab_size(opt_.tokenizer ? opt_.tokenizer->vocab_size() : 0);
+  info->set_eos_token_id(opt_.tokenizer ? opt_.tokenizer->eos_id() : -1);
   return grpc::Status::OK;
 }
 

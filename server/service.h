@@ -14,6 +14,7 @@ struct ServiceOptions {
   size_t max_request_bytes = 64 * 1024;
   std::string checkpoint;
   std::string config_json;
+  const Tokenizer* tokenizer = nullptr;  // null: token ids only
 };
 
 class GenerationService final : public v1::Generation::Service {
@@ -30,10 +31,11 @@ class GenerationService final : public v1::Generation::Service {
 
  private:
   struct Outcome;
-  // Validates, submits and waits for the sequence, calling on_tokens with each
-  // batch of new tokens (return false to cancel, e.g. a failed stream write).
-  template <class OnTokens>
-  Outcome Run(grpc::ServerContext* ctx, const v1::GenerateRequest& req, bool stream, OnTokens on_tokens);
+  // Validates, submits and waits for the sequence, calling on_output with each
+  // batch of new tokens and text (return false to cancel, e.g. a failed
+  // stream write).
+  template <class OnOutput>
+  Outcome Run(grpc::ServerContext* ctx, const v1::GenerateRequest& req, bool stream, OnOutput on_output);
   template <class Msg>
   static void FillSummary(const Outcome& o, Msg* m);
   // Metrics and the one log line of a finished call.
@@ -45,8 +47,11 @@ class GenerationService final : public v1::Generation::Service {
   std::atomic<int> in_flight_{0};
 };
 
-// Maps the request's fields onto an engine request (no validation of values;
-// the engine does that). The request id is made up when empty.
-absl::StatusOr<SequenceRequest> ToSequenceRequest(const v1::GenerateRequest& req, size_t max_request_bytes, bool stream);
+// Maps the request's fields onto an engine request, encoding a text prompt
+// with `tokenizer` (INVALID_ARGUMENT without one, or for text that is not
+// UTF-8). Values are validated by the engine. The request id is made up when
+// empty.
+absl::StatusOr<SequenceRequest> ToSequenceRequest(const v1::GenerateRequest& req, size_t max_request_bytes, bool stream,
+                                                  const Tokenizer* tokenizer);
 
 }  // namespace tinygpt

@@ -60,10 +60,12 @@ absl::StatusOr<TrainResult> Train(const ModelConfig& cfg_in, DataSource& data, c
   ModelConfig cfg = cfg_in;
   long step = 0;
   std::unique_ptr<Transformer> model;
+  std::shared_ptr<const Tokenizer> tokenizer = opt.tokenizer;
   if (!opt.resume.empty()) {
     auto ck = LoadCheckpoint(opt.resume);
     if (!ck.ok()) return ck.status();
     cfg = ck->config;
+    if (!tokenizer) tokenizer = ck->tokenizer;
     model = std::make_unique<Transformer>(cfg);
     model->params() = std::move(ck->params);
   } else {
@@ -79,7 +81,7 @@ absl::StatusOr<TrainResult> Train(const ModelConfig& cfg_in, DataSource& data, c
   auto save = [&](long done) -> absl::Status {
     // Optimizer first: a checkpoint on disk always has matching state beside it.
     if (auto s = SaveOptimizer(opt.out + ".optim", m, v, done); !s.ok()) return s;
-    return SaveCheckpoint(opt.out, cfg, model->params().data());
+    return SaveCheckpoint(opt.out, cfg, model->params().data(), tokenizer.get());
   };
   auto t0 = std::chrono::steady_clock::now();
   long tokens = 0;
