@@ -267,7 +267,11 @@ TEST(Training, PacksTextDocumentsWithoutPaddingAndLearns) {
   ModelConfig c = *PresetConfig("seed");
   c.vocab_size = 256;
   c.max_seq_len = 32;
-  auto data = MakeTextData(path, c.max_seq_len, 8);
+  auto docs = ReadDocuments(path);
+  ASSERT_TRUE(docs.ok()) << docs.status();
+  EXPECT_EQ(docs->size(), 31u);
+  const auto bytes = MakeByteTokenizer();
+  auto data = MakeTextData(*docs, *bytes, c.max_seq_len, 8, /*quiet=*/true);
   ASSERT_TRUE(data.ok()) << data.status();
   const PackedBatch b = (*data)->Batch(1, 0);
   EXPECT_EQ(b.tokens.size(), 8u * 32);  // the budget is filled exactly: no padding
@@ -289,7 +293,7 @@ TEST(Training, PacksTextDocumentsWithoutPaddingAndLearns) {
   std::remove(path.c_str());
   std::remove(o.out.c_str());
   std::remove((o.out + ".optim").c_str());
-  EXPECT_FALSE(MakeTextData(TempPath("missing.txt"), 32, 8).ok());
+  EXPECT_FALSE(ReadDocuments(TempPath("missing.txt")).ok());
 }
 
 TEST(Training, LearningRateWarmsUpThenDecays) {
