@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <map>
 #include <mutex>
@@ -67,14 +68,34 @@ void SetDeadline(grpc::ClientContext* ctx, int default_ms = 0) {
 }
 
 // Ends a GenerateStream call. The server's last message carries the finish
-// reason; a stream that stops before it (a response that did not parse, a
-// connection that broke) is cancelled first, since Finish() would otherwise
-// wait for a server that may never end the call.
+// reason. When Read() stops before it, either the server ended the call with
+// an error (Finish() returns it at once) or a response did not parse or the
+// connection broke; then Finish() could wait for a server that never ends the
+// call, so the call is cancelled if Finish() has not returned within a second.
 grpc::Status FinishStream(grpc::ClientContext* ctx, grpc::ClientReader<tinygpt::v1::GenerateStreamResponse>* reader,
                           bool saw_last) {
-  if (!saw_last) ctx->TryCancel();
+  if (saw_last) return reader->Finish();
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false, cancelled = false;
+  std::thread watchdog([&] {
+    std::unique_lock<std::mutex> lock(mu);
+    if (!cv.wait_for(lock, std::chrono::seconds(1), [&] { return done; })) {
+      cancelled = true;
+      ctx->TryCancel();
+    }
+  });
   grpc::Status s = reader->Finish();
-  if (!saw_last && s.ok()) return grpc::Status(grpc::StatusCode::INTERNAL, "the stream ended without its last message");
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    done = true;
+  }
+  cv.notify_all();
+  watchdog.join();
+  if (cancelled)
+    return grpc::Status(grpc::StatusCode::INTERNAL,
+                        "the stream broke off before its last message (a response that did not parse?); cancelled");
+  if (s.ok()) return grpc::Status(grpc::StatusCode::INTERNAL, "the stream ended without its last message");
   return s;
 }
 
