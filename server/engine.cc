@@ -9,11 +9,12 @@
 namespace tinygpt {
 
 Engine::Engine(ModelRunner* runner, const EngineOptions& opt, ServerMetrics* metrics)
-    : runner_(runner), opt_(opt), metrics_(metrics), blocks_(runner->options().num_kv_blocks),
+    : runner_(runner), opt_(opt), metrics_(metrics),
+      kv_(runner->options().num_kv_blocks, runner->options().block_size, opt.prefix_caching),
       block_size_(runner->options().block_size) {
   if (opt_.max_new_tokens_limit <= 0) opt_.max_new_tokens_limit = runner->config().max_seq_len;
-  stats_.kv_blocks_total = blocks_.num_blocks();
-  stats_.kv_blocks_free = blocks_.num_free();
+  stats_.kv_blocks_total = kv_.num_blocks();
+  stats_.kv_blocks_free = kv_.num_free();
   PublishGauges();
   thread_ = std::thread([this] { Loop(); });
 }
@@ -38,9 +39,9 @@ absl::StatusOr<std::shared_ptr<Sequence>> Engine::Submit(SequenceRequest req) {
   if (!req.stop_strings.empty() && !opt_.tokenizer)
     return absl::InvalidArgumentError("stop: this model has no tokenizer, so it cannot match stop strings; use stop_token_ids");
   const int need = BlocksFor(static_cast<int>(req.prompt.size()) + req.options.max_new_tokens, block_size_);
-  if (need > blocks_.num_blocks())
+  if (need > kv_.num_blocks())
     return absl::InvalidArgumentError(absl::StrCat("max_new_tokens: prompt + max_new_tokens need ", need,
-                                                   " KV blocks, more than the whole cache (", blocks_.num_blocks(), ")"));
+                                                   " KV blocks, more than the whole cache (", kv_.num_blocks(), ")"));
   auto seq = std::make_shared<Sequence>(std::move(req), opt_.tokenizer);
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -95,7 +96,7 @@ void Engine::Loop() {
 }
 
 void Engine::Retire(const std::shared_ptr<Sequence>& seq, FinishReason reason, absl::Status status) {
-  blocks_.Release(&seq->block_table);
+  kv_.Release(&seq->block_table);
   running_.erase(std::remove(running_.begin(), running_.end(), seq), running_.end());
   seq->Finish(reason, std::move(status), seq->detokenizer ? seq->detokenizer->Finish() : std::string());
 }
@@ -104,8 +105,9 @@ void Engine::Preempt(std::shared_ptr<Sequence> victim) {
   // Drop its cache and requeue it at the front; it will be recomputed from
   // its prompt and the tokens it already produced (its RNG stream continues,
   // so its output is unchanged).
-  blocks_.Release(&victim->block_table);
+  kv_.Release(&victim->block_table);
   victim->num_computed = 0;
+  victim->num_hashed_blocks = 0;
   running_.erase(std::remove(running_.begin(), running_.end(), victim), running_.end());
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -156,7 +158,7 @@ bool Engine::RunStep() {
     const int chunk = std::min(pending, token_budget);
     if (chunk <= 0 || static_cast<int>(steps.size()) >= ro.max_seqs) return false;
     const int need = BlocksFor(s->num_computed + chunk, block_size_) - static_cast<int>(s->block_table.size());
-    if (need > 0 && !blocks_.Allocate(need, &s->block_table)) return false;
+    if (need > 0 && !kv_.Allocate(need, &s->block_table)) return false;
     SeqStep st;
     st.tokens = s->tokens.data() + s->num_computed;
     st.num_tokens = chunk;
@@ -186,7 +188,17 @@ bool Engine::RunStep() {
       if (waiting_.empty()) break;
       s = waiting_.front();
     }
-    if (!plan(s)) break;  // not enough free blocks: it waits
+    // Start from the longest cached prefix of its tokens (a preempted
+    // sequence's generated tokens included).
+    const int cached = kv_.MatchPrefix(s->tokens.data(), static_cast<int>(s->tokens.size()), &s->block_table);
+    s->num_computed = cached;
+    s->num_hashed_blocks = cached / block_size_;
+    if (!plan(s)) {  // not enough free blocks: it waits, holding none
+      kv_.Release(&s->block_table);
+      s->num_computed = s->num_hashed_blocks = 0;
+      break;
+    }
+    if (metrics_ && kv_.prefix_caching()) metrics_->OnPrefixCacheQuery(static_cast<int>(s->tokens.size()), cached);
     {
       std::lock_guard<std::mutex> lock(mu_);
       waiting_.pop_front();
@@ -228,6 +240,7 @@ bool Engine::RunStep() {
   for (size_t i = 0; i < steps.size(); ++i) {
     auto& s = in_step[i];
     s->num_computed += steps[i].num_tokens;
+    kv_.Commit(s->block_table, s->tokens.data(), s->num_computed, &s->num_hashed_blocks);
     if (!steps[i].sample) continue;
     const int32_t token = sampled[k++];
     s->tokens.push_back(token);
@@ -253,9 +266,10 @@ void Engine::PublishGauges() {
     waiting = static_cast<int>(waiting_.size());
     stats_.running = running;
     stats_.waiting = waiting;
-    stats_.kv_blocks_free = blocks_.num_free();
+    stats_.kv_blocks_free = kv_.num_free();
+    stats_.kv_blocks_cached = kv_.num_cached();
   }
-  if (metrics_) metrics_->SetGauges(running, waiting, blocks_.num_used(), blocks_.num_blocks());
+  if (metrics_) metrics_->SetGauges(running, waiting, kv_.num_used(), kv_.num_blocks(), kv_.num_cached());
 }
 
 }  // namespace tinygpt

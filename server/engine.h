@@ -26,13 +26,15 @@ struct EngineOptions {
   // The checkpoint's tokenizer (output text, stop strings, end token); null:
   // token ids only.
   const Tokenizer* tokenizer = nullptr;
+  // Reuse the KV blocks of cached prompt prefixes (model/kv_cache.h).
+  bool prefix_caching = true;
   // Test hook: sleep this long in every step, so tests can act mid-request.
   std::chrono::microseconds debug_step_delay{0};
 };
 
 struct EngineStats {
   int running = 0, waiting = 0;
-  int kv_blocks_total = 0, kv_blocks_free = 0;
+  int kv_blocks_total = 0, kv_blocks_free = 0, kv_blocks_cached = 0;
   long preemptions = 0;
 };
 
@@ -69,7 +71,7 @@ class Engine {
   ModelRunner* runner_;
   EngineOptions opt_;
   ServerMetrics* metrics_;
-  BlockAllocator blocks_;
+  KvCacheManager kv_;
   const int block_size_;
 
   mutable std::mutex mu_;  // guards waiting_, draining_, stop_, and stats_

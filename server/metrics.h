@@ -41,15 +41,18 @@ class ServerMetrics {
   void OnStep(double seconds, int tokens);
   void OnInterTokenLatency(double seconds);
   void OnPreemption();
-  void SetGauges(int running, int waiting, int kv_blocks_used, int kv_blocks_total);
+  // An admitted sequence's tokens looked up in the prefix cache, and how many
+  // of them were found (vLLM's prefix_cache_queries / prefix_cache_hits).
+  void OnPrefixCacheQuery(int tokens, int hits);
+  void SetGauges(int running, int waiting, int kv_blocks_used, int kv_blocks_total, int kv_blocks_cached);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   prometheus::Family<prometheus::Counter>* requests_;
-  prometheus::Counter *prompt_tokens_, *generated_tokens_, *preemptions_;
+  prometheus::Counter *prompt_tokens_, *generated_tokens_, *preemptions_, *prefix_queries_, *prefix_hits_;
   prometheus::Histogram *e2e_, *queue_, *ttft_, *itl_, *step_seconds_, *step_tokens_;
-  prometheus::Gauge *running_, *waiting_, *kv_used_, *kv_total_;
+  prometheus::Gauge *running_, *waiting_, *kv_used_, *kv_total_, *kv_cached_;
 };
 
 }  // namespace tinygpt

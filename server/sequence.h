@@ -58,6 +58,7 @@ class Sequence {
   std::unique_ptr<Detokenizer> detokenizer;  // null without a tokenizer
   StopStringMatcher stop_strings;
   int num_computed = 0;         // tokens whose K/V are in the cache
+  int num_hashed_blocks = 0;    // leading blocks registered with the prefix cache
   std::vector<int32_t> block_table;
   long admitted_order = -1;     // for preemption: the latest admitted goes first
   int num_generated() const { return static_cast<int>(tokens.size() - request.prompt.size()); }

@@ -225,6 +225,8 @@ grpc::Status GenerationService::GetModelInfo(grpc::ServerContext*, const v1::Get
   info->set_tokenizer(opt_.tokenizer ? opt_.tokenizer->type() : "");
   info->set_tokenizer_vocab_size(opt_.tokenizer ? opt_.tokenizer->vocab_size() : 0);
   info->set_eos_token_id(opt_.tokenizer ? opt_.tokenizer->eos_id() : -1);
+  info->set_prefix_caching(engine_->options().prefix_caching);
+  info->set_kv_blocks_cached(s.kv_blocks_cached);
   return grpc::Status::OK;
 }
 
