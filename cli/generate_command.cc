@@ -46,7 +46,7 @@ int GenerateCommand() {
   o.top_p = absl::GetFlag(FLAGS_top_p);
   o.seed = absl::GetFlag(FLAGS_seed);
   if (!ParseTokenIds(absl::GetFlag(FLAGS_stop_ids), &o.stop_ids)) return Fail("--stop-ids must be comma-separated integers", 2);
-  auto ck = LoadCheckpoint(absl::GetFlag(FLAGS_checkpoint));
+  auto ck = LoadCheckpointFromFlags(absl::GetFlag(FLAGS_checkpoint));
   if (!ck.ok()) return Fail(std::string(ck.status().message()));
   if (auto s = ValidateGenerateRequest(ck->config, prompt, o); !s.ok()) return Fail(std::string(s.message()), 2);
   auto backend = BackendFromFlags();

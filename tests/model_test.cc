@@ -2,10 +2,15 @@
 // against the full forward, checkpoints (round trip and every corrupt case),
 // and learning the seed counting task.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <cmath>
 #include <cstring>
 #include <fstream>
+#include <limits>
+#include <nlohmann/json.hpp>
 
 #include "kernels/cpu/cpu_backend.h"
 #include "model/checkpoint.h"
@@ -185,6 +190,157 @@ TEST(Checkpoint, CorruptFilesGiveClearErrors) {
     return d;
   };
   expect_error(edit_header("\"F32\"", "\"I64\""), "unsupported dtype I64");
+}
+
+// A seed-like checkpoint whose header can be edited as JSON before it is
+// serialized again, for the hostile-file cases below.
+class HostileCheckpoint : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const ModelConfig c = SmallConfig(false, 2);
+    Transformer m(c);
+    m.InitParams(8);
+    good_.metadata[kConfigMetadataKey] = ConfigToJson(c);
+    for (const auto& t : m.layout().tensors()) good_.tensors.emplace(t.name, F32Tensor(t.shape, m.params().data() + t.offset));
+    bytes_ = SerializeSafetensors(good_);
+  }
+  // The config with one field replaced by `value` (JSON text).
+  std::string WithConfigField(const std::string& field, const std::string& value) {
+    StFile f = good_;
+    nlohmann::json j = nlohmann::json::parse(f.metadata[kConfigMetadataKey]);
+    j[field] = nlohmann::json::parse(value);
+    f.metadata[kConfigMetadataKey] = j.dump();
+    return SerializeSafetensors(f);
+  }
+  // Each must be refused quickly with a message containing `needle`.
+  void ExpectRefused(const std::string& data, const std::string& needle) {
+    const auto start = std::chrono::steady_clock::now();
+    auto ck = ParseCheckpoint(data, "ck");
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    ASSERT_FALSE(ck.ok()) << "expected an error mentioning " << needle;
+    EXPECT_NE(ck.status().message().find(needle), std::string::npos) << "expected " << needle << ", got " << ck.status().message();
+    EXPECT_LT(secs, 0.5) << "refusing took " << secs << " s: " << ck.status().message();
+  }
+  static void SetHeaderLength(std::string& d, uint64_t n) {
+    for (int i = 0; i < 8; ++i) d[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+  }
+  static uint64_t HeaderLength(const std::string& d) {
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(d[i]);
+    return n;
+  }
+  StFile good_;
+  std::string bytes_;
+};
+
+// The issue's corrupted configs: each used to allocate (bad_alloc) or
+// zero-fill gigabytes before any shape was compared.
+TEST_F(HostileCheckpoint, HugeConfigDimensionsAreRefusedBeforeAllocating) {
+  ExpectRefused(WithConfigField("max_seq_len", "1073741824"), "config field max_seq_len is 1073741824, above the limit");
+  ExpectRefused(WithConfigField("d_model", "100000"), "config field d_model is 100000, above the limit");
+  ExpectRefused(WithConfigField("vocab_size", "2147483647"), "config field vocab_size is 2147483647, above the limit");
+  ExpectRefused(WithConfigField("n_layers", "4096"), "config field n_layers is 4096, above the limit");
+  ExpectRefused(WithConfigField("n_layers", "2147483647"), "config field n_layers");
+  ExpectRefused(WithConfigField("ffn_hidden", "1048576"), "config field ffn_hidden is 1048576, above the limit");
+  // Values that do not fit an int are refused, not wrapped (2^32 + 17 -> 17).
+  ExpectRefused(WithConfigField("vocab_size", "4294967313"), "config field vocab_size is 4294967313");
+  ExpectRefused(WithConfigField("n_heads", "-4"), "config field n_heads is -4");
+  ExpectRefused(WithConfigField("norm_eps", "1e300"), "norm_eps must be in (0, 1)");
+  // Within the limits but larger than the tensors present: the first tensor
+  // that disagrees is named, and nothing of the config's size is allocated.
+  ExpectRefused(WithConfigField("max_seq_len", "100000"), "tensor pos.weight has shape [40, 16], config needs [100000, 16]");
+  ExpectRefused(WithConfigField("vocab_size", "2000000"), "tensor tok.weight has shape [17, 16], config needs [2000000, 16]");
+  ExpectRefused(WithConfigField("n_layers", "500"), "missing tensor blocks.2.n1.weight");
+  ExpectRefused(WithConfigField("ffn_hidden", "100000"), "tensor blocks.0.ff.w12.weight has shape [48, 16], config needs [200000, 16]");
+}
+
+TEST_F(HostileCheckpoint, DataSectionMustBeCoveredExactly) {
+  // A header length one byte short: the header's last byte (a padding
+  // space) is read as data, which shifts every tensor by a byte.
+  const size_t n = HeaderLength(bytes_);
+  ASSERT_EQ(bytes_[8 + n - 1], ' ');
+  std::string short_header = bytes_;
+  SetHeaderLength(short_header, n - 1);
+  ExpectRefused(short_header, "1 bytes left over");
+  ExpectRefused(bytes_ + std::string(4, '\0'), "4 bytes left over");
+  ExpectRefused(bytes_.substr(0, bytes_.size() - 1), "outside the data section");
+  // A gap: a tensor moved 4 bytes later, so bytes between belong to no tensor
+  // (the file is one float longer so the move stays inside it).
+  StFile f;
+  f.tensors.emplace("a", F32Tensor({2}, std::vector<float>{1, 2}.data()));
+  f.tensors.emplace("b", F32Tensor({2}, std::vector<float>{3, 4}.data()));
+  std::string d = SerializeSafetensors(f) + std::string(4, '\0');
+  const size_t at = d.find("[8,16]");
+  ASSERT_NE(at, std::string::npos);
+  d.replace(at, 6, "[12,20]");
+  auto r = ParseSafetensorsView(d);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("bytes [8, 12) of the data section belong to no tensor"), std::string::npos) << r.status();
+}
+
+TEST_F(HostileCheckpoint, HeaderLengthAndShapeArithmeticAreChecked) {
+  std::string huge = bytes_;
+  SetHeaderLength(huge, ~0ull);  // 2^64 - 1: 8 + n would wrap around
+  ExpectRefused(huge, "exceeds the file");
+  // A header over the cap is refused before it is parsed, even inside the file.
+  std::string big(8 + kMaxSafetensorsHeaderBytes + 1, ' ');
+  SetHeaderLength(big, kMaxSafetensorsHeaderBytes + 1);
+  big[8] = '{';
+  ExpectRefused(big, "exceeds the limit of");
+  auto header_only = [](const std::string& json) {
+    std::string d(8, '\0');
+    SetHeaderLength(d, json.size());
+    return d + json;
+  };
+  // 2^62 * 2^62 elements wraps to 0 in 64 bits; 2^62 F32 elements is 2^64 bytes.
+  ExpectRefused(header_only(R"({"t":{"dtype":"F32","shape":[4611686018427387904,4611686018427387904],"data_offsets":[0,0]}})"),
+                "more than 2^64 bytes");
+  ExpectRefused(header_only(R"({"t":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,0]}})"),
+                "more than 2^64 bytes");
+  ExpectRefused(header_only(R"({"t":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}})"), "negative dimension");
+  ExpectRefused(header_only(R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[18446744073709551615,3]}})"), "outside the data section");
+  // A zero dimension makes a tensor empty whatever the others are.
+  auto empty = ParseSafetensorsView(header_only(R"({"t":{"dtype":"F32","shape":[0,4611686018427387904],"data_offsets":[0,0]}})"));
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_EQ(empty->tensors.at("t").numel, 0u);
+}
+
+TEST_F(HostileCheckpoint, NonFiniteWeightsAreRefusedUnlessAllowed) {
+  for (float bad : {std::nanf(""), std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()}) {
+    StFile f = good_;
+    std::memcpy(f.tensors["blocks.1.proj.weight"].bytes.data() + 4 * 5, &bad, 4);
+    const std::string d = SerializeSafetensors(f);
+    ExpectRefused(d, "tensor blocks.1.proj.weight has 1 non-finite value");
+    LoadOptions allow;
+    allow.allow_nonfinite = true;
+    auto ck = ParseCheckpoint(d, "ck", allow);
+    ASSERT_TRUE(ck.ok()) << ck.status();
+    ASSERT_EQ(ck->warnings.size(), 1u);
+    EXPECT_NE(ck->warnings[0].find("blocks.1.proj.weight"), std::string::npos) << ck->warnings[0];
+    EXPECT_NE(ck->warnings[0].find("at element 5"), std::string::npos) << ck->warnings[0];
+  }
+}
+
+TEST_F(HostileCheckpoint, OnlyRegularFilesAreRead) {
+  for (const std::string& path : {std::string("/dev/zero"), std::string("/tmp")}) {
+    auto ck = LoadCheckpoint(path);
+    ASSERT_FALSE(ck.ok());
+    EXPECT_NE(ck.status().message().find("not a regular file"), std::string::npos) << ck.status();
+  }
+  // A FIFO with no writer: opening it must not wait for one.
+  const std::string fifo = TempPath("fifo");
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  auto ck = LoadCheckpoint(fifo);
+  std::remove(fifo.c_str());
+  ASSERT_FALSE(ck.ok());
+  EXPECT_NE(ck.status().message().find("not a regular file"), std::string::npos) << ck.status();
+  EXPECT_FALSE(LoadCheckpoint(TempPath("does-not-exist")).ok());
+  const std::string empty = TempPath("empty.safetensors");
+  std::ofstream(empty).close();
+  auto e = LoadCheckpoint(empty);
+  std::remove(empty.c_str());
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.status().message().find("too short"), std::string::npos) << e.status();
 }
 
 TEST(Checkpoint, OverlappingRangesAreRejected) {
