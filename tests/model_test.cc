@@ -3,6 +3,7 @@
 // and learning the seed counting task.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -12,6 +13,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/str_cat.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "model/checkpoint.h"
 #include "model/generate.h"
@@ -446,6 +448,82 @@ TEST(Training, PacksTextDocumentsWithoutPaddingAndLearns) {
   std::remove(o.out.c_str());
   std::remove((o.out + ".optim").c_str());
   EXPECT_FALSE(MakeTextData(TempPath("missing.txt"), 32, 8).ok());
+}
+
+// The weights and optimizer state of one step: a save interrupted between
+// the two files leaves a pair that --resume must refuse.
+class TrainingCheckpoint : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    data_ = MakeCountTask(cfg_.vocab_size, cfg_.max_seq_len, 2);
+    opt_.quiet = true;
+    opt_.out = TempPath("pair.safetensors");
+    opt_.steps = 2;
+  }
+  void TearDown() override {
+    for (const std::string& suffix : {"", ".optim", ".step4", ".step4.optim"}) std::remove((opt_.out + suffix).c_str());
+  }
+  absl::StatusOr<TrainResult> TrainTo(long steps, bool resume) {
+    TrainOptions o = opt_;
+    o.steps = steps;
+    if (resume) o.resume = o.out;
+    return Train(cfg_, *data_, o);
+  }
+  static void Copy(const std::string& from, const std::string& to) {
+    std::ifstream in(from, std::ios::binary);
+    std::ofstream(to, std::ios::binary) << in.rdbuf();
+  }
+  ModelConfig cfg_ = SmallConfig(false, 2);
+  std::unique_ptr<DataSource> data_;
+  TrainOptions opt_;
+};
+
+TEST_F(TrainingCheckpoint, ResumeRefusesWeightsAndOptimizerStateOfDifferentSteps) {
+  ASSERT_TRUE(TrainTo(4, false).ok());
+  Copy(opt_.out, opt_.out + ".step4");
+  Copy(opt_.out + ".optim", opt_.out + ".step4.optim");
+  auto more = TrainTo(6, true);  // a matching pair resumes
+  ASSERT_TRUE(more.ok()) << more.status();
+  EXPECT_EQ(more->steps_run, 2);
+  // A save of step 6 killed after OUT.optim was renamed into place but
+  // before OUT was: step-4 weights beside step-6 optimizer state.
+  Copy(opt_.out + ".step4", opt_.out);
+  auto r = TrainTo(8, true);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(r.status().message().find("cannot resume"), std::string::npos) << r.status();
+  EXPECT_NE(r.status().message().find(opt_.out + " is step 4"), std::string::npos) << r.status();
+  EXPECT_NE(r.status().message().find(opt_.out + ".optim is step 6"), std::string::npos) << r.status();
+  // Nor the other way round, nor a pair of the same step from two saves.
+  ASSERT_TRUE(TrainTo(4, false).ok());  // a fresh run: step 4 again, another commit
+  Copy(opt_.out + ".step4.optim", opt_.out + ".optim");
+  r = TrainTo(8, true);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("not saved together"), std::string::npos) << r.status();
+  // Without its optimizer state a checkpoint cannot be resumed.
+  std::remove((opt_.out + ".optim").c_str());
+  r = TrainTo(8, true);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("needs the optimizer state"), std::string::npos) << r.status();
+}
+
+TEST_F(TrainingCheckpoint, StaleTempFilesOfKilledWritesAreRemoved) {
+  const pid_t dead = fork();  // a PID that no longer runs once reaped
+  if (dead == 0) _exit(0);
+  ASSERT_GT(dead, 0);
+  ASSERT_EQ(waitpid(dead, nullptr, 0), dead);
+  const std::vector<std::string> stale = {absl::StrCat(opt_.out, ".tmp.", dead), absl::StrCat(opt_.out, ".optim.tmp.", dead)};
+  // Another writer still running (our parent) and files that only look alike stay.
+  const std::vector<std::string> kept = {absl::StrCat(opt_.out, ".tmp.", getppid()), opt_.out + ".tmp.x12",
+                                         absl::StrCat(opt_.out, "x.tmp.", dead)};
+  for (const auto& p : stale) std::ofstream(p) << "half a checkpoint";
+  for (const auto& p : kept) std::ofstream(p) << "not ours";
+  ASSERT_TRUE(TrainTo(1, false).ok());
+  for (const auto& p : stale) EXPECT_NE(access(p.c_str(), F_OK), 0) << p << " was left behind";
+  for (const auto& p : kept) {
+    EXPECT_EQ(access(p.c_str(), F_OK), 0) << p << " was removed";
+    std::remove(p.c_str());
+  }
 }
 
 TEST(Training, LearningRateWarmsUpThenDecays) {
