@@ -130,7 +130,11 @@ absl::StatusOr<StFileView> ParseSafetensorsView(std::string_view data) {
     const std::string* name;
   };
   std::vector<Range> ranges;
-  for (auto& [name, entry] : header.items()) {
+  for (auto& item : header.items()) {
+    // Not a structured binding: the lambda below captures the name, which
+    // C++17 does not allow for bindings (clang refuses it).
+    const std::string& name = item.key();
+    auto& entry = item.value();
     if (name == "__metadata__") {
       if (!entry.is_object()) return invalid("__metadata__ is not an object");
       for (auto& [k, v] : entry.items()) {
