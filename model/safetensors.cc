@@ -28,6 +28,55 @@ std::string ShortName(std::string_view name) {
   return absl::StrCat(std::string(name.substr(0, kMax)), "...(", name.size(), " bytes)");
 }
 
+// Bounds on a header's JSON, enforced while it is parsed: a parsed value costs
+// tens of bytes (a node, a container or map entry) for as little as two bytes
+// of input, so without them a 4 MB header of '[' or of "0," would take
+// hundreds of MB. The largest config accepted (512 layers) needs ~8 values
+// for each of its 6150 tensors and 3 levels.
+constexpr int kMaxJsonDepth = 8;
+constexpr size_t kMaxJsonValues = 1 << 18;
+
+// nlohmann's DOM builder behind a SAX filter that stops the parse at the
+// first value past either bound.
+class BoundedJsonParser {
+ public:
+  using json = nlohmann::json;
+  explicit BoundedJsonParser(json& root) : dom_(root, /*allow_exceptions=*/false) {}
+  bool null() { return Count() && dom_.null(); }
+  bool boolean(bool v) { return Count() && dom_.boolean(v); }
+  bool number_integer(json::number_integer_t v) { return Count() && dom_.number_integer(v); }
+  bool number_unsigned(json::number_unsigned_t v) { return Count() && dom_.number_unsigned(v); }
+  bool number_float(json::number_float_t v, const json::string_t& s) { return Count() && dom_.number_float(v, s); }
+  bool string(json::string_t& v) { return Count() && dom_.string(v); }
+  bool binary(json::binary_t& v) { return Count() && dom_.binary(v); }
+  bool key(json::string_t& v) { return Count() && dom_.key(v); }
+  bool start_object(std::size_t n) { return Enter() && dom_.start_object(n); }
+  bool start_array(std::size_t n) { return Enter() && dom_.start_array(n); }
+  bool end_object() { return --depth_, dom_.end_object(); }
+  bool end_array() { return --depth_, dom_.end_array(); }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) { return false; }
+  // Why the parse stopped early, if a bound stopped it.
+  std::string bound_hit() const { return bound_hit_; }
+
+ private:
+  bool Count() {
+    if (++values_ <= kMaxJsonValues) return true;
+    bound_hit_ = absl::StrCat("header has more than ", kMaxJsonValues, " JSON values");
+    return false;
+  }
+  bool Enter() {
+    if (++depth_ > kMaxJsonDepth) {
+      bound_hit_ = absl::StrCat("header nests JSON deeper than ", kMaxJsonDepth, " levels");
+      return false;
+    }
+    return Count();
+  }
+  nlohmann::detail::json_sax_dom_parser<json> dom_;
+  size_t values_ = 0;
+  int depth_ = 0;
+  std::string bound_hit_;
+};
+
 }  // namespace
 
 size_t StDTypeSize(StDType t) { return t == StDType::kF32 ? 4 : 2; }
@@ -121,8 +170,12 @@ absl::StatusOr<StFileView> ParseSafetensorsView(std::string_view data) {
   const std::string_view text = data.substr(8, n);
   // The format requires the header to start with '{' (it may end in spaces).
   if (text.empty() || text[0] != '{') return invalid("header is not a JSON object (it must start with '{')");
-  nlohmann::json header = nlohmann::json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
-  if (header.is_discarded() || !header.is_object()) return invalid("header is not a valid JSON object");
+  nlohmann::json header;
+  BoundedJsonParser parser(header);
+  if (!nlohmann::json::sax_parse(text.begin(), text.end(), &parser) || !header.is_object()) {
+    if (!parser.bound_hit().empty()) return invalid(parser.bound_hit());
+    return invalid("header is not a valid JSON object");
+  }
   const std::string_view body = data.substr(8 + n);
   StFileView file;
   struct Range {

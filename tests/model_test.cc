@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -301,6 +302,30 @@ TEST_F(HostileCheckpoint, HeaderLengthAndShapeArithmeticAreChecked) {
                 "more than 2^64 bytes");
   ExpectRefused(header_only(R"({"t":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}})"), "negative dimension");
   ExpectRefused(header_only(R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[18446744073709551615,3]}})"), "outside the data section");
+  // Deep nesting is refused before the JSON parser builds a node per level.
+  ExpectRefused(header_only("{\"a\":" + std::string(100000, '[') + std::string(100000, ']') + "}"), "nests JSON deeper than 8");
+  // So is a long flat array (a node per two bytes of input).
+  std::string zeros;
+  for (int i = 0; i < 300000; ++i) zeros += "0,";
+  zeros.pop_back();
+  ExpectRefused(header_only(R"({"t":{"dtype":"F32","data_offsets":[0,0],"shape":[)" + zeros + "]}}"), "more than 262144 JSON values");
+  // Brackets inside strings do not count.
+  auto quoted = ParseSafetensorsView(header_only(R"({"__metadata__":{"k":"[[[[[[[[[[{{{{{{{{{{\"["}})"));
+  ASSERT_TRUE(quoted.ok()) << quoted.status();
+  EXPECT_EQ(quoted->metadata.at("k"), "[[[[[[[[[[{{{{{{{{{{\"[");
+  // The largest config accepted still has a header well under the cap.
+  ModelConfig largest = SmallConfig(false, 2);
+  largest.n_layers = ConfigLimits::kMaxLayers;
+  StFile names_only;
+  names_only.metadata[kConfigMetadataKey] = ConfigToJson(largest);
+  const ParamLayout largest_layout(largest);
+  for (const auto& t : largest_layout.tensors()) {
+    StTensor st;
+    st.shape = t.shape;
+    st.shape[0] = 0;  // no data: only the header's size matters here
+    names_only.tensors.emplace(t.name, st);
+  }
+  EXPECT_LT(HeaderLength(SerializeSafetensors(names_only)), kMaxSafetensorsHeaderBytes / 4);
   // A zero dimension makes a tensor empty whatever the others are.
   auto empty = ParseSafetensorsView(header_only(R"({"t":{"dtype":"F32","shape":[0,4611686018427387904],"data_offsets":[0,0]}})"));
   ASSERT_TRUE(empty.ok()) << empty.status();
@@ -321,6 +346,28 @@ TEST_F(HostileCheckpoint, NonFiniteWeightsAreRefusedUnlessAllowed) {
     EXPECT_NE(ck->warnings[0].find("blocks.1.proj.weight"), std::string::npos) << ck->warnings[0];
     EXPECT_NE(ck->warnings[0].find("at element 5"), std::string::npos) << ck->warnings[0];
   }
+}
+
+// Every input of the checkpoint fuzzer's corpus (seeds, and the regression
+// input of any crash the fuzzer found) loads or is refused with a message;
+// under scripts/sanitize.sh this replays them with ASan and UBSan too.
+TEST(FuzzCorpus, EveryCheckpointInputIsLoadedOrRefused) {
+  const std::string dir = TINYGPT_FUZZ_CORPUS "/checkpoint";
+  int files = 0, loaded = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    std::ifstream in(entry.path(), std::ios::binary);
+    const std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto ck = ParseCheckpoint(data, entry.path().filename().string());
+    ++files;
+    if (ck.ok()) {
+      ++loaded;
+      EXPECT_EQ(ck->params.size(), ParamLayout(ck->config).total());
+    } else {
+      EXPECT_FALSE(ck.status().message().empty()) << entry.path();
+    }
+  }
+  EXPECT_GE(files, 8);
+  EXPECT_GE(loaded, 2) << "the valid seeds (learned_f32, alibi_mixed) no longer load";
 }
 
 TEST_F(HostileCheckpoint, OnlyRegularFilesAreRead) {
