@@ -215,14 +215,16 @@ class HostileCheckpoint : public ::testing::Test {
     f.metadata[kConfigMetadataKey] = j.dump();
     return SerializeSafetensors(f);
   }
-  // Each must be refused quickly with a message containing `needle`.
+  // Each must be refused quickly with a message containing `needle`. The
+  // bound is loose for sanitizer builds on a busy machine; before the fix
+  // these took up to 23 s or aborted.
   void ExpectRefused(const std::string& data, const std::string& needle) {
     const auto start = std::chrono::steady_clock::now();
     auto ck = ParseCheckpoint(data, "ck");
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     ASSERT_FALSE(ck.ok()) << "expected an error mentioning " << needle;
     EXPECT_NE(ck.status().message().find(needle), std::string::npos) << "expected " << needle << ", got " << ck.status().message();
-    EXPECT_LT(secs, 0.5) << "refusing took " << secs << " s: " << ck.status().message();
+    EXPECT_LT(secs, 5.0) << "refusing took " << secs << " s: " << ck.status().message();
   }
   static void SetHeaderLength(std::string& d, uint64_t n) {
     for (int i = 0; i < 8; ++i) d[i] = static_cast<char>((n >> (8 * i)) & 0xff);
