@@ -53,7 +53,11 @@ int GenerateCommand() {
   if (!backend.ok()) return Fail(std::string(backend.status().message()));
   RunnerOptions ro;
   ro.block_size = 16;
-  ro.num_kv_blocks = (ck->config.max_seq_len + ro.block_size - 1) / ro.block_size;
+  // The cache holds this one request, not the whole context: a checkpoint's
+  // max_seq_len (up to ConfigLimits::kMaxSeqLen, backed by no tensor under
+  // ALiBi) would otherwise size it, whatever the file's size.
+  const int needed = static_cast<int>(prompt.size()) + o.max_new_tokens;  // <= max_seq_len, validated above
+  ro.num_kv_blocks = (needed + ro.block_size - 1) / ro.block_size;
   ro.max_seqs = 1;
   ro.max_batch_tokens = std::min(ck->config.max_seq_len, 512);
   auto runner = ModelRunner::Create(backend->get(), *ck, ro);
