@@ -33,7 +33,7 @@ int Fail(const std::string& msg, int code = 1) {
 
 int GenerateCommand() {
   if (absl::GetFlag(FLAGS_prompt_ids).empty() && absl::GetFlag(FLAGS_prompt).empty()) return Fail("give --prompt or --prompt-ids", 2);
-  auto ck = LoadCheckpoint(absl::GetFlag(FLAGS_checkpoint));
+  auto ck = LoadCheckpointFromFlags(absl::GetFlag(FLAGS_checkpoint));
   if (!ck.ok()) return Fail(std::string(ck.status().message()));
   const Tokenizer* tok = ck->tokenizer.get();
   std::vector<int32_t> prompt;
@@ -58,7 +58,11 @@ int GenerateCommand() {
   if (!backend.ok()) return Fail(std::string(backend.status().message()));
   RunnerOptions ro;
   ro.block_size = 16;
-  ro.num_kv_blocks = (ck->config.max_seq_len + ro.block_size - 1) / ro.block_size;
+  // The cache holds this one request, not the whole context: a checkpoint's
+  // max_seq_len (up to ConfigLimits::kMaxSeqLen, backed by no tensor under
+  // ALiBi) would otherwise size it, whatever the file's size.
+  const int needed = static_cast<int>(prompt.size()) + o.max_new_tokens;  // <= max_seq_len, validated above
+  ro.num_kv_blocks = (needed + ro.block_size - 1) / ro.block_size;
   ro.max_seqs = 1;
   ro.max_batch_tokens = std::min(ck->config.max_seq_len, 512);
   auto runner = ModelRunner::Create(backend->get(), *ck, ro);

@@ -66,7 +66,7 @@ int ServeCommand() {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
   const std::string path = absl::GetFlag(FLAGS_checkpoint);
-  auto ck = LoadCheckpoint(path);
+  auto ck = LoadCheckpointFromFlags(path);
   if (!ck.ok()) return Fail(std::string(ck.status().message()));
   // /metrics first: its threads must start before the CUDA module is loaded.
   ServerMetrics metrics;
