@@ -277,7 +277,6 @@ grpc::Status GenerationService::HandleGenerateStream(grpc::ServerContext* ctx,
 }
 
 grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req, v1::GenerateResponse* resp) {
-  InFlight guard(in_flight_);
   Outcome o = Run(ctx, *req, /*stream=*/false, [](const std::vector<int32_t>&) { return true; });
   if (o.status.ok()) {
     for (int32_t t : o.tokens) resp->add_token_ids(t);
@@ -295,7 +294,6 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* ctx, const v
 
 template <class Writer>
 grpc::Status GenerationService::StreamTo(grpc::ServerContext* ctx, const v1::GenerateRequest* req, Writer* writer) {
-  InFlight guard(in_flight_);
   Outcome o = Run(ctx, *req, /*stream=*/true, [&](const std::vector<int32_t>& tokens) {
     v1::GenerateStreamResponse m;
     for (int32_t t : tokens) m.add_token_ids(t);

@@ -36,7 +36,8 @@ class GenerationService final : public v1::Generation::Service {
   grpc::Status GenerateStream(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
                               grpc::ServerWriter<v1::GenerateStreamResponse>* writer) override;
   grpc::Status GetModelInfo(grpc::ServerContext* ctx, const v1::GetModelInfoRequest* req, v1::ModelInfo* info) override;
-  // Generate/GenerateStream calls not yet returned (for draining).
+  // Generate/GenerateStream handlers not yet returned (for draining); counted
+  // in HandleGenerate/HandleGenerateStream, the entry points gRPC calls.
   int in_flight() const { return in_flight_.load(); }
   // From now on, finished calls are tallied into drain_counts().
   void BeginDrain() { draining_ = true; }
