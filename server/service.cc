@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <atomic>
-#include <thread>
 #include <string_view>
+#include <thread>
 
 #include "common/log.h"
 #include "absl/strings/str_cat.h"
@@ -250,16 +250,18 @@ grpc::Status GenerationService::ReadRequest(grpc::ServerContext* ctx, Stream* st
   return ParseGenerateRequest(buffer, req);
 }
 
+grpc::Status GenerationService::Refuse(grpc::Status status) {
+  Outcome o;
+  o.status = std::move(status);
+  Finish(o);
+  return o.status;
+}
+
 grpc::Status GenerationService::HandleGenerate(grpc::ServerContext* ctx,
                                                grpc::ServerUnaryStreamer<grpc::ByteBuffer, v1::GenerateResponse>* stream) {
   InFlight guard(in_flight_);
   v1::GenerateRequest req;
-  if (grpc::Status s = ReadRequest(ctx, stream, &req); !s.ok()) {
-    Outcome o;
-    o.status = s;
-    Finish(o);
-    return s;
-  }
+  if (grpc::Status s = ReadRequest(ctx, stream, &req); !s.ok()) return Refuse(s);
   v1::GenerateResponse resp;
   const grpc::Status s = Generate(ctx, &req, &resp);
   // A unary call that fails sends no message; the streamed handler requires
@@ -272,13 +274,8 @@ grpc::Status GenerationService::HandleGenerateStream(grpc::ServerContext* ctx,
                                                      grpc::ServerSplitStreamer<grpc::ByteBuffer, v1::GenerateStreamResponse>* stream) {
   InFlight guard(in_flight_);
   v1::GenerateRequest req;
-  if (grpc::Status s = ReadRequest(ctx, stream, &req); !s.ok()) {
-    Outcome o;
-    o.status = s;
-    Finish(o);
-    return s;
-  }
-  return StreamTo(ctx, &req, stream);
+  if (grpc::Status s = ReadRequest(ctx, stream, &req); !s.ok()) return Refuse(s);
+  return GenerateStream(ctx, &req, stream);
 }
 
 grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req, v1::GenerateResponse* resp) {
@@ -293,12 +290,7 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const v1::Gen
 }
 
 grpc::Status GenerationService::GenerateStream(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
-                                               grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
-  return StreamTo(ctx, req, writer);
-}
-
-template <class Writer>
-grpc::Status GenerationService::StreamTo(grpc::ServerContext* ctx, const v1::GenerateRequest* req, Writer* writer) {
+                                               grpc::ServerSplitStreamer<grpc::ByteBuffer, v1::GenerateStreamResponse>* writer) {
   Outcome o = Run(ctx, *req, /*stream=*/true, [&](const std::vector<int32_t>& tokens) {
     v1::GenerateStreamResponse m;
     for (int32_t t : tokens) m.add_token_ids(t);

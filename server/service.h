@@ -32,9 +32,11 @@ class GenerationService final : public v1::Generation::Service {
   // server/request_wire.h), so bad and oversized requests are counted too.
   GenerationService(Engine* engine, ServerMetrics* metrics, ServiceOptions opt);
 
+  // The calls once their request is read and parsed (gRPC runs the Handle*
+  // entry points below, which read it).
   grpc::Status Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req, v1::GenerateResponse* resp) override;
   grpc::Status GenerateStream(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
-                              grpc::ServerWriter<v1::GenerateStreamResponse>* writer) override;
+                              grpc::ServerSplitStreamer<grpc::ByteBuffer, v1::GenerateStreamResponse>* writer);
   grpc::Status GetModelInfo(grpc::ServerContext* ctx, const v1::GetModelInfoRequest* req, v1::ModelInfo* info) override;
   // Generate/GenerateStream handlers not yet returned (for draining); counted
   // in HandleGenerate/HandleGenerateStream, the entry points gRPC calls.
@@ -58,9 +60,8 @@ class GenerationService final : public v1::Generation::Service {
   // Authenticates the call and reads and parses its one request message.
   template <class Stream>
   grpc::Status ReadRequest(grpc::ServerContext* ctx, Stream* stream, v1::GenerateRequest* req);
-  // GenerateStream's body, for gRPC's ServerWriter and the split streamer.
-  template <class Writer>
-  grpc::Status StreamTo(grpc::ServerContext* ctx, const v1::GenerateRequest* req, Writer* writer);
+  // Counts and logs a call refused before it reached the engine.
+  grpc::Status Refuse(grpc::Status status);
   // The handlers gRPC runs for Generate and GenerateStream.
   grpc::Status HandleGenerate(grpc::ServerContext* ctx, grpc::ServerUnaryStreamer<grpc::ByteBuffer, v1::GenerateResponse>* stream);
   grpc::Status HandleGenerateStream(grpc::ServerContext* ctx,

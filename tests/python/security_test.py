@@ -164,6 +164,11 @@ with harness.Server(tinygpt, ckpt) as s:
     c, d = status(lambda: raw_unary(bad_stop, timeout=10))
     r.check("non-UTF-8 stop string: INVALID_ARGUMENT naming the field", c == grpc.StatusCode.INVALID_ARGUMENT and d.startswith("stop:"),
             f"{c} {d}")
+    # A client-streaming call on the same path closes without sending a message.
+    no_message = ch.stream_unary("/tinygpt.v1.Generation/Generate", request_serializer=lambda b: b,
+                                 response_deserializer=pb.GenerateResponse.FromString)
+    c, d = status(lambda: no_message(iter([]), timeout=10))
+    r.check("no message at all: INVALID_ARGUMENT", c == grpc.StatusCode.INVALID_ARGUMENT and d == "request: no message", f"{c} {d}")
     c, d = status(lambda: raw_unary(b"\xff\xff\xff", timeout=10))
     r.check("unparseable bytes: INVALID_ARGUMENT", c == grpc.StatusCode.INVALID_ARGUMENT, f"{c} {d}")
     # Valid UTF-8 passes the wire check; the seed model's 64-token vocabulary
@@ -179,9 +184,9 @@ with harness.Server(tinygpt, ckpt) as s:
     r.check("still serving after all that", list(stub.Generate(REQ, timeout=30).token_ids) == [3, 4, 5])
     m = s.metrics()
     v = lambda **l: harness.value(m, "tinygpt_requests_total", **l)
-    r.check("metrics: 5 INVALID_ARGUMENT", v(code="INVALID_ARGUMENT") == 5, str(v(code="INVALID_ARGUMENT")))
+    r.check("metrics: 6 INVALID_ARGUMENT", v(code="INVALID_ARGUMENT") == 6, str(v(code="INVALID_ARGUMENT")))
     r.check("metrics: 2 RESOURCE_EXHAUSTED (over 4 MiB)", v(code="RESOURCE_EXHAUSTED") == 2, str(v(code="RESOURCE_EXHAUSTED")))
-    r.check("metrics: every request counted", v() == 8, str(v()))
+    r.check("metrics: every request counted", v() == 9, str(v()))
     r.check("no INTERNAL anywhere", v(code="INTERNAL") == 0)
 
 # --- /metrics under idle connections, and on its own address ---------------------
