@@ -3,9 +3,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -35,6 +39,12 @@ ABSL_FLAG(std::vector<std::string>, stop, {}, "stop strings, comma separated");
 ABSL_FLAG(int, deadline_ms, 0, "per-request deadline (0: none, except in bench: 60000)");
 ABSL_FLAG(bool, json, false, "machine-readable output");
 ABSL_FLAG(std::string, service, "", "health: the service name to check (empty: the server)");
+// TLS and authentication (the server's --tls-* and --auth-token-file).
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA certificates to verify the server with: connect over TLS");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate chain, for servers that require one (with --tls-key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
+ABSL_FLAG(std::string, tls_server_name, "", "name to verify in the server's certificate instead of the --target host");
+ABSL_FLAG(std::string, auth_token_file, "", "file holding the bearer token to send as 'authorization: Bearer <token>'");
 // bench
 ABSL_FLAG(int, requests, 64, "bench: requests to send");
 ABSL_FLAG(int, concurrency, 8, "bench: concurrent streams (ignored with --rate)");
@@ -54,8 +64,54 @@ using Clock = std::chrono::steady_clock;
 constexpr const char* kUsage =
     "usage: tinygpt-client <generate|stream|info|health|bench> [--target host:port] [flags]";
 
+// A whole file; exits the program with a message naming the flag otherwise
+// (the client's flags are read once, before any request).
+std::string ReadFileOrDie(const std::string& path, const char* flag) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in.is_open()) {
+    std::fprintf(stderr, "--%s: cannot open %s\n", flag, path.c_str());
+    std::exit(2);
+  }
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
 std::shared_ptr<grpc::Channel> Channel() {
-  return grpc::CreateChannel(absl::GetFlag(FLAGS_target), grpc::InsecureChannelCredentials());
+  const std::string ca = absl::GetFlag(FLAGS_tls_ca), cert = absl::GetFlag(FLAGS_tls_cert), key = absl::GetFlag(FLAGS_tls_key);
+  if (ca.empty() && cert.empty() && key.empty())
+    return grpc::CreateChannel(absl::GetFlag(FLAGS_target), grpc::InsecureChannelCredentials());
+  if (cert.empty() != key.empty()) {
+    std::fprintf(stderr, "--tls-cert and --tls-key go together\n");
+    std::exit(2);
+  }
+  grpc::SslCredentialsOptions opts;  // an empty root set means the system's CAs
+  if (!ca.empty()) opts.pem_root_certs = ReadFileOrDie(ca, "tls-ca");
+  if (!cert.empty()) {
+    opts.pem_cert_chain = ReadFileOrDie(cert, "tls-cert");
+    opts.pem_private_key = ReadFileOrDie(key, "tls-key");
+  }
+  grpc::ChannelArguments args;
+  if (!absl::GetFlag(FLAGS_tls_server_name).empty())
+    args.SetString(GRPC_SSL_TARGET_NAME_OVERRIDE_ARG, absl::GetFlag(FLAGS_tls_server_name));
+  return grpc::CreateCustomChannel(absl::GetFlag(FLAGS_target), grpc::SslCredentials(opts), args);
+}
+
+// The bearer token, read once; empty without --auth-token-file.
+const std::string& AuthToken() {
+  static const std::string token = [] {
+    const std::string path = absl::GetFlag(FLAGS_auth_token_file);
+    if (path.empty()) return std::string();
+    std::string t = ReadFileOrDie(path, "auth-token-file");
+    while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
+    return t;
+  }();
+  return token;
+}
+
+// Sent as metadata on each call rather than as call credentials: gRPC only
+// sends call credentials over TLS, and a token over loopback or behind a
+// TLS-terminating proxy is a setup we support.
+void AddAuth(grpc::ClientContext* ctx) {
+  if (!AuthToken().empty()) ctx->AddMetadata("authorization", "Bearer " + AuthToken());
 }
 
 // Bench mode never waits without a deadline: a request that a broken server
@@ -139,6 +195,7 @@ int Generate() {
   auto stub = tinygpt::v1::Generation::NewStub(Channel());
   grpc::ClientContext ctx;
   SetDeadline(&ctx);
+  AddAuth(&ctx);
   tinygpt::v1::GenerateResponse resp;
   grpc::Status s = stub->Generate(&ctx, req, &resp);
   if (!s.ok()) return PrintError(s);
@@ -163,6 +220,7 @@ int Stream() {
   auto stub = tinygpt::v1::Generation::NewStub(Channel());
   grpc::ClientContext ctx;
   SetDeadline(&ctx);
+  AddAuth(&ctx);
   auto reader = stub->GenerateStream(&ctx, req);
   tinygpt::v1::GenerateStreamResponse m;
   bool saw_last = false;
@@ -186,6 +244,7 @@ int Info() {
   auto stub = tinygpt::v1::Generation::NewStub(Channel());
   grpc::ClientContext ctx;
   SetDeadline(&ctx);
+  AddAuth(&ctx);
   tinygpt::v1::ModelInfo info;
   grpc::Status s = stub->GetModelInfo(&ctx, {}, &info);
   if (!s.ok()) return PrintError(s);
@@ -223,6 +282,7 @@ int Bench() {
   tinygpt::v1::ModelInfo info;
   {
     grpc::ClientContext ctx;
+    AddAuth(&ctx);
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     grpc::Status s = stub->GetModelInfo(&ctx, {}, &info);
     if (!s.ok()) return PrintError(s);
@@ -260,6 +320,7 @@ int Bench() {
   auto run_one = [&](const GenerateRequest& req) {
     grpc::ClientContext ctx;
     SetDeadline(&ctx, kBenchDefaultDeadlineMs);
+    AddAuth(&ctx);
     const auto t0 = Clock::now();
     if (absl::GetFlag(FLAGS_unary)) {
       tinygpt::v1::GenerateResponse resp;

@@ -26,8 +26,8 @@ Engine::~Engine() {
   }
   cv_.notify_all();
   thread_.join();
-  for (auto& s : running_) s->Finish(FinishReason::kCancelled, absl::UnavailableError("server shutting down"));
-  for (auto& s : waiting_) s->Finish(FinishReason::kCancelled, absl::UnavailableError("server shutting down"));
+  for (auto& s : running_) s->Finish(FinishReason::kCancelled, absl::UnavailableError(kShutdownMessage));
+  for (auto& s : waiting_) s->Finish(FinishReason::kCancelled, absl::UnavailableError(kShutdownMessage));
 }
 
 absl::StatusOr<std::shared_ptr<Sequence>> Engine::Submit(SequenceRequest req) {
@@ -67,8 +67,8 @@ void Engine::StartDrain() {
 
 void Engine::CancelAll() {
   std::lock_guard<std::mutex> lock(mu_);
-  for (auto& s : waiting_) s->cancel_requested = true;
-  // Running sequences are only touched by the scheduler; flag them through it.
+  // Waiting and running sequences are retired by the scheduler (it owns the
+  // blocks); the flag tells it to cut off all of them on its next step.
   cancel_all_ = true;
   cv_.notify_all();
 }
@@ -91,7 +91,7 @@ void Engine::Loop() {
     }
     if (RunStep()) continue;
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait_for(lock, std::chrono::milliseconds(20), [&] { return stop_ || !waiting_.empty(); });
+    cv_.wait_for(lock, std::chrono::milliseconds(20), [&] { return stop_ || cancel_all_ || !waiting_.empty(); });
   }
 }
 
@@ -144,7 +144,11 @@ bool Engine::RunStep() {
   }
   for (auto& s : running_)
     if (s->cancel_requested || cancel_all) cancelled.push_back(s);
-  for (auto& s : cancelled) Retire(s, FinishReason::kCancelled);
+  // A client's own cancel ends OK here (the service reports CANCELLED or
+  // DEADLINE_EXCEEDED); one cut off by shutdown ends UNAVAILABLE.
+  for (auto& s : cancelled)
+    Retire(s, FinishReason::kCancelled,
+           cancel_all && !s->cancel_requested ? absl::UnavailableError(kShutdownMessage) : absl::OkStatus());
 
   // 2. Plan the step: running sequences first, oldest first, then admit
   //    waiting ones while the token, sequence and block budgets allow.

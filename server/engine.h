@@ -20,6 +20,10 @@ namespace tinygpt {
 
 class ServerMetrics;
 
+// The status of a request cut off by shutdown, so a client can tell it from a
+// finished one (the tokens it got are a prefix, not the answer).
+inline constexpr const char* kShutdownMessage = "server shut down before the request finished";
+
 struct EngineOptions {
   int max_queue = 256;        // waiting sequences beyond which Submit refuses
   int max_new_tokens_limit = 0;  // 0: the model context
@@ -50,7 +54,9 @@ class Engine {
   void Cancel(const std::shared_ptr<Sequence>& seq);
   // Refuses new requests from now on; in-flight ones go on.
   void StartDrain();
-  // Cancels everything still queued or running.
+  // Cuts off everything still queued or running (the drain deadline passed):
+  // each ends with UNAVAILABLE kShutdownMessage, unless its client had already
+  // cancelled it. Returns at once; the scheduler retires them on its next step.
   void CancelAll();
   bool Idle() const;
   EngineStats Stats() const;

@@ -6,6 +6,9 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <string>
+#include <vector>
+
 namespace tinygpt {
 
 using prometheus::BuildCounter;
@@ -59,8 +62,15 @@ void ServerMetrics::SetBuildInfo(const BuildInfo& info) {
 
 ServerMetrics::~ServerMetrics() = default;
 
-void ServerMetrics::Expose(const std::string& host_port) {
-  exposer_ = std::make_unique<prometheus::Exposer>(host_port);
+void ServerMetrics::Expose(const std::string& host_port, int threads, int request_timeout_ms) {
+  // civetweb options. Keep-alive stays off (its default): a scraper opens one
+  // connection per scrape, and an idle kept-alive connection pins a worker.
+  exposer_ = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
+      "listening_ports", host_port,
+      "num_threads", std::to_string(threads),
+      "request_timeout_ms", std::to_string(request_timeout_ms),
+      "enable_keep_alive", "no",
+  });
   exposer_->RegisterCollectable(registry_);
 }
 

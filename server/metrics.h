@@ -28,7 +28,10 @@ class ServerMetrics {
   // Serves /metrics on host:port (a civetweb thread pool). Call it before the
   // CUDA module is loaded: cuBLASLt's large static TLS would not fit the
   // small stacks civetweb gives its threads.
-  void Expose(const std::string& host_port);
+  // `threads` workers serve scrapes; a connection that sends no complete
+  // request within `request_timeout_ms` is dropped, so slow or idle clients
+  // cannot hold every worker (civetweb gives each connection one thread).
+  void Expose(const std::string& host_port, int threads = 8, int request_timeout_ms = 5000);
   // The tinygpt_build_info gauge, once the backend is known.
   void SetBuildInfo(const BuildInfo& info);
   // The port /metrics listens on (after Expose), e.g. when asked for port 0.
