@@ -130,7 +130,7 @@ with harness.Server(tinygpt, ckpt, f"--auth-token-file={P('token')}") as s:
     r.check("auth: tinygpt-client --auth-token-file", out.returncode == 0 and "output_ids: 3,4,5" in out.stdout, out.stderr[-300:])
     out = run_client("generate", f"--target={s.address}", f"--auth-token-file={P('wrong-token')}", "--prompt-ids=1,2")
     unauth += 1
-    r.check("auth: tinygpt-client with a wrong token fails with status 16", out.returncode != 0 and "status 16" in out.stderr,
+    r.check("auth: tinygpt-client with a wrong token fails with UNAUTHENTICATED", out.returncode != 0 and "UNAUTHENTICATED" in out.stderr,
             out.stderr[-200:])
     m = s.metrics()
     got = harness.value(m, "tinygpt_requests_total", code="UNAUTHENTICATED")
