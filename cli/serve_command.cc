@@ -48,6 +48,7 @@ ABSL_FLAG(int, max_new_tokens_limit, 0, "largest max_new_tokens accepted (0: the
 ABSL_FLAG(int, max_request_bytes, 64 * 1024, "largest request accepted (INVALID_ARGUMENT beyond)");
 ABSL_FLAG(int, debug_step_delay_ms, 0, "testing only: sleep this long in every scheduler step");
 ABSL_FLAG(double, drain_timeout, 30.0, "seconds in-flight requests get to finish on SIGTERM");
+ABSL_FLAG(int, max_n, 16, "most samples (GenerateRequest.n) per request");
 ABSL_FLAG(bool, prefix_caching, true, "reuse the KV cache blocks of prompt prefixes seen before (--noprefix-caching: off)");
 
 namespace tinygpt {
@@ -174,6 +175,7 @@ int ServeCommand() {
   eo.debug_step_delay = std::chrono::milliseconds(absl::GetFlag(FLAGS_debug_step_delay_ms));
   eo.tokenizer = ck->tokenizer.get();
   eo.prefix_caching = absl::GetFlag(FLAGS_prefix_caching);
+  eo.max_n = absl::GetFlag(FLAGS_max_n);
   Engine engine(runner->get(), eo, &metrics);
   GenerationService service(&engine, &metrics,
                             {static_cast<size_t>(absl::GetFlag(FLAGS_max_request_bytes)), path, ConfigToJson(ck->config),

@@ -55,6 +55,12 @@ ABSL_FLAG(int, output_len_min, 8, "bench: fewest new tokens");
 ABSL_FLAG(int, output_len_max, 32, "bench: most new tokens");
 ABSL_FLAG(bool, unary, false, "bench: unary Generate calls (TTFT and inter-token latency from the server's timings)");
 ABSL_FLAG(bool, ignore_eos, false, "keep generating past the model's end token");
+ABSL_FLAG(bool, logprobs, false, "return each generated token's log-probability");
+ABSL_FLAG(int, top_logprobs, 0, "also the N (<= 20) most likely tokens at each step");
+ABSL_FLAG(float, repetition_penalty, 1.f, "CTRL/HF repetition penalty (> 0; 1: none)");
+ABSL_FLAG(float, frequency_penalty, 0.f, "OpenAI frequency penalty in [-2, 2]");
+ABSL_FLAG(float, presence_penalty, 0.f, "OpenAI presence penalty in [-2, 2]");
+ABSL_FLAG(int, n, 1, "samples of the prompt (sample i uses --seed + i)");
 
 namespace {
 
@@ -184,6 +190,12 @@ bool RequestFromFlags(GenerateRequest* req) {
   req->set_seed(absl::GetFlag(FLAGS_seed));
   for (const auto& s : absl::GetFlag(FLAGS_stop)) req->add_stop(s);
   req->set_ignore_eos(absl::GetFlag(FLAGS_ignore_eos));
+  req->set_logprobs(absl::GetFlag(FLAGS_logprobs));
+  req->set_top_logprobs(absl::GetFlag(FLAGS_top_logprobs));
+  if (absl::GetFlag(FLAGS_repetition_penalty) != 1.f) req->mutable_repetition_penalty()->set_value(absl::GetFlag(FLAGS_repetition_penalty));
+  req->set_frequency_penalty(absl::GetFlag(FLAGS_frequency_penalty));
+  req->set_presence_penalty(absl::GetFlag(FLAGS_presence_penalty));
+  req->set_n(absl::GetFlag(FLAGS_n));
   return true;
 }
 
@@ -199,17 +211,48 @@ int Generate() {
   tinygpt::v1::GenerateResponse resp;
   grpc::Status s = stub->Generate(&ctx, req, &resp);
   if (!s.ok()) return PrintError(s);
+  // Sample 0 is the response's own fields; with n > 1 every sample is in choices.
+  std::vector<tinygpt::v1::Choice> choices(resp.choices().begin(), resp.choices().end());
+  if (choices.empty()) {
+    tinygpt::v1::Choice c;
+    *c.mutable_token_ids() = resp.token_ids();
+    c.set_text(resp.text());
+    c.set_finish_reason(resp.finish_reason());
+    *c.mutable_logprobs() = resp.logprobs();
+    choices.push_back(c);
+  }
   if (absl::GetFlag(FLAGS_json)) {
-    nlohmann::json j = {{"request_id", resp.request_id()}, {"output_ids", Ids(resp.token_ids())}, {"text", resp.text()},
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& c : choices) {
+      nlohmann::json lps = nlohmann::json::array();
+      for (const auto& lp : c.logprobs()) {
+        nlohmann::json top = nlohmann::json::array();
+        for (const auto& t : lp.top()) top.push_back({{"token_id", t.token_id()}, {"logprob", t.logprob()}});
+        lps.push_back({{"token_id", lp.token_id()}, {"logprob", lp.logprob()}, {"top", top}});
+      }
+      out.push_back({{"index", c.index()}, {"output_ids", Ids(c.token_ids())}, {"text", c.text()},
+                     {"finish_reason", tinygpt::v1::FinishReason_Name(c.finish_reason())}, {"logprobs", lps}});
+    }
+    nlohmann::json j = {{"request_id", resp.request_id()}, {"output_ids", out[0]["output_ids"]}, {"text", resp.text()},
                         {"finish_reason", tinygpt::v1::FinishReason_Name(resp.finish_reason())},
                         {"prompt_tokens", resp.usage().prompt_tokens()}, {"generated_tokens", resp.usage().generated_tokens()},
                         {"ttft_seconds", resp.timings().time_to_first_token_seconds()}, {"total_seconds", resp.timings().total_seconds()}};
-    std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
-  } else {
+    if (absl::GetFlag(FLAGS_logprobs) || absl::GetFlag(FLAGS_top_logprobs) > 0) j["logprobs"] = out[0]["logprobs"];
+    if (choices.size() > 1) j["choices"] = out;
+    std::printf("%s\n", j.dump().c_str());
+    return 0;
+  }
+  for (const auto& c : choices) {
     std::string ids;
-    for (int32_t t : resp.token_ids()) ids += (ids.empty() ? "" : ",") + std::to_string(t);
-    std::printf("output_ids: %s\ntext: %s\nfinish_reason: %s\n", ids.c_str(), resp.text().c_str(),
-                tinygpt::v1::FinishReason_Name(resp.finish_reason()).c_str());
+    for (int32_t t : c.token_ids()) ids += (ids.empty() ? "" : ",") + std::to_string(t);
+    if (choices.size() > 1) std::printf("[choice %d]\n", c.index());
+    std::printf("output_ids: %s\ntext: %s\nfinish_reason: %s\n", ids.c_str(), c.text().c_str(),
+                tinygpt::v1::FinishReason_Name(c.finish_reason()).c_str());
+    for (const auto& lp : c.logprobs()) {
+      std::printf("  token %d logprob %.4f", lp.token_id(), lp.logprob());
+      for (const auto& t : lp.top()) std::printf(" | %d %.4f", t.token_id(), t.logprob());
+      std::printf("\n");
+    }
   }
   return 0;
 }

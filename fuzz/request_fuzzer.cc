@@ -14,6 +14,7 @@
 #include "model/generate.h"
 #include "model/params.h"
 #include "model/runner.h"
+#include "model/tokenizer.h"
 #include "server/service.h"
 
 namespace {
@@ -26,6 +27,7 @@ void Require(bool ok, const char* what) {
 }
 
 struct TinyModel {
+  std::unique_ptr<tinygpt::Tokenizer> tokenizer = tinygpt::MakeByteTokenizer();
   std::unique_ptr<tinygpt::Backend> backend;
   std::unique_ptr<tinygpt::ModelRunner> runner;
 };
@@ -65,7 +67,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static TinyModel* model = MakeModel();
   tinygpt::v1::GenerateRequest req;
   if (!req.ParseFromArray(data, static_cast<int>(size))) return 0;
-  auto sr = tinygpt::ToSequenceRequest(req, 64 * 1024, /*stream=*/false);
+  auto sr = tinygpt::ToSequenceRequest(req, 64 * 1024, /*stream=*/false, model->tokenizer.get());
   if (!sr.ok()) return 0;
   const tinygpt::ModelConfig& cfg = model->runner->config();
   if (!tinygpt::ValidateGenerateRequest(cfg, sr->prompt, sr->options).ok()) return 0;

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/sampling.h"
 #include "model/kv_cache.h"
 
 namespace tinygpt {
@@ -68,12 +69,14 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(Backend* backen
   return r;
 }
 
-absl::Status ModelRunner::Step(const std::vector<SeqStep>& seqs, std::vector<int32_t>* sampled, std::vector<float>* logits) {
+absl::Status ModelRunner::Step(const std::vector<SeqStep>& seqs, std::vector<int32_t>* sampled, std::vector<float>* logits,
+                               std::vector<TokenLogprobs>* logprobs) {
   const int n = static_cast<int>(seqs.size());
   if (n == 0) return absl::OkStatus();
   if (n > opt_.max_seqs) return absl::InvalidArgumentError("runner: too many sequences in one step");
   std::vector<int32_t> tokens, positions, slots, cu_q{0}, ctx, tables(static_cast<size_t>(n) * max_blocks_per_seq_, 0), rows;
   std::vector<SamplingParams> params;
+  std::vector<const SamplingExtras*> extras;  // per sampling row
   int max_q = 0, max_ctx = 0;
   for (int s = 0; s < n; ++s) {
     const SeqStep& q = seqs[s];
@@ -96,6 +99,7 @@ absl::Status ModelRunner::Step(const std::vector<SeqStep>& seqs, std::vector<int
     if (q.sample) {
       rows.push_back(cu_q.back() - 1);
       params.push_back(q.sampling);
+      extras.push_back(q.extras);
     }
   }
   const int T = static_cast<int>(tokens.size());
@@ -140,13 +144,28 @@ absl::Status ModelRunner::Step(const std::vector<SeqStep>& seqs, std::vector<int
   b.GatherRows(x_, d_rows_, last_, R, d);
   b.LayerNorm(last_, nfw, nfb, ln_, R, d, cfg_.norm_eps);
   b.Linear(ln_, headw, headb, logits_, R, d, cfg_.vocab_size);
+  const int V = cfg_.vocab_size;
   if (logits) {
-    logits->resize(static_cast<size_t>(R) * cfg_.vocab_size);
+    logits->resize(static_cast<size_t>(R) * V);
     b.DownloadFloats(logits->data(), logits_, logits->size());
   }
-  if (sampled) {
-    sampled->resize(R);
-    b.Sample(logits_, R, cfg_.vocab_size, params.data(), sampled->data());
+  if (!sampled) return absl::OkStatus();
+  sampled->resize(R);
+  b.Sample(logits_, R, V, params.data(), sampled->data());
+  if (logprobs) logprobs->assign(R, TokenLogprobs{});
+  // Rows with penalties or logprobs: their logits come to the host, and a
+  // penalized row is sampled again there (same rule as every backend's Sample).
+  std::vector<float> row(V);
+  for (int r = 0; r < R; ++r) {
+    const SamplingExtras* e = extras[r];
+    if (!e || (!e->penalties.active() && !e->wants_logprobs())) continue;
+    b.DownloadFloats(row.data(), static_cast<const char*>(logits_) + static_cast<size_t>(r) * V * DTypeSize(b.dtype()), V);
+    if (e->penalties.active() && e->history) {
+      std::vector<float> penalized = row;
+      ApplyPenalties(e->penalties, *e->history, penalized.data(), V);
+      (*sampled)[r] = cpu::SampleToken(penalized.data(), V, params[r]);
+    }
+    if (e->wants_logprobs() && logprobs) (*logprobs)[r] = ComputeLogprobs(row.data(), V, (*sampled)[r], e->top_logprobs);
   }
   return absl::OkStatus();
 }

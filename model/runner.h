@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
 #include "model/checkpoint.h"
+#include "model/logits_processing.h"
 #include "model/params.h"
 
 namespace tinygpt {
@@ -28,6 +29,7 @@ struct SeqStep {
   const std::vector<int32_t>* block_table = nullptr;  // covers start_pos + num_tokens
   bool sample = false;  // produce a token from the last new token's logits
   SamplingParams sampling;
+  const SamplingExtras* extras = nullptr;  // penalties and logprobs (host side), or none
 };
 
 class ModelRunner {
@@ -44,8 +46,11 @@ class ModelRunner {
   }
 
   // Runs the step. `sampled` gets one token per sequence with sample=true, in
-  // order. If `logits` is non-null it gets those rows' logits (fp32).
-  absl::Status Step(const std::vector<SeqStep>& seqs, std::vector<int32_t>* sampled, std::vector<float>* logits = nullptr);
+  // order; `logprobs` (if non-null) their log-probabilities, for the rows
+  // whose extras ask for them (others stay empty). If `logits` is non-null it
+  // gets those rows' logits (fp32, before penalties).
+  absl::Status Step(const std::vector<SeqStep>& seqs, std::vector<int32_t>* sampled, std::vector<float>* logits = nullptr,
+                    std::vector<TokenLogprobs>* logprobs = nullptr);
 
  private:
   ModelRunner(Backend* b, const ModelConfig& cfg, const RunnerOptions& opt) : backend_(b), cfg_(cfg), opt_(opt) {}

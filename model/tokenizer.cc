@@ -15,11 +15,27 @@
 namespace tinygpt {
 namespace {
 
+// RTLD_DEEPBIND keeps SentencePiece's own protobuf-lite from binding to
+// gRPC's libprotobuf (see model/sentencepiece_model.h). AddressSanitizer
+// refuses DEEPBIND outright; the sanitizer builds (unit tests, fuzzers) load
+// the module only in processes without libprotobuf, where nothing clashes.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr int kDeepBind = 0;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr int kDeepBind = 0;
+#else
+constexpr int kDeepBind = RTLD_DEEPBIND;
+#endif
+#else
+constexpr int kDeepBind = RTLD_DEEPBIND;
+#endif
+
 // The SentencePiece module, opened once (see model/sentencepiece_model.h).
 absl::StatusOr<const spm::Api*> SentencePieceApi() {
   static const absl::StatusOr<const spm::Api*> api = []() -> absl::StatusOr<const spm::Api*> {
     std::string error;
-    void* handle = OpenSharedModule(spm::kModuleName, RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND, &error);
+    void* handle = OpenSharedModule(spm::kModuleName, RTLD_NOW | RTLD_LOCAL | kDeepBind, &error);
     if (!handle) return absl::UnavailableError(absl::StrCat("cannot load ", spm::kModuleName, ":", error));
     auto fn = reinterpret_cast<spm::ApiFn>(dlsym(handle, spm::kApiSymbol));
     if (!fn) return absl::InternalError(absl::StrCat(spm::kModuleName, " has no symbol ", spm::kApiSymbol));

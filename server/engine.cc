@@ -1,6 +1,7 @@
 #include "server/engine.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "common/log.h"
 #include "absl/strings/str_cat.h"
@@ -30,7 +31,7 @@ Engine::~Engine() {
   for (auto& s : waiting_) s->Finish(FinishReason::kCancelled, absl::UnavailableError(kShutdownMessage));
 }
 
-absl::StatusOr<std::shared_ptr<Sequence>> Engine::Submit(SequenceRequest req) {
+absl::StatusOr<SubmittedRequest> Engine::Submit(SequenceRequest req) {
   const ModelConfig& cfg = runner_->config();
   if (auto s = ValidateGenerateRequest(cfg, req.prompt, req.options); !s.ok()) return s;
   if (req.options.max_new_tokens > opt_.max_new_tokens_limit)
@@ -38,21 +39,39 @@ absl::StatusOr<std::shared_ptr<Sequence>> Engine::Submit(SequenceRequest req) {
                                                    opt_.max_new_tokens_limit));
   if (!req.stop_strings.empty() && !opt_.tokenizer)
     return absl::InvalidArgumentError("stop: this model has no tokenizer, so it cannot match stop strings; use stop_token_ids");
+  const Penalties& p = req.penalties;
+  if (!(p.repetition > 0.f) || !std::isfinite(p.repetition))
+    return absl::InvalidArgumentError("repetition_penalty: must be > 0 (1: none)");
+  if (!(p.frequency >= -2.f && p.frequency <= 2.f)) return absl::InvalidArgumentError("frequency_penalty: must be in [-2, 2]");
+  if (!(p.presence >= -2.f && p.presence <= 2.f)) return absl::InvalidArgumentError("presence_penalty: must be in [-2, 2]");
+  if (req.top_logprobs < -1 || req.top_logprobs > kMaxTopLogprobs)
+    return absl::InvalidArgumentError(absl::StrCat("top_logprobs: must be in [0, ", kMaxTopLogprobs, "]"));
+  if (req.n < 1 || req.n > opt_.max_n)
+    return absl::InvalidArgumentError(absl::StrCat("n: must be in [1, ", opt_.max_n, "] (the server's --max-n)"));
   const int need = BlocksFor(static_cast<int>(req.prompt.size()) + req.options.max_new_tokens, block_size_);
   if (need > kv_.num_blocks())
     return absl::InvalidArgumentError(absl::StrCat("max_new_tokens: prompt + max_new_tokens need ", need,
                                                    " KV blocks, more than the whole cache (", kv_.num_blocks(), ")"));
-  auto seq = std::make_shared<Sequence>(std::move(req), opt_.tokenizer);
+  const int n = req.n;
+  const auto shared = std::make_shared<const SequenceRequest>(std::move(req));
+  SubmittedRequest out;
+  out.channel = std::make_shared<EventChannel>(n, shared->stream);
+  for (int i = 0; i < n; ++i) out.samples.push_back(std::make_shared<Sequence>(shared, i, out.channel, opt_.tokenizer));
+  // Samples 1..n-1 wait for sample 0's prompt and then share its blocks.
+  for (int i = 1; i < n; ++i) {
+    out.samples[i]->waits_for_prompt = true;
+    out.samples[0]->siblings.push_back(out.samples[i]);
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (draining_ || stop_) return absl::UnavailableError("server is draining");
-    if (static_cast<int>(waiting_.size()) >= opt_.max_queue)
-      return absl::ResourceExhaustedError(absl::StrCat("queue full (", opt_.max_queue, " waiting requests)"));
-    waiting_.push_back(seq);
+    if (static_cast<int>(waiting_.size()) + n > opt_.max_queue)
+      return absl::ResourceExhaustedError(absl::StrCat("queue full (", opt_.max_queue, " waiting sequences)"));
+    waiting_.insert(waiting_.end(), out.samples.begin(), out.samples.end());
     stats_.waiting = static_cast<int>(waiting_.size());
   }
   cv_.notify_all();
-  return seq;
+  return out;
 }
 
 void Engine::Cancel(const std::shared_ptr<Sequence>& seq) {
@@ -98,6 +117,9 @@ void Engine::Loop() {
 void Engine::Retire(const std::shared_ptr<Sequence>& seq, FinishReason reason, absl::Status status) {
   kv_.Release(&seq->block_table);
   running_.erase(std::remove(running_.begin(), running_.end(), seq), running_.end());
+  // Samples still waiting for this one's prompt compute it themselves.
+  for (auto& sib : seq->siblings) sib->waits_for_prompt = false;
+  seq->siblings.clear();
   seq->Finish(reason, std::move(status), seq->detokenizer ? seq->detokenizer->Finish() : std::string());
 }
 
@@ -171,6 +193,7 @@ bool Engine::RunStep() {
     st.sample = s->num_computed + chunk == static_cast<int>(s->tokens.size());
     const GenerateOptions& o = s->request.options;
     st.sampling = SamplingParams{o.temperature, o.top_k, o.top_p, 0.f};
+    if (s->extras.penalties.active() || s->extras.wants_logprobs()) st.extras = &s->extras;
     steps.push_back(st);
     in_step.push_back(s);
     token_budget -= chunk;
@@ -192,17 +215,27 @@ bool Engine::RunStep() {
       if (waiting_.empty()) break;
       s = waiting_.front();
     }
+    if (s->waits_for_prompt) break;  // first-come first-served: the queue waits with it
     // Start from the longest cached prefix of its tokens (a preempted
-    // sequence's generated tokens included).
-    const int cached = kv_.MatchPrefix(s->tokens.data(), static_cast<int>(s->tokens.size()), &s->block_table);
-    s->num_computed = cached;
-    s->num_hashed_blocks = cached / block_size_;
+    // sequence's generated tokens included), unless it holds blocks already
+    // (a sample handed its request's prompt).
+    int cached = -1;
+    if (s->block_table.empty()) {
+      cached = kv_.MatchPrefix(s->tokens.data(), static_cast<int>(s->tokens.size()), &s->block_table);
+      s->num_computed = cached;
+      s->num_hashed_blocks = cached / block_size_;
+    }
     if (!plan(s)) {  // not enough free blocks: it waits, holding none
       kv_.Release(&s->block_table);
       s->num_computed = s->num_hashed_blocks = 0;
+      // Nothing runs and the queue's head cannot start: samples waiting with
+      // their request's shared prompt blocks must not starve it. They give
+      // the blocks back (and compute the prompt themselves later).
+      if (running_.empty() && steps.empty() && ReleaseWaitingBlocks()) continue;
       break;
     }
-    if (metrics_ && kv_.prefix_caching()) metrics_->OnPrefixCacheQuery(static_cast<int>(s->tokens.size()), cached);
+    if (metrics_ && kv_.prefix_caching() && cached >= 0)
+      metrics_->OnPrefixCacheQuery(static_cast<int>(s->tokens.size()), cached);
     {
       std::lock_guard<std::mutex> lock(mu_);
       waiting_.pop_front();
@@ -226,7 +259,8 @@ bool Engine::RunStep() {
     if (steps[i].sample) steps[i].sampling.uniform = in_step[i]->rng.NextUniform();
   }
   std::vector<int32_t> sampled;
-  const absl::Status status = runner_->Step(steps, &sampled);
+  std::vector<TokenLogprobs> logprobs;
+  const absl::Status status = runner_->Step(steps, &sampled, nullptr, &logprobs);
   if (opt_.debug_step_delay.count() > 0) std::this_thread::sleep_for(opt_.debug_step_delay);
   const auto t1 = Clock::now();
   int step_tokens = 0;
@@ -246,6 +280,8 @@ bool Engine::RunStep() {
     s->num_computed += steps[i].num_tokens;
     kv_.Commit(s->block_table, s->tokens.data(), s->num_computed, &s->num_hashed_blocks);
     if (!steps[i].sample) continue;
+    if (!s->siblings.empty()) SharePrompt(*s);
+    TokenLogprobs* lp = s->extras.wants_logprobs() ? &logprobs[k] : nullptr;
     const int32_t token = sampled[k++];
     s->tokens.push_back(token);
     if (s->num_generated() == 1) {
@@ -255,12 +291,40 @@ bool Engine::RunStep() {
     }
     s->last_token = t1;
     const std::string text = s->detokenizer ? s->detokenizer->Next(token) : std::string();
-    s->Emit(token, text);
+    s->Emit(token, text, lp);
     if (StopsOn(*s, token, text)) Retire(s, FinishReason::kStop);
     else if (s->num_generated() >= s->request.options.max_new_tokens) Retire(s, FinishReason::kLength);
   }
   PublishGauges();
   return true;
+}
+
+bool Engine::ReleaseWaitingBlocks() {
+  std::lock_guard<std::mutex> lock(mu_);
+  bool released = false;
+  for (auto& w : waiting_) {
+    if (w->block_table.empty()) continue;
+    kv_.Release(&w->block_table);
+    w->num_computed = w->num_hashed_blocks = 0;
+    released = true;
+  }
+  return released;
+}
+
+void Engine::SharePrompt(Sequence& first) {
+  // Its prompt is computed: the other samples take its full prompt blocks
+  // (all but a partial last block, which each computes itself along with the
+  // prompt's last token, whose logits give its own first sample).
+  const int k = std::min<int>((static_cast<int>(first.request.prompt.size()) - 1) / block_size_,
+                              static_cast<int>(first.block_table.size()));
+  for (auto& sib : first.siblings) {
+    if (!sib->block_table.empty()) continue;
+    kv_.Share(first.block_table, k, &sib->block_table);
+    sib->num_computed = k * block_size_;
+    sib->num_hashed_blocks = std::min(first.num_hashed_blocks, k);
+    sib->waits_for_prompt = false;
+  }
+  first.siblings.clear();
 }
 
 void Engine::PublishGauges() {

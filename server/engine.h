@@ -32,9 +32,12 @@ struct EngineOptions {
   const Tokenizer* tokenizer = nullptr;
   // Reuse the KV blocks of cached prompt prefixes (model/kv_cache.h).
   bool prefix_caching = true;
+  int max_n = 16;  // samples per request
   // Test hook: sleep this long in every step, so tests can act mid-request.
   std::chrono::microseconds debug_step_delay{0};
 };
+
+inline constexpr int kMaxTopLogprobs = 20;
 
 struct EngineStats {
   int running = 0, waiting = 0;
@@ -47,9 +50,10 @@ class Engine {
   Engine(ModelRunner* runner, const EngineOptions& opt, ServerMetrics* metrics);
   ~Engine();
 
-  // Validates and queues a request. INVALID_ARGUMENT for bad fields,
-  // RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE while draining.
-  absl::StatusOr<std::shared_ptr<Sequence>> Submit(SequenceRequest req);
+  // Validates and queues a request's n samples. INVALID_ARGUMENT for bad
+  // fields, RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE while
+  // draining.
+  absl::StatusOr<SubmittedRequest> Submit(SequenceRequest req);
   // Asks the scheduler to drop the sequence; its blocks are freed next step.
   void Cancel(const std::shared_ptr<Sequence>& seq);
   // Refuses new requests from now on; in-flight ones go on.
@@ -72,6 +76,10 @@ class Engine {
   // Whether the sequence ends with this token (stop id, end token, or a stop
   // string completed by `text`, the text the token added).
   bool StopsOn(Sequence& seq, int32_t token, const std::string& text) const;
+  // Hands a request's other samples the prompt blocks `first` computed.
+  void SharePrompt(Sequence& first);
+  // Takes back the blocks held by waiting sequences; false when none held any.
+  bool ReleaseWaitingBlocks();
   void PublishGauges();
 
   ModelRunner* runner_;

@@ -12,31 +12,42 @@ const char* FinishReasonName(FinishReason r) {
   return "none";
 }
 
-void Sequence::Emit(int32_t token, const std::string& text) {
+void EventChannel::Emit(int index, int32_t token, const std::string& text, TokenLogprobs* logprobs) {
   std::lock_guard<std::mutex> lock(mu_);
-  pending_.tokens.push_back(token);
-  pending_.text += text;
-  if (request.stream) cv_.notify_all();  // a unary caller waits for the end only
+  SequenceEvents& p = pending_[index];
+  p.tokens.push_back(token);
+  p.text += text;
+  if (logprobs) p.logprobs.push_back(std::move(*logprobs));
+  fresh_ = true;
+  if (stream_) cv_.notify_all();  // a unary caller waits for the end only
 }
 
-void Sequence::Finish(FinishReason reason, absl::Status status, const std::string& text) {
+void EventChannel::Finish(int index, FinishReason reason, absl::Status status, const std::string& text) {
   std::lock_guard<std::mutex> lock(mu_);
-  pending_.text += text;
-  pending_.finished = true;
-  pending_.reason = reason;
-  pending_.status = std::move(status);
-  cv_.notify_all();
+  SequenceEvents& p = pending_[index];
+  if (p.finished) return;
+  p.text += text;
+  p.finished = true;
+  p.reason = reason;
+  p.status = std::move(status);
+  fresh_ = true;
+  if (--unfinished_ == 0 || stream_) cv_.notify_all();
 }
 
-SequenceEvents Sequence::Wait(std::chrono::milliseconds timeout) {
+std::vector<SequenceEvents> EventChannel::Wait(std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, timeout, [&] { return (request.stream && !pending_.tokens.empty()) || pending_.finished; });
-  SequenceEvents out;
-  out.tokens.swap(pending_.tokens);
-  out.text.swap(pending_.text);
-  out.finished = pending_.finished;
-  out.reason = pending_.reason;
-  out.status = pending_.status;
+  cv_.wait_for(lock, timeout, [&] { return (stream_ && fresh_) || unfinished_ == 0; });
+  fresh_ = false;
+  std::vector<SequenceEvents> out(pending_.size());
+  for (size_t i = 0; i < pending_.size(); ++i) {
+    SequenceEvents& p = pending_[i];
+    out[i].tokens.swap(p.tokens);
+    out[i].text.swap(p.text);
+    out[i].logprobs.swap(p.logprobs);
+    out[i].finished = p.finished;
+    out[i].reason = p.reason;
+    out[i].status = p.status;
+  }
   return out;
 }
 

@@ -1,5 +1,6 @@
-// One generation request as the engine tracks it, and the channel through
-// which the engine hands its tokens to the RPC thread that waits on it.
+// One generation request as the engine tracks it: n sequences (the request's
+// samples, n = 1 unless asked for more), and the channel through which the
+// engine hands their tokens to the RPC thread that waits on them.
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -13,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "model/generate.h"
+#include "model/logits_processing.h"
 #include "model/tokenizer.h"
 #include "server/stop_strings.h"
 
@@ -29,57 +31,106 @@ struct SequenceRequest {
   GenerateOptions options;             // sampling, max_new_tokens, stop ids
   std::vector<std::string> stop_strings;  // matched on the output text (needs a tokenizer)
   bool ignore_eos = false;  // keep going past the tokenizer's end token
-  bool stream = false;  // the caller wants each token as it comes
+  Penalties penalties;
+  int top_logprobs = -1;    // -1: no logprobs; 0: the sampled token's; N: and the N most likely
+  int n = 1;                // samples; sample i draws from the RNG stream of seed + i
+  bool stream = false;      // the caller wants each token as it comes
 };
 
-// What the RPC thread reads: new tokens as they come, then the end.
+// What the RPC thread reads of one sample: new tokens as they come, then the end.
 struct SequenceEvents {
   std::vector<int32_t> tokens;
   std::string text;  // their text: whole UTF-8 characters only (see Detokenizer)
+  std::vector<TokenLogprobs> logprobs;  // one per token when asked for
   bool finished = false;
   FinishReason reason = FinishReason::kNone;
   absl::Status status;  // non-OK if the engine failed the request
 };
 
+// The events of a request's n samples, from the engine thread to the RPC
+// thread.
+class EventChannel {
+ public:
+  EventChannel(int n, bool stream) : pending_(n), unfinished_(n), stream_(stream) {}
+  void Emit(int index, int32_t token, const std::string& text, TokenLogprobs* logprobs);
+  void Finish(int index, FinishReason reason, absl::Status status, const std::string& text);
+  // Waits up to `timeout` for events and returns, per sample, what arrived
+  // since the last call: new tokens (streaming requests) or the end.
+  std::vector<SequenceEvents> Wait(std::chrono::milliseconds timeout);
+  int n() const { return static_cast<int>(pending_.size()); }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<SequenceEvents> pending_;
+  int unfinished_;
+  bool fresh_ = false;  // tokens arrived since the last Wait
+  const bool stream_;
+};
+
 class Sequence {
  public:
-  // tokenizer: null when the model serves token ids only.
-  Sequence(SequenceRequest req, const Tokenizer* tokenizer)
-      : request(std::move(req)), rng(request.options.seed), stop_strings(request.stop_strings) {
+  // tokenizer: null when the model serves token ids only. `index` is the
+  // sample's place among the request's n.
+  Sequence(std::shared_ptr<const SequenceRequest> req, int index, std::shared_ptr<EventChannel> channel,
+           const Tokenizer* tokenizer)
+      : request_owner_(std::move(req)), request(*request_owner_), index(index),
+        rng(request.options.seed + static_cast<uint64_t>(index)), stop_strings(request.stop_strings), channel_(std::move(channel)) {
     if (tokenizer) detokenizer = std::make_unique<Detokenizer>(tokenizer);
     tokens = request.prompt;
     arrival = Clock::now();
+    extras.penalties = request.penalties;
+    extras.top_logprobs = request.top_logprobs;
+    if (request.penalties.active()) {
+      history.prompt.insert(request.prompt.begin(), request.prompt.end());
+      extras.history = &history;
+    }
   }
 
   // --- Engine side (scheduler thread only, except where noted) ---
-  SequenceRequest request;
+ private:
+  std::shared_ptr<const SequenceRequest> request_owner_;  // shared by the request's samples
+
+ public:
+  const SequenceRequest& request;
+  const int index;
   SequenceRng rng;
   std::vector<int32_t> tokens;  // prompt + generated so far
   std::unique_ptr<Detokenizer> detokenizer;  // null without a tokenizer
   StopStringMatcher stop_strings;
+  TokenHistory history;      // for penalties
+  SamplingExtras extras;     // penalties and logprobs of its sampling rows
   int num_computed = 0;         // tokens whose K/V are in the cache
   int num_hashed_blocks = 0;    // leading blocks registered with the prefix cache
   std::vector<int32_t> block_table;
   long admitted_order = -1;     // for preemption: the latest admitted goes first
+  // Samples 1..n-1 wait for sample 0 to compute the prompt, then share its
+  // full blocks; sample 0 lists them here until it does.
+  std::vector<std::shared_ptr<Sequence>> siblings;
+  bool waits_for_prompt = false;  // a sibling not yet handed the prompt's blocks
   int num_generated() const { return static_cast<int>(tokens.size() - request.prompt.size()); }
   Clock::time_point arrival, first_scheduled, first_token, last_token;
   bool scheduled_once = false;
   std::atomic<bool> cancel_requested{false};  // set by any thread
 
-  // Publishes a new token with the text it completes, or the end with the
-  // last text held back (engine thread).
-  void Emit(int32_t token, const std::string& text);
-  void Finish(FinishReason reason, absl::Status status = absl::OkStatus(), const std::string& text = "");
-
-  // --- RPC side ---
-  // Waits up to `timeout` for events and returns what arrived since the last
-  // call: new tokens (streaming requests) or the end.
-  SequenceEvents Wait(std::chrono::milliseconds timeout);
+  // Publishes a new token with the text it completes (and its logprobs), or
+  // the end with the last text held back (engine thread).
+  void Emit(int32_t token, const std::string& text, TokenLogprobs* logprobs) {
+    if (extras.history) ++history.output_counts[token];
+    channel_->Emit(index, token, text, logprobs);
+  }
+  void Finish(FinishReason reason, absl::Status status = absl::OkStatus(), const std::string& text = "") {
+    channel_->Finish(index, reason, std::move(status), text);
+  }
 
  private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  SequenceEvents pending_;
+  std::shared_ptr<EventChannel> channel_;
+};
+
+// A submitted request: its samples and the channel they report through.
+struct SubmittedRequest {
+  std::vector<std::shared_ptr<Sequence>> samples;
+  std::shared_ptr<EventChannel> channel;
 };
 
 }  // namespace tinygpt

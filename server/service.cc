@@ -95,20 +95,57 @@ absl::StatusOr<SequenceRequest> ToSequenceRequest(const v1::GenerateRequest& req
   o.stop_ids.assign(req.stop_token_ids().begin(), req.stop_token_ids().end());
   r.stop_strings.assign(req.stop().begin(), req.stop().end());
   r.ignore_eos = req.ignore_eos();
+  r.penalties.repetition = req.has_repetition_penalty() ? req.repetition_penalty().value() : 1.f;
+  r.penalties.frequency = req.frequency_penalty();
+  r.penalties.presence = req.presence_penalty();
+  r.top_logprobs = req.top_logprobs() != 0 ? req.top_logprobs() : (req.logprobs() ? 0 : -1);
+  if (req.top_logprobs() < 0) return absl::InvalidArgumentError("top_logprobs: must be in [0, 20]");
+  r.n = req.n() == 0 ? 1 : req.n();
   r.stream = stream;
   return r;
 }
 
-struct GenerationService::Outcome {
-  std::shared_ptr<Sequence> seq;  // null when refused before submission
-  std::string id;
-  int prompt_tokens = 0;
+// What became of one sample.
+struct ChoiceOutcome {
   std::vector<int32_t> tokens;
   std::string text;
+  std::vector<TokenLogprobs> logprobs;
   FinishReason reason = FinishReason::kNone;
+};
+
+struct GenerationService::Outcome {
+  SubmittedRequest submitted;  // no samples when refused before submission
+  std::string id;
+  int prompt_tokens = 0;
+  std::vector<ChoiceOutcome> choices;
   grpc::Status status;
   Clock::time_point start = Clock::now();
+  int generated() const {
+    int n = 0;
+    for (const auto& c : choices) n += static_cast<int>(c.tokens.size());
+    return n;
+  }
+  const Sequence* first() const { return submitted.samples.empty() ? nullptr : submitted.samples[0].get(); }
 };
+
+namespace {
+
+void ToProto(const TokenLogprobs& lp, int32_t token, v1::TokenLogprob* out) {
+  out->set_token_id(token);
+  out->set_logprob(lp.logprob);
+  for (const auto& [id, v] : lp.top) {
+    auto* t = out->add_top();
+    t->set_token_id(id);
+    t->set_logprob(v);
+  }
+}
+
+template <class Msg>
+void AddLogprobs(const std::vector<int32_t>& tokens, const std::vector<TokenLogprobs>& lps, Msg* m) {
+  for (size_t i = 0; i < lps.size() && i < tokens.size(); ++i) ToProto(lps[i], tokens[i], m->add_logprobs());
+}
+
+}  // namespace
 
 template <class OnOutput>
 GenerationService::Outcome GenerationService::Run(grpc::ServerContext* ctx, const v1::GenerateRequest& req, bool stream,
@@ -121,33 +158,38 @@ GenerationService::Outcome GenerationService::Run(grpc::ServerContext* ctx, cons
   }
   o.id = sr->id;
   o.prompt_tokens = static_cast<int>(sr->prompt.size());
-  auto seq = engine_->Submit(std::move(*sr));
-  if (!seq.ok()) {
-    o.status = ToGrpc(seq.status());
+  auto submitted = engine_->Submit(std::move(*sr));
+  if (!submitted.ok()) {
+    o.status = ToGrpc(submitted.status());
     return o;
   }
-  o.seq = *seq;
+  o.submitted = std::move(*submitted);
+  o.choices.resize(o.submitted.samples.size());
   bool cancel_sent = false;
-  while (true) {
-    SequenceEvents ev = o.seq->Wait(std::chrono::milliseconds(20));
-    if (!ev.tokens.empty() || !ev.text.empty()) {
-      o.tokens.insert(o.tokens.end(), ev.tokens.begin(), ev.tokens.end());
-      o.text += ev.text;
-      if (!cancel_sent && !on_output(ev) && !ev.finished) {
-        engine_->Cancel(o.seq);
-        cancel_sent = true;
+  auto cancel = [&] {
+    for (auto& s : o.submitted.samples) engine_->Cancel(s);
+    cancel_sent = true;
+  };
+  for (int unfinished = static_cast<int>(o.choices.size()); unfinished > 0;) {
+    std::vector<SequenceEvents> events = o.submitted.channel->Wait(std::chrono::milliseconds(20));
+    for (size_t i = 0; i < events.size(); ++i) {
+      SequenceEvents& ev = events[i];
+      ChoiceOutcome& c = o.choices[i];
+      if (c.reason != FinishReason::kNone) continue;  // reported already
+      c.tokens.insert(c.tokens.end(), ev.tokens.begin(), ev.tokens.end());
+      c.text += ev.text;
+      c.logprobs.insert(c.logprobs.end(), ev.logprobs.begin(), ev.logprobs.end());
+      if (ev.finished) {
+        c.reason = ev.reason;
+        --unfinished;
+        if (!ev.status.ok() && o.status.ok()) o.status = ToGrpc(ev.status);
       }
+      if ((!ev.tokens.empty() || !ev.text.empty() || ev.finished) && !cancel_sent && !on_output(static_cast<int>(i), ev) &&
+          unfinished > 0)
+        cancel();
     }
-    if (ev.finished) {
-      o.reason = ev.reason;
-      if (!ev.status.ok()) o.status = ToGrpc(ev.status);
-      break;
-    }
-    // Client gone or deadline passed: free the sequence within one step.
-    if (!cancel_sent && ctx->IsCancelled()) {
-      engine_->Cancel(o.seq);
-      cancel_sent = true;
-    }
+    // Client gone or deadline passed: free the sequences within one step.
+    if (!cancel_sent && unfinished > 0 && ctx->IsCancelled()) cancel();
   }
   if (o.status.ok() && (cancel_sent || ctx->IsCancelled())) {
     const bool deadline = ctx->deadline() <= std::chrono::system_clock::now();
@@ -161,12 +203,12 @@ GenerationService::Outcome GenerationService::Run(grpc::ServerContext* ctx, cons
 template <class Msg>
 void GenerationService::FillSummary(const Outcome& o, Msg* m) {
   m->set_request_id(o.id);
-  m->set_finish_reason(ToProto(o.reason));
   m->mutable_usage()->set_prompt_tokens(o.prompt_tokens);
-  m->mutable_usage()->set_generated_tokens(static_cast<int>(o.tokens.size()));
+  m->mutable_usage()->set_generated_tokens(o.generated());
   auto* t = m->mutable_timings();
-  t->set_queued_seconds(Seconds(o.seq->first_scheduled - o.seq->arrival));
-  t->set_time_to_first_token_seconds(Seconds(o.seq->first_token - o.seq->arrival));
+  const Sequence* s = o.first();
+  t->set_queued_seconds(Seconds(s->first_scheduled - s->arrival));
+  t->set_time_to_first_token_seconds(Seconds(s->first_token - s->arrival));
   t->set_total_seconds(Seconds(Clock::now() - o.start));
 }
 
@@ -175,22 +217,24 @@ void GenerationService::Finish(const Outcome& o) {
   if (draining_) {
     // A sequence cut off by the drain deadline carries the shutdown message;
     // a request without a sequence never reached the engine.
-    if (!o.seq) ++drain_refused_;
+    if (o.submitted.samples.empty()) ++drain_refused_;
     else if (status.error_code() == grpc::UNAVAILABLE && status.error_message() == kShutdownMessage) ++drain_cut_off_;
     else ++drain_finished_;
   }
   const double total = Seconds(Clock::now() - o.start);
   double queued = -1, ttft = -1;
-  if (o.seq && o.seq->scheduled_once) queued = Seconds(o.seq->first_scheduled - o.seq->arrival);
-  if (o.seq && !o.tokens.empty()) ttft = Seconds(o.seq->first_token - o.seq->arrival);
+  const Sequence* first = o.first();
+  if (first && first->scheduled_once) queued = Seconds(first->first_scheduled - first->arrival);
+  if (first && first->num_generated() > 0 && !o.choices.empty() && !o.choices[0].tokens.empty())
+    ttft = Seconds(first->first_token - first->arrival);
+  const FinishReason reason = o.choices.empty() ? FinishReason::kNone : o.choices[0].reason;
   const char* code = GrpcCodeName(status.error_code());
   // Token counters count what reached the engine; refused requests add none.
   if (metrics_)
-    metrics_->OnRequestDone(code, FinishReasonName(o.reason), o.seq ? o.prompt_tokens : 0, static_cast<int>(o.tokens.size()),
-                            total, queued, ttft);
+    metrics_->OnRequestDone(code, FinishReasonName(reason), first ? o.prompt_tokens : 0, o.generated(), total, queued, ttft);
   LOG(INFO) << "request " << (o.id.empty() ? "-" : o.id) << " status=" << code
-            << (status.ok() ? "" : absl::StrCat(" (", status.error_message(), ")")) << " finish=" << FinishReasonName(o.reason)
-            << " prompt_tokens=" << o.prompt_tokens << " generated=" << o.tokens.size() << " queued_s=" << queued
+            << (status.ok() ? "" : absl::StrCat(" (", status.error_message(), ")")) << " finish=" << FinishReasonName(reason)
+            << " n=" << std::max<size_t>(1, o.choices.size()) << " prompt_tokens=" << o.prompt_tokens << " generated=" << o.generated() << " queued_s=" << queued
             << " ttft_s=" << ttft << " total_s=" << total;
 }
 
@@ -289,10 +333,24 @@ grpc::Status GenerationService::HandleGenerateStream(grpc::ServerContext* ctx,
 }
 
 grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req, v1::GenerateResponse* resp) {
-  Outcome o = Run(ctx, *req, /*stream=*/false, [](const SequenceEvents&) { return true; });
+  Outcome o = Run(ctx, *req, /*stream=*/false, [](int, const SequenceEvents&) { return true; });
   if (o.status.ok()) {
-    for (int32_t t : o.tokens) resp->add_token_ids(t);
-    resp->set_text(o.text);
+    const ChoiceOutcome& c0 = o.choices[0];
+    resp->mutable_token_ids()->Add(c0.tokens.begin(), c0.tokens.end());
+    resp->set_text(c0.text);
+    resp->set_finish_reason(ToProto(c0.reason));
+    AddLogprobs(c0.tokens, c0.logprobs, resp);
+    if (o.choices.size() > 1) {
+      for (size_t i = 0; i < o.choices.size(); ++i) {
+        const ChoiceOutcome& c = o.choices[i];
+        v1::Choice* out = resp->add_choices();
+        out->set_index(static_cast<int>(i));
+        out->mutable_token_ids()->Add(c.tokens.begin(), c.tokens.end());
+        out->set_text(c.text);
+        out->set_finish_reason(ToProto(c.reason));
+        AddLogprobs(c.tokens, c.logprobs, out);
+      }
+    }
     FillSummary(o, resp);
   }
   Finish(o);
@@ -301,15 +359,24 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const v1::Gen
 
 grpc::Status GenerationService::GenerateStream(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
                                                grpc::ServerSplitStreamer<grpc::ByteBuffer, v1::GenerateStreamResponse>* writer) {
-  Outcome o = Run(ctx, *req, /*stream=*/true, [&](const SequenceEvents& ev) {
+  // One message per batch of new tokens of a sample. A sample's end is
+  // marked on its last message, except that with n = 1 the end goes on the
+  // stream's last message, which carries the usage and timings.
+  const bool several = req->n() > 1;
+  Outcome o = Run(ctx, *req, /*stream=*/true, [&](int index, const SequenceEvents& ev) {
+    if (ev.tokens.empty() && ev.text.empty() && !(several && ev.finished)) return true;
     v1::GenerateStreamResponse m;
-    for (int32_t t : ev.tokens) m.add_token_ids(t);
+    m.set_index(index);
+    m.mutable_token_ids()->Add(ev.tokens.begin(), ev.tokens.end());
     m.set_text(ev.text);
+    AddLogprobs(ev.tokens, ev.logprobs, &m);
+    if (several && ev.finished) m.set_finish_reason(ToProto(ev.reason));
     return writer->Write(m);
   });
   if (o.status.ok()) {
     v1::GenerateStreamResponse last;
     FillSummary(o, &last);
+    last.set_finish_reason(ToProto(o.choices[0].reason));
     if (!writer->Write(last)) o.status = grpc::Status(grpc::CANCELLED, "stream closed by the client");
   }
   Finish(o);
@@ -342,6 +409,7 @@ grpc::Status GenerationService::GetModelInfo(grpc::ServerContext* ctx, const v1:
   info->set_eos_token_id(opt_.tokenizer ? opt_.tokenizer->eos_id() : -1);
   info->set_prefix_caching(engine_->options().prefix_caching);
   info->set_kv_blocks_cached(s.kv_blocks_cached);
+  info->set_max_n(engine_->options().max_n);
   return grpc::Status::OK;
 }
 

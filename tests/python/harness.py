@@ -73,6 +73,20 @@ def value(metrics, name, **labels):
     return sum(v for (n, ls), v in metrics.items() if n == name and want <= set(ls))
 
 
+def sp_piece_bytes(sp, i):
+    """The bytes SentencePiece piece `i` adds to a text (the rule of
+    model/tokenizer.h, written here independently of the C++ code): control
+    and unused pieces nothing, the unknown piece its surface, a byte-fallback
+    piece its byte, any other piece its text with U+2581 as a space."""
+    if sp.is_control(i) or sp.is_unused(i):
+        return b""
+    if sp.is_unknown(i):
+        return sp.decode([i]).encode()
+    if sp.is_byte(i):
+        return bytes([int(sp.id_to_piece(i)[3:5], 16)])
+    return sp.id_to_piece(i).replace("\u2581", " ").encode()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -128,17 +128,6 @@ sp = spm.SentencePieceProcessor(model_proto=model_io.getvalue())
 assert sp.get_piece_size() == 32000
 
 
-def piece_bytes(i):
-    """The bytes a piece adds to a text (written here independently of the C++ code)."""
-    if sp.is_control(i) or sp.is_unused(i):
-        return b""
-    if sp.is_unknown(i):
-        return sp.decode([i]).encode()
-    if sp.is_byte(i):
-        return bytes([int(sp.id_to_piece(i)[3:5], 16)])
-    return sp.id_to_piece(i).replace("\u2581", " ").encode()
-
-
 cfg = dict(vocab_size=32000, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=128, max_seq_len=128,
            pos_encoding="learned", norm_eps=1e-5)
 torch.manual_seed(0)
@@ -180,7 +169,7 @@ with harness.Server(tinygpt, with_tok) as server:
     for p in prompts:
         req = pb.GenerateRequest(token_ids=pb.TokenIds(ids=p), max_new_tokens=48, ignore_eos=True)
         resp = stub.Generate(req, timeout=60)
-        want = b"".join(piece_bytes(i) for i in resp.token_ids).decode("utf-8", "replace")
+        want = b"".join(harness.sp_piece_bytes(sp, i) for i in resp.token_ids).decode("utf-8", "replace")
         texts_ok &= resp.text == want and len(resp.token_ids) == 48
         any_high |= any(sp.is_byte(i) and int(sp.id_to_piece(i)[3:5], 16) >= 0x80 for i in resp.token_ids)
         _, text, ids = stream(stub, req)

@@ -43,16 +43,6 @@ def tokenize_all(ckpt, requests):
     return [json.loads(line) for line in out.splitlines()]
 
 
-def piece_bytes(sp, i):
-    if sp.is_control(i) or sp.is_unused(i):
-        return b""
-    if sp.is_unknown(i):
-        return sp.decode([i]).encode()
-    if sp.is_byte(i):
-        return bytes([int(sp.id_to_piece(i)[3:5], 16)])
-    return sp.id_to_piece(i).replace("\u2581", " ").encode()
-
-
 def compare(name, ckpt, sp):
     got = tokenize_all(ckpt, [{"text": t} for t in TEXTS])
     bad = [t for t, g in zip(TEXTS, got) if g["ids"] != sp.encode(t)]
@@ -64,7 +54,7 @@ def compare(name, ckpt, sp):
     got = tokenize_all(ckpt, [{"ids": s} for s in seqs])
     bad = [s for s, g in zip(seqs, got) if g["decode"] != sp.decode(s)]
     r.check(f"{name}: decoding of 300 random id sequences equals python3-sentencepiece's", not bad, repr(bad[:1]))
-    bad = [s for s, g in zip(seqs, got) if g["continuation"] != b"".join(piece_bytes(sp, i) for i in s).decode("utf-8", "replace")]
+    bad = [s for s, g in zip(seqs, got) if g["continuation"] != b"".join(harness.sp_piece_bytes(sp, i) for i in s).decode("utf-8", "replace")]
     r.check(f"{name}: continuation text equals the pieces' bytes decoded with U+FFFD", not bad, repr(bad[:1]))
 
 
