@@ -9,6 +9,7 @@
 #include <memory>
 #include <random>
 
+#include "google/protobuf/stubs/logging.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "model/checkpoint.h"
 #include "model/generate.h"
@@ -35,6 +36,9 @@ struct TinyModel {
 // Byte vocabulary (text prompts encode to bytes), a 32-token context: small
 // enough that a whole generation costs well under a millisecond.
 TinyModel* MakeModel() {
+  // protobuf logs every string field that is not UTF-8 (most mutated inputs):
+  // hundreds of thousands of lines a run, and time taken from fuzzing.
+  google::protobuf::SetLogHandler([](google::protobuf::LogLevel, const char*, int, const std::string&) {});
   tinygpt::SetCpuThreads(1);
   tinygpt::Checkpoint ck;
   ck.config.vocab_size = 256;
