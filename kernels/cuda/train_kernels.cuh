@@ -1,0 +1,218 @@
+// The training ops of the CUDA backend other than GEMMs and attention:
+// backward of LayerNorm, embedding and SwiGLU, bias gradients, the fused
+// cross-entropy, the global gradient norm and the fused AdamW. Activations
+// are T (bf16/fp16/fp32); parameter gradients, LayerNorm statistics and the
+// optimizer's buffers fp32; arithmetic fp32.
+#pragma once
+#include <cfloat>
+
+#include "kernels/cuda/common.cuh"
+
+namespace tinygpt::cuda {
+
+// Grid-stride loops over n elements.
+#define TG_GRID_STRIDE(i, n) \
+  for (long i = blockIdx.x * static_cast<long>(blockDim.x) + threadIdx.x; i < (n); i += static_cast<long>(gridDim.x) * blockDim.x)
+
+template <class T>
+__global__ void CastFromFloatKernel(const float* src, T* dst, long n) {
+  TG_GRID_STRIDE(i, n) dst[i] = FromFloat<T>(src[i]);
+}
+
+// LayerNorm forward that keeps mean and rstd; one warp per row.
+template <class T>
+__global__ void LayerNormTrainKernel(const T* x, const T* w, const T* b, T* y, float* mean, float* rstd, int rows, int C,
+                                     float eps) {
+  const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const T* xr = x + static_cast<long>(row) * C;
+  float sum = 0.f;
+  for (int c = lane; c < C; c += 32) sum += ToFloat(xr[c]);
+  const float m = WarpSum(sum) / C;
+  float var = 0.f;
+  for (int c = lane; c < C; c += 32) {
+    const float d = ToFloat(xr[c]) - m;
+    var += d * d;
+  }
+  const float rs = rsqrtf(WarpSum(var) / C + eps);
+  T* yr = y + static_cast<long>(row) * C;
+  for (int c = lane; c < C; c += 32) yr[c] = FromFloat<T>((ToFloat(xr[c]) - m) * rs * ToFloat(w[c]) + ToFloat(b[c]));
+  if (lane == 0) mean[row] = m, rstd[row] = rs;
+}
+
+// LayerNorm backward: dx += per row (warp-wide sums); dw, db summed per
+// block in shared memory (2·C floats), then added to the fp32 gradients.
+template <class T>
+__global__ void LayerNormBackwardKernel(const T* dy, const T* x, const T* w, const float* mean, const float* rstd, T* dx,
+                                        float* dw, float* db, int rows, int C) {
+  extern __shared__ float sums[];  // dw partials [C], then db partials [C]
+  for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) sums[c] = 0.f;
+  __syncthreads();
+  const int warps = blockDim.x / 32, lane = threadIdx.x & 31;
+  for (int row = blockIdx.x * warps + threadIdx.x / 32; row < rows; row += gridDim.x * warps) {
+    const T* xr = x + static_cast<long>(row) * C;
+    const T* dyr = dy + static_cast<long>(row) * C;
+    const float m = mean[row], rs = rstd[row];
+    float dnorm_mean = 0.f, dnorm_norm_mean = 0.f;
+    for (int c = lane; c < C; c += 32) {
+      const float norm = (ToFloat(xr[c]) - m) * rs, g = ToFloat(dyr[c]), dnorm = g * ToFloat(w[c]);
+      dnorm_mean += dnorm;
+      dnorm_norm_mean += dnorm * norm;
+      atomicAdd(&sums[c], g * norm);
+      atomicAdd(&sums[C + c], g);
+    }
+    dnorm_mean = WarpSum(dnorm_mean) / C;
+    dnorm_norm_mean = WarpSum(dnorm_norm_mean) / C;
+    T* dxr = dx + static_cast<long>(row) * C;
+    for (int c = lane; c < C; c += 32) {
+      const float norm = (ToFloat(xr[c]) - m) * rs, dnorm = ToFloat(dyr[c]) * ToFloat(w[c]);
+      dxr[c] = FromFloat<T>(ToFloat(dxr[c]) + (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rs);
+    }
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    atomicAdd(&dw[c], sums[c]);
+    atomicAdd(&db[c], sums[C + c]);
+  }
+}
+
+// Scatter-add of one token's gradient row into its embedding rows.
+template <class T>
+__global__ void EmbeddingBackwardKernel(const T* dout, const int32_t* tokens, const int32_t* positions, float* dtok,
+                                        float* dpos, int C) {
+  const int t = blockIdx.x;
+  const T* d = dout + static_cast<long>(t) * C;
+  float* te = dtok + static_cast<long>(tokens[t]) * C;
+  float* pe = dpos ? dpos + static_cast<long>(positions[t]) * C : nullptr;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    const float g = ToFloat(d[c]);
+    atomicAdd(&te[c], g);
+    if (pe) atomicAdd(&pe[c], g);
+  }
+}
+
+// dh = d(swiglu)/dh · dsw for h = [a | g], out = silu(a)·g.
+template <class T>
+__global__ void SwiGLUBackwardKernel(const T* dsw, const T* h, T* dh, int rows, int F) {
+  const long n = static_cast<long>(rows) * F;
+  TG_GRID_STRIDE(i, n) {
+    const long t = i / F, f = i % F;
+    const float a = ToFloat(h[t * 2 * F + f]), g = ToFloat(h[t * 2 * F + F + f]), d = ToFloat(dsw[i]);
+    const float sig = 1.f / (1.f + __expf(-a));
+    dh[t * 2 * F + f] = FromFloat<T>(d * g * sig * (1.f + a * (1.f - sig)));
+    dh[t * 2 * F + F + f] = FromFloat<T>(d * a * sig);
+  }
+}
+
+// db[c] += Σ_rows dy[row, c]: blocks of 32 columns × 8 row lanes, each block
+// over a slice of rows; the slices' sums meet in fp32 atomics.
+template <class T>
+__global__ void BiasGradKernel(const T* dy, float* db, int rows, int cols) {
+  __shared__ float part[8][33];
+  const int c = blockIdx.x * 32 + threadIdx.x;
+  const int per = (rows + gridDim.y - 1) / gridDim.y, r0 = blockIdx.y * per, r1 = min(rows, r0 + per);
+  float s = 0.f;
+  if (c < cols)
+    for (int r = r0 + threadIdx.y; r < r1; r += 8) s += ToFloat(dy[static_cast<long>(r) * cols + c]);
+  part[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    for (int k = 1; k < 8; ++k) s += part[k][threadIdx.x];
+    atomicAdd(&db[c], s);
+  }
+}
+
+// Fused cross-entropy, one block per row: max (and argmax), Σ exp, then the
+// gradient written over the logits if dlogits == logits (each element is
+// read by the thread that overwrites it, after the two reductions). Never
+// holds more than a row in fp32.
+template <class T>
+__global__ void CrossEntropyKernel(const T* logits, const int32_t* targets, T* dlogits, int V, float grad_mul,
+                                   float* row_loss, int32_t* row_hit) {
+  __shared__ float red_v[32];
+  __shared__ int red_i[32];
+  const long t = blockIdx.x;
+  const T* l = logits + t * V;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  float mx = -FLT_MAX;
+  int arg = 0;
+  for (int i = threadIdx.x; i < V; i += blockDim.x) {
+    const float x = ToFloat(l[i]);
+    if (x > mx) mx = x, arg = i;
+  }
+  // Block argmax (ties: the lowest index, as the CPU's first-max scan).
+  for (int o = 16; o > 0; o >>= 1) {
+    const float om = __shfl_xor_sync(0xffffffffu, mx, o);
+    const int oa = __shfl_xor_sync(0xffffffffu, arg, o);
+    if (om > mx || (om == mx && oa < arg)) mx = om, arg = oa;
+  }
+  if (lane == 0) red_v[warp] = mx, red_i[warp] = arg;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < warps; ++w)
+      if (red_v[w] > red_v[0] || (red_v[w] == red_v[0] && red_i[w] < red_i[0])) red_v[0] = red_v[w], red_i[0] = red_i[w];
+  }
+  __syncthreads();
+  mx = red_v[0];
+  arg = red_i[0];
+  __syncthreads();
+  float sum = 0.f;
+  for (int i = threadIdx.x; i < V; i += blockDim.x) sum += __expf(ToFloat(l[i]) - mx);
+  sum = WarpSum(sum);
+  if (lane == 0) red_v[warp] = sum;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float s = 0.f;
+    for (int w = 0; w < warps; ++w) s += red_v[w];
+    red_v[0] = s;
+  }
+  __syncthreads();
+  const float lse = mx + __logf(red_v[0]);
+  const int target = targets[t];
+  if (threadIdx.x == 0) {
+    row_loss[t] = lse - ToFloat(l[target]);
+    row_hit[t] = arg == target;
+  }
+  __syncthreads();  // l[target] is read before anyone overwrites it
+  if (dlogits) {
+    T* d = dlogits + t * V;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+      const float p = __expf(ToFloat(l[i]) - lse);
+      d[i] = FromFloat<T>(grad_mul * (p - (i == target ? 1.f : 0.f)));
+    }
+  }
+}
+
+// Partial Σ g² per block in double (a fixed grid: the same bits every call).
+__global__ void SumSquaresKernel(const float* g, long n, double* partial) {
+  __shared__ double red[32];
+  double s = 0.0;
+  TG_GRID_STRIDE(i, n) s += static_cast<double>(g[i]) * g[i];
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x / 32] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    for (int w = 0; w < blockDim.x / 32; ++w) total += red[w];
+    partial[blockIdx.x] = total;
+  }
+}
+
+// AdamW on fp32 masters with the gradient scale (clipping, loss scale)
+// folded in; also refreshes the compute copy of the weights.
+template <class T>
+__global__ void AdamWKernel(float* p, const float* g, float* m, float* v, long n, float lr, float beta1, float beta2,
+                            float eps, float weight_decay, float bc1, float bc2, float grad_scale, T* p_compute) {
+  TG_GRID_STRIDE(i, n) {
+    const float gi = g[i] * grad_scale;
+    const float mi = beta1 * m[i] + (1.f - beta1) * gi;
+    const float vi = beta2 * v[i] + (1.f - beta2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    const float pi = p[i] - lr * ((mi / bc1) / (sqrtf(vi / bc2) + eps) + weight_decay * p[i]);
+    p[i] = pi;
+    if (p_compute) p_compute[i] = FromFloat<T>(pi);
+  }
+}
+
+}  // namespace tinygpt::cuda
