@@ -5,7 +5,8 @@
 # precision, trains the seed task on the GPU in each precision (≥ 99%
 # accuracy), fp16 loss scaling through an injected overflow, serves the
 # GPU-trained checkpoint on the GPU and the CPU, resumes it on the CPU, then
-# benchmarks training beside PyTorch. Results go to $OUT.
+# benchmarks training beside PyTorch and the attention forward+backward
+# beside PyTorch's (the tutorial's table). Results go to $OUT.
 # usage: bash device-stage-train/run.sh [checks|bench|all]
 set -uo pipefail
 what=${1:-all}
@@ -78,6 +79,9 @@ fi
 if [[ $what == all || $what == bench ]]; then
   PYTHONUNBUFFERED=1 step "bench train vs torch" 400 python3 "$S/bench/train_gpu_vs_torch.py" "$S/bin" > "$OUT/bench.md" 2>&1
   cat "$OUT/bench.md" | tee -a "$log"
+  # The tutorial's attention table as forward+backward, beside naive, flash and efficient.
+  step "attention train bench" 120 "$S/bin/tinygpt_attention_train_bench" > "$W/attn.jsonl" 2>> "$log"
+  PYTHONUNBUFFERED=1 step "attention train report" 200 python3 "$S/bench/attention_train_report.py" "$W/attn.jsonl" "$OUT" >> "$log" 2>&1
 fi
 grep "^== " "$log"
 exit $status

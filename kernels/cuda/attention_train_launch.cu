@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/attention_train_kernel.cuh"
+#include "kernels/cuda/attention_train_mma.cuh"
 
 namespace tinygpt::cuda {
 namespace {
@@ -42,8 +43,19 @@ dim3 Grid(const AttentionBatch& batch, int heads) {
   return dim3((batch.max_q_len + Tr::kRows - 1) / Tr::kRows, batch.num_seqs, heads);
 }
 
+// Launches a tensor-core kernel with `smem` bytes of dynamic shared memory
+// (over the 48 KB default at head_dim 128, hence the attribute).
+template <class Kernel>
+void LaunchMma(Kernel kernel, dim3 grid, int threads, size_t smem, const TrainAttentionParams& p, cudaStream_t stream) {
+  TG_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  kernel<<<grid, threads, smem, stream>>>(p);
+  TG_CUDA_LAUNCH_CHECK();
+}
+
 }  // namespace
 
+// bf16/fp16 run on tensor cores (attention_train_mma.cuh); fp32, the
+// reference precision, on CUDA cores (attention_train_kernel.cuh).
 template <class T>
 void LaunchTrainAttentionForward(const AttentionDims& dims, const AttentionBatch& batch, const T* qkv, T* out, float* lse,
                                  cudaStream_t stream) {
@@ -51,6 +63,14 @@ void LaunchTrainAttentionForward(const AttentionDims& dims, const AttentionBatch
   TrainAttentionParams p = MakeParams(dims, batch, qkv);
   p.out_w = out;
   p.lse = lse;
+  if constexpr (!std::is_same_v<T, float>) {
+    ByHeadDim(dims.head_dim, [&](auto d) {
+      using Tr = MmaTrainTraits<decltype(d)::value>;
+      LaunchMma(MmaRowsKernel<Tr, T, MmaRowPass::kForward>, Grid<Tr>(batch, dims.n_heads), Tr::kThreads, 3 * Tr::kTileElems * 2,
+                p, stream);
+    });
+    return;
+  }
   ByHeadDim(dims.head_dim, [&](auto d) {
     using Tr = TrainAttentionTraits<decltype(d)::value>;
     TrainAttentionRowsKernel<Tr, T, RowPass::kForward><<<Grid<Tr>(batch, dims.n_heads), Tr::kThreads, 0, stream>>>(p);
@@ -71,6 +91,16 @@ void LaunchTrainAttentionBackward(const AttentionDims& dims, const AttentionBatc
   p.lse = const_cast<float*>(lse);
   p.delta = delta;
   p.dqkv = dqkv;
+  if constexpr (!std::is_same_v<T, float>) {
+    ByHeadDim(dims.head_dim, [&](auto d) {
+      using Tr = MmaTrainTraits<decltype(d)::value>;
+      LaunchMma(MmaRowsKernel<Tr, T, MmaRowPass::kDq>, Grid<Tr>(batch, dims.n_heads), Tr::kThreads, 4 * Tr::kTileElems * 2, p,
+                stream);
+      LaunchMma(MmaDkDvKernel<Tr, T>, Grid<Tr>(batch, dims.n_kv_heads), Tr::kThreads,
+                4 * Tr::kTileElems * 2 + 2 * Tr::kBlockN * sizeof(float), p, stream);
+    });
+    return;
+  }
   ByHeadDim(dims.head_dim, [&](auto d) {
     using Tr = TrainAttentionTraits<decltype(d)::value>;
     TrainAttentionRowsKernel<Tr, T, RowPass::kDq><<<Grid<Tr>(batch, dims.n_heads), Tr::kThreads, 0, stream>>>(p);
