@@ -13,7 +13,7 @@
 //    and written once.
 // No T×T matrix is stored; P and dS go from the accumulator fragments
 // straight into A fragments (the C layout of two n8 tiles is the A layout of
-// one k16 step). Shapes: kernels/cuda/attention_train_traits.cuh; the
+// one k16 step); operands come from shared memory through ldmatrix. Shapes: kernels/cuda/attention_train_traits.cuh; the
 // fp32 path and the reference for the algorithm: attention_train_kernel.cuh.
 #pragma once
 #include <cfloat>
@@ -40,15 +40,6 @@ struct MmaTrainTraits {
   static_assert(kBlockM == kBlockN, "tiles of both sides are 64 rows (one loader)");
 };
 
-// Two consecutive 16-bit elements, and two separate ones, as one MMA operand register.
-template <class T>
-__device__ __forceinline__ uint32_t Ld2(const T* p) { return *reinterpret_cast<const uint32_t*>(p); }
-template <class T>
-__device__ __forceinline__ uint32_t Ld1x2(const T* lo, const T* hi) {
-  return static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(lo)) |
-         (static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(hi)) << 16);
-}
-
 // 64 rows × head_dim of T (row r at src + r*stride) into a padded shared
 // tile with 16-byte copies; rows at or past `valid` are zero.
 template <class Tr, class T>
@@ -64,30 +55,40 @@ __device__ __forceinline__ void LoadMmaTile(T* tile, const T* src, long stride, 
 
 // acc[nt] (16 × 64) = A(16 rows at `a`, row-major in shared memory) · B^T,
 // B given as 64 rows of head_dim at `b` (so S = Q·K^T with a = Q, b = K).
+// Fragments come from ldmatrix: lane l addresses row l%8 of 8×8 matrix l/8;
+// for B, matrices (n-tile, k low), (n-tile, k high), (next n-tile, k low),
+// (next n-tile, k high) give both registers of two n-tiles at once.
 template <class Tr, class T>
-__device__ __forceinline__ void MmaRowsTimesTileT(float (&acc)[Tr::kNTiles][4], const T* a, const T* b, int g, int t) {
+__device__ __forceinline__ void MmaRowsTimesTileT(float (&acc)[Tr::kNTiles][4], const T* a, const T* b, int lane) {
 #pragma unroll
   for (int nt = 0; nt < Tr::kNTiles; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+  const int mi = lane >> 3, r = lane & 7;
+  // A: matrices (rows 0-7, k low), (rows 8-15, k low), (rows 0-7, k high), (rows 8-15, k high).
+  const T* a_lane = a + ((mi & 1) * 8 + r) * Tr::kStride + (mi >> 1) * 8;
+  const T* b_lane = b + ((mi >> 1) * 8 + r) * Tr::kStride + (mi & 1) * 8;
 #pragma unroll
   for (int kk = 0; kk < Tr::kKSteps; ++kk) {
     uint32_t af[4];
-    af[0] = Ld2(a + g * Tr::kStride + kk * 16 + 2 * t);
-    af[1] = Ld2(a + (g + 8) * Tr::kStride + kk * 16 + 2 * t);
-    af[2] = Ld2(a + g * Tr::kStride + kk * 16 + 2 * t + 8);
-    af[3] = Ld2(a + (g + 8) * Tr::kStride + kk * 16 + 2 * t + 8);
+    LdMatrixX4(af, a_lane + kk * 16);
 #pragma unroll
-    for (int nt = 0; nt < Tr::kNTiles; ++nt) {
-      const T* br = b + (nt * 8 + g) * Tr::kStride + kk * 16 + 2 * t;
-      Mma16816<T>(acc[nt], af, Ld2(br), Ld2(br + 8));
+    for (int nt = 0; nt < Tr::kNTiles; nt += 2) {
+      uint32_t bf[4];
+      LdMatrixX4(bf, b_lane + nt * 8 * Tr::kStride + kk * 16);
+      Mma16816<T>(acc[nt], af, bf[0], bf[1]);
+      Mma16816<T>(acc[nt + 1], af, bf[2], bf[3]);
     }
   }
 }
 
 // out[dt] (16 × head_dim) += P (16 × 64, the fragments p) · B, B given as
 // 64 rows of head_dim at `b` (O += P·V, dQ += dS·K, dV += P^T·dO, ...).
+// B's fragments: ldmatrix.trans of matrices (k low, d-tile), (k high,
+// d-tile), (k low, next d-tile), (k high, next d-tile).
 template <class Tr, class T>
 __device__ __forceinline__ void MmaFragsTimesTile(float (&out)[Tr::kDTiles][4], const float (&p)[Tr::kNTiles][4], const T* b,
-                                                  int g, int t) {
+                                                  int lane) {
+  const int mi = lane >> 3, r = lane & 7;
+  const T* b_lane = b + ((mi & 1) * 8 + r) * Tr::kStride + (mi >> 1) * 8;
 #pragma unroll
   for (int kk = 0; kk < Tr::kBlockN / 16; ++kk) {
     uint32_t af[4];
@@ -95,11 +96,12 @@ __device__ __forceinline__ void MmaFragsTimesTile(float (&out)[Tr::kDTiles][4], 
     af[1] = PackPair<T>(p[2 * kk][2], p[2 * kk][3]);
     af[2] = PackPair<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]);
     af[3] = PackPair<T>(p[2 * kk + 1][2], p[2 * kk + 1][3]);
-    const T* r0 = b + (kk * 16 + 2 * t) * Tr::kStride;
 #pragma unroll
-    for (int dt = 0; dt < Tr::kDTiles; ++dt) {
-      const T* c = r0 + dt * 8 + g;
-      Mma16816<T>(out[dt], af, Ld1x2(c, c + Tr::kStride), Ld1x2(c + 8 * Tr::kStride, c + 9 * Tr::kStride));
+    for (int dt = 0; dt < Tr::kDTiles; dt += 2) {
+      uint32_t bf[4];
+      LdMatrixX4Trans(bf, b_lane + kk * 16 * Tr::kStride + dt * 8);
+      Mma16816<T>(out[dt], af, bf[0], bf[1]);
+      Mma16816<T>(out[dt + 1], af, bf[2], bf[3]);
     }
   }
 }
@@ -156,7 +158,7 @@ __global__ void __launch_bounds__(Tr::kThreads) MmaRowsKernel(const TrainAttenti
     LoadMmaTile<Tr>(vs, vbase + static_cast<long>(j0) * p.qkv_stride, p.qkv_stride, n_keys - j0);
     __syncthreads();
     float s[Tr::kNTiles][4];
-    MmaRowsTimesTileT<Tr>(s, my_q, ks, g, t);
+    MmaRowsTimesTileT<Tr>(s, my_q, ks, lane);
     // Scores: scale, ALiBi, causal and sequence masks.
 #pragma unroll
     for (int nt = 0; nt < Tr::kNTiles; ++nt)
@@ -186,10 +188,10 @@ __global__ void __launch_bounds__(Tr::kThreads) MmaRowsKernel(const TrainAttenti
             l[r] += s[nt][e];
           }
       }
-      MmaFragsTimesTile<Tr>(acc, s, vs, g, t);
+      MmaFragsTimesTile<Tr>(acc, s, vs, lane);
     } else {
       float dp[Tr::kNTiles][4];
-      MmaRowsTimesTileT<Tr>(dp, my_do, vs, g, t);
+      MmaRowsTimesTileT<Tr>(dp, my_do, vs, lane);
 #pragma unroll
       for (int nt = 0; nt < Tr::kNTiles; ++nt)
 #pragma unroll
@@ -197,7 +199,7 @@ __global__ void __launch_bounds__(Tr::kThreads) MmaRowsKernel(const TrainAttenti
           const float pij = s[nt][e] == -FLT_MAX ? 0.f : __expf(s[nt][e] - lse[e >> 1]);
           s[nt][e] = pij * (dp[nt][e] - delta[e >> 1]);  // dS
         }
-      MmaFragsTimesTile<Tr>(acc, s, ks, g, t);
+      MmaFragsTimesTile<Tr>(acc, s, ks, lane);
     }
   }
   // Each row's sum of P from the four lanes that hold its columns (every
@@ -269,8 +271,8 @@ __global__ void __launch_bounds__(Tr::kThreads) MmaDkDvKernel(const TrainAttenti
       }
       __syncthreads();
       float s[Tr::kNTiles][4], dp[Tr::kNTiles][4];
-      MmaRowsTimesTileT<Tr>(s, my_k, qs, g, t);   // S^T: keys × queries
-      MmaRowsTimesTileT<Tr>(dp, my_v, dos, g, t); // dP^T
+      MmaRowsTimesTileT<Tr>(s, my_k, qs, lane);   // S^T: keys × queries
+      MmaRowsTimesTileT<Tr>(dp, my_v, dos, lane); // dP^T
 #pragma unroll
       for (int nt = 0; nt < Tr::kNTiles; ++nt)
 #pragma unroll
@@ -281,8 +283,8 @@ __global__ void __launch_bounds__(Tr::kThreads) MmaDkDvKernel(const TrainAttenti
           s[nt][e] = pij;                                 // P^T
           dp[nt][e] = pij * (dp[nt][e] - delta_s[c]);     // dS^T
         }
-      MmaFragsTimesTile<Tr>(dv, s, dos, g, t);
-      MmaFragsTimesTile<Tr>(dk, dp, qs, g, t);
+      MmaFragsTimesTile<Tr>(dv, s, dos, lane);
+      MmaFragsTimesTile<Tr>(dk, dp, qs, lane);
     }
   }
 #pragma unroll

@@ -5,6 +5,8 @@
 // and the small fused ops are this folder's kernels.
 #include <cublasLt.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -55,6 +57,63 @@ struct GemmShape {
   }
 };
 
+// Per-op GPU time of the training ops, when TINYGPT_CUDA_OP_TIMES is set:
+// events around each op on the stream, summed per op name and printed to
+// stderr when the backend goes away (the device has no profiler we can
+// use, and this tells where a training step's time goes).
+class OpTimes {
+ public:
+  OpTimes() : enabled_(std::getenv("TINYGPT_CUDA_OP_TIMES") != nullptr) {}
+  bool enabled() const { return enabled_; }
+  struct Scope {
+    OpTimes* t;
+    const char* name;
+    cudaStream_t stream;
+    cudaEvent_t a = nullptr, b = nullptr;
+    Scope(OpTimes* t_, const char* n, cudaStream_t s) : t(t_), name(n), stream(s) {
+      if (!t->enabled_) return;
+      cudaEventCreate(&a);
+      cudaEventCreate(&b);
+      cudaEventRecord(a, stream);
+    }
+    ~Scope() {
+      if (!t->enabled_) return;
+      cudaEventRecord(b, stream);
+      t->pending_.push_back({name, a, b});
+    }
+  };
+  void Print() {
+    if (!enabled_) return;
+    std::map<std::string, std::pair<double, long>> sum;
+    double total = 0;
+    for (auto& e : pending_) {
+      cudaEventSynchronize(e.b);
+      float ms = 0;
+      cudaEventElapsedTime(&ms, e.a, e.b);
+      sum[e.name].first += ms;
+      sum[e.name].second += 1;
+      total += ms;
+      cudaEventDestroy(e.a);
+      cudaEventDestroy(e.b);
+    }
+    pending_.clear();
+    std::vector<std::pair<double, std::string>> order;
+    for (auto& [name, v] : sum) order.push_back({v.first, name});
+    std::sort(order.rbegin(), order.rend());
+    std::fprintf(stderr, "CUDA training op times (sum over the run, %.1f ms in ops):\n", total);
+    for (auto& [ms, name] : order)
+      std::fprintf(stderr, "  %-28s %10.2f ms %5.1f%%  %6ld calls\n", name.c_str(), ms, 100.0 * ms / total, sum[name].second);
+  }
+
+ private:
+  struct Entry {
+    const char* name;
+    cudaEvent_t a, b;
+  };
+  bool enabled_;
+  std::vector<Entry> pending_;
+};
+
 template <class T>
 class CudaBackend final : public Backend {
  public:
@@ -72,6 +131,7 @@ class CudaBackend final : public Backend {
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
+    op_times_.Print();
     auto destroy = [](Plan& plan) {
       cublasLtMatmulDescDestroy(plan.desc);
       cublasLtMatrixLayoutDestroy(plan.a);
@@ -140,6 +200,7 @@ class CudaBackend final : public Backend {
 
   void Embedding(const int32_t* tokens, const int32_t* positions, const void* tok, const void* pos, void* out, int T_,
                  int C) override {
+    OpTimes::Scope timed(&op_times_, "embedding forward", stream_);
     if (T_ == 0) return;
     EmbeddingKernel<T><<<T_, 128, 0, stream_>>>(tokens, positions, P(tok), P(pos), P(out), C);
     TG_CUDA_LAUNCH_CHECK();
@@ -160,11 +221,13 @@ class CudaBackend final : public Backend {
                                    plan.has_algo ? &plan.algo : nullptr, workspace_, kWorkspaceBytes, stream_));
   }
   void AddInPlace(void* x, const void* y, size_t n) override {
+    OpTimes::Scope timed(&op_times_, "residual add", stream_);
     if (n == 0) return;
     AddKernel<T><<<Blocks(n, 256), 256, 0, stream_>>>(P(x), P(y), static_cast<long>(n));
     TG_CUDA_LAUNCH_CHECK();
   }
   void SwiGLU(const void* h, void* out, int rows, int F) override {
+    OpTimes::Scope timed(&op_times_, "swiglu forward", stream_);
     if (rows == 0) return;
     SwiGLUKernel<T><<<Blocks(static_cast<long>(rows) * F, 256), 256, 0, stream_>>>(P(h), P(out), rows, F);
     TG_CUDA_LAUNCH_CHECK();
@@ -211,6 +274,7 @@ class CudaBackend final : public Backend {
   // ---- Training ops (see kernels/backend.h).
   absl::Status SupportsTraining(int head_dim) const override { return SupportsModel(head_dim); }
   void Zero(void* p, size_t bytes) override {
+    OpTimes::Scope timed(&op_times_, "zero", stream_);
     if (bytes) TG_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
   }
   void CastFromFloats(const float* src, void* dst, size_t n) override {
@@ -219,15 +283,18 @@ class CudaBackend final : public Backend {
     TG_CUDA_LAUNCH_CHECK();
   }
   void LinearTrain(const void* x, const void* w, const void* b, void* y, int rows, int in, int out) override {
+    OpTimes::Scope timed(&op_times_, out >= 16384 ? "linear forward (vocab)" : "linear forward", stream_);
     // y^T[out, rows] = w^T... in column-major terms: (w stored in×out)^T · (x stored in×rows).
     if (rows) Gemm({true, false, out, rows, in, in, in, out, CudaType<T>(), b != nullptr}, w, x, y, 0.f, b);
   }
   void LinearSwiGLUTrain(const void* x, const void* w, const void* b, void* h, void* out, int rows, int in, int F) override {
-    LinearTrain(x, w, b, h, rows, in, 2 * F);
+    OpTimes::Scope timed(&op_times_, "linear+swiglu forward", stream_);
+    if (rows) Gemm({true, false, 2 * F, rows, in, in, in, 2 * F, CudaType<T>(), b != nullptr}, w, x, h, 0.f, b);
     SwiGLU(h, out, rows, F);
   }
   void LinearBackward(const void* dy, const void* x, const void* w, void* dx, float* dw, float* db, int rows, int in,
                       int out) override {
+    OpTimes::Scope timed(&op_times_, out >= 16384 ? "linear backward (vocab)" : "linear backward", stream_);
     if (rows == 0) return;
     // dx[rows, in] = dy·w: column-major dx^T[in, rows] = (w stored in×out) · (dy stored out×rows).
     if (dx) Gemm({false, false, in, rows, out, in, out, in, CudaType<T>(), false}, w, dy, dx, 0.f, nullptr);
@@ -240,6 +307,7 @@ class CudaBackend final : public Backend {
     }
   }
   void SwiGLULinearBackwardInput(const void* dy, const void* w, const void* h, void* dh, int rows, int F, int out) override {
+    OpTimes::Scope timed(&op_times_, "swiglu+linear backward dh", stream_);
     if (rows == 0) return;
     // d(swiglu) = dy·w [rows, F] into scratch, then through SwiGLU's derivative.
     T* dsw = static_cast<T*>(Scratch(static_cast<size_t>(rows) * F * sizeof(T)));
@@ -249,36 +317,46 @@ class CudaBackend final : public Backend {
   }
   void LayerNormTrain(const void* x, const void* w, const void* b, void* y, float* mean, float* rstd, int rows, int C,
                       float eps) override {
+    OpTimes::Scope timed(&op_times_, "layernorm forward", stream_);
     if (rows == 0) return;
     LayerNormTrainKernel<T><<<(rows + 7) / 8, 256, 0, stream_>>>(P(x), P(w), P(b), P(y), mean, rstd, rows, C, eps);
     TG_CUDA_LAUNCH_CHECK();
   }
   void LayerNormBackward(const void* dy, const void* x, const void* w, const float* mean, const float* rstd, void* dx,
                          float* dw, float* db, int rows, int C) override {
+    OpTimes::Scope timed(&op_times_, "layernorm backward", stream_);
     if (rows == 0) return;
     // Enough blocks to fill the GPU, few enough that the per-block dw/db
     // partials (added with atomics) stay a small fraction of the traffic.
     const int blocks = std::max(1, std::min((rows + 7) / 8, num_sms_ * 4));
-    LayerNormBackwardKernel<T><<<blocks, 256, 2 * C * sizeof(float), stream_>>>(P(dy), P(x), P(w), mean, rstd, P(dx), dw,
-                                                                                 db, rows, C);
+    if (C <= 32 * kLayerNormLaneColumns)
+      LayerNormBackwardKernel<T, kLayerNormLaneColumns><<<blocks, 256, 2 * C * sizeof(float), stream_>>>(
+          P(dy), P(x), P(w), mean, rstd, P(dx), dw, db, rows, C);
+    else
+      LayerNormBackwardKernel<T, 0><<<blocks, 256, 2 * C * sizeof(float), stream_>>>(P(dy), P(x), P(w), mean, rstd, P(dx),
+                                                                                    dw, db, rows, C);
     TG_CUDA_LAUNCH_CHECK();
   }
   void EmbeddingBackward(const void* dout, const int32_t* tokens, const int32_t* positions, float* dtok, float* dpos,
                          int rows, int C) override {
+    OpTimes::Scope timed(&op_times_, "embedding backward", stream_);
     if (rows == 0) return;
     EmbeddingBackwardKernel<T><<<rows, 128, 0, stream_>>>(P(dout), tokens, positions, dtok, dpos, C);
     TG_CUDA_LAUNCH_CHECK();
   }
   void AttentionTrain(const AttentionDims& d, const AttentionBatch& batch, const void* qkv, void* out, float* lse) override {
+    OpTimes::Scope timed(&op_times_, "attention forward", stream_);
     LaunchTrainAttentionForward<T>(d, batch, P(qkv), P(out), lse, stream_);
   }
   void AttentionBackward(const AttentionDims& d, const AttentionBatch& batch, const void* qkv, const void* out,
                          const void* dout, const float* lse, void* dqkv) override {
+    OpTimes::Scope timed(&op_times_, "attention backward", stream_);
     float* delta = static_cast<float*>(Scratch(static_cast<size_t>(batch.total_q) * d.n_heads * sizeof(float)));
     LaunchTrainAttentionBackward<T>(d, batch, P(qkv), P(out), P(dout), lse, delta, P(dqkv), stream_);
   }
   float CrossEntropy(const void* logits, const int32_t* targets, void* dlogits, int rows, int V, float dloss_scale,
                      int* correct) override {
+    OpTimes::Scope timed(&op_times_, "cross-entropy", stream_);
     if (rows == 0) return 0.f;
     if (rows > ce_rows_) {
       TG_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -303,6 +381,7 @@ class CudaBackend final : public Backend {
     return static_cast<float>(total / rows);
   }
   double SumOfSquares(const float* g, size_t n) override {
+    OpTimes::Scope timed(&op_times_, "sum of squares", stream_);
     constexpr int kBlocks = 1024;
     if (!sumsq_) TG_CUDA_CHECK(cudaMalloc(&sumsq_, kBlocks * sizeof(double)));
     SumSquaresKernel<<<kBlocks, 256, 0, stream_>>>(g, static_cast<long>(n), sumsq_);
@@ -315,6 +394,7 @@ class CudaBackend final : public Backend {
   }
   void AdamW(float* p, float* g, float* m, float* v, size_t n, float lr, float beta1, float beta2, float eps,
              float weight_decay, long step, float grad_scale, void* p_compute) override {
+    OpTimes::Scope timed(&op_times_, "adamw", stream_);
     if (n == 0) return;
     const float bc1 = 1.0f - std::pow(beta1, static_cast<float>(step));
     const float bc2 = 1.0f - std::pow(beta2, static_cast<float>(step));
@@ -439,6 +519,7 @@ class CudaBackend final : public Backend {
   size_t split_bytes_ = 0;
   std::map<std::tuple<int, int, int, bool>, Plan> plans_;
   std::map<GemmShape, Plan> gemms_;
+  OpTimes op_times_;
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
   float* ce_loss_ = nullptr;

@@ -40,26 +40,46 @@ __global__ void LayerNormTrainKernel(const T* x, const T* w, const T* b, T* y, f
   if (lane == 0) mean[row] = m, rstd[row] = rs;
 }
 
-// LayerNorm backward: dx += per row (warp-wide sums); dw, db summed per
-// block in shared memory (2·C floats), then added to the fp32 gradients.
-template <class T>
+// LayerNorm backward: dx += per row (warp-wide sums). dw and db sum over
+// rows: with kLaneColumns > 0 (C ≤ 32·kLaneColumns) each lane keeps its
+// columns' partial sums in registers across the warp's rows, then one
+// shared-memory add per column and warp, one global atomic per column and
+// block; with 0, every row adds into shared memory (any C).
+inline constexpr int kLayerNormLaneColumns = 32;
+template <class T, int kLaneColumns>
 __global__ void LayerNormBackwardKernel(const T* dy, const T* x, const T* w, const float* mean, const float* rstd, T* dx,
                                         float* dw, float* db, int rows, int C) {
   extern __shared__ float sums[];  // dw partials [C], then db partials [C]
   for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) sums[c] = 0.f;
   __syncthreads();
+  constexpr int kRegs = kLaneColumns > 0 ? kLaneColumns : 1;
+  float pw[kRegs] = {}, pb[kRegs] = {};
   const int warps = blockDim.x / 32, lane = threadIdx.x & 31;
   for (int row = blockIdx.x * warps + threadIdx.x / 32; row < rows; row += gridDim.x * warps) {
     const T* xr = x + static_cast<long>(row) * C;
     const T* dyr = dy + static_cast<long>(row) * C;
     const float m = mean[row], rs = rstd[row];
     float dnorm_mean = 0.f, dnorm_norm_mean = 0.f;
-    for (int c = lane; c < C; c += 32) {
-      const float norm = (ToFloat(xr[c]) - m) * rs, g = ToFloat(dyr[c]), dnorm = g * ToFloat(w[c]);
-      dnorm_mean += dnorm;
-      dnorm_norm_mean += dnorm * norm;
-      atomicAdd(&sums[c], g * norm);
-      atomicAdd(&sums[C + c], g);
+    if constexpr (kLaneColumns > 0) {
+#pragma unroll
+      for (int k = 0; k < kLaneColumns; ++k) {
+        const int c = lane + 32 * k;
+        if (c < C) {
+          const float norm = (ToFloat(xr[c]) - m) * rs, g = ToFloat(dyr[c]), dnorm = g * ToFloat(w[c]);
+          dnorm_mean += dnorm;
+          dnorm_norm_mean += dnorm * norm;
+          pw[k] += g * norm;
+          pb[k] += g;
+        }
+      }
+    } else {
+      for (int c = lane; c < C; c += 32) {
+        const float norm = (ToFloat(xr[c]) - m) * rs, g = ToFloat(dyr[c]), dnorm = g * ToFloat(w[c]);
+        dnorm_mean += dnorm;
+        dnorm_norm_mean += dnorm * norm;
+        atomicAdd(&sums[c], g * norm);
+        atomicAdd(&sums[C + c], g);
+      }
     }
     dnorm_mean = WarpSum(dnorm_mean) / C;
     dnorm_norm_mean = WarpSum(dnorm_norm_mean) / C;
@@ -67,6 +87,16 @@ __global__ void LayerNormBackwardKernel(const T* dy, const T* x, const T* w, con
     for (int c = lane; c < C; c += 32) {
       const float norm = (ToFloat(xr[c]) - m) * rs, dnorm = ToFloat(dyr[c]) * ToFloat(w[c]);
       dxr[c] = FromFloat<T>(ToFloat(dxr[c]) + (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rs);
+    }
+  }
+  if constexpr (kLaneColumns > 0) {
+#pragma unroll
+    for (int k = 0; k < kLaneColumns; ++k) {
+      const int c = lane + 32 * k;
+      if (c < C) {
+        atomicAdd(&sums[c], pw[k]);
+        atomicAdd(&sums[C + c], pb[k]);
+      }
     }
   }
   __syncthreads();
