@@ -112,7 +112,7 @@ def torch_run(c, seq_len, batch, steps, compiled):
     mem = torch.cuda.max_memory_allocated()
     del model, opt, fwd
     torch.cuda.empty_cache()
-    return tps, mem, float(loss)
+    return tps, mem, loss.item()
 
 
 def ours(bin_dir, preset, seq_len, batch, steps, out):

@@ -64,7 +64,6 @@ struct GemmShape {
 class OpTimes {
  public:
   OpTimes() : enabled_(std::getenv("TINYGPT_CUDA_OP_TIMES") != nullptr) {}
-  bool enabled() const { return enabled_; }
   struct Scope {
     OpTimes* t;
     const char* name;
@@ -301,7 +300,9 @@ class CudaBackend final : public Backend {
     // dw[out, in] += dy^T·x: column-major dw^T[in, out] = (x stored in×rows) · (dy stored out×rows)^T, fp32.
     Gemm({false, true, in, out, rows, in, out, in, CUDA_R_32F, false}, x, dy, dw, 1.f, nullptr);
     if (db) {
-      const dim3 grid((out + 31) / 32, std::max(1, std::min(rows / 256, 2 * num_sms_ * 32 / ((out + 31) / 32) + 1)));
+      // Row slices enough for ~8 blocks per SM, of at least 256 rows each.
+      const int col_blocks = (out + 63) / 64;
+      const dim3 grid(col_blocks, std::max(1, std::min(rows / 256, 8 * num_sms_ / col_blocks + 1)));
       BiasGradKernel<T><<<grid, dim3(32, 8), 0, stream_>>>(P(dy), db, rows, out);
       TG_CUDA_LAUNCH_CHECK();
     }
@@ -326,15 +327,22 @@ class CudaBackend final : public Backend {
                          float* dw, float* db, int rows, int C) override {
     OpTimes::Scope timed(&op_times_, "layernorm backward", stream_);
     if (rows == 0) return;
-    // Enough blocks to fill the GPU, few enough that the per-block dw/db
-    // partials (added with atomics) stay a small fraction of the traffic.
-    const int blocks = std::max(1, std::min((rows + 7) / 8, num_sms_ * 4));
-    if (C <= 32 * kLayerNormLaneColumns)
-      LayerNormBackwardKernel<T, kLayerNormLaneColumns><<<blocks, 256, 2 * C * sizeof(float), stream_>>>(
-          P(dy), P(x), P(w), mean, rstd, P(dx), dw, db, rows, C);
-    else
-      LayerNormBackwardKernel<T, 0><<<blocks, 256, 2 * C * sizeof(float), stream_>>>(P(dy), P(x), P(w), mean, rstd, P(dx),
-                                                                                    dw, db, rows, C);
+    // A few rows per warp: enough warps in flight to hide the latency of
+    // each row's two passes (the first version ran 15 rows per warp on 4
+    // blocks per SM and took 1.9 ms at 65536×768, 25x its forward), few
+    // enough blocks that their dw/db atomics stay cheap.
+    const int blocks = std::max(1, std::min((rows + 7) / 8, num_sms_ * 16));
+    const size_t smem = 2 * C * sizeof(float);
+    auto launch = [&](auto lane_columns) {
+      LayerNormBackwardKernel<T, decltype(lane_columns)::value><<<blocks, 256, smem, stream_>>>(P(dy), P(x), P(w), mean, rstd,
+                                                                                                P(dx), dw, db, rows, C);
+    };
+    // Per-lane partial sums in registers, as few as C needs.
+    if (C <= 256) launch(std::integral_constant<int, 8>());
+    else if (C <= 512) launch(std::integral_constant<int, 16>());
+    else if (C <= 768) launch(std::integral_constant<int, 24>());
+    else if (C <= 1024) launch(std::integral_constant<int, 32>());
+    else launch(std::integral_constant<int, 0>());
     TG_CUDA_LAUNCH_CHECK();
   }
   void EmbeddingBackward(const void* dout, const int32_t* tokens, const int32_t* positions, float* dtok, float* dpos,
@@ -408,11 +416,15 @@ class CudaBackend final : public Backend {
  private:
   static constexpr size_t kWorkspaceBytes = 32u << 20;
   static constexpr int kMaxSampleRows = 1024;
+  static constexpr int kGemmCandidates = 8;
   struct Plan {
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a, b, c;
     cublasLtMatmulAlgo_t algo;
     bool has_algo = false;
+    // Training GEMMs: the heuristic's candidates, timed on first use (TuneGemm).
+    std::vector<cublasLtMatmulAlgo_t> candidates;
+    bool tuned = false;
   };
 
   static const T* P(const void* p) { return static_cast<const T*>(p); }
@@ -468,9 +480,50 @@ class CudaBackend final : public Backend {
     if (it == gemms_.end()) it = gemms_.emplace(g, MakeGemmPlan(g)).first;
     Plan& plan = it->second;
     if (bias) TG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    if (!plan.tuned) TuneGemm(g, plan, A, B, D, bias);
     const float alpha = 1.f;
-    TG_CUBLAS_CHECK(cublasLtMatmul(lt_, plan.desc, &alpha, A, plan.a, B, plan.b, &beta, D, plan.c, D, plan.c,
-                                   plan.has_algo ? &plan.algo : nullptr, workspace_, kWorkspaceBytes, stream_));
+    TG_CUBLAS_CHECK(cublasLtMatmul(lt_, plan.desc, &alpha, A, plan.a, B, plan.b, &beta, D, plan.c, D, plan.c, &plan.algo,
+                                   workspace_, kWorkspaceBytes, stream_));
+  }
+
+  // The first call of a training GEMM shape times cuBLASLt's candidate
+  // algorithms on the real operands and keeps the fastest: its first
+  // heuristic choice ran the bench-125m step's 768-wide forward GEMMs at
+  // about a third of the speed of the 4096-wide one. Candidates write into
+  // a scratch output (beta 0), so an accumulating product (dw += ...) is
+  // left untouched.
+  void TuneGemm(const GemmShape& g, Plan& plan, const void* A, const void* B, void* D, const void* bias) {
+    plan.tuned = true;
+    if (plan.candidates.size() < 2) return;
+    const size_t bytes = static_cast<size_t>(g.ldd) * g.n * (g.d_type == CUDA_R_32F ? 4 : sizeof(T));
+    void* out = nullptr;
+    if (cudaMalloc(&out, bytes) != cudaSuccess) {  // no room to try: keep the heuristic's choice
+      cudaGetLastError();
+      return;
+    }
+    cudaEvent_t start, stop;
+    TG_CUDA_CHECK(cudaEventCreate(&start));
+    TG_CUDA_CHECK(cudaEventCreate(&stop));
+    const float alpha = 1.f, zero = 0.f;
+    float best = 1e30f;
+    for (const cublasLtMatmulAlgo_t& algo : plan.candidates) {
+      auto run = [&] {
+        return cublasLtMatmul(lt_, plan.desc, &alpha, A, plan.a, B, plan.b, &zero, out, plan.c, out, plan.c, &algo, workspace_,
+                              kWorkspaceBytes, stream_);
+      };
+      if (run() != CUBLAS_STATUS_SUCCESS) continue;  // warm-up; an algorithm that fails here is never chosen
+      TG_CUDA_CHECK(cudaEventRecord(start, stream_));
+      for (int i = 0; i < 3; ++i) TG_CUBLAS_CHECK(run());
+      TG_CUDA_CHECK(cudaEventRecord(stop, stream_));
+      TG_CUDA_CHECK(cudaEventSynchronize(stop));
+      float ms = 0;
+      TG_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+      if (ms < best) best = ms, plan.algo = algo;
+    }
+    TG_CUDA_CHECK(cudaEventDestroy(start));
+    TG_CUDA_CHECK(cudaEventDestroy(stop));
+    TG_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    TG_CUDA_CHECK(cudaFree(out));
   }
 
   Plan MakeGemmPlan(const GemmShape& g) {
@@ -492,12 +545,14 @@ class CudaBackend final : public Backend {
     TG_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     const size_t ws = kWorkspaceBytes;
     TG_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-    cublasLtMatmulHeuristicResult_t result;
+    cublasLtMatmulHeuristicResult_t results[kGemmCandidates];
     int found = 0;
-    if (cublasLtMatmulAlgoGetHeuristic(lt_, plan.desc, plan.a, plan.b, plan.c, plan.c, pref, 1, &result, &found) ==
+    if (cublasLtMatmulAlgoGetHeuristic(lt_, plan.desc, plan.a, plan.b, plan.c, plan.c, pref, kGemmCandidates, results, &found) ==
             CUBLAS_STATUS_SUCCESS && found > 0) {
-      plan.algo = result.algo;
+      plan.algo = results[0].algo;
       plan.has_algo = true;
+      for (int i = 0; i < found; ++i)
+        if (results[i].state == CUBLAS_STATUS_SUCCESS) plan.candidates.push_back(results[i].algo);
     } else {
       std::fprintf(stderr, "cuBLASLt: no algorithm for %s GEMM m=%d n=%d k=%d\n", g.d_type == CUDA_R_32F ? "fp32-out" : "", g.m,
                    g.n, g.k);

@@ -45,7 +45,6 @@ __global__ void LayerNormTrainKernel(const T* x, const T* w, const T* b, T* y, f
 // columns' partial sums in registers across the warp's rows, then one
 // shared-memory add per column and warp, one global atomic per column and
 // block; with 0, every row adds into shared memory (any C).
-inline constexpr int kLayerNormLaneColumns = 32;
 template <class T, int kLaneColumns>
 __global__ void LayerNormBackwardKernel(const T* dy, const T* x, const T* w, const float* mean, const float* rstd, T* dx,
                                         float* dw, float* db, int rows, int C) {
@@ -134,28 +133,48 @@ __global__ void SwiGLUBackwardKernel(const T* dsw, const T* h, T* dh, int rows, 
   }
 }
 
-// db[c] += Σ_rows dy[row, c]: blocks of 32 columns × 8 row lanes, each block
-// over a slice of rows; the slices' sums meet in fp32 atomics.
+// Two adjacent elements, loaded and stored as one (4 bytes for bf16/fp16).
+template <class T>
+struct alignas(2 * sizeof(T)) Two {
+  T x, y;
+};
+
+// db[c] += Σ_rows dy[row, c]: blocks of 64 columns (two per thread, read
+// as one 4-byte load when cols is even) × 8 row lanes, each block over a
+// slice of rows; the slices' sums meet in fp32 atomics.
 template <class T>
 __global__ void BiasGradKernel(const T* dy, float* db, int rows, int cols) {
-  __shared__ float part[8][33];
-  const int c = blockIdx.x * 32 + threadIdx.x;
+  __shared__ float part[8][65];
+  const int c = blockIdx.x * 64 + 2 * threadIdx.x;
   const int per = (rows + gridDim.y - 1) / gridDim.y, r0 = blockIdx.y * per, r1 = min(rows, r0 + per);
-  float s = 0.f;
-  if (c < cols)
-    for (int r = r0 + threadIdx.y; r < r1; r += 8) s += ToFloat(dy[static_cast<long>(r) * cols + c]);
-  part[threadIdx.y][threadIdx.x] = s;
+  const bool pairs = cols % 2 == 0;
+  float s0 = 0.f, s1 = 0.f;
+  for (int r = r0 + threadIdx.y; r < r1; r += 8) {
+    const T* row = dy + static_cast<long>(r) * cols;
+    if (pairs && c < cols) {
+      const Two<T> v = *reinterpret_cast<const Two<T>*>(row + c);
+      s0 += ToFloat(v.x), s1 += ToFloat(v.y);
+    } else {
+      if (c < cols) s0 += ToFloat(row[c]);
+      if (c + 1 < cols) s1 += ToFloat(row[c + 1]);
+    }
+  }
+  part[threadIdx.y][2 * threadIdx.x] = s0;
+  part[threadIdx.y][2 * threadIdx.x + 1] = s1;
   __syncthreads();
-  if (threadIdx.y == 0 && c < cols) {
-    for (int k = 1; k < 8; ++k) s += part[k][threadIdx.x];
-    atomicAdd(&db[c], s);
+  if (threadIdx.y == 0) {
+    for (int k = 1; k < 8; ++k) s0 += part[k][2 * threadIdx.x], s1 += part[k][2 * threadIdx.x + 1];
+    if (c < cols) atomicAdd(&db[c], s0);
+    if (c + 1 < cols) atomicAdd(&db[c + 1], s1);
   }
 }
 
 // Fused cross-entropy, one block per row: max (and argmax), Σ exp, then the
 // gradient written over the logits if dlogits == logits (each element is
 // read by the thread that overwrites it, after the two reductions). Never
-// holds more than a row in fp32.
+// holds more than a row in fp32. Rows of even length are read two elements
+// per load (the logits are the largest tensor of the step: 4 GB at 64K
+// tokens × 32000 in bf16).
 template <class T>
 __global__ void CrossEntropyKernel(const T* logits, const int32_t* targets, T* dlogits, int V, float grad_mul,
                                    float* row_loss, int32_t* row_hit) {
@@ -164,11 +183,24 @@ __global__ void CrossEntropyKernel(const T* logits, const int32_t* targets, T* d
   const long t = blockIdx.x;
   const T* l = logits + t * V;
   const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const bool pairs = V % 2 == 0;
+  const int n = pairs ? V / 2 : V;  // loads per row
+  auto load = [&](int k, float* a, float* b) {  // element(s) of load k: indices 2k, 2k+1 (pairs) or k
+    if (pairs) {
+      const Two<T> v = reinterpret_cast<const Two<T>*>(l)[k];
+      *a = ToFloat(v.x), *b = ToFloat(v.y);
+    } else {
+      *a = ToFloat(l[k]), *b = -FLT_MAX;
+    }
+  };
   float mx = -FLT_MAX;
   int arg = 0;
-  for (int i = threadIdx.x; i < V; i += blockDim.x) {
-    const float x = ToFloat(l[i]);
-    if (x > mx) mx = x, arg = i;
+  for (int k = threadIdx.x; k < n; k += blockDim.x) {
+    float a, b;
+    load(k, &a, &b);
+    const int i = pairs ? 2 * k : k;
+    if (a > mx) mx = a, arg = i;
+    if (pairs && b > mx) mx = b, arg = i + 1;
   }
   // Block argmax (ties: the lowest index, as the CPU's first-max scan).
   for (int o = 16; o > 0; o >>= 1) {
@@ -187,7 +219,11 @@ __global__ void CrossEntropyKernel(const T* logits, const int32_t* targets, T* d
   arg = red_i[0];
   __syncthreads();
   float sum = 0.f;
-  for (int i = threadIdx.x; i < V; i += blockDim.x) sum += __expf(ToFloat(l[i]) - mx);
+  for (int k = threadIdx.x; k < n; k += blockDim.x) {
+    float a, b;
+    load(k, &a, &b);
+    sum += __expf(a - mx) + (pairs ? __expf(b - mx) : 0.f);
+  }
   sum = WarpSum(sum);
   if (lane == 0) red_v[warp] = sum;
   __syncthreads();
@@ -204,11 +240,18 @@ __global__ void CrossEntropyKernel(const T* logits, const int32_t* targets, T* d
     row_hit[t] = arg == target;
   }
   __syncthreads();  // l[target] is read before anyone overwrites it
-  if (dlogits) {
-    T* d = dlogits + t * V;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) {
-      const float p = __expf(ToFloat(l[i]) - lse);
-      d[i] = FromFloat<T>(grad_mul * (p - (i == target ? 1.f : 0.f)));
+  if (!dlogits) return;
+  T* d = dlogits + t * V;
+  for (int k = threadIdx.x; k < n; k += blockDim.x) {
+    float a, b;
+    load(k, &a, &b);
+    const int i = pairs ? 2 * k : k;
+    const float ga = grad_mul * (__expf(a - lse) - (i == target ? 1.f : 0.f));
+    if (pairs) {
+      const float gb = grad_mul * (__expf(b - lse) - (i + 1 == target ? 1.f : 0.f));
+      reinterpret_cast<Two<T>*>(d)[k] = Two<T>{FromFloat<T>(ga), FromFloat<T>(gb)};
+    } else {
+      d[k] = FromFloat<T>(ga);
     }
   }
 }
