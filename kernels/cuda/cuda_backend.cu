@@ -57,13 +57,22 @@ struct GemmShape {
   }
 };
 
-// Per-op GPU time of the training ops, when TINYGPT_CUDA_OP_TIMES is set:
+// Per-op GPU time of the training ops, when TINYGPT_CUDA_OP_TIMES=N is set:
 // events around each op on the stream, summed per op name and printed to
 // stderr when the backend goes away (the device has no profiler we can
-// use, and this tells where a training step's time goes).
+// use, and this tells where a training step's time goes). What ran before
+// the N-th Synchronize() (the trainer's once per step: N-1 warm-up steps,
+// whose first tunes the GEMMs) is left out.
 class OpTimes {
  public:
-  OpTimes() : enabled_(std::getenv("TINYGPT_CUDA_OP_TIMES") != nullptr) {}
+  OpTimes() : enabled_(std::getenv("TINYGPT_CUDA_OP_TIMES") != nullptr) {
+    if (enabled_) skip_syncs_ = std::atol(std::getenv("TINYGPT_CUDA_OP_TIMES"));
+  }
+  void OnSynchronize() {
+    if (!enabled_ || ++syncs_ >= skip_syncs_) return;
+    for (auto& e : pending_) cudaEventDestroy(e.a), cudaEventDestroy(e.b);
+    pending_.clear();
+  }
   struct Scope {
     OpTimes* t;
     const char* name;
@@ -110,6 +119,7 @@ class OpTimes {
     cudaEvent_t a, b;
   };
   bool enabled_;
+  long skip_syncs_ = 0, syncs_ = 0;
   std::vector<Entry> pending_;
 };
 
@@ -327,22 +337,12 @@ class CudaBackend final : public Backend {
                          float* dw, float* db, int rows, int C) override {
     OpTimes::Scope timed(&op_times_, "layernorm backward", stream_);
     if (rows == 0) return;
-    // A few rows per warp: enough warps in flight to hide the latency of
-    // each row's two passes (the first version ran 15 rows per warp on 4
-    // blocks per SM and took 1.9 ms at 65536×768, 25x its forward), few
-    // enough blocks that their dw/db atomics stay cheap.
-    const int blocks = std::max(1, std::min((rows + 7) / 8, num_sms_ * 16));
-    const size_t smem = 2 * C * sizeof(float);
-    auto launch = [&](auto lane_columns) {
-      LayerNormBackwardKernel<T, decltype(lane_columns)::value><<<blocks, 256, smem, stream_>>>(P(dy), P(x), P(w), mean, rstd,
-                                                                                                P(dx), dw, db, rows, C);
-    };
-    // Per-lane partial sums in registers, as few as C needs.
-    if (C <= 256) launch(std::integral_constant<int, 8>());
-    else if (C <= 512) launch(std::integral_constant<int, 16>());
-    else if (C <= 768) launch(std::integral_constant<int, 24>());
-    else if (C <= 1024) launch(std::integral_constant<int, 32>());
-    else launch(std::integral_constant<int, 0>());
+    LayerNormBackwardDxKernel<T><<<(rows + 7) / 8, 256, 0, stream_>>>(P(dy), P(x), P(w), mean, rstd, P(dx), rows, C);
+    TG_CUDA_LAUNCH_CHECK();
+    // Row slices enough for ~8 blocks per SM, of at least 256 rows each.
+    const int col_blocks = (C + 31) / 32;
+    const dim3 grid(col_blocks, std::max(1, std::min(rows / 256, 8 * num_sms_ / col_blocks + 1)));
+    LayerNormBackwardDwDbKernel<T><<<grid, dim3(32, 8), 0, stream_>>>(P(dy), P(x), mean, rstd, dw, db, rows, C);
     TG_CUDA_LAUNCH_CHECK();
   }
   void EmbeddingBackward(const void* dout, const int32_t* tokens, const int32_t* positions, float* dtok, float* dpos,
@@ -411,7 +411,10 @@ class CudaBackend final : public Backend {
     TG_CUDA_LAUNCH_CHECK();
   }
 
-  void Synchronize() override { TG_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  void Synchronize() override {
+    TG_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    op_times_.OnSynchronize();
+  }
 
  private:
   static constexpr size_t kWorkspaceBytes = 32u << 20;
