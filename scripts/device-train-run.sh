@@ -80,6 +80,7 @@ if [[ $what == all || $what == bench ]]; then
   PYTHONUNBUFFERED=1 step "bench train vs torch" 400 python3 "$S/bench/train_gpu_vs_torch.py" "$S/bin" > "$OUT/bench.md" 2>&1
   cat "$OUT/bench.md" | tee -a "$log"
   # Where a bench-125m step's GPU time goes, op by op (events around each training op).
+  step "single-op times" 60 "$S/bin/tinygpt_backend_ops" --dtype=bf16 --perf >> "$log" 2>&1
   # (TINYGPT_CUDA_OP_TIMES=3: two warm-up steps left out, the first of which tunes the GEMMs.)
   TINYGPT_CUDA_OP_TIMES=3 step "op times" 120 "$T" train --device=cuda --precision=bf16 --preset=bench-125m --task=count \
     --seq-len=1024 --batch=64 --steps=12 --out="$W/prof.safetensors" >> "$log" 2>&1

@@ -4,10 +4,12 @@
 // passes. Then the whole model: CUDA logits against CPU fp32 logits on a
 // checkpoint, and greedy generations compared.
 //
-// usage: tinygpt_backend_ops [--dtype bf16|f16|f32] [CHECKPOINT]   (f32: the training ops only)
+// usage: tinygpt_backend_ops [--dtype bf16|f16|f32] [--perf] [CHECKPOINT]   (f32: the training ops only;
+//        --perf: time single training ops at bench-125m shapes instead of checking)
 // Prints one line per case and a final "N passed, N failed". Exits 77 (skip)
 // when no CUDA device or module is available.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -554,14 +556,59 @@ void TestTrainingStep(Backend* G, const std::string& dtype, bool alibi, int n_kv
   Report(name, worst, tol * 4);
 }
 
+// --perf: GPU time of single training ops at bench-125m's step shapes (65536
+// rows of 768), each on its own (synchronized, median of 20), to set beside
+// the in-step per-op times of TINYGPT_CUDA_OP_TIMES.
+void PerfTrainingOps(Backend* G) {
+  const int T = 65536, C = 768, F = 2048;
+  auto buf = [&](size_t elems, size_t esize) {
+    void* p = G->Alloc(elems * esize);
+    std::vector<float> v = Random(elems);
+    if (esize == 4) G->CopyToDevice(p, v.data(), elems * 4);
+    else G->UploadFloats(p, v.data(), elems);
+    return p;
+  };
+  const size_t e = DTypeSize(G->dtype());
+  void *x = buf(static_cast<size_t>(T) * C, e), *dy = buf(static_cast<size_t>(T) * C, e), *dx = buf(static_cast<size_t>(T) * C, e);
+  void *w = buf(C, e), *b = buf(C, e), *wl = buf(static_cast<size_t>(C) * C, e), *h = buf(static_cast<size_t>(T) * 2 * F, e);
+  void *sw = buf(static_cast<size_t>(T) * F, e);
+  float *mean = static_cast<float*>(buf(T, 4)), *rstd = static_cast<float*>(buf(T, 4)), *dw = static_cast<float*>(buf(C, 4)),
+        *db = static_cast<float*>(buf(C, 4)), *dwl = static_cast<float*>(buf(static_cast<size_t>(C) * C, 4));
+  G->LayerNormTrain(x, w, b, dx, mean, rstd, T, C, 1e-5f);  // real statistics
+  auto time = [&](const char* name, const std::function<void()>& op) {
+    op();
+    G->Synchronize();
+    std::vector<double> ms;
+    for (int i = 0; i < 20; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      op();
+      G->Synchronize();
+      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::sort(ms.begin(), ms.end());
+    std::printf("PERF %-52s %8.3f ms\n", name, ms[ms.size() / 2]);
+  };
+  time("layernorm forward 65536x768", [&] { G->LayerNormTrain(x, w, b, dx, mean, rstd, T, C, 1e-5f); });
+  time("layernorm backward 65536x768", [&] { G->LayerNormBackward(dy, x, w, mean, rstd, dx, dw, db, T, C); });
+  time("residual add 65536x768", [&] { G->AddInPlace(dx, dy, static_cast<size_t>(T) * C); });
+  time("linear forward 65536x768->768 +bias", [&] { G->LinearTrain(x, wl, b, dx, T, C, C); });
+  time("linear backward 65536x768->768 (dx, dw, db)", [&] { G->LinearBackward(dy, x, wl, dx, dwl, db, T, C, C); });
+  time("swiglu forward 65536x2048", [&] { G->SwiGLU(h, sw, T, F); });
+  for (void* p : {x, dy, dx, w, b, wl, h, sw, static_cast<void*>(mean), static_cast<void*>(rstd), static_cast<void*>(dw),
+                  static_cast<void*>(db), static_cast<void*>(dwl)})
+    G->Free(p);
+}
+
 }  // namespace
 }  // namespace tinygpt
 
 int main(int argc, char** argv) {
   std::string dtype = "bf16", checkpoint;
+  bool perf = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a.rfind("--dtype=", 0) == 0) dtype = a.substr(8);
+    else if (a == "--perf") perf = true;
     else checkpoint = a;
   }
   auto gpu = tinygpt::CreateBackend("cuda", dtype);
@@ -578,6 +625,10 @@ int main(int argc, char** argv) {
   }
   const double tol = dtype == "bf16" ? 1e-2 : dtype == "f16" ? 2e-3 : 1e-4;  // measured worst on an H100: 3.5e-3 and 4.3e-4
   std::printf("device: %s, dtype %s\n", (*gpu)->device_name().c_str(), dtype.c_str());
+  if (perf) {
+    tinygpt::PerfTrainingOps(gpu->get());
+    return 0;
+  }
   // Training ops (fp32 too: the --precision fp32 reference).
   tinygpt::TestTrainDense(gpu->get(), cpu.get(), tol);
   tinygpt::TestCrossEntropy(gpu->get(), cpu.get(), tol);
