@@ -45,9 +45,14 @@ __global__ void LayerNormTrainKernel(const T* x, const T* w, const T* b, T* y, f
 // bias gradient). A single kernel that also summed dw/db per block (in
 // registers or shared memory, then atomics) measured 2 ms at 65536×768 on
 // an H200, 25x this forward, however its grid was sized.
+// The pointers are __restrict__: dx is read then written in the second
+// loop, and without the promise that it aliases nothing else the compiler
+// may not load the next columns' dx before this column's store, so each of
+// the row's 24 dx loads (the only ones that miss L1) waited for the last.
 template <class T>
-__global__ void LayerNormBackwardDxKernel(const T* dy, const T* x, const T* w, const float* mean, const float* rstd, T* dx,
-                                          int rows, int C) {
+__global__ void LayerNormBackwardDxKernel(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ w,
+                                          const float* __restrict__ mean, const float* __restrict__ rstd,
+                                          T* __restrict__ dx, int rows, int C) {
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
   if (row >= rows) return;
   const T* xr = x + static_cast<long>(row) * C;
@@ -62,6 +67,7 @@ __global__ void LayerNormBackwardDxKernel(const T* dy, const T* x, const T* w, c
   dnorm_mean = WarpSum(dnorm_mean) / C;
   dnorm_norm_mean = WarpSum(dnorm_norm_mean) / C;
   T* dxr = dx + static_cast<long>(row) * C;
+#pragma unroll 8
   for (int c = lane; c < C; c += 32) {
     const float norm = (ToFloat(xr[c]) - m) * rs, dnorm = ToFloat(dyr[c]) * ToFloat(w[c]);
     dxr[c] = FromFloat<T>(ToFloat(dxr[c]) + (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rs);
@@ -71,13 +77,14 @@ __global__ void LayerNormBackwardDxKernel(const T* dy, const T* x, const T* w, c
 // dw[c] += Σ_rows dy·norm, db[c] += Σ_rows dy: blocks of 32 columns × 8
 // row lanes over a slice of rows; slices meet in fp32 atomics.
 template <class T>
-__global__ void LayerNormBackwardDwDbKernel(const T* dy, const T* x, const float* mean, const float* rstd, float* dw, float* db,
-                                            int rows, int C) {
+__global__ void LayerNormBackwardDwDbKernel(const T* __restrict__ dy, const T* __restrict__ x, const float* __restrict__ mean,
+                                            const float* __restrict__ rstd, float* dw, float* db, int rows, int C) {
   __shared__ float part_w[8][33], part_b[8][33];
   const int c = blockIdx.x * 32 + threadIdx.x;
   const int per = (rows + gridDim.y - 1) / gridDim.y, r0 = blockIdx.y * per, r1 = min(rows, r0 + per);
   float sw = 0.f, sb = 0.f;
   if (c < C)
+#pragma unroll 4
     for (int r = r0 + threadIdx.y; r < r1; r += 8) {
       const long i = static_cast<long>(r) * C + c;
       const float g = ToFloat(dy[i]);
