@@ -15,19 +15,19 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update && apt-get install -y --no-install-recommends \
       build-essential cmake pkg-config \
       libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc \
-      libabsl-dev prometheus-cpp-dev nlohmann-json3-dev libopenblas-dev \
+      libabsl-dev prometheus-cpp-dev nlohmann-json3-dev libopenblas-dev libsentencepiece-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=Release -DTINYGPT_BUILD_TESTS=OFF \
       -DTINYGPT_CUDA=$([ "$VARIANT" = cpu ] && echo OFF || echo ON) \
-    && cmake --build /build -j"$(nproc)" --target tinygpt tinygpt-client \
+    && cmake --build /build -j"$(nproc)" --target tinygpt tinygpt-client tinygpt_sentencepiece \
     && (cmake --build /build -j"$(nproc)" --target tinygpt_cuda || [ "$VARIANT" = cpu ])
-# Stage the binaries, the CUDA module if built, and every shared library they
-# need that is not glibc's or the CUDA runtime's (the runtime image has those).
+# Stage the binaries, the dlopen()ed modules (SentencePiece; CUDA if built) beside
+# them, and every shared library they need that is not glibc's or the CUDA
+# runtime's (the runtime image has those).
 RUN mkdir -p /out/bin /out/lib \
-    && cp /build/cli/tinygpt /build/client/tinygpt-client /out/bin/ \
-    && (cp /build/kernels/cuda/libtinygpt_cuda.so /out/bin/ 2>/dev/null || true) \
+    && cp /build/cli/tinygpt /build/client/tinygpt-client /build/cli/libtinygpt_*.so /out/bin/ \
     && for f in /out/bin/*; do ldd "$f" | awk '$3 ~ /^\// {print $3}'; done | sort -u \
        | grep -vE '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*|libcuda|libcudart|libcublas[^/]*)\.so' \
        | xargs -r cp -L -t /out/lib/

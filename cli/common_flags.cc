@@ -1,15 +1,26 @@
 #include "cli/common_flags.h"
 
 #include "absl/flags/flag.h"
+#include "common/log.h"
 
 ABSL_FLAG(uint64_t, seed, 0, "random seed (training init and data; sampling)");
 ABSL_FLAG(std::string, checkpoint, "tinygpt.safetensors", "checkpoint to load");
 ABSL_FLAG(std::string, device, "auto", "auto | cpu | cuda");
 ABSL_FLAG(std::string, dtype, "bf16", "CUDA weights/activations: bf16 | f16 (the CPU backend is f32)");
 ABSL_FLAG(int, threads, 0, "CPU threads for the model's ops (0: OMP_NUM_THREADS, else one per core)");
+ABSL_FLAG(bool, allow_nonfinite_weights, false, "load a checkpoint with NaN/Inf weights, warning per tensor (refused otherwise)");
 
 namespace tinygpt {
 absl::StatusOr<std::unique_ptr<Backend>> BackendFromFlags() {
   return CreateBackend(absl::GetFlag(FLAGS_device), absl::GetFlag(FLAGS_dtype));
+}
+
+absl::StatusOr<Checkpoint> LoadCheckpointFromFlags(const std::string& path) {
+  LoadOptions options;
+  options.allow_nonfinite = absl::GetFlag(FLAGS_allow_nonfinite_weights);
+  auto ck = LoadCheckpoint(path, options);
+  if (ck.ok())
+    for (const std::string& w : ck->warnings) TINYGPT_LOG_WARNING << w;
+  return ck;
 }
 }  // namespace tinygpt

@@ -6,8 +6,11 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
 
+#include <cctype>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <thread>
 
 #include "absl/flags/flag.h"
@@ -20,9 +23,19 @@
 #include "server/metrics.h"
 #include "server/service.h"
 
-ABSL_FLAG(std::string, host, "127.0.0.1", "address to bind");
+ABSL_FLAG(std::string, host, "127.0.0.1", "address to bind the gRPC server to");
 ABSL_FLAG(int, port, 50051, "gRPC port (0: pick a free one)");
 ABSL_FLAG(int, metrics_port, 9464, "Prometheus /metrics port (0: pick a free one, -1: off)");
+ABSL_FLAG(std::string, metrics_host, "", "address to bind /metrics to (empty: the same as --host)");
+ABSL_FLAG(int, metrics_threads, 8, "threads serving /metrics (each holds one connection at a time)");
+ABSL_FLAG(int, metrics_request_timeout_ms, 5000, "a /metrics connection that sends no full request in this time is dropped");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve gRPC over TLS (with --tls-key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA certificates: require every client to present a certificate signed by one of them (mutual TLS)");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "file holding a bearer token: Generation calls without 'authorization: Bearer <token>' get UNAUTHENTICATED "
+          "(health checks and reflection stay open)");
 ABSL_FLAG(int, max_batch_tokens, 512, "tokens per scheduler step");
 ABSL_FLAG(int, max_seqs, 64, "sequences per scheduler step");
 ABSL_FLAG(int, max_queue, 256, "waiting requests beyond which RESOURCE_EXHAUSTED");
@@ -35,6 +48,7 @@ ABSL_FLAG(int, max_new_tokens_limit, 0, "largest max_new_tokens accepted (0: the
 ABSL_FLAG(int, max_request_bytes, 64 * 1024, "largest request accepted (INVALID_ARGUMENT beyond)");
 ABSL_FLAG(int, debug_step_delay_ms, 0, "testing only: sleep this long in every scheduler step");
 ABSL_FLAG(double, drain_timeout, 30.0, "seconds in-flight requests get to finish on SIGTERM");
+ABSL_FLAG(bool, prefix_caching, true, "reuse the KV cache blocks of prompt prefixes seen before (--noprefix-caching: off)");
 
 namespace tinygpt {
 namespace {
@@ -54,6 +68,50 @@ int Fail(const std::string& msg) {
   return 1;
 }
 
+// A whole file, or an error naming the flag it came from.
+absl::StatusOr<std::string> ReadFile(const std::string& path, const char* flag) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in.is_open()) return absl::InvalidArgumentError(absl::StrCat("--", flag, ": cannot open ", path));
+  std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) return absl::InvalidArgumentError(absl::StrCat("--", flag, ": cannot read ", path));
+  return data;
+}
+
+// The gRPC credentials the flags ask for: TLS (mutual with --tls-client-ca) or none.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentialsFromFlags() {
+  const std::string cert = absl::GetFlag(FLAGS_tls_cert), key = absl::GetFlag(FLAGS_tls_key),
+                    ca = absl::GetFlag(FLAGS_tls_client_ca);
+  if (cert.empty() && key.empty() && ca.empty()) return grpc::InsecureServerCredentials();
+  if (cert.empty() || key.empty()) return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
+  auto cert_pem = ReadFile(cert, "tls-cert");
+  if (!cert_pem.ok()) return cert_pem.status();
+  auto key_pem = ReadFile(key, "tls-key");
+  if (!key_pem.ok()) return key_pem.status();
+  grpc::SslServerCredentialsOptions opts(ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                                    : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  opts.pem_key_cert_pairs.push_back({*key_pem, *cert_pem});
+  if (!ca.empty()) {
+    auto ca_pem = ReadFile(ca, "tls-client-ca");
+    if (!ca_pem.ok()) return ca_pem.status();
+    opts.pem_root_certs = *ca_pem;
+  }
+  return grpc::SslServerCredentials(opts);
+}
+
+// The bearer token of --auth-token-file, without the trailing newline an
+// editor or `echo` leaves; empty when the flag is unset.
+absl::StatusOr<std::string> AuthTokenFromFlags() {
+  const std::string path = absl::GetFlag(FLAGS_auth_token_file);
+  if (path.empty()) return std::string();
+  auto token = ReadFile(path, "auth-token-file");
+  if (!token.ok()) return token.status();
+  while (!token->empty() && std::isspace(static_cast<unsigned char>(token->back()))) token->pop_back();
+  if (token->empty()) return absl::InvalidArgumentError(absl::StrCat("--auth-token-file: ", path, " holds no token"));
+  for (char c : *token)
+    if (c < 0x21 || c > 0x7e) return absl::InvalidArgumentError("--auth-token-file: the token must be printable ASCII without spaces");
+  return token;
+}
+
 }  // namespace
 
 int ServeCommand() {
@@ -64,15 +122,25 @@ int ServeCommand() {
   sigaddset(&stop_signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
+  // Security settings first: a typo in them must stop the server before it
+  // loads anything or listens.
+  auto credentials = ServerCredentialsFromFlags();
+  if (!credentials.ok()) return Fail(std::string(credentials.status().message()));
+  auto auth_token = AuthTokenFromFlags();
+  if (!auth_token.ok()) return Fail(std::string(auth_token.status().message()));
   const std::string path = absl::GetFlag(FLAGS_checkpoint);
-  auto ck = LoadCheckpoint(path);
+  auto ck = LoadCheckpointFromFlags(path);
   if (!ck.ok()) return Fail(std::string(ck.status().message()));
   // /metrics first: its threads must start before the CUDA module is loaded.
   ServerMetrics metrics;
   const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  const std::string metrics_host = absl::GetFlag(FLAGS_metrics_host).empty() ? absl::GetFlag(FLAGS_host) : absl::GetFlag(FLAGS_metrics_host);
   if (metrics_port >= 0) {
+    if (absl::GetFlag(FLAGS_metrics_threads) < 1) return Fail("--metrics-threads must be at least 1");
+    if (absl::GetFlag(FLAGS_metrics_request_timeout_ms) < 1) return Fail("--metrics-request-timeout-ms must be positive");
     try {  // prometheus-cpp reports bind failures by exception, at start-up only
-      metrics.Expose(absl::StrCat(absl::GetFlag(FLAGS_host), ":", metrics_port));
+      metrics.Expose(absl::StrCat(metrics_host, ":", metrics_port), absl::GetFlag(FLAGS_metrics_threads),
+                     absl::GetFlag(FLAGS_metrics_request_timeout_ms));
     } catch (const std::exception& e) {
       return Fail(absl::StrCat("cannot serve /metrics on port ", metrics_port, ": ", e.what()));
     }
@@ -104,16 +172,19 @@ int ServeCommand() {
   eo.max_queue = absl::GetFlag(FLAGS_max_queue);
   eo.max_new_tokens_limit = absl::GetFlag(FLAGS_max_new_tokens_limit);
   eo.debug_step_delay = std::chrono::milliseconds(absl::GetFlag(FLAGS_debug_step_delay_ms));
+  eo.tokenizer = ck->tokenizer.get();
+  eo.prefix_caching = absl::GetFlag(FLAGS_prefix_caching);
   Engine engine(runner->get(), eo, &metrics);
   GenerationService service(&engine, &metrics,
-                            {static_cast<size_t>(absl::GetFlag(FLAGS_max_request_bytes)), path, ConfigToJson(ck->config)});
+                            {static_cast<size_t>(absl::GetFlag(FLAGS_max_request_bytes)), path, ConfigToJson(ck->config),
+                             ck->tokenizer.get(), *auth_token});
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
   const std::string address = absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(address, *credentials, &port);
   builder.SetMaxReceiveMessageSize(4 << 20);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -122,25 +193,39 @@ int ServeCommand() {
   const std::string service_name = v1::Generation::service_full_name();
   health->SetServingStatus(true);
   health->SetServingStatus(service_name, true);
-  std::printf("tinygpt serve: listening on %s:%d (backend %s, %d KV blocks of %d tokens)\n", absl::GetFlag(FLAGS_host).c_str(),
-              port, (*backend)->name().c_str(), ro.num_kv_blocks, ro.block_size);
-  if (metrics_port >= 0) std::printf("tinygpt serve: metrics on http://%s:%d/metrics\n", absl::GetFlag(FLAGS_host).c_str(), metrics.port());
+  std::printf("tinygpt serve: listening on %s:%d (backend %s, %d KV blocks of %d tokens, %s)\n", absl::GetFlag(FLAGS_host).c_str(),
+              port, (*backend)->name().c_str(), ro.num_kv_blocks, ro.block_size,
+              ck->tokenizer ? absl::StrCat(ck->tokenizer->type(), " tokenizer").c_str() : "no tokenizer: token ids only");
+  if (metrics_port >= 0) std::printf("tinygpt serve: metrics on http://%s:%d/metrics\n", metrics_host.c_str(), metrics.port());
   std::fflush(stdout);
-  LOG(INFO) << "serving " << path << " on port " << port;
+  LOG(INFO) << "serving " << path << " on port " << port << (absl::GetFlag(FLAGS_tls_cert).empty() ? " (plaintext)" : " (TLS)")
+            << (absl::GetFlag(FLAGS_tls_client_ca).empty() ? "" : " requiring client certificates")
+            << (auth_token->empty() ? "" : ", bearer token required");
 
   int sig = 0;
   sigwait(&stop_signals, &sig);
   LOG(INFO) << "signal " << sig << ": draining";
   health->SetServingStatus(false);
   health->SetServingStatus(service_name, false);
+  const int in_flight_at_signal = service.in_flight();
+  service.BeginDrain();
   engine.StartDrain();
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(absl::GetFlag(FLAGS_drain_timeout));
   auto drained = [&] { return engine.Idle() && service.in_flight() == 0; };
   while (!drained() && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   if (!drained()) {
-    LOG(WARNING) << "drain timeout: cancelling what is still in flight";
+    LOG(WARNING) << "drain timeout: cutting off what is still in flight (UNAVAILABLE)";
     engine.CancelAll();
+    // Let the handlers send that status: the engine retires them at its next
+    // step and each handler notices within its 20 ms wait. The bound only
+    // matters if a step hangs.
+    const auto grace = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (!drained() && std::chrono::steady_clock::now() < grace) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
+  const DrainCounts counts = service.drain_counts();
+  LOG(INFO) << "drain: " << in_flight_at_signal << " requests in flight at the signal; " << counts.finished << " finished, "
+            << counts.cut_off << " cut off by the " << absl::GetFlag(FLAGS_drain_timeout) << " s drain deadline (UNAVAILABLE), "
+            << counts.refused << " refused while draining";
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
   LOG(INFO) << "stopped";
   return 0;

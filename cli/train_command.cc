@@ -1,17 +1,29 @@
+#include <chrono>
 #include <cstdio>
+#include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/flags/flag.h"
 #include "cli/commands.h"
 #include "cli/common_flags.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "kernels/backend.h"
+#include "model/checkpoint.h"
 #include "model/config.h"
+#include "model/tokenizer.h"
 #include "train/data.h"
 #include "train/trainer.h"
 
 ABSL_FLAG(std::string, preset, "seed", "model preset: seed | bench-125m");
 ABSL_FLAG(std::string, task, "count", "synthetic task when --data is not given: count");
-ABSL_FLAG(std::string, data, "", "train on this text file (byte tokens, vocab 256)");
+ABSL_FLAG(std::string, data, "",
+          "train on this text file (documents separated by blank lines); byte tokens (vocab 256) unless "
+          "--tokenizer-vocab or --tokenizer is given");
+ABSL_FLAG(int, tokenizer_vocab, 0,
+          "with --data: first train a SentencePiece BPE tokenizer (byte fallback) of this many tokens on the corpus");
+ABSL_FLAG(std::string, tokenizer, "", "with --data: use this SentencePiece model (e.g. a tokenizer.model)");
 ABSL_FLAG(std::string, pos_encoding, "", "override the preset: learned | alibi");
 ABSL_FLAG(int, n_kv_heads, 0, "override the preset's KV heads (GQA)");
 ABSL_FLAG(long, steps, 400, "optimizer steps");
@@ -30,6 +42,46 @@ ABSL_FLAG(long, inject_overflow_step, -1, "test hook: make this step's gradients
 ABSL_FLAG(double, min_accuracy, 0.0, "exit 1 unless the last batch's accuracy reaches this (0..1)");
 
 namespace tinygpt {
+namespace {
+
+int Fail(const absl::Status& s, int code = 1) {
+  std::fprintf(stderr, "tinygpt train: %s\n", std::string(s.message()).c_str());
+  return code;
+}
+
+// The tokenizer of a text corpus: the resumed checkpoint's, a SentencePiece
+// model file, one trained here on the corpus, or bytes.
+// With --resume the model's shape (*cfg) is the checkpoint's as well.
+absl::StatusOr<std::shared_ptr<const Tokenizer>> TextTokenizer(const std::vector<std::string>& docs, ModelConfig* cfg) {
+  const int vocab = absl::GetFlag(FLAGS_tokenizer_vocab);
+  const std::string file = absl::GetFlag(FLAGS_tokenizer);
+  if (vocab > 0 && !file.empty()) return absl::InvalidArgumentError("give --tokenizer-vocab or --tokenizer, not both");
+  if (!absl::GetFlag(FLAGS_resume).empty()) {
+    if (vocab > 0 || !file.empty())
+      return absl::InvalidArgumentError("--resume keeps the checkpoint's tokenizer; drop --tokenizer-vocab/--tokenizer");
+    auto ck = LoadCheckpoint(absl::GetFlag(FLAGS_resume));
+    if (!ck.ok()) return ck.status();
+    if (!ck->tokenizer)
+      return absl::InvalidArgumentError(absl::StrCat(absl::GetFlag(FLAGS_resume), " has no tokenizer to read --data with"));
+    *cfg = ck->config;
+    return ck->tokenizer;
+  }
+  if (!file.empty()) return LoadSentencePieceFile(file);
+  if (vocab <= 0) return std::shared_ptr<const Tokenizer>(MakeByteTokenizer());
+  size_t bytes = 0;
+  for (const auto& d : docs) bytes += d.size();
+  std::fprintf(stderr, "training a SentencePiece BPE tokenizer of %d tokens on %zu bytes...\n", vocab, bytes);
+  const auto t0 = std::chrono::steady_clock::now();
+  const int threads = absl::GetFlag(FLAGS_threads) > 0 ? absl::GetFlag(FLAGS_threads)
+                                                      : static_cast<int>(std::thread::hardware_concurrency());
+  auto tok = TrainSentencePiece(absl::StrJoin(docs, "\n"), vocab, threads);
+  if (tok.ok())
+    std::fprintf(stderr, "tokenizer trained in %.1fs\n",
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return tok;
+}
+
+}  // namespace
 
 int TrainCommand() {
   auto cfg = PresetConfig(absl::GetFlag(FLAGS_preset));
@@ -52,14 +104,19 @@ int TrainCommand() {
     return 2;
   }
   std::unique_ptr<DataSource> data;
+  std::shared_ptr<const Tokenizer> tokenizer;
   if (!absl::GetFlag(FLAGS_data).empty()) {
-    cfg->vocab_size = 256;
-    auto d = MakeTextData(absl::GetFlag(FLAGS_data), seq_len > 0 ? seq_len : cfg->max_seq_len, absl::GetFlag(FLAGS_batch));
-    if (!d.ok()) {
-      std::fprintf(stderr, "tinygpt train: %s\n", std::string(d.status().message()).c_str());
-      return 1;
-    }
+    auto docs = ReadDocuments(absl::GetFlag(FLAGS_data));
+    if (!docs.ok()) return Fail(docs.status());
+    auto tok = TextTokenizer(*docs, &*cfg);
+    if (!tok.ok()) return Fail(tok.status());
+    tokenizer = std::move(*tok);
+    cfg->vocab_size = tokenizer->vocab_size();
+    auto d = MakeTextData(*docs, *tokenizer, seq_len > 0 ? seq_len : cfg->max_seq_len, absl::GetFlag(FLAGS_batch));
+    if (!d.ok()) return Fail(d.status());
     data = std::move(*d);
+  } else if (absl::GetFlag(FLAGS_tokenizer_vocab) > 0 || !absl::GetFlag(FLAGS_tokenizer).empty()) {
+    return Fail(absl::InvalidArgumentError("--tokenizer-vocab and --tokenizer need --data"), 2);
   } else if (absl::GetFlag(FLAGS_task) == "count") {
     data = MakeCountTask(cfg->vocab_size, seq_len > 0 ? seq_len + 1 : cfg->max_seq_len, absl::GetFlag(FLAGS_batch));
   } else {
@@ -80,6 +137,7 @@ int TrainCommand() {
   o.precision = absl::GetFlag(FLAGS_precision);
   o.inject_overflow_step = absl::GetFlag(FLAGS_inject_overflow_step);
   o.untimed_steps = absl::GetFlag(FLAGS_untimed_steps);
+  o.tokenizer = tokenizer;
   auto r = Train(*cfg, *data, o);
   if (!r.ok()) {
     std::fprintf(stderr, "tinygpt train: %s\n", std::string(r.status().message()).c_str());

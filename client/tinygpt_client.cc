@@ -3,8 +3,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -31,9 +36,15 @@ ABSL_FLAG(int, top_k, 0, "top-k (0: off)");
 ABSL_FLAG(float, top_p, 1.f, "top-p");
 ABSL_FLAG(uint64_t, seed, 0, "sampling seed");
 ABSL_FLAG(std::vector<std::string>, stop, {}, "stop strings, comma separated");
-ABSL_FLAG(int, deadline_ms, 0, "per-request deadline (0: none)");
+ABSL_FLAG(int, deadline_ms, 0, "per-request deadline (0: none, except in bench: 60000)");
 ABSL_FLAG(bool, json, false, "machine-readable output");
 ABSL_FLAG(std::string, service, "", "health: the service name to check (empty: the server)");
+// TLS and authentication (the server's --tls-* and --auth-token-file).
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA certificates to verify the server with: connect over TLS");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate chain, for servers that require one (with --tls-key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
+ABSL_FLAG(std::string, tls_server_name, "", "name to verify in the server's certificate instead of the --target host");
+ABSL_FLAG(std::string, auth_token_file, "", "file holding the bearer token to send as 'authorization: Bearer <token>'");
 // bench
 ABSL_FLAG(int, requests, 64, "bench: requests to send");
 ABSL_FLAG(int, concurrency, 8, "bench: concurrent streams (ignored with --rate)");
@@ -43,6 +54,7 @@ ABSL_FLAG(int, prompt_len_max, 32, "bench: longest prompt");
 ABSL_FLAG(int, output_len_min, 8, "bench: fewest new tokens");
 ABSL_FLAG(int, output_len_max, 32, "bench: most new tokens");
 ABSL_FLAG(bool, unary, false, "bench: unary Generate calls (TTFT and inter-token latency from the server's timings)");
+ABSL_FLAG(bool, ignore_eos, false, "keep generating past the model's end token");
 
 namespace {
 
@@ -52,17 +64,108 @@ using Clock = std::chrono::steady_clock;
 constexpr const char* kUsage =
     "usage: tinygpt-client <generate|stream|info|health|bench> [--target host:port] [flags]";
 
-std::shared_ptr<grpc::Channel> Channel() {
-  return grpc::CreateChannel(absl::GetFlag(FLAGS_target), grpc::InsecureChannelCredentials());
+// A whole file; exits the program with a message naming the flag otherwise
+// (the client's flags are read once, before any request).
+std::string ReadFileOrDie(const std::string& path, const char* flag) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in.is_open()) {
+    std::fprintf(stderr, "--%s: cannot open %s\n", flag, path.c_str());
+    std::exit(2);
+  }
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
-void SetDeadline(grpc::ClientContext* ctx) {
-  if (absl::GetFlag(FLAGS_deadline_ms) > 0)
-    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(absl::GetFlag(FLAGS_deadline_ms)));
+std::shared_ptr<grpc::Channel> Channel() {
+  const std::string ca = absl::GetFlag(FLAGS_tls_ca), cert = absl::GetFlag(FLAGS_tls_cert), key = absl::GetFlag(FLAGS_tls_key);
+  if (ca.empty() && cert.empty() && key.empty())
+    return grpc::CreateChannel(absl::GetFlag(FLAGS_target), grpc::InsecureChannelCredentials());
+  if (cert.empty() != key.empty()) {
+    std::fprintf(stderr, "--tls-cert and --tls-key go together\n");
+    std::exit(2);
+  }
+  grpc::SslCredentialsOptions opts;  // an empty root set means the system's CAs
+  if (!ca.empty()) opts.pem_root_certs = ReadFileOrDie(ca, "tls-ca");
+  if (!cert.empty()) {
+    opts.pem_cert_chain = ReadFileOrDie(cert, "tls-cert");
+    opts.pem_private_key = ReadFileOrDie(key, "tls-key");
+  }
+  grpc::ChannelArguments args;
+  if (!absl::GetFlag(FLAGS_tls_server_name).empty())
+    args.SetString(GRPC_SSL_TARGET_NAME_OVERRIDE_ARG, absl::GetFlag(FLAGS_tls_server_name));
+  return grpc::CreateCustomChannel(absl::GetFlag(FLAGS_target), grpc::SslCredentials(opts), args);
+}
+
+// The bearer token, read once; empty without --auth-token-file.
+const std::string& AuthToken() {
+  static const std::string token = [] {
+    const std::string path = absl::GetFlag(FLAGS_auth_token_file);
+    if (path.empty()) return std::string();
+    std::string t = ReadFileOrDie(path, "auth-token-file");
+    while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
+    return t;
+  }();
+  return token;
+}
+
+// Sent as metadata on each call rather than as call credentials: gRPC only
+// sends call credentials over TLS, and a token over loopback or behind a
+// TLS-terminating proxy is a setup we support.
+void AddAuth(grpc::ClientContext* ctx) {
+  if (!AuthToken().empty()) ctx->AddMetadata("authorization", "Bearer " + AuthToken());
+}
+
+// Bench mode never waits without a deadline: a request that a broken server
+// never finishes is counted as DEADLINE_EXCEEDED instead of hanging the run.
+constexpr int kBenchDefaultDeadlineMs = 60000;
+
+void SetDeadline(grpc::ClientContext* ctx, int default_ms = 0) {
+  const int ms = absl::GetFlag(FLAGS_deadline_ms) > 0 ? absl::GetFlag(FLAGS_deadline_ms) : default_ms;
+  if (ms > 0) ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(ms));
+}
+
+// Ends a GenerateStream call. The server's last message carries the finish
+// reason. When Read() stops before it, either the server ended the call with
+// an error (Finish() returns it at once) or a response did not parse or the
+// connection broke; then Finish() could wait for a server that never ends the
+// call, so the call is cancelled if Finish() has not returned within a second.
+grpc::Status FinishStream(grpc::ClientContext* ctx, grpc::ClientReader<tinygpt::v1::GenerateStreamResponse>* reader,
+                          bool saw_last) {
+  if (saw_last) return reader->Finish();
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false, cancelled = false;
+  std::thread watchdog([&] {
+    std::unique_lock<std::mutex> lock(mu);
+    if (!cv.wait_for(lock, std::chrono::seconds(1), [&] { return done; })) {
+      cancelled = true;
+      ctx->TryCancel();
+    }
+  });
+  grpc::Status s = reader->Finish();
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    done = true;
+  }
+  cv.notify_all();
+  watchdog.join();
+  if (cancelled)
+    return grpc::Status(grpc::StatusCode::INTERNAL,
+                        "the stream broke off before its last message (a response that did not parse?); cancelled");
+  if (s.ok()) return grpc::Status(grpc::StatusCode::INTERNAL, "the stream ended without its last message");
+  return s;
+}
+
+std::string CodeName(grpc::StatusCode code) {
+  static const char* const kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+                                       "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+                                       "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+                                       "UNAUTHENTICATED"};
+  const int i = static_cast<int>(code);
+  return i >= 0 && i < 17 ? kNames[i] : std::to_string(i);
 }
 
 int PrintError(const grpc::Status& s) {
-  std::fprintf(stderr, "error: status %d: %s\n", static_cast<int>(s.error_code()), s.error_message().c_str());
+  std::fprintf(stderr, "error: %s: %s\n", CodeName(s.error_code()).c_str(), s.error_message().c_str());
   return 1;
 }
 
@@ -80,6 +183,7 @@ bool RequestFromFlags(GenerateRequest* req) {
   req->mutable_top_p()->set_value(absl::GetFlag(FLAGS_top_p));
   req->set_seed(absl::GetFlag(FLAGS_seed));
   for (const auto& s : absl::GetFlag(FLAGS_stop)) req->add_stop(s);
+  req->set_ignore_eos(absl::GetFlag(FLAGS_ignore_eos));
   return true;
 }
 
@@ -91,6 +195,7 @@ int Generate() {
   auto stub = tinygpt::v1::Generation::NewStub(Channel());
   grpc::ClientContext ctx;
   SetDeadline(&ctx);
+  AddAuth(&ctx);
   tinygpt::v1::GenerateResponse resp;
   grpc::Status s = stub->Generate(&ctx, req, &resp);
   if (!s.ok()) return PrintError(s);
@@ -115,18 +220,23 @@ int Stream() {
   auto stub = tinygpt::v1::Generation::NewStub(Channel());
   grpc::ClientContext ctx;
   SetDeadline(&ctx);
+  AddAuth(&ctx);
   auto reader = stub->GenerateStream(&ctx, req);
   tinygpt::v1::GenerateStreamResponse m;
+  bool saw_last = false;
   while (reader->Read(&m)) {
+    // Text as it comes when the model has a tokenizer, else the token ids.
+    if (!m.text().empty()) std::printf("%s", m.text().c_str());
+    else if (m.finish_reason() == tinygpt::v1::FINISH_REASON_UNSPECIFIED)
+      for (int32_t t : m.token_ids()) std::printf("%d ", t);
     if (m.finish_reason() != tinygpt::v1::FINISH_REASON_UNSPECIFIED) {
+      saw_last = true;
       std::printf("\n[finish_reason %s, %d tokens, ttft %.4fs]\n", tinygpt::v1::FinishReason_Name(m.finish_reason()).c_str(),
                   m.usage().generated_tokens(), m.timings().time_to_first_token_seconds());
-      continue;
     }
-    for (int32_t t : m.token_ids()) std::printf("%d ", t);
     std::fflush(stdout);
   }
-  grpc::Status s = reader->Finish();
+  grpc::Status s = FinishStream(&ctx, reader.get(), saw_last);
   return s.ok() ? 0 : PrintError(s);
 }
 
@@ -134,6 +244,7 @@ int Info() {
   auto stub = tinygpt::v1::Generation::NewStub(Channel());
   grpc::ClientContext ctx;
   SetDeadline(&ctx);
+  AddAuth(&ctx);
   tinygpt::v1::ModelInfo info;
   grpc::Status s = stub->GetModelInfo(&ctx, {}, &info);
   if (!s.ok()) return PrintError(s);
@@ -171,6 +282,7 @@ int Bench() {
   tinygpt::v1::ModelInfo info;
   {
     grpc::ClientContext ctx;
+    AddAuth(&ctx);
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     grpc::Status s = stub->GetModelInfo(&ctx, {}, &info);
     if (!s.ok()) return PrintError(s);
@@ -185,6 +297,7 @@ int Bench() {
     for (int i = 0; i < plen; ++i) r.mutable_token_ids()->add_ids(uniform(0, info.vocab_size() - 1));
     r.set_max_new_tokens(std::max(1, olen));
     r.set_temperature(absl::GetFlag(FLAGS_temperature));
+    r.set_ignore_eos(absl::GetFlag(FLAGS_ignore_eos));
     r.set_seed(rng());
   }
   std::mutex mu;
@@ -195,7 +308,7 @@ int Bench() {
   auto record = [&](const grpc::Status& s, long tokens, double ttft_s, const std::vector<double>& itls, double e2e_s) {
     std::lock_guard<std::mutex> lock(mu);
     if (!s.ok()) {
-      errors[std::to_string(s.error_code())]++;
+      errors[CodeName(s.error_code())]++;
       return;
     }
     ++ok;
@@ -206,7 +319,8 @@ int Bench() {
   };
   auto run_one = [&](const GenerateRequest& req) {
     grpc::ClientContext ctx;
-    SetDeadline(&ctx);
+    SetDeadline(&ctx, kBenchDefaultDeadlineMs);
+    AddAuth(&ctx);
     const auto t0 = Clock::now();
     if (absl::GetFlag(FLAGS_unary)) {
       tinygpt::v1::GenerateResponse resp;
@@ -225,7 +339,9 @@ int Bench() {
     long tokens = 0;
     auto reader = stub->GenerateStream(&ctx, req);
     tinygpt::v1::GenerateStreamResponse m;
+    bool saw_last = false;
     while (reader->Read(&m)) {
+      saw_last = m.finish_reason() != tinygpt::v1::FINISH_REASON_UNSPECIFIED;
       if (m.token_ids_size() == 0) continue;
       const auto now = Clock::now();
       if (my_ttft < 0) my_ttft = std::chrono::duration<double>(now - t0).count();
@@ -233,7 +349,7 @@ int Bench() {
       prev = now;
       tokens += m.token_ids_size();
     }
-    const grpc::Status s = reader->Finish();
+    const grpc::Status s = FinishStream(&ctx, reader.get(), saw_last);
     record(s, tokens, my_ttft, my_itl, std::chrono::duration<double>(Clock::now() - t0).count());
   };
   const double rate = absl::GetFlag(FLAGS_rate);
@@ -258,7 +374,7 @@ int Bench() {
   for (auto& t : threads) t.join();
   const double secs = std::chrono::duration<double>(Clock::now() - start).count();
   nlohmann::json j = {
-      {"requests", n}, {"ok", ok}, {"concurrency", rate > 0 ? 0 : conc}, {"rate", rate}, {"unary", absl::GetFlag(FLAGS_unary)},
+      {"requests", n}, {"ok", ok}, {"failed", n - ok}, {"concurrency", rate > 0 ? 0 : conc}, {"rate", rate}, {"unary", absl::GetFlag(FLAGS_unary)},
       {"seconds", secs},
       {"generated_tokens", generated}, {"tokens_per_second", generated / secs}, {"requests_per_second", ok / secs},
       {"ttft_seconds", {{"p50", Percentile(ttft, 50)}, {"p90", Percentile(ttft, 90)}, {"p99", Percentile(ttft, 99)}}},
@@ -271,7 +387,7 @@ int Bench() {
     std::printf("requests %d (ok %d) in %.2fs | %.1f generated tokens/s | %.2f requests/s\n", n, ok, secs, generated / secs, ok / secs);
     std::printf("TTFT        p50 %.4fs p90 %.4fs p99 %.4fs\n", Percentile(ttft, 50), Percentile(ttft, 90), Percentile(ttft, 99));
     std::printf("inter-token p50 %.4fs p90 %.4fs p99 %.4fs\n", Percentile(itl, 50), Percentile(itl, 90), Percentile(itl, 99));
-    for (auto& [code, count] : errors) std::printf("errors: status %s x%d\n", code.c_str(), count);
+    for (auto& [code, count] : errors) std::printf("failed: %s x%d\n", code.c_str(), count);
   }
   return errors.empty() ? 0 : 1;
 }

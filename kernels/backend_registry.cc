@@ -1,13 +1,10 @@
 // Picks a backend. The CUDA backend is a separate shared module opened with
 // dlopen, so the CPU build and the server never link CUDA libraries (cuBLASLt's
 // large static TLS would otherwise break civetweb's threads, see DEVELOPERS.md).
-#include <dlfcn.h>
-#include <unistd.h>
-
-#include <climits>
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/shared_module.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
 
@@ -33,24 +30,12 @@ absl::StatusOr<DType> ParseDType(const std::string& name) {
 
 namespace {
 
-// Looks beside the running executable first, then on the loader's path.
 absl::StatusOr<std::unique_ptr<Backend>> OpenCudaModule(const std::string& dtype) {
-  std::string candidates[2] = {kCudaModuleName, kCudaModuleName};
-  char exe[PATH_MAX];
-  ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-  if (n > 0) {
-    std::string dir(exe, n);
-    candidates[0] = dir.substr(0, dir.rfind('/') + 1) + kCudaModuleName;
-  }
   std::string errors;
-  for (const auto& path : candidates) {
-    void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (!handle) {
-      errors += absl::StrCat(" ", dlerror(), ";");
-      continue;
-    }
+  void* handle = OpenSharedModule(kCudaModuleName, RTLD_NOW | RTLD_LOCAL, &errors);
+  if (handle) {
     auto create = reinterpret_cast<CreateCudaBackendFn>(dlsym(handle, kCudaFactorySymbol));
-    if (!create) return absl::InternalError(absl::StrCat(path, " has no symbol ", kCudaFactorySymbol));
+    if (!create) return absl::InternalError(absl::StrCat(kCudaModuleName, " has no symbol ", kCudaFactorySymbol));
     char error[512] = {0};
     Backend* b = create(dtype.c_str(), error, sizeof(error));
     if (!b) return absl::UnavailableError(absl::StrCat("CUDA backend: ", error));

@@ -1,6 +1,7 @@
 #include "model/checkpoint.h"
 
-#include <cstring>
+#include <cmath>
+#include <unordered_set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -9,35 +10,74 @@
 
 namespace tinygpt {
 
-absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& path) {
-  auto file = ReadSafetensors(path);
-  if (!file.ok()) return file.status();
-  auto err = [&](const std::string& why) { return absl::InvalidArgumentError(absl::StrCat(path, ": ", why)); };
+absl::StatusOr<Checkpoint> ParseCheckpoint(std::string_view data, const std::string& name, const LoadOptions& options) {
+  auto file = ParseSafetensorsView(data);
+  if (!file.ok()) return absl::Status(file.status().code(), absl::StrCat(name, ": ", file.status().message()));
+  auto err = [&](auto&&... why) { return absl::InvalidArgumentError(absl::StrCat(name, ": ", why...)); };
   auto meta = file->metadata.find(kConfigMetadataKey);
-  if (meta == file->metadata.end()) return err(absl::StrCat("missing metadata key ", kConfigMetadataKey));
+  if (meta == file->metadata.end()) return err("missing metadata key ", kConfigMetadataKey);
+  // The config is range-checked here, so the layout below (a list of at most
+  // 12 * kMaxLayers + 6 tensors) is cheap to build, whatever the file says.
   auto config = ConfigFromJson(meta->second);
-  if (!config.ok()) return err(std::string(config.status().message()));
-  Checkpoint ck{*config, {}};
-  ParamLayout layout(ck.config);
-  ck.params.resize(layout.total());
+  if (!config.ok()) return err(config.status().message());
+  const ParamLayout layout(*config);
+  // Every tensor the config implies must be in the file with its exact shape
+  // before the parameter buffer is sized: then that buffer holds exactly the
+  // file's elements, and a config with a huge dimension fails here, naming the
+  // first tensor that does not match, instead of allocating for it.
   for (const auto& t : layout.tensors()) {
     auto it = file->tensors.find(t.name);
-    if (it == file->tensors.end()) return err(absl::StrCat("missing tensor ", t.name));
+    if (it == file->tensors.end()) return err("missing tensor ", t.name);
     if (it->second.shape != t.shape)
-      return err(absl::StrCat("tensor ", t.name, " has shape [", absl::StrJoin(it->second.shape, ", "), "], config needs [",
-                              absl::StrJoin(t.shape, ", "), "]"));
-    std::vector<float> v = it->second.ToFloat();
-    std::memcpy(ck.params.data() + t.offset, v.data(), v.size() * sizeof(float));
+      return err("tensor ", t.name, " has shape [", absl::StrJoin(it->second.shape, ", "), "], config needs [", absl::StrJoin(t.shape, ", "),
+                 "]");
   }
-  for (const auto& [name, t] : file->tensors)
-    if (!layout.find(name)) return err(absl::StrCat("unexpected tensor ", name));
+  if (file->tensors.size() != layout.tensors().size()) {
+    std::unordered_set<std::string> expected;
+    for (const auto& t : layout.tensors()) expected.insert(t.name);
+    for (const auto& [tensor_name, t] : file->tensors)
+      if (!expected.count(tensor_name)) return err("unexpected tensor ", tensor_name.substr(0, 120));
+  }
+  Checkpoint ck{*config, {}, file->metadata, {}, nullptr};
+  if (auto tok = file->metadata.find(kTokenizerMetadataKey); tok != file->metadata.end()) {
+    auto t = TokenizerFromMetadata(tok->second);
+    if (!t.ok()) return err(t.status().message());
+    if ((*t)->vocab_size() > ck.config.vocab_size)
+      return err("the tokenizer has ", (*t)->vocab_size(), " tokens, more than the model's vocab_size ", ck.config.vocab_size);
+    ck.tokenizer = std::move(*t);
+  }
+  ck.params.resize(layout.total());
+  for (const auto& t : layout.tensors()) {
+    float* dst = ck.params.data() + t.offset;
+    file->tensors.at(t.name).ToFloat(dst);
+    // Non-finite weights would load silently and turn every logit into NaN.
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < t.numel(); ++i)
+      if (!std::isfinite(dst[i]) && bad++ == 0) first = i;
+    if (bad == 0) continue;
+    const std::string what = absl::StrCat("tensor ", t.name, " has ", bad, " non-finite value", bad > 1 ? "s" : "", " (the first, ", dst[first],
+                                          ", at element ", first, ")");
+    if (!options.allow_nonfinite) return err(what, "; --allow-nonfinite-weights loads it anyway");
+    ck.warnings.push_back(absl::StrCat(name, ": ", what));
+  }
   return ck;
 }
 
-absl::Status SaveCheckpoint(const std::string& path, const ModelConfig& config, const float* params) {
+absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& path, const LoadOptions& options) {
+  // Mapped rather than read: the file's bytes are in memory once (as page
+  // cache), converted straight into the parameter buffer.
+  auto mapped = MappedFile::Open(path);
+  if (!mapped.ok()) return mapped.status();
+  return ParseCheckpoint((*mapped)->data(), path, options);
+}
+
+absl::Status SaveCheckpoint(const std::string& path, const ModelConfig& config, const float* params,
+                            const Tokenizer* tokenizer, const std::map<std::string, std::string>& extra_metadata) {
   ParamLayout layout(config);
   StFile file;
+  file.metadata = extra_metadata;
   file.metadata[kConfigMetadataKey] = ConfigToJson(config);
+  if (tokenizer) file.metadata[kTokenizerMetadataKey] = tokenizer->ToMetadata();
   for (const auto& t : layout.tensors()) file.tensors.emplace(t.name, F32Tensor(t.shape, params + t.offset));
   return WriteFileAtomically(path, SerializeSafetensors(file));
 }

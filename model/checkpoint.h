@@ -1,11 +1,15 @@
 // A TinyGPT checkpoint: config + parameters, stored as safetensors with the
 // seed's PyTorch tensor names and the config as JSON metadata.
 #pragma once
+#include <map>
+#include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "model/config.h"
+#include "model/tokenizer.h"
 
 namespace tinygpt {
 
@@ -14,12 +18,34 @@ inline constexpr const char* kConfigMetadataKey = "tinygpt.config";
 struct Checkpoint {
   ModelConfig config;
   std::vector<float> params;  // ParamLayout(config) order
+  std::map<std::string, std::string> metadata;  // every metadata entry of the file, the config's included
+  // Non-finite weights let through by LoadOptions::allow_nonfinite, one line per tensor.
+  std::vector<std::string> warnings;
+  // From the `tinygpt.tokenizer` metadata; null when the checkpoint has none
+  // (it then serves token ids only).
+  std::shared_ptr<const Tokenizer> tokenizer;
 };
 
-// Loads and validates every tensor against the config: missing, unexpected or
-// misshapen tensors are errors naming the tensor.
-absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& path);
-// Writes atomically (temporary file + rename).
-absl::Status SaveCheckpoint(const std::string& path, const ModelConfig& config, const float* params);
+struct LoadOptions {
+  // NaN or Inf in a weight is an error naming the tensor; with this set it is
+  // only a warning (e.g. to inspect a diverged run).
+  bool allow_nonfinite = false;
+};
+
+// Loads (memory-mapped) and validates the file, then the config and every
+// tensor against it, before the parameter buffer is allocated: missing,
+// unexpected or misshapen tensors, and config fields out of range, are
+// errors naming the tensor or field; so is a tokenizer that does not parse or
+// whose vocabulary is larger than the model's. Memory use is the parameter
+// buffer (at most twice the file's tensor data, for F16/BF16) plus the parsed
+// header.
+absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& path, const LoadOptions& options = {});
+// The same from bytes in memory; `name` prefixes the error messages.
+absl::StatusOr<Checkpoint> ParseCheckpoint(std::string_view data, const std::string& name, const LoadOptions& options = {});
+// Writes atomically (temporary file + rename), with the tokenizer (if any) and
+// `extra_metadata` beside the config.
+absl::Status SaveCheckpoint(const std::string& path, const ModelConfig& config, const float* params,
+                            const Tokenizer* tokenizer = nullptr,
+                            const std::map<std::string, std::string>& extra_metadata = {});
 
 }  // namespace tinygpt

@@ -1,5 +1,7 @@
 #include "model/config.h"
 
+#include <cstdint>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -7,21 +9,28 @@
 namespace tinygpt {
 
 absl::Status ValidateConfig(const ModelConfig& c) {
-  auto positive = [](const char* name, long v) -> absl::Status {
-    if (v <= 0) return absl::InvalidArgumentError(absl::StrCat("config field ", name, " must be > 0, got ", v));
-    return absl::OkStatus();
+  struct Field {
+    const char* name;
+    long value, max;
   };
-  for (auto [name, v] : {std::pair<const char*, long>{"vocab_size", c.vocab_size},
-                         {"d_model", c.d_model}, {"n_layers", c.n_layers},
-                         {"n_heads", c.n_heads}, {"n_kv_heads", c.n_kv_heads},
-                         {"ffn_hidden", c.ffn_hidden}, {"max_seq_len", c.max_seq_len}}) {
-    if (auto s = positive(name, v); !s.ok()) return s;
+  // n_heads and n_kv_heads divide d_model, so its limit bounds them too.
+  for (const Field& f : {Field{"vocab_size", c.vocab_size, ConfigLimits::kMaxVocabSize},
+                         Field{"d_model", c.d_model, ConfigLimits::kMaxDModel},
+                         Field{"n_layers", c.n_layers, ConfigLimits::kMaxLayers},
+                         Field{"n_heads", c.n_heads, ConfigLimits::kMaxDModel},
+                         Field{"n_kv_heads", c.n_kv_heads, ConfigLimits::kMaxDModel},
+                         Field{"ffn_hidden", c.ffn_hidden, ConfigLimits::kMaxFfnHidden},
+                         Field{"max_seq_len", c.max_seq_len, ConfigLimits::kMaxSeqLen}}) {
+    if (f.value <= 0) return absl::InvalidArgumentError(absl::StrCat("config field ", f.name, " must be > 0, got ", f.value));
+    if (f.value > f.max)
+      return absl::InvalidArgumentError(absl::StrCat("config field ", f.name, " is ", f.value, ", above the limit of ", f.max));
   }
   if (c.d_model % c.n_heads != 0)
     return absl::InvalidArgumentError(absl::StrCat("config: d_model ", c.d_model, " is not divisible by n_heads ", c.n_heads));
   if (c.n_heads % c.n_kv_heads != 0)
     return absl::InvalidArgumentError(absl::StrCat("config: n_heads ", c.n_heads, " is not divisible by n_kv_heads ", c.n_kv_heads));
-  if (!(c.norm_eps > 0.f)) return absl::InvalidArgumentError("config field norm_eps must be > 0");
+  if (!(c.norm_eps > 0.f && c.norm_eps < 1.f))
+    return absl::InvalidArgumentError(absl::StrCat("config field norm_eps must be in (0, 1), got ", c.norm_eps));
   return absl::OkStatus();
 }
 
@@ -53,6 +62,10 @@ absl::StatusOr<ModelConfig> ConfigFromJson(const std::string& text) {
     auto it = j.find(key);
     if (it == j.end()) return absl::InvalidArgumentError(absl::StrCat("config: missing field ", key));
     if (!it->is_number_integer()) return absl::InvalidArgumentError(absl::StrCat("config: field ", key, " must be an integer"));
+    // Range-checked before narrowing: get<int>() would wrap 2^32 + 64 to 64.
+    const bool negative = it->is_number_unsigned() ? false : it->get<int64_t>() < 0;
+    if (negative || it->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int>::max()))
+      return absl::InvalidArgumentError(absl::StrCat("config field ", key, " is ", it->dump(), ", outside [1, 2^31)"));
     out = it->get<int>();
     return absl::OkStatus();
   };
@@ -68,7 +81,10 @@ absl::StatusOr<ModelConfig> ConfigFromJson(const std::string& text) {
   else return absl::InvalidArgumentError(absl::StrCat("config: field pos_encoding must be \"learned\" or \"alibi\", got ", pe->dump()));
   auto eps = j.find("norm_eps");
   if (eps == j.end() || !eps->is_number()) return absl::InvalidArgumentError("config: field norm_eps must be a number");
-  c.norm_eps = eps->get<float>();
+  const double eps_value = eps->get<double>();  // range-checked as a double: a float cast of 1e300 is undefined
+  if (!(eps_value > 0.0 && eps_value < 1.0))
+    return absl::InvalidArgumentError(absl::StrCat("config field norm_eps must be in (0, 1), got ", eps->dump()));
+  c.norm_eps = static_cast<float>(eps_value);
   if (auto s = ValidateConfig(c); !s.ok()) return s;
   return c;
 }

@@ -27,7 +27,21 @@ struct ModelConfig {
   bool alibi() const { return pos_encoding == PosEncoding::kAlibi; }
 };
 
-// Checks the relations between fields (divisibility, positivity).
+// Upper bounds on the fields. They are far above any model tinygpt serves or
+// trains, and keep every size derived from a config (parameter counts, KV
+// cache rows, the layout's tensor list) well inside 64 bits and int32 token
+// ids, so that a checkpoint's config can be checked before anything is sized
+// from it.
+struct ConfigLimits {
+  static constexpr int kMaxVocabSize = 1 << 21;
+  static constexpr int kMaxDModel = 1 << 15;
+  static constexpr int kMaxLayers = 512;
+  static constexpr int kMaxFfnHidden = 1 << 17;
+  static constexpr int kMaxSeqLen = 1 << 17;
+};
+
+// Checks each field's range (positive, at most its ConfigLimits bound, a
+// finite norm_eps in (0, 1)) and the relations between fields (divisibility).
 absl::Status ValidateConfig(const ModelConfig& c);
 
 // Presets: "seed" (the tutorial's TinyGPT) and "bench-125m".

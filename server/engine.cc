@@ -4,17 +4,17 @@
 
 #include "common/log.h"
 #include "absl/strings/str_cat.h"
-#include "model/tokenizer.h"
 #include "server/metrics.h"
 
 namespace tinygpt {
 
 Engine::Engine(ModelRunner* runner, const EngineOptions& opt, ServerMetrics* metrics)
-    : runner_(runner), opt_(opt), metrics_(metrics), blocks_(runner->options().num_kv_blocks),
+    : runner_(runner), opt_(opt), metrics_(metrics),
+      kv_(runner->options().num_kv_blocks, runner->options().block_size, opt.prefix_caching),
       block_size_(runner->options().block_size) {
   if (opt_.max_new_tokens_limit <= 0) opt_.max_new_tokens_limit = runner->config().max_seq_len;
-  stats_.kv_blocks_total = blocks_.num_blocks();
-  stats_.kv_blocks_free = blocks_.num_free();
+  stats_.kv_blocks_total = kv_.num_blocks();
+  stats_.kv_blocks_free = kv_.num_free();
   PublishGauges();
   thread_ = std::thread([this] { Loop(); });
 }
@@ -26,8 +26,8 @@ Engine::~Engine() {
   }
   cv_.notify_all();
   thread_.join();
-  for (auto& s : running_) s->Finish(FinishReason::kCancelled, absl::UnavailableError("server shutting down"));
-  for (auto& s : waiting_) s->Finish(FinishReason::kCancelled, absl::UnavailableError("server shutting down"));
+  for (auto& s : running_) s->Finish(FinishReason::kCancelled, absl::UnavailableError(kShutdownMessage));
+  for (auto& s : waiting_) s->Finish(FinishReason::kCancelled, absl::UnavailableError(kShutdownMessage));
 }
 
 absl::StatusOr<std::shared_ptr<Sequence>> Engine::Submit(SequenceRequest req) {
@@ -36,11 +36,13 @@ absl::StatusOr<std::shared_ptr<Sequence>> Engine::Submit(SequenceRequest req) {
   if (req.options.max_new_tokens > opt_.max_new_tokens_limit)
     return absl::InvalidArgumentError(absl::StrCat("max_new_tokens: ", req.options.max_new_tokens, " exceeds the server limit of ",
                                                    opt_.max_new_tokens_limit));
+  if (!req.stop_strings.empty() && !opt_.tokenizer)
+    return absl::InvalidArgumentError("stop: this model has no tokenizer, so it cannot match stop strings; use stop_token_ids");
   const int need = BlocksFor(static_cast<int>(req.prompt.size()) + req.options.max_new_tokens, block_size_);
-  if (need > blocks_.num_blocks())
+  if (need > kv_.num_blocks())
     return absl::InvalidArgumentError(absl::StrCat("max_new_tokens: prompt + max_new_tokens need ", need,
-                                                   " KV blocks, more than the whole cache (", blocks_.num_blocks(), ")"));
-  auto seq = std::make_shared<Sequence>(std::move(req));
+                                                   " KV blocks, more than the whole cache (", kv_.num_blocks(), ")"));
+  auto seq = std::make_shared<Sequence>(std::move(req), opt_.tokenizer);
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (draining_ || stop_) return absl::UnavailableError("server is draining");
@@ -65,8 +67,8 @@ void Engine::StartDrain() {
 
 void Engine::CancelAll() {
   std::lock_guard<std::mutex> lock(mu_);
-  for (auto& s : waiting_) s->cancel_requested = true;
-  // Running sequences are only touched by the scheduler; flag them through it.
+  // Waiting and running sequences are retired by the scheduler (it owns the
+  // blocks); the flag tells it to cut off all of them on its next step.
   cancel_all_ = true;
   cv_.notify_all();
 }
@@ -89,22 +91,23 @@ void Engine::Loop() {
     }
     if (RunStep()) continue;
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait_for(lock, std::chrono::milliseconds(20), [&] { return stop_ || !waiting_.empty(); });
+    cv_.wait_for(lock, std::chrono::milliseconds(20), [&] { return stop_ || cancel_all_ || !waiting_.empty(); });
   }
 }
 
 void Engine::Retire(const std::shared_ptr<Sequence>& seq, FinishReason reason, absl::Status status) {
-  blocks_.Release(&seq->block_table);
+  kv_.Release(&seq->block_table);
   running_.erase(std::remove(running_.begin(), running_.end(), seq), running_.end());
-  seq->Finish(reason, std::move(status));
+  seq->Finish(reason, std::move(status), seq->detokenizer ? seq->detokenizer->Finish() : std::string());
 }
 
 void Engine::Preempt(std::shared_ptr<Sequence> victim) {
   // Drop its cache and requeue it at the front; it will be recomputed from
   // its prompt and the tokens it already produced (its RNG stream continues,
   // so its output is unchanged).
-  blocks_.Release(&victim->block_table);
+  kv_.Release(&victim->block_table);
   victim->num_computed = 0;
+  victim->num_hashed_blocks = 0;
   running_.erase(std::remove(running_.begin(), running_.end(), victim), running_.end());
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -115,15 +118,11 @@ void Engine::Preempt(std::shared_ptr<Sequence> victim) {
   LOG(INFO) << "preempted request " << victim->request.id << " (" << victim->tokens.size() << " tokens to recompute)";
 }
 
-bool Engine::StopsOn(const Sequence& seq, int32_t token) const {
+bool Engine::StopsOn(Sequence& seq, int32_t token, const std::string& text) const {
   const auto& ids = seq.request.options.stop_ids;
   if (std::find(ids.begin(), ids.end(), token) != ids.end()) return true;
-  if (seq.request.stop_strings.empty()) return false;
-  const std::string text =
-      DecodeBytes(std::vector<int32_t>(seq.tokens.begin() + seq.request.prompt.size(), seq.tokens.end()));
-  for (const auto& s : seq.request.stop_strings)
-    if (!s.empty() && text.size() >= s.size() && text.compare(text.size() - s.size(), s.size(), s) == 0) return true;
-  return false;
+  if (opt_.tokenizer && token == opt_.tokenizer->eos_id() && !seq.request.ignore_eos) return true;
+  return seq.stop_strings.Push(text);
 }
 
 bool Engine::RunStep() {
@@ -145,7 +144,11 @@ bool Engine::RunStep() {
   }
   for (auto& s : running_)
     if (s->cancel_requested || cancel_all) cancelled.push_back(s);
-  for (auto& s : cancelled) Retire(s, FinishReason::kCancelled);
+  // A client's own cancel ends OK here (the service reports CANCELLED or
+  // DEADLINE_EXCEEDED); one cut off by shutdown ends UNAVAILABLE.
+  for (auto& s : cancelled)
+    Retire(s, FinishReason::kCancelled,
+           cancel_all && !s->cancel_requested ? absl::UnavailableError(kShutdownMessage) : absl::OkStatus());
 
   // 2. Plan the step: running sequences first, oldest first, then admit
   //    waiting ones while the token, sequence and block budgets allow.
@@ -159,7 +162,7 @@ bool Engine::RunStep() {
     const int chunk = std::min(pending, token_budget);
     if (chunk <= 0 || static_cast<int>(steps.size()) >= ro.max_seqs) return false;
     const int need = BlocksFor(s->num_computed + chunk, block_size_) - static_cast<int>(s->block_table.size());
-    if (need > 0 && !blocks_.Allocate(need, &s->block_table)) return false;
+    if (need > 0 && !kv_.Allocate(need, &s->block_table)) return false;
     SeqStep st;
     st.tokens = s->tokens.data() + s->num_computed;
     st.num_tokens = chunk;
@@ -189,7 +192,17 @@ bool Engine::RunStep() {
       if (waiting_.empty()) break;
       s = waiting_.front();
     }
-    if (!plan(s)) break;  // not enough free blocks: it waits
+    // Start from the longest cached prefix of its tokens (a preempted
+    // sequence's generated tokens included).
+    const int cached = kv_.MatchPrefix(s->tokens.data(), static_cast<int>(s->tokens.size()), &s->block_table);
+    s->num_computed = cached;
+    s->num_hashed_blocks = cached / block_size_;
+    if (!plan(s)) {  // not enough free blocks: it waits, holding none
+      kv_.Release(&s->block_table);
+      s->num_computed = s->num_hashed_blocks = 0;
+      break;
+    }
+    if (metrics_ && kv_.prefix_caching()) metrics_->OnPrefixCacheQuery(static_cast<int>(s->tokens.size()), cached);
     {
       std::lock_guard<std::mutex> lock(mu_);
       waiting_.pop_front();
@@ -231,6 +244,7 @@ bool Engine::RunStep() {
   for (size_t i = 0; i < steps.size(); ++i) {
     auto& s = in_step[i];
     s->num_computed += steps[i].num_tokens;
+    kv_.Commit(s->block_table, s->tokens.data(), s->num_computed, &s->num_hashed_blocks);
     if (!steps[i].sample) continue;
     const int32_t token = sampled[k++];
     s->tokens.push_back(token);
@@ -240,8 +254,9 @@ bool Engine::RunStep() {
       metrics_->OnInterTokenLatency(std::chrono::duration<double>(t1 - s->last_token).count());
     }
     s->last_token = t1;
-    s->Emit(token);
-    if (StopsOn(*s, token)) Retire(s, FinishReason::kStop);
+    const std::string text = s->detokenizer ? s->detokenizer->Next(token) : std::string();
+    s->Emit(token, text);
+    if (StopsOn(*s, token, text)) Retire(s, FinishReason::kStop);
     else if (s->num_generated() >= s->request.options.max_new_tokens) Retire(s, FinishReason::kLength);
   }
   PublishGauges();
@@ -255,9 +270,10 @@ void Engine::PublishGauges() {
     waiting = static_cast<int>(waiting_.size());
     stats_.running = running;
     stats_.waiting = waiting;
-    stats_.kv_blocks_free = blocks_.num_free();
+    stats_.kv_blocks_free = kv_.num_free();
+    stats_.kv_blocks_cached = kv_.num_cached();
   }
-  if (metrics_) metrics_->SetGauges(running, waiting, blocks_.num_used(), blocks_.num_blocks());
+  if (metrics_) metrics_->SetGauges(running, waiting, kv_.num_used(), kv_.num_blocks(), kv_.num_cached());
 }
 
 }  // namespace tinygpt

@@ -20,16 +20,25 @@ namespace tinygpt {
 
 class ServerMetrics;
 
+// The status of a request cut off by shutdown, so a client can tell it from a
+// finished one (the tokens it got are a prefix, not the answer).
+inline constexpr const char* kShutdownMessage = "server shut down before the request finished";
+
 struct EngineOptions {
   int max_queue = 256;        // waiting sequences beyond which Submit refuses
   int max_new_tokens_limit = 0;  // 0: the model context
+  // The checkpoint's tokenizer (output text, stop strings, end token); null:
+  // token ids only.
+  const Tokenizer* tokenizer = nullptr;
+  // Reuse the KV blocks of cached prompt prefixes (model/kv_cache.h).
+  bool prefix_caching = true;
   // Test hook: sleep this long in every step, so tests can act mid-request.
   std::chrono::microseconds debug_step_delay{0};
 };
 
 struct EngineStats {
   int running = 0, waiting = 0;
-  int kv_blocks_total = 0, kv_blocks_free = 0;
+  int kv_blocks_total = 0, kv_blocks_free = 0, kv_blocks_cached = 0;
   long preemptions = 0;
 };
 
@@ -45,7 +54,9 @@ class Engine {
   void Cancel(const std::shared_ptr<Sequence>& seq);
   // Refuses new requests from now on; in-flight ones go on.
   void StartDrain();
-  // Cancels everything still queued or running.
+  // Cuts off everything still queued or running (the drain deadline passed):
+  // each ends with UNAVAILABLE kShutdownMessage, unless its client had already
+  // cancelled it. Returns at once; the scheduler retires them on its next step.
   void CancelAll();
   bool Idle() const;
   EngineStats Stats() const;
@@ -58,13 +69,15 @@ class Engine {
   bool RunStep();
   void Preempt(std::shared_ptr<Sequence> victim);
   void Retire(const std::shared_ptr<Sequence>& seq, FinishReason reason, absl::Status status = absl::OkStatus());
-  bool StopsOn(const Sequence& seq, int32_t token) const;
+  // Whether the sequence ends with this token (stop id, end token, or a stop
+  // string completed by `text`, the text the token added).
+  bool StopsOn(Sequence& seq, int32_t token, const std::string& text) const;
   void PublishGauges();
 
   ModelRunner* runner_;
   EngineOptions opt_;
   ServerMetrics* metrics_;
-  BlockAllocator blocks_;
+  KvCacheManager kv_;
   const int block_size_;
 
   mutable std::mutex mu_;  // guards waiting_, draining_, stop_, and stats_

@@ -6,6 +6,9 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <string>
+#include <vector>
+
 namespace tinygpt {
 
 using prometheus::BuildCounter;
@@ -27,6 +30,10 @@ ServerMetrics::ServerMetrics() : registry_(std::make_shared<prometheus::Registry
   prompt_tokens_ = &tokens.Add({{"kind", "prompt"}});
   generated_tokens_ = &tokens.Add({{"kind", "generated"}});
   preemptions_ = &BuildCounter().Name("tinygpt_preemptions_total").Help("Sequences preempted for KV cache space").Register(r).Add({});
+  prefix_queries_ = &BuildCounter().Name("tinygpt_prefix_cache_queries_total")
+                         .Help("Tokens of admitted sequences looked up in the prefix cache").Register(r).Add({});
+  prefix_hits_ = &BuildCounter().Name("tinygpt_prefix_cache_hits_total")
+                      .Help("Tokens found in the prefix cache (their KV blocks reused, not computed)").Register(r).Add({});
   auto hist = [&](const char* name, const char* help, const Histogram::BucketBoundaries& b) {
     return &BuildHistogram().Name(name).Help(help).Register(r).Add({}, b);
   };
@@ -41,6 +48,7 @@ ServerMetrics::ServerMetrics() : registry_(std::make_shared<prometheus::Registry
   waiting_ = gauge("tinygpt_waiting_sequences", "Sequences waiting to be scheduled");
   kv_used_ = gauge("tinygpt_kv_cache_blocks_used", "KV cache blocks in use");
   kv_total_ = gauge("tinygpt_kv_cache_blocks_total", "KV cache blocks in the pool");
+  kv_cached_ = gauge("tinygpt_kv_cache_blocks_cached", "KV cache blocks holding a cached prefix (in use or evictable)");
 }
 
 void ServerMetrics::SetBuildInfo(const BuildInfo& info) {
@@ -54,8 +62,15 @@ void ServerMetrics::SetBuildInfo(const BuildInfo& info) {
 
 ServerMetrics::~ServerMetrics() = default;
 
-void ServerMetrics::Expose(const std::string& host_port) {
-  exposer_ = std::make_unique<prometheus::Exposer>(host_port);
+void ServerMetrics::Expose(const std::string& host_port, int threads, int request_timeout_ms) {
+  // civetweb options. Keep-alive stays off (its default): a scraper opens one
+  // connection per scrape, and an idle kept-alive connection pins a worker.
+  exposer_ = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
+      "listening_ports", host_port,
+      "num_threads", std::to_string(threads),
+      "request_timeout_ms", std::to_string(request_timeout_ms),
+      "enable_keep_alive", "no",
+  });
   exposer_->RegisterCollectable(registry_);
 }
 
@@ -83,7 +98,13 @@ void ServerMetrics::OnStep(double seconds, int tokens) {
 void ServerMetrics::OnInterTokenLatency(double seconds) { itl_->Observe(seconds); }
 void ServerMetrics::OnPreemption() { preemptions_->Increment(); }
 
-void ServerMetrics::SetGauges(int running, int waiting, int used, int total) {
+void ServerMetrics::OnPrefixCacheQuery(int tokens, int hits) {
+  prefix_queries_->Increment(tokens);
+  prefix_hits_->Increment(hits);
+}
+
+void ServerMetrics::SetGauges(int running, int waiting, int used, int total, int cached) {
+  kv_cached_->Set(cached);
   running_->Set(running);
   waiting_->Set(waiting);
   kv_used_->Set(used);

@@ -28,7 +28,10 @@ class ServerMetrics {
   // Serves /metrics on host:port (a civetweb thread pool). Call it before the
   // CUDA module is loaded: cuBLASLt's large static TLS would not fit the
   // small stacks civetweb gives its threads.
-  void Expose(const std::string& host_port);
+  // `threads` workers serve scrapes; a connection that sends no complete
+  // request within `request_timeout_ms` is dropped, so slow or idle clients
+  // cannot hold every worker (civetweb gives each connection one thread).
+  void Expose(const std::string& host_port, int threads = 8, int request_timeout_ms = 5000);
   // The tinygpt_build_info gauge, once the backend is known.
   void SetBuildInfo(const BuildInfo& info);
   // The port /metrics listens on (after Expose), e.g. when asked for port 0.
@@ -41,15 +44,18 @@ class ServerMetrics {
   void OnStep(double seconds, int tokens);
   void OnInterTokenLatency(double seconds);
   void OnPreemption();
-  void SetGauges(int running, int waiting, int kv_blocks_used, int kv_blocks_total);
+  // An admitted sequence's tokens looked up in the prefix cache, and how many
+  // of them were found (vLLM's prefix_cache_queries / prefix_cache_hits).
+  void OnPrefixCacheQuery(int tokens, int hits);
+  void SetGauges(int running, int waiting, int kv_blocks_used, int kv_blocks_total, int kv_blocks_cached);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   prometheus::Family<prometheus::Counter>* requests_;
-  prometheus::Counter *prompt_tokens_, *generated_tokens_, *preemptions_;
+  prometheus::Counter *prompt_tokens_, *generated_tokens_, *preemptions_, *prefix_queries_, *prefix_hits_;
   prometheus::Histogram *e2e_, *queue_, *ttft_, *itl_, *step_seconds_, *step_tokens_;
-  prometheus::Gauge *running_, *waiting_, *kv_used_, *kv_total_;
+  prometheus::Gauge *running_, *waiting_, *kv_used_, *kv_total_, *kv_cached_;
 };
 
 }  // namespace tinygpt

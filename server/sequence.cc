@@ -12,14 +12,16 @@ const char* FinishReasonName(FinishReason r) {
   return "none";
 }
 
-void Sequence::Emit(int32_t token) {
+void Sequence::Emit(int32_t token, const std::string& text) {
   std::lock_guard<std::mutex> lock(mu_);
   pending_.tokens.push_back(token);
+  pending_.text += text;
   if (request.stream) cv_.notify_all();  // a unary caller waits for the end only
 }
 
-void Sequence::Finish(FinishReason reason, absl::Status status) {
+void Sequence::Finish(FinishReason reason, absl::Status status, const std::string& text) {
   std::lock_guard<std::mutex> lock(mu_);
+  pending_.text += text;
   pending_.finished = true;
   pending_.reason = reason;
   pending_.status = std::move(status);
@@ -31,6 +33,7 @@ SequenceEvents Sequence::Wait(std::chrono::milliseconds timeout) {
   cv_.wait_for(lock, timeout, [&] { return (request.stream && !pending_.tokens.empty()) || pending_.finished; });
   SequenceEvents out;
   out.tokens.swap(pending_.tokens);
+  out.text.swap(pending_.text);
   out.finished = pending_.finished;
   out.reason = pending_.reason;
   out.status = pending_.status;

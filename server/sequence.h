@@ -6,12 +6,15 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "model/generate.h"
+#include "model/tokenizer.h"
+#include "server/stop_strings.h"
 
 namespace tinygpt {
 
@@ -24,13 +27,15 @@ struct SequenceRequest {
   std::string id;
   std::vector<int32_t> prompt;
   GenerateOptions options;             // sampling, max_new_tokens, stop ids
-  std::vector<std::string> stop_strings;
+  std::vector<std::string> stop_strings;  // matched on the output text (needs a tokenizer)
+  bool ignore_eos = false;  // keep going past the tokenizer's end token
   bool stream = false;  // the caller wants each token as it comes
 };
 
 // What the RPC thread reads: new tokens as they come, then the end.
 struct SequenceEvents {
   std::vector<int32_t> tokens;
+  std::string text;  // their text: whole UTF-8 characters only (see Detokenizer)
   bool finished = false;
   FinishReason reason = FinishReason::kNone;
   absl::Status status;  // non-OK if the engine failed the request
@@ -38,7 +43,10 @@ struct SequenceEvents {
 
 class Sequence {
  public:
-  explicit Sequence(SequenceRequest req) : request(std::move(req)), rng(request.options.seed) {
+  // tokenizer: null when the model serves token ids only.
+  Sequence(SequenceRequest req, const Tokenizer* tokenizer)
+      : request(std::move(req)), rng(request.options.seed), stop_strings(request.stop_strings) {
+    if (tokenizer) detokenizer = std::make_unique<Detokenizer>(tokenizer);
     tokens = request.prompt;
     arrival = Clock::now();
   }
@@ -47,7 +55,10 @@ class Sequence {
   SequenceRequest request;
   SequenceRng rng;
   std::vector<int32_t> tokens;  // prompt + generated so far
+  std::unique_ptr<Detokenizer> detokenizer;  // null without a tokenizer
+  StopStringMatcher stop_strings;
   int num_computed = 0;         // tokens whose K/V are in the cache
+  int num_hashed_blocks = 0;    // leading blocks registered with the prefix cache
   std::vector<int32_t> block_table;
   long admitted_order = -1;     // for preemption: the latest admitted goes first
   int num_generated() const { return static_cast<int>(tokens.size() - request.prompt.size()); }
@@ -55,9 +66,10 @@ class Sequence {
   bool scheduled_once = false;
   std::atomic<bool> cancel_requested{false};  // set by any thread
 
-  // Publishes new tokens or the end (engine thread).
-  void Emit(int32_t token);
-  void Finish(FinishReason reason, absl::Status status = absl::OkStatus());
+  // Publishes a new token with the text it completes, or the end with the
+  // last text held back (engine thread).
+  void Emit(int32_t token, const std::string& text);
+  void Finish(FinishReason reason, absl::Status status = absl::OkStatus(), const std::string& text = "");
 
   // --- RPC side ---
   // Waits up to `timeout` for events and returns what arrived since the last

@@ -1,10 +1,13 @@
 #include "server/service.h"
 
+#include <algorithm>
 #include <atomic>
+#include <string_view>
+#include <thread>
 
 #include "common/log.h"
 #include "absl/strings/str_cat.h"
-#include "model/tokenizer.h"
+#include "server/request_wire.h"
 
 namespace tinygpt {
 namespace {
@@ -19,13 +22,38 @@ const char* GrpcCodeName(grpc::StatusCode c) {
   switch (c) {
     case grpc::OK: return "OK";
     case grpc::CANCELLED: return "CANCELLED";
+    case grpc::UNKNOWN: return "UNKNOWN";
     case grpc::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
     case grpc::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
+    case grpc::NOT_FOUND: return "NOT_FOUND";
+    case grpc::ALREADY_EXISTS: return "ALREADY_EXISTS";
+    case grpc::PERMISSION_DENIED: return "PERMISSION_DENIED";
+    case grpc::UNAUTHENTICATED: return "UNAUTHENTICATED";
     case grpc::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
-    case grpc::UNAVAILABLE: return "UNAVAILABLE";
+    case grpc::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
+    case grpc::ABORTED: return "ABORTED";
+    case grpc::OUT_OF_RANGE: return "OUT_OF_RANGE";
+    case grpc::UNIMPLEMENTED: return "UNIMPLEMENTED";
     case grpc::INTERNAL: return "INTERNAL";
+    case grpc::UNAVAILABLE: return "UNAVAILABLE";
+    case grpc::DATA_LOSS: return "DATA_LOSS";
     default: return "UNKNOWN";
   }
+}
+
+// Equal strings, in time that depends on their lengths only, so a caller
+// cannot find the token byte by byte from response times.
+bool ConstantTimeEquals(std::string_view a, std::string_view b) {
+  const size_t n = std::max(a.size(), b.size());
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (size_t i = 0; i < n; ++i) {
+    const unsigned char x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0;
+    const unsigned char y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
+    diff |= x ^ y;
+  }
+  // volatile: keep the compiler from turning the loop into an early exit.
+  volatile unsigned char result = diff;
+  return result == 0;
 }
 
 v1::FinishReason ToProto(FinishReason r) {
@@ -42,14 +70,22 @@ double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).coun
 
 }  // namespace
 
-absl::StatusOr<SequenceRequest> ToSequenceRequest(const v1::GenerateRequest& req, size_t max_request_bytes, bool stream) {
+absl::StatusOr<SequenceRequest> ToSequenceRequest(const v1::GenerateRequest& req, size_t max_request_bytes, bool stream,
+                                                  const Tokenizer* tokenizer) {
   const size_t bytes = req.ByteSizeLong();
   if (bytes > max_request_bytes)
     return absl::InvalidArgumentError(absl::StrCat("request: ", bytes, " bytes exceeds the limit of ", max_request_bytes));
   SequenceRequest r;
   r.id = req.request_id().empty() ? absl::StrCat("req-", ++g_request_counter) : req.request_id();
-  if (req.has_token_ids()) r.prompt.assign(req.token_ids().ids().begin(), req.token_ids().ids().end());
-  else r.prompt = EncodeBytes(req.text());
+  if (req.has_token_ids()) {
+    r.prompt.assign(req.token_ids().ids().begin(), req.token_ids().ids().end());
+  } else {
+    if (!tokenizer)
+      return absl::InvalidArgumentError("prompt: this model has no tokenizer, so it takes token_ids, not text");
+    auto ids = tokenizer->Encode(req.text());
+    if (!ids.ok()) return absl::InvalidArgumentError(absl::StrCat("prompt: ", ids.status().message()));
+    r.prompt = std::move(*ids);
+  }
   GenerateOptions& o = r.options;
   o.max_new_tokens = req.max_new_tokens();
   o.temperature = req.temperature();
@@ -58,6 +94,7 @@ absl::StatusOr<SequenceRequest> ToSequenceRequest(const v1::GenerateRequest& req
   o.seed = req.seed();
   o.stop_ids.assign(req.stop_token_ids().begin(), req.stop_token_ids().end());
   r.stop_strings.assign(req.stop().begin(), req.stop().end());
+  r.ignore_eos = req.ignore_eos();
   r.stream = stream;
   return r;
 }
@@ -67,16 +104,17 @@ struct GenerationService::Outcome {
   std::string id;
   int prompt_tokens = 0;
   std::vector<int32_t> tokens;
+  std::string text;
   FinishReason reason = FinishReason::kNone;
   grpc::Status status;
   Clock::time_point start = Clock::now();
 };
 
-template <class OnTokens>
+template <class OnOutput>
 GenerationService::Outcome GenerationService::Run(grpc::ServerContext* ctx, const v1::GenerateRequest& req, bool stream,
-                                                  OnTokens on_tokens) {
+                                                  OnOutput on_output) {
   Outcome o;
-  auto sr = ToSequenceRequest(req, opt_.max_request_bytes, stream);
+  auto sr = ToSequenceRequest(req, opt_.max_request_bytes, stream, opt_.tokenizer);
   if (!sr.ok()) {
     o.status = ToGrpc(sr.status());
     return o;
@@ -92,9 +130,10 @@ GenerationService::Outcome GenerationService::Run(grpc::ServerContext* ctx, cons
   bool cancel_sent = false;
   while (true) {
     SequenceEvents ev = o.seq->Wait(std::chrono::milliseconds(20));
-    if (!ev.tokens.empty()) {
+    if (!ev.tokens.empty() || !ev.text.empty()) {
       o.tokens.insert(o.tokens.end(), ev.tokens.begin(), ev.tokens.end());
-      if (!cancel_sent && !on_tokens(ev.tokens) && !ev.finished) {
+      o.text += ev.text;
+      if (!cancel_sent && !on_output(ev) && !ev.finished) {
         engine_->Cancel(o.seq);
         cancel_sent = true;
       }
@@ -133,6 +172,13 @@ void GenerationService::FillSummary(const Outcome& o, Msg* m) {
 
 void GenerationService::Finish(const Outcome& o) {
   const grpc::Status& status = o.status;
+  if (draining_) {
+    // A sequence cut off by the drain deadline carries the shutdown message;
+    // a request without a sequence never reached the engine.
+    if (!o.seq) ++drain_refused_;
+    else if (status.error_code() == grpc::UNAVAILABLE && status.error_message() == kShutdownMessage) ++drain_cut_off_;
+    else ++drain_finished_;
+  }
   const double total = Seconds(Clock::now() - o.start);
   double queued = -1, ttft = -1;
   if (o.seq && o.seq->scheduled_once) queued = Seconds(o.seq->first_scheduled - o.seq->arrival);
@@ -160,12 +206,93 @@ class InFlight {
 };
 }  // namespace
 
-grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req, v1::GenerateResponse* resp) {
+GenerationService::GenerationService(Engine* engine, ServerMetrics* metrics, ServiceOptions opt)
+    : engine_(engine), metrics_(metrics), opt_(std::move(opt)) {
+  // Methods 0 and 1 of tinygpt.v1.Generation. A streamed handler gets the call
+  // before its message is read, so a message gRPC refuses (over the receive
+  // limit) or protobuf cannot parse (a non-UTF-8 string) still reaches us.
+  MarkMethodStreamed(0, new grpc::internal::StreamedUnaryHandler<grpc::ByteBuffer, v1::GenerateResponse>(
+                            [this](grpc::ServerContext* ctx, grpc::ServerUnaryStreamer<grpc::ByteBuffer, v1::GenerateResponse>* s) {
+                              return HandleGenerate(ctx, s);
+                            }));
+  MarkMethodStreamed(1, new grpc::internal::SplitServerStreamingHandler<grpc::ByteBuffer, v1::GenerateStreamResponse>(
+                            [this](grpc::ServerContext* ctx,
+                                   grpc::ServerSplitStreamer<grpc::ByteBuffer, v1::GenerateStreamResponse>* s) {
+                              return HandleGenerateStream(ctx, s);
+                            }));
+}
+
+grpc::Status GenerationService::CheckAuth(const grpc::ServerContext& ctx) const {
+  if (opt_.auth_token.empty()) return grpc::Status::OK;
+  const auto& md = ctx.client_metadata();
+  const auto it = md.find("authorization");
+  const std::string_view want = "Bearer ";
+  if (it != md.end()) {
+    const std::string_view got(it->second.data(), it->second.size());
+    if (got.size() > want.size() && got.substr(0, want.size()) == want &&
+        ConstantTimeEquals(got.substr(want.size()), opt_.auth_token))
+      return grpc::Status::OK;
+  }
+  return grpc::Status(grpc::UNAUTHENTICATED, "missing or wrong bearer token (metadata 'authorization: Bearer <token>')");
+}
+
+template <class Stream>
+grpc::Status GenerationService::ReadRequest(grpc::ServerContext* ctx, Stream* stream, v1::GenerateRequest* req) {
+  if (grpc::Status s = CheckAuth(*ctx); !s.ok()) return s;
+  grpc::ByteBuffer buffer;
+  if (!stream->Read(&buffer)) {
+    // No message. gRPC ends the call itself when the message is over the
+    // receive limit (the client gets RESOURCE_EXHAUSTED from gRPC) and the
+    // context shows it cancelled a moment later (about 1 ms on loopback); a
+    // client that half-closes without sending a message leaves it live. The
+    // wait costs nothing on the normal path.
+    for (int ms = 0; ms < 100 && !ctx->IsCancelled(); ++ms) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (!ctx->IsCancelled()) return grpc::Status(grpc::INVALID_ARGUMENT, "request: no message");
+    // gRPC does not say why a call was cancelled. A client whose deadline
+    // runs out sends a cancel slightly before the server's copy of that
+    // deadline passes (the server's starts when the headers arrive); a client
+    // sends its message with its headers, so one with no deadline near has
+    // not cancelled: its message was refused.
+    if (ctx->deadline() - std::chrono::system_clock::now() < std::chrono::seconds(1))
+      return grpc::Status(grpc::DEADLINE_EXCEEDED, "deadline exceeded");
+    return grpc::Status(grpc::RESOURCE_EXHAUSTED, "request: message over the receive limit (refused by gRPC)");
+  }
+  return ParseGenerateRequest(buffer, req);
+}
+
+grpc::Status GenerationService::Refuse(grpc::Status status) {
+  Outcome o;
+  o.status = std::move(status);
+  Finish(o);
+  return o.status;
+}
+
+grpc::Status GenerationService::HandleGenerate(grpc::ServerContext* ctx,
+                                               grpc::ServerUnaryStreamer<grpc::ByteBuffer, v1::GenerateResponse>* stream) {
   InFlight guard(in_flight_);
-  Outcome o = Run(ctx, *req, /*stream=*/false, [](const std::vector<int32_t>&) { return true; });
+  v1::GenerateRequest req;
+  if (grpc::Status s = ReadRequest(ctx, stream, &req); !s.ok()) return Refuse(s);
+  v1::GenerateResponse resp;
+  const grpc::Status s = Generate(ctx, &req, &resp);
+  // A unary call that fails sends no message; the streamed handler requires
+  // one write for an OK status.
+  if (s.ok()) stream->Write(resp);
+  return s;
+}
+
+grpc::Status GenerationService::HandleGenerateStream(grpc::ServerContext* ctx,
+                                                     grpc::ServerSplitStreamer<grpc::ByteBuffer, v1::GenerateStreamResponse>* stream) {
+  InFlight guard(in_flight_);
+  v1::GenerateRequest req;
+  if (grpc::Status s = ReadRequest(ctx, stream, &req); !s.ok()) return Refuse(s);
+  return GenerateStream(ctx, &req, stream);
+}
+
+grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req, v1::GenerateResponse* resp) {
+  Outcome o = Run(ctx, *req, /*stream=*/false, [](const SequenceEvents&) { return true; });
   if (o.status.ok()) {
     for (int32_t t : o.tokens) resp->add_token_ids(t);
-    resp->set_text(DecodeBytes(o.tokens));
+    resp->set_text(o.text);
     FillSummary(o, resp);
   }
   Finish(o);
@@ -173,12 +300,11 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const v1::Gen
 }
 
 grpc::Status GenerationService::GenerateStream(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
-                                               grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
-  InFlight guard(in_flight_);
-  Outcome o = Run(ctx, *req, /*stream=*/true, [&](const std::vector<int32_t>& tokens) {
+                                               grpc::ServerSplitStreamer<grpc::ByteBuffer, v1::GenerateStreamResponse>* writer) {
+  Outcome o = Run(ctx, *req, /*stream=*/true, [&](const SequenceEvents& ev) {
     v1::GenerateStreamResponse m;
-    for (int32_t t : tokens) m.add_token_ids(t);
-    m.set_text(DecodeBytes(tokens));
+    for (int32_t t : ev.tokens) m.add_token_ids(t);
+    m.set_text(ev.text);
     return writer->Write(m);
   });
   if (o.status.ok()) {
@@ -190,7 +316,8 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* ctx, const v
   return o.status;
 }
 
-grpc::Status GenerationService::GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*, v1::ModelInfo* info) {
+grpc::Status GenerationService::GetModelInfo(grpc::ServerContext* ctx, const v1::GetModelInfoRequest*, v1::ModelInfo* info) {
+  if (grpc::Status s = CheckAuth(*ctx); !s.ok()) return s;
   const ModelRunner& r = engine_->runner();
   const EngineStats s = engine_->Stats();
   info->set_config_json(opt_.config_json);
@@ -210,6 +337,11 @@ grpc::Status GenerationService::GetModelInfo(grpc::ServerContext*, const v1::Get
   info->set_running_seqs(s.running);
   info->set_waiting_seqs(s.waiting);
   info->set_preemptions(s.preemptions);
+  info->set_tokenizer(opt_.tokenizer ? opt_.tokenizer->type() : "");
+  info->set_tokenizer_vocab_size(opt_.tokenizer ? opt_.tokenizer->vocab_size() : 0);
+  info->set_eos_token_id(opt_.tokenizer ? opt_.tokenizer->eos_id() : -1);
+  info->set_prefix_caching(engine_->options().prefix_caching);
+  info->set_kv_blocks_cached(s.kv_blocks_cached);
   return grpc::Status::OK;
 }
 

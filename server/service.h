@@ -14,39 +14,74 @@ struct ServiceOptions {
   size_t max_request_bytes = 64 * 1024;
   std::string checkpoint;
   std::string config_json;
+  const Tokenizer* tokenizer = nullptr;  // null: token ids only
+  // Non-empty: every Generation call must carry `authorization: Bearer <token>`
+  // metadata (UNAUTHENTICATED otherwise). Health and reflection stay open.
+  std::string auth_token;
+};
+
+// What became of the requests the server held when it began to drain.
+struct DrainCounts {
+  int finished = 0;  // ended on their own (any status but the cut-off one)
+  int cut_off = 0;   // ended UNAVAILABLE by the drain deadline
+  int refused = 0;   // arrived after the drain began (UNAVAILABLE at once)
 };
 
 class GenerationService final : public v1::Generation::Service {
  public:
-  GenerationService(Engine* engine, ServerMetrics* metrics, ServiceOptions opt)
-      : engine_(engine), metrics_(metrics), opt_(std::move(opt)) {}
+  // Generate and GenerateStream read their request inside the handler (see
+  // server/request_wire.h), so bad and oversized requests are counted too.
+  GenerationService(Engine* engine, ServerMetrics* metrics, ServiceOptions opt);
 
+  // The calls once their request is read and parsed (gRPC runs the Handle*
+  // entry points below, which read it).
   grpc::Status Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req, v1::GenerateResponse* resp) override;
   grpc::Status GenerateStream(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
-                              grpc::ServerWriter<v1::GenerateStreamResponse>* writer) override;
+                              grpc::ServerSplitStreamer<grpc::ByteBuffer, v1::GenerateStreamResponse>* writer);
   grpc::Status GetModelInfo(grpc::ServerContext* ctx, const v1::GetModelInfoRequest* req, v1::ModelInfo* info) override;
-  // Generate/GenerateStream calls not yet returned (for draining).
+  // Generate/GenerateStream handlers not yet returned (for draining); counted
+  // in HandleGenerate/HandleGenerateStream, the entry points gRPC calls.
   int in_flight() const { return in_flight_.load(); }
+  // From now on, finished calls are tallied into drain_counts().
+  void BeginDrain() { draining_ = true; }
+  DrainCounts drain_counts() const { return {drain_finished_.load(), drain_cut_off_.load(), drain_refused_.load()}; }
 
  private:
   struct Outcome;
-  // Validates, submits and waits for the sequence, calling on_tokens with each
-  // batch of new tokens (return false to cancel, e.g. a failed stream write).
-  template <class OnTokens>
-  Outcome Run(grpc::ServerContext* ctx, const v1::GenerateRequest& req, bool stream, OnTokens on_tokens);
+  // Validates, submits and waits for the sequence, calling on_output with each
+  // batch of new tokens and text (return false to cancel, e.g. a failed
+  // stream write).
+  template <class OnOutput>
+  Outcome Run(grpc::ServerContext* ctx, const v1::GenerateRequest& req, bool stream, OnOutput on_output);
   template <class Msg>
   static void FillSummary(const Outcome& o, Msg* m);
   // Metrics and the one log line of a finished call.
   void Finish(const Outcome& o);
+  // UNAUTHENTICATED unless the call carries the bearer token (when one is set).
+  grpc::Status CheckAuth(const grpc::ServerContext& ctx) const;
+  // Authenticates the call and reads and parses its one request message.
+  template <class Stream>
+  grpc::Status ReadRequest(grpc::ServerContext* ctx, Stream* stream, v1::GenerateRequest* req);
+  // Counts and logs a call refused before it reached the engine.
+  grpc::Status Refuse(grpc::Status status);
+  // The handlers gRPC runs for Generate and GenerateStream.
+  grpc::Status HandleGenerate(grpc::ServerContext* ctx, grpc::ServerUnaryStreamer<grpc::ByteBuffer, v1::GenerateResponse>* stream);
+  grpc::Status HandleGenerateStream(grpc::ServerContext* ctx,
+                                    grpc::ServerSplitStreamer<grpc::ByteBuffer, v1::GenerateStreamResponse>* stream);
 
   Engine* engine_;
   ServerMetrics* metrics_;
   ServiceOptions opt_;
   std::atomic<int> in_flight_{0};
+  std::atomic<bool> draining_{false};
+  std::atomic<int> drain_finished_{0}, drain_cut_off_{0}, drain_refused_{0};
 };
 
-// Maps the request's fields onto an engine request (no validation of values;
-// the engine does that). The request id is made up when empty.
-absl::StatusOr<SequenceRequest> ToSequenceRequest(const v1::GenerateRequest& req, size_t max_request_bytes, bool stream);
+// Maps the request's fields onto an engine request, encoding a text prompt
+// with `tokenizer` (INVALID_ARGUMENT without one, or for text that is not
+// UTF-8). Values are validated by the engine. The request id is made up when
+// empty.
+absl::StatusOr<SequenceRequest> ToSequenceRequest(const v1::GenerateRequest& req, size_t max_request_bytes, bool stream,
+                                                  const Tokenizer* tokenizer);
 
 }  // namespace tinygpt

@@ -2,11 +2,19 @@
 // against the full forward, checkpoints (round trip and every corrupt case),
 // and learning the seed counting task.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <limits>
+#include <nlohmann/json.hpp>
 
+#include "absl/strings/str_cat.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "model/checkpoint.h"
 #include "model/generate.h"
@@ -187,6 +195,205 @@ TEST(Checkpoint, CorruptFilesGiveClearErrors) {
   expect_error(edit_header("\"F32\"", "\"I64\""), "unsupported dtype I64");
 }
 
+// A seed-like checkpoint whose header can be edited as JSON before it is
+// serialized again, for the hostile-file cases below.
+class HostileCheckpoint : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const ModelConfig c = SmallConfig(false, 2);
+    Transformer m(c);
+    m.InitParams(8);
+    good_.metadata[kConfigMetadataKey] = ConfigToJson(c);
+    for (const auto& t : m.layout().tensors()) good_.tensors.emplace(t.name, F32Tensor(t.shape, m.params().data() + t.offset));
+    bytes_ = SerializeSafetensors(good_);
+  }
+  // The config with one field replaced by `value` (JSON text).
+  std::string WithConfigField(const std::string& field, const std::string& value) {
+    StFile f = good_;
+    nlohmann::json j = nlohmann::json::parse(f.metadata[kConfigMetadataKey]);
+    j[field] = nlohmann::json::parse(value);
+    f.metadata[kConfigMetadataKey] = j.dump();
+    return SerializeSafetensors(f);
+  }
+  // Each must be refused quickly with a message containing `needle`. The
+  // bound is loose for sanitizer builds on a busy machine; before the fix
+  // these took up to 23 s or aborted.
+  void ExpectRefused(const std::string& data, const std::string& needle) {
+    const auto start = std::chrono::steady_clock::now();
+    auto ck = ParseCheckpoint(data, "ck");
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    ASSERT_FALSE(ck.ok()) << "expected an error mentioning " << needle;
+    EXPECT_NE(ck.status().message().find(needle), std::string::npos) << "expected " << needle << ", got " << ck.status().message();
+    EXPECT_LT(secs, 5.0) << "refusing took " << secs << " s: " << ck.status().message();
+  }
+  static void SetHeaderLength(std::string& d, uint64_t n) {
+    for (int i = 0; i < 8; ++i) d[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+  }
+  static uint64_t HeaderLength(const std::string& d) {
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(d[i]);
+    return n;
+  }
+  StFile good_;
+  std::string bytes_;
+};
+
+// The issue's corrupted configs: each used to allocate (bad_alloc) or
+// zero-fill gigabytes before any shape was compared.
+TEST_F(HostileCheckpoint, HugeConfigDimensionsAreRefusedBeforeAllocating) {
+  ExpectRefused(WithConfigField("max_seq_len", "1073741824"), "config field max_seq_len is 1073741824, above the limit");
+  ExpectRefused(WithConfigField("d_model", "100000"), "config field d_model is 100000, above the limit");
+  ExpectRefused(WithConfigField("vocab_size", "2147483647"), "config field vocab_size is 2147483647, above the limit");
+  ExpectRefused(WithConfigField("n_layers", "4096"), "config field n_layers is 4096, above the limit");
+  ExpectRefused(WithConfigField("n_layers", "2147483647"), "config field n_layers");
+  ExpectRefused(WithConfigField("ffn_hidden", "1048576"), "config field ffn_hidden is 1048576, above the limit");
+  // Values that do not fit an int are refused, not wrapped (2^32 + 17 -> 17).
+  ExpectRefused(WithConfigField("vocab_size", "4294967313"), "config field vocab_size is 4294967313");
+  ExpectRefused(WithConfigField("n_heads", "-4"), "config field n_heads is -4");
+  ExpectRefused(WithConfigField("norm_eps", "1e300"), "norm_eps must be in (0, 1)");
+  // Within the limits but larger than the tensors present: the first tensor
+  // that disagrees is named, and nothing of the config's size is allocated.
+  ExpectRefused(WithConfigField("max_seq_len", "100000"), "tensor pos.weight has shape [40, 16], config needs [100000, 16]");
+  ExpectRefused(WithConfigField("vocab_size", "2000000"), "tensor tok.weight has shape [17, 16], config needs [2000000, 16]");
+  ExpectRefused(WithConfigField("n_layers", "500"), "missing tensor blocks.2.n1.weight");
+  ExpectRefused(WithConfigField("ffn_hidden", "100000"), "tensor blocks.0.ff.w12.weight has shape [48, 16], config needs [200000, 16]");
+}
+
+TEST_F(HostileCheckpoint, DataSectionMustBeCoveredExactly) {
+  // A header length one byte short: the header's last byte (a padding
+  // space) is read as data, which shifts every tensor by a byte.
+  const size_t n = HeaderLength(bytes_);
+  ASSERT_EQ(bytes_[8 + n - 1], ' ');
+  std::string short_header = bytes_;
+  SetHeaderLength(short_header, n - 1);
+  ExpectRefused(short_header, "1 bytes left over");
+  ExpectRefused(bytes_ + std::string(4, '\0'), "4 bytes left over");
+  ExpectRefused(bytes_.substr(0, bytes_.size() - 1), "outside the data section");
+  // A gap: a tensor moved 4 bytes later, so bytes between belong to no tensor
+  // (the file is one float longer so the move stays inside it).
+  StFile f;
+  f.tensors.emplace("a", F32Tensor({2}, std::vector<float>{1, 2}.data()));
+  f.tensors.emplace("b", F32Tensor({2}, std::vector<float>{3, 4}.data()));
+  std::string d = SerializeSafetensors(f) + std::string(4, '\0');
+  const size_t at = d.find("[8,16]");
+  ASSERT_NE(at, std::string::npos);
+  d.replace(at, 6, "[12,20]");
+  auto r = ParseSafetensorsView(d);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("bytes [8, 12) of the data section belong to no tensor"), std::string::npos) << r.status();
+}
+
+TEST_F(HostileCheckpoint, HeaderLengthAndShapeArithmeticAreChecked) {
+  std::string huge = bytes_;
+  SetHeaderLength(huge, ~0ull);  // 2^64 - 1: 8 + n would wrap around
+  ExpectRefused(huge, "exceeds the file");
+  // A header over the cap is refused before it is parsed, even inside the file.
+  std::string big(8 + kMaxSafetensorsHeaderBytes + 1, ' ');
+  SetHeaderLength(big, kMaxSafetensorsHeaderBytes + 1);
+  big[8] = '{';
+  ExpectRefused(big, "exceeds the limit of");
+  auto header_only = [](const std::string& json) {
+    std::string d(8, '\0');
+    SetHeaderLength(d, json.size());
+    return d + json;
+  };
+  // 2^62 * 2^62 elements wraps to 0 in 64 bits; 2^62 F32 elements is 2^64 bytes.
+  ExpectRefused(header_only(R"({"t":{"dtype":"F32","shape":[4611686018427387904,4611686018427387904],"data_offsets":[0,0]}})"),
+                "more than 2^64 bytes");
+  ExpectRefused(header_only(R"({"t":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,0]}})"),
+                "more than 2^64 bytes");
+  ExpectRefused(header_only(R"({"t":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}})"), "negative dimension");
+  ExpectRefused(header_only(R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[18446744073709551615,3]}})"), "outside the data section");
+  // Deep nesting is refused before the JSON parser builds a node per level.
+  ExpectRefused(header_only("{\"a\":" + std::string(100000, '[') + std::string(100000, ']') + "}"), "nests JSON deeper than 8");
+  // So is a long flat array (a node per two bytes of input).
+  std::string zeros;
+  for (int i = 0; i < 300000; ++i) zeros += "0,";
+  zeros.pop_back();
+  ExpectRefused(header_only(R"({"t":{"dtype":"F32","data_offsets":[0,0],"shape":[)" + zeros + "]}}"), "more than 262144 JSON values");
+  // Brackets inside strings do not count.
+  auto quoted = ParseSafetensorsView(header_only(R"({"__metadata__":{"k":"[[[[[[[[[[{{{{{{{{{{\"["}})"));
+  ASSERT_TRUE(quoted.ok()) << quoted.status();
+  EXPECT_EQ(quoted->metadata.at("k"), "[[[[[[[[[[{{{{{{{{{{\"[");
+  // The largest config accepted still has a header well under the cap.
+  ModelConfig largest = SmallConfig(false, 2);
+  largest.n_layers = ConfigLimits::kMaxLayers;
+  StFile names_only;
+  names_only.metadata[kConfigMetadataKey] = ConfigToJson(largest);
+  const ParamLayout largest_layout(largest);
+  for (const auto& t : largest_layout.tensors()) {
+    StTensor st;
+    st.shape = t.shape;
+    st.shape[0] = 0;  // no data: only the header's size matters here
+    names_only.tensors.emplace(t.name, st);
+  }
+  EXPECT_LT(HeaderLength(SerializeSafetensors(names_only)), kMaxSafetensorsHeaderBytes / 4);
+  // A zero dimension makes a tensor empty whatever the others are.
+  auto empty = ParseSafetensorsView(header_only(R"({"t":{"dtype":"F32","shape":[0,4611686018427387904],"data_offsets":[0,0]}})"));
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_EQ(empty->tensors.at("t").numel, 0u);
+}
+
+TEST_F(HostileCheckpoint, NonFiniteWeightsAreRefusedUnlessAllowed) {
+  for (float bad : {std::nanf(""), std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()}) {
+    StFile f = good_;
+    std::memcpy(f.tensors["blocks.1.proj.weight"].bytes.data() + 4 * 5, &bad, 4);
+    const std::string d = SerializeSafetensors(f);
+    ExpectRefused(d, "tensor blocks.1.proj.weight has 1 non-finite value");
+    LoadOptions allow;
+    allow.allow_nonfinite = true;
+    auto ck = ParseCheckpoint(d, "ck", allow);
+    ASSERT_TRUE(ck.ok()) << ck.status();
+    ASSERT_EQ(ck->warnings.size(), 1u);
+    EXPECT_NE(ck->warnings[0].find("blocks.1.proj.weight"), std::string::npos) << ck->warnings[0];
+    EXPECT_NE(ck->warnings[0].find("at element 5"), std::string::npos) << ck->warnings[0];
+  }
+}
+
+// Every input of the checkpoint fuzzer's corpus (seeds, and the regression
+// input of any crash the fuzzer found) loads or is refused with a message;
+// under scripts/sanitize.sh this replays them with ASan and UBSan too.
+TEST(FuzzCorpus, EveryCheckpointInputIsLoadedOrRefused) {
+  const std::string dir = TINYGPT_FUZZ_CORPUS "/checkpoint";
+  int files = 0, loaded = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    std::ifstream in(entry.path(), std::ios::binary);
+    const std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto ck = ParseCheckpoint(data, entry.path().filename().string());
+    ++files;
+    if (ck.ok()) {
+      ++loaded;
+      EXPECT_EQ(ck->params.size(), ParamLayout(ck->config).total());
+    } else {
+      EXPECT_FALSE(ck.status().message().empty()) << entry.path();
+    }
+  }
+  EXPECT_GE(files, 8);
+  EXPECT_GE(loaded, 2) << "the valid seeds (learned_f32, alibi_mixed) no longer load";
+}
+
+TEST_F(HostileCheckpoint, OnlyRegularFilesAreRead) {
+  for (const std::string& path : {std::string("/dev/zero"), std::string("/tmp")}) {
+    auto ck = LoadCheckpoint(path);
+    ASSERT_FALSE(ck.ok());
+    EXPECT_NE(ck.status().message().find("not a regular file"), std::string::npos) << ck.status();
+  }
+  // A FIFO with no writer: opening it must not wait for one.
+  const std::string fifo = TempPath("fifo");
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  auto ck = LoadCheckpoint(fifo);
+  std::remove(fifo.c_str());
+  ASSERT_FALSE(ck.ok());
+  EXPECT_NE(ck.status().message().find("not a regular file"), std::string::npos) << ck.status();
+  EXPECT_FALSE(LoadCheckpoint(TempPath("does-not-exist")).ok());
+  const std::string empty = TempPath("empty.safetensors");
+  std::ofstream(empty).close();
+  auto e = LoadCheckpoint(empty);
+  std::remove(empty.c_str());
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.status().message().find("too short"), std::string::npos) << e.status();
+}
+
 TEST(Checkpoint, OverlappingRangesAreRejected) {
   StFile f;
   f.tensors.emplace("a", F32Tensor({2}, std::vector<float>{1, 2}.data()));
@@ -267,7 +474,11 @@ TEST(Training, PacksTextDocumentsWithoutPaddingAndLearns) {
   ModelConfig c = *PresetConfig("seed");
   c.vocab_size = 256;
   c.max_seq_len = 32;
-  auto data = MakeTextData(path, c.max_seq_len, 8);
+  auto docs = ReadDocuments(path);
+  ASSERT_TRUE(docs.ok()) << docs.status();
+  EXPECT_EQ(docs->size(), 31u);
+  const auto bytes = MakeByteTokenizer();
+  auto data = MakeTextData(*docs, *bytes, c.max_seq_len, 8, /*quiet=*/true);
   ASSERT_TRUE(data.ok()) << data.status();
   const PackedBatch b = (*data)->Batch(1, 0);
   EXPECT_EQ(b.tokens.size(), 8u * 32);  // the budget is filled exactly: no padding
@@ -289,7 +500,83 @@ TEST(Training, PacksTextDocumentsWithoutPaddingAndLearns) {
   std::remove(path.c_str());
   std::remove(o.out.c_str());
   std::remove((o.out + ".optim").c_str());
-  EXPECT_FALSE(MakeTextData(TempPath("missing.txt"), 32, 8).ok());
+  EXPECT_FALSE(ReadDocuments(TempPath("missing.txt")).ok());
+}
+
+// The weights and optimizer state of one step: a save interrupted between
+// the two files leaves a pair that --resume must refuse.
+class TrainingCheckpoint : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    data_ = MakeCountTask(cfg_.vocab_size, cfg_.max_seq_len, 2);
+    opt_.quiet = true;
+    opt_.out = TempPath("pair.safetensors");
+    opt_.steps = 2;
+  }
+  void TearDown() override {
+    for (const std::string& suffix : {"", ".optim", ".step4", ".step4.optim"}) std::remove((opt_.out + suffix).c_str());
+  }
+  absl::StatusOr<TrainResult> TrainTo(long steps, bool resume) {
+    TrainOptions o = opt_;
+    o.steps = steps;
+    if (resume) o.resume = o.out;
+    return Train(cfg_, *data_, o);
+  }
+  static void Copy(const std::string& from, const std::string& to) {
+    std::ifstream in(from, std::ios::binary);
+    std::ofstream(to, std::ios::binary) << in.rdbuf();
+  }
+  ModelConfig cfg_ = SmallConfig(false, 2);
+  std::unique_ptr<DataSource> data_;
+  TrainOptions opt_;
+};
+
+TEST_F(TrainingCheckpoint, ResumeRefusesWeightsAndOptimizerStateOfDifferentSteps) {
+  ASSERT_TRUE(TrainTo(4, false).ok());
+  Copy(opt_.out, opt_.out + ".step4");
+  Copy(opt_.out + ".optim", opt_.out + ".step4.optim");
+  auto more = TrainTo(6, true);  // a matching pair resumes
+  ASSERT_TRUE(more.ok()) << more.status();
+  EXPECT_EQ(more->steps_run, 2);
+  // A save of step 6 killed after OUT.optim was renamed into place but
+  // before OUT was: step-4 weights beside step-6 optimizer state.
+  Copy(opt_.out + ".step4", opt_.out);
+  auto r = TrainTo(8, true);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(r.status().message().find("cannot resume"), std::string::npos) << r.status();
+  EXPECT_NE(r.status().message().find(opt_.out + " is step 4"), std::string::npos) << r.status();
+  EXPECT_NE(r.status().message().find(opt_.out + ".optim is step 6"), std::string::npos) << r.status();
+  // Nor the other way round, nor a pair of the same step from two saves.
+  ASSERT_TRUE(TrainTo(4, false).ok());  // a fresh run: step 4 again, another commit
+  Copy(opt_.out + ".step4.optim", opt_.out + ".optim");
+  r = TrainTo(8, true);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("not saved together"), std::string::npos) << r.status();
+  // Without its optimizer state a checkpoint cannot be resumed.
+  std::remove((opt_.out + ".optim").c_str());
+  r = TrainTo(8, true);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("needs the optimizer state"), std::string::npos) << r.status();
+}
+
+TEST_F(TrainingCheckpoint, StaleTempFilesOfKilledWritesAreRemoved) {
+  const pid_t dead = fork();  // a PID that no longer runs once reaped
+  if (dead == 0) _exit(0);
+  ASSERT_GT(dead, 0);
+  ASSERT_EQ(waitpid(dead, nullptr, 0), dead);
+  const std::vector<std::string> stale = {absl::StrCat(opt_.out, ".tmp.", dead), absl::StrCat(opt_.out, ".optim.tmp.", dead)};
+  // Another writer still running (our parent) and files that only look alike stay.
+  const std::vector<std::string> kept = {absl::StrCat(opt_.out, ".tmp.", getppid()), opt_.out + ".tmp.x12",
+                                         absl::StrCat(opt_.out, "x.tmp.", dead)};
+  for (const auto& p : stale) std::ofstream(p) << "half a checkpoint";
+  for (const auto& p : kept) std::ofstream(p) << "not ours";
+  ASSERT_TRUE(TrainTo(1, false).ok());
+  for (const auto& p : stale) EXPECT_NE(access(p.c_str(), F_OK), 0) << p << " was left behind";
+  for (const auto& p : kept) {
+    EXPECT_EQ(access(p.c_str(), F_OK), 0) << p << " was removed";
+    std::remove(p.c_str());
+  }
 }
 
 TEST(Training, LearningRateWarmsUpThenDecays) {

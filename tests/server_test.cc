@@ -90,18 +90,13 @@ TEST(Server, UnaryStreamingInfoHealthReflection) {
   ASSERT_TRUE(c.Generate(stop, &resp).ok());
   EXPECT_EQ(Tokens(resp), (std::vector<int>{22, 23, 24, 25}));
   EXPECT_EQ(resp.finish_reason(), v1::FINISH_REASON_STOP);
-  GenerateRequest stop_text = Ids({40, 41}, 10);  // bytes '(' ')' → '*' '+' ','
-  stop_text.add_stop("+,");
-  ASSERT_TRUE(c.Generate(stop_text, &resp).ok());
-  EXPECT_EQ(resp.text(), "*+,");
-  EXPECT_EQ(resp.finish_reason(), v1::FINISH_REASON_STOP);
-  GenerateRequest text;
-  text.set_text("01");  // bytes 48, 49
-  text.set_max_new_tokens(3);
-  ASSERT_TRUE(c.Generate(text, &resp).ok());
-  EXPECT_EQ(resp.text(), "234");
+  // The counting model has no tokenizer: ids only, no text (text prompts,
+  // stop strings and output text are covered by tests/python/text_serving_test.py).
+  EXPECT_EQ(resp.text(), "");
 
   const v1::ModelInfo info = c.Info();
+  EXPECT_EQ(info.tokenizer(), "");
+  EXPECT_EQ(info.eos_token_id(), -1);
   // The backend the server was asked for (TINYGPT_TEST_SERVER_FLAGS may say --device=cuda).
   const bool cuda = [] {
     for (const auto& f : testing::ExtraServerFlags())
@@ -292,6 +287,13 @@ TEST(Server, InvalidInputsGetInvalidArgumentNamingTheField) {
   r = Ids({1}, 5);
   r.add_stop_token_ids(99);
   cases.push_back({r, "stop"});
+  GenerateRequest text;  // no tokenizer to encode it with
+  text.set_text("01");
+  text.set_max_new_tokens(3);
+  cases.push_back({text, "prompt: this model has no tokenizer"});
+  r = Ids({1}, 5);
+  r.add_stop("+,");
+  cases.push_back({r, "stop: this model has no tokenizer"});
   r = Ids({1}, 5);
   r.set_request_id(std::string(4096, 'x'));
   cases.push_back({r, "request"});  // oversize
@@ -335,6 +337,82 @@ TEST(Server, QueueOverflowGivesResourceExhausted) {
   EXPECT_EQ(ok, 2);
   EXPECT_EQ(exhausted, 7);
   EXPECT_TRUE(c.WaitAllBlocksFree());
+}
+
+// Issue 13's overload check, kept: 500 streams at once against a queue of 256
+// end only OK (with every token) or RESOURCE_EXHAUSTED, and the cache empties.
+TEST(Server, FiveHundredStreamsOverQueue256GiveOnlyOkOrResourceExhausted) {
+  ServerProcess server({"--max-queue=256", "--debug-step-delay-ms=10"});
+  Client c(server.address());
+  constexpr int kStreams = 500, kTokens = 20;
+  std::vector<std::future<std::pair<grpc::StatusCode, int>>> futures;
+  for (int i = 0; i < kStreams; ++i)
+    futures.push_back(std::async(std::launch::async, [&c, i] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
+      auto reader = c.stub->GenerateStream(&ctx, Ids({i % 40, i % 40 + 1}, kTokens));
+      v1::GenerateStreamResponse m;
+      int tokens = 0;
+      while (reader->Read(&m)) tokens += m.token_ids_size();
+      return std::pair{reader->Finish().error_code(), tokens};
+    }));
+  int ok = 0, exhausted = 0, other = 0, short_ok = 0;
+  for (auto& f : futures) {
+    const auto [code, tokens] = f.get();
+    if (code == grpc::OK) {
+      ++ok;
+      short_ok += tokens != kTokens;
+    } else if (code == grpc::RESOURCE_EXHAUSTED) {
+      ++exhausted;
+    } else {
+      ++other;
+    }
+  }
+  EXPECT_EQ(other, 0);
+  EXPECT_EQ(short_ok, 0);
+  EXPECT_EQ(ok + exhausted, kStreams);
+  EXPECT_GE(ok, 256) << "the queue alone holds 256";
+  EXPECT_GT(exhausted, 0) << "500 at once with 10 ms steps must overflow a queue of 256";
+  EXPECT_TRUE(c.WaitAllBlocksFree(std::chrono::milliseconds(10000)));
+  EXPECT_EQ(c.Info().waiting_seqs(), 0);
+  GenerateResponse resp;
+  ASSERT_TRUE(c.Generate(Ids({5}, 2), &resp).ok());
+  EXPECT_EQ(Tokens(resp), (std::vector<int>{6, 7}));
+}
+
+// Issue 13's cancellation check, kept: 300 streams cancelled mid-way (50 at a
+// time) return every KV block, and nothing is left running or waiting.
+TEST(Server, ThreeHundredCancelledStreamsReturnEveryKvBlock) {
+  ServerProcess server({"--debug-step-delay-ms=5"});
+  Client c(server.address());
+  const int total_blocks = c.Info().kv_blocks_total();
+  int cancelled = 0, first_token = 0;
+  for (int wave = 0; wave < 6; ++wave) {
+    std::vector<std::future<std::pair<grpc::StatusCode, bool>>> futures;
+    for (int i = 0; i < 50; ++i)
+      futures.push_back(std::async(std::launch::async, [&c, i] {
+        grpc::ClientContext ctx;
+        auto reader = c.stub->GenerateStream(&ctx, Ids({i % 30, i % 30 + 1, i % 30 + 2}, 60));
+        v1::GenerateStreamResponse m;
+        const bool got = reader->Read(&m);  // mid-stream: it holds blocks now
+        ctx.TryCancel();
+        while (reader->Read(&m)) {
+        }
+        return std::pair{reader->Finish().error_code(), got};
+      }));
+    for (auto& f : futures) {
+      const auto [code, got] = f.get();
+      cancelled += code == grpc::CANCELLED;
+      first_token += got;
+    }
+  }
+  EXPECT_EQ(cancelled, 300);
+  EXPECT_EQ(first_token, 300);
+  EXPECT_TRUE(c.WaitAllBlocksFree(std::chrono::milliseconds(10000)));
+  const v1::ModelInfo info = c.Info();
+  EXPECT_EQ(info.kv_blocks_free(), total_blocks);
+  EXPECT_EQ(info.running_seqs(), 0);
+  EXPECT_EQ(info.waiting_seqs(), 0);
 }
 
 TEST(Server, SigtermDrainsInFlightRequestsAndExitsZero) {

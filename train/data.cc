@@ -1,5 +1,8 @@
 #include "train/data.h"
 
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -40,7 +43,7 @@ class CountTask final : public DataSource {
 
 class TextData final : public DataSource {
  public:
-  TextData(std::vector<std::string> docs, int len, int batch) : docs_(std::move(docs)), len_(len), batch_(batch) {}
+  TextData(std::vector<std::vector<int32_t>> docs, int len, int batch) : docs_(std::move(docs)), len_(len), batch_(batch) {}
   PackedBatch Batch(uint64_t seed, long step) override {
     auto rng = StepRng(seed, step);
     std::uniform_int_distribution<size_t> pick(0, docs_.size() - 1);
@@ -48,21 +51,19 @@ class TextData final : public DataSource {
     b.cu_seqlens.push_back(0);
     const size_t budget = static_cast<size_t>(batch_) * len_;
     while (b.tokens.size() < budget) {
-      const std::string& doc = docs_[pick(rng)];
-      // A chunk of n+1 bytes gives n (input, target) pairs.
+      const std::vector<int32_t>& doc = docs_[pick(rng)];
+      // A chunk of n+1 tokens gives n (input, target) pairs.
       const size_t n = std::min<size_t>({doc.size() - 1, static_cast<size_t>(len_), budget - b.tokens.size()});
       const size_t begin = std::uniform_int_distribution<size_t>(0, doc.size() - 1 - n)(rng);
-      for (size_t i = 0; i < n; ++i) {
-        b.tokens.push_back(static_cast<unsigned char>(doc[begin + i]));
-        b.targets.push_back(static_cast<unsigned char>(doc[begin + i + 1]));
-      }
+      b.tokens.insert(b.tokens.end(), doc.begin() + begin, doc.begin() + begin + n);
+      b.targets.insert(b.targets.end(), doc.begin() + begin + 1, doc.begin() + begin + n + 1);
       b.cu_seqlens.push_back(static_cast<int32_t>(b.tokens.size()));
     }
     return b;
   }
 
  private:
-  std::vector<std::string> docs_;
+  std::vector<std::vector<int32_t>> docs_;
   int len_, batch_;
 };
 
@@ -72,7 +73,7 @@ std::unique_ptr<DataSource> MakeCountTask(int vocab, int max_seq_len, int batch)
   return std::make_unique<CountTask>(vocab, max_seq_len, batch);
 }
 
-absl::StatusOr<std::unique_ptr<DataSource>> MakeTextData(const std::string& path, int max_seq_len, int batch) {
+absl::StatusOr<std::vector<std::string>> ReadDocuments(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open data file ", path));
   std::stringstream ss;
@@ -87,7 +88,37 @@ absl::StatusOr<std::unique_ptr<DataSource>> MakeTextData(const std::string& path
     start = end + 2;
   }
   if (docs.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": no document of at least 2 bytes"));
-  return std::unique_ptr<DataSource>(std::make_unique<TextData>(std::move(docs), max_seq_len, batch));
+  return docs;
+}
+
+absl::StatusOr<std::unique_ptr<DataSource>> MakeTextData(const std::vector<std::string>& docs, const Tokenizer& tokenizer,
+                                                         int max_seq_len, int batch, bool quiet) {
+  size_t total_bytes = 0, done_bytes = 0, tokens = 0;
+  for (const auto& d : docs) total_bytes += d.size();
+  const auto t0 = std::chrono::steady_clock::now();
+  auto last_report = t0;
+  std::vector<std::vector<int32_t>> encoded;
+  encoded.reserve(docs.size());
+  for (const auto& d : docs) {
+    auto ids = tokenizer.Encode(d);
+    if (!ids.ok()) return ids.status();
+    if (tokenizer.eos_id() >= 0) ids->push_back(tokenizer.eos_id());
+    done_bytes += d.size();
+    tokens += ids->size();
+    if (ids->size() >= 2) encoded.push_back(std::move(*ids));
+    const auto now = std::chrono::steady_clock::now();
+    if (!quiet && now - last_report > std::chrono::milliseconds(500)) {
+      std::fprintf(stderr, "tokenizing: %3.0f%% (%zu of %zu bytes, %zu tokens)\n", 100.0 * done_bytes / total_bytes, done_bytes,
+                   total_bytes, tokens);
+      last_report = now;
+    }
+  }
+  if (encoded.empty()) return absl::InvalidArgumentError("the corpus has no document of at least 2 tokens");
+  if (!quiet)
+    std::fprintf(stderr, "tokenized %zu documents: %zu bytes -> %zu tokens (%.2f bytes/token) in %.1fs\n", encoded.size(),
+                 total_bytes, tokens, static_cast<double>(total_bytes) / std::max<size_t>(1, tokens),
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return std::unique_ptr<DataSource>(std::make_unique<TextData>(std::move(encoded), max_seq_len, batch));
 }
 
 }  // namespace tinygpt

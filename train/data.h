@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "model/tokenizer.h"
 #include "model/transformer.h"
 
 namespace tinygpt {
@@ -23,9 +24,14 @@ class DataSource {
 // sequences is (start + 0..max_seq_len-1) % vocab; inputs drop the last token.
 std::unique_ptr<DataSource> MakeCountTask(int vocab, int max_seq_len, int batch);
 
-// Bytes of a text file. Documents are separated by blank lines; each batch
+// Documents are the blank-line separated parts of the file.
+absl::StatusOr<std::vector<std::string>> ReadDocuments(const std::string& path);
+
+// A text corpus, tokenized once (progress on stderr unless quiet; each
+// document ends with the tokenizer's end token when it has one). Each batch
 // packs random chunks of up to max_seq_len tokens until batch*max_seq_len
 // tokens are filled.
-absl::StatusOr<std::unique_ptr<DataSource>> MakeTextData(const std::string& path, int max_seq_len, int batch);
+absl::StatusOr<std::unique_ptr<DataSource>> MakeTextData(const std::vector<std::string>& docs, const Tokenizer& tokenizer,
+                                                         int max_seq_len, int batch, bool quiet = false);
 
 }  // namespace tinygpt

@@ -7,7 +7,10 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <map>
+#include <random>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/backend.h"
 #include "model/checkpoint.h"
@@ -17,26 +20,69 @@
 namespace tinygpt {
 namespace {
 
-// Optimizer state: AdamW moments and the step count, beside the checkpoint.
-absl::Status SaveOptimizer(const std::string& path, const std::vector<float>& m, const std::vector<float>& v, long step) {
+// A training checkpoint is two files: OUT (the weights, which serve and
+// generate load) and OUT.optim (the AdamW moments). Each save stamps both with
+// the step and a random commit id, and writes OUT.optim first and OUT last:
+// a save killed in between leaves a new OUT.optim beside the previous OUT,
+// which --resume refuses (the stamps differ) instead of continuing from old
+// weights with newer optimizer state and step count.
+constexpr const char* kStepKey = "tinygpt.step";
+constexpr const char* kCommitKey = "tinygpt.commit";
+
+absl::Status SaveTrainingState(const std::string& out, const ModelConfig& cfg, const float* params, const Tokenizer* tokenizer,
+                               const std::vector<float>& m, const std::vector<float>& v, long step) {
+  std::random_device rd;
+  const uint64_t id = (static_cast<uint64_t>(rd()) << 32) ^ rd() ^
+                      static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  const std::map<std::string, std::string> stamp = {{kStepKey, std::to_string(step)}, {kCommitKey, absl::StrCat(absl::Hex(id, absl::kZeroPad16))}};
   StFile f;
-  f.metadata["tinygpt.step"] = std::to_string(step);
+  f.metadata = stamp;
   f.tensors.emplace("adamw.m", F32Tensor({static_cast<long>(m.size())}, m.data()));
   f.tensors.emplace("adamw.v", F32Tensor({static_cast<long>(v.size())}, v.data()));
-  return WriteFileAtomically(path, SerializeSafetensors(f));
+  if (auto s = WriteFileAtomically(out + ".optim", SerializeSafetensors(f)); !s.ok()) return s;
+  return SaveCheckpoint(out, cfg, params, tokenizer, stamp);
 }
 
-absl::Status LoadOptimizer(const std::string& path, std::vector<float>* m, std::vector<float>* v, long* step) {
-  auto f = ReadSafetensors(path);
-  if (!f.ok()) return f.status();
-  auto it = f->metadata.find("tinygpt.step");
+// Loads `checkpoint`.optim into m and v (sized for the model) and the step,
+// after checking that it was saved together with `checkpoint`.
+absl::Status LoadOptimizer(const std::string& checkpoint, std::vector<float>* m, std::vector<float>* v, long* step) {
+  const std::string path = checkpoint + ".optim";
+  auto ck_file = MappedFile::Open(checkpoint);
+  if (!ck_file.ok()) return ck_file.status();
+  auto ck = ParseSafetensorsView((*ck_file)->data());  // the header only is read: the weights are loaded already
+  if (!ck.ok()) return absl::Status(ck.status().code(), absl::StrCat(checkpoint, ": ", ck.status().message()));
+  auto opt_file = MappedFile::Open(path);
+  if (!opt_file.ok())
+    return absl::Status(opt_file.status().code(), absl::StrCat("train: --resume needs the optimizer state beside the checkpoint: ",
+                                                                opt_file.status().message()));
+  auto f = ParseSafetensorsView((*opt_file)->data());
+  if (!f.ok()) return absl::Status(f.status().code(), absl::StrCat(path, ": ", f.status().message()));
+  auto stamp = [](const std::map<std::string, std::string>& meta, const char* key) {
+    auto it = meta.find(key);
+    return it == meta.end() ? std::string("(none)") : it->second;
+  };
+  const std::string ck_step = stamp(ck->metadata, kStepKey), ck_commit = stamp(ck->metadata, kCommitKey);
+  const std::string opt_step = stamp(f->metadata, kStepKey), opt_commit = stamp(f->metadata, kCommitKey);
+  if (ck_commit == "(none)" && opt_commit == "(none)") {
+    // Written before commit stamps existed: the pair cannot be checked.
+    std::fprintf(stderr, "train: warning: %s and %s carry no commit stamp (an older tinygpt wrote them); resuming unchecked\n",
+                 checkpoint.c_str(), path.c_str());
+  } else if (ck_commit != opt_commit || ck_step != opt_step) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "train: cannot resume: ", checkpoint, " is step ", ck_step, " (commit ", ck_commit, ") but ", path, " is step ", opt_step,
+        " (commit ", opt_commit, "); they were not saved together (a save was interrupted between the two files), "
+        "and resuming would pair these weights with another step's optimizer state"));
+  }
   auto mi = f->tensors.find("adamw.m"), vi = f->tensors.find("adamw.v");
-  if (it == f->metadata.end() || mi == f->tensors.end() || vi == f->tensors.end() || mi->second.numel() != m->size() ||
-      vi->second.numel() != v->size())
-    return absl::InvalidArgumentError(absl::StrCat(path, ": optimizer state does not match the model"));
-  *m = mi->second.ToFloat();
-  *v = vi->second.ToFloat();
-  *step = std::stol(it->second);
+  long parsed_step = -1;
+  if (!absl::SimpleAtoi(opt_step, &parsed_step) || parsed_step < 0)
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", kStepKey, " is '", opt_step.substr(0, 40), "', not a step count"));
+  if (mi == f->tensors.end() || vi == f->tensors.end() || mi->second.numel != m->size() || vi->second.numel != v->size())
+    return absl::InvalidArgumentError(absl::StrCat(path, ": optimizer state does not match the model (adamw.m and adamw.v of ",
+                                                   m->size(), " values each)"));
+  mi->second.ToFloat(m->data());
+  vi->second.ToFloat(v->data());
+  *step = parsed_step;
   return absl::OkStatus();
 }
 
@@ -146,10 +192,12 @@ absl::StatusOr<TrainResult> Train(const ModelConfig& cfg_in, DataSource& data, c
   long step = 0;
   std::unique_ptr<Transformer> model;
   std::vector<float> loaded;
+  std::shared_ptr<const Tokenizer> tokenizer = opt.tokenizer;
   if (!opt.resume.empty()) {
     auto ck = LoadCheckpoint(opt.resume);
     if (!ck.ok()) return ck.status();
     cfg = ck->config;
+    if (!tokenizer) tokenizer = ck->tokenizer;
     loaded = std::move(ck->params);
   } else if (auto s = ValidateConfig(cfg); !s.ok()) {
     return s;
@@ -165,16 +213,14 @@ absl::StatusOr<TrainResult> Train(const ModelConfig& cfg_in, DataSource& data, c
   OptimizerState adam(backend.get(), model->params().size());
   if (!adam.ok()) return absl::ResourceExhaustedError("train: out of device memory for the optimizer state");
   if (!opt.resume.empty()) {
-    if (auto s = LoadOptimizer(opt.resume + ".optim", &adam.host_m(), &adam.host_v(), &step); !s.ok()) return s;
+    if (auto s = LoadOptimizer(opt.resume, &adam.host_m(), &adam.host_v(), &step); !s.ok()) return s;
     adam.ToDevice();
   }
   const bool tty = isatty(fileno(stderr));
   auto save = [&](long done) -> absl::Status {
     model->ParamsToHost();
     adam.ToHost();
-    // Optimizer first: a checkpoint on disk always has matching state beside it.
-    if (auto s = SaveOptimizer(opt.out + ".optim", adam.host_m(), adam.host_v(), done); !s.ok()) return s;
-    return SaveCheckpoint(opt.out, cfg, model->params().data());
+    return SaveTrainingState(opt.out, cfg, model->params().data(), tokenizer.get(), adam.host_m(), adam.host_v(), done);
   };
   const bool fp16 = result.precision == "fp16";
   float loss_scale = fp16 ? opt.initial_loss_scale : 1.0f;

@@ -2,10 +2,12 @@
 // global-norm gradient clipping, periodic atomic checkpoints and --resume.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "model/config.h"
+#include "model/tokenizer.h"
 #include "train/data.h"
 
 namespace tinygpt {
@@ -22,6 +24,9 @@ struct TrainOptions {
   long save_every = 0;     // 0: only at the end
   std::string out;         // checkpoint path; optimizer state goes to out + ".optim"
   std::string resume;      // checkpoint to continue from (its .optim beside it)
+  // Saved in the checkpoint so it serves text; with --resume, null keeps the
+  // resumed checkpoint's own.
+  std::shared_ptr<const Tokenizer> tokenizer;
   bool quiet = false;
   long untimed_steps = 0;  // first steps left out of tokens_per_second (a benchmark's warm-up)
   // Where the steps run: "auto" (CUDA when the module and a GPU are there),

@@ -28,7 +28,7 @@ try:
     assert list(resp.token_ids) == [6, 7, 8, 9, 10], resp
     assert resp.finish_reason == pb.FINISH_REASON_LENGTH
     tokens, finish = [], None
-    for m in stub.GenerateStream(pb.GenerateRequest(text="01", max_new_tokens=4), timeout=10):
+    for m in stub.GenerateStream(pb.GenerateRequest(token_ids=pb.TokenIds(ids=[48, 49]), max_new_tokens=4), timeout=10):
         tokens += list(m.token_ids)
         finish = m.finish_reason or finish
     assert tokens == [50, 51, 52, 53], tokens

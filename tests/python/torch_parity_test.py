@@ -8,7 +8,12 @@
 2. A checkpoint trained by `tinygpt train` loads into the PyTorch TinyGPT with
    load_state_dict and scores the same next-token accuracy.
 
-usage: torch_parity_test.py TINYGPT_BIN LOGITS_BIN"""
+3. A checkpoint with a tokenizer (trained by `tinygpt train --tokenizer-vocab`)
+   goes through PyTorch (load_state_dict, then saved again with its metadata)
+   and comes back with the same tensors, the same tokenizer and the same
+   greedy text.
+
+usage: torch_parity_test.py TINYGPT_BIN LOGITS_BIN TOKENIZE_BIN"""
 import json, os, subprocess, sys, tempfile
 
 import numpy as np
@@ -17,7 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from torch_tinygpt import SEED_CONFIG, TinyGPT, count_batch, load_safetensors, save_safetensors
 
-tinygpt, logits_bin = sys.argv[1], sys.argv[2]
+tinygpt, logits_bin, tokenize_bin = sys.argv[1], sys.argv[2], sys.argv[3]
 work = tempfile.mkdtemp(prefix="tinygpt-parity-")
 failed = passed = 0
 
@@ -69,5 +74,33 @@ inp, tgt = seq[:, :-1].reshape(-1), seq[:, 1:].reshape(-1)
 with torch.no_grad():
     acc = (model(inp, [63] * 64).argmax(-1) == tgt).float().mean().item()
 check("tinygpt checkpoint loads in PyTorch and scores the counting task", acc > 0.95, f"accuracy {acc:.4f}")
+# A checkpoint with a tokenizer, through PyTorch and back.
+corpus = os.path.join(work, "corpus.txt")
+with open(corpus, "w", encoding="utf-8") as f:
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "caf\u00e9", "\u65e5\u672c", "\U0001F600", "gamma", "delta", "x\u0301"] + \
+            ["".join(rng.choice(list("abcdefghijklmnop\u00e9\u00fc"), 4)) for _ in range(300)]
+    for doc in range(40):
+        f.write("\n".join(" ".join(rng.choice(words, 10)) for _ in range(8)) + "\n\n")
+text_ck = os.path.join(work, "text.safetensors")
+subprocess.run([tinygpt, "train", f"--data={corpus}", "--tokenizer-vocab=400", "--steps=20", "--batch=4", f"--out={text_ck}"],
+               check=True, capture_output=True)
+tensors, meta = load_safetensors(text_ck)
+model = TinyGPT(json.loads(meta["tinygpt.config"])).eval()
+model.load_state_dict(tensors)
+back = os.path.join(work, "text-from-torch.safetensors")
+save_safetensors(back, model.state_dict(), meta)
+tensors2, meta2 = load_safetensors(back)
+check("tokenizer checkpoint: metadata survives PyTorch", meta2 == meta and "tinygpt.tokenizer" in meta2)
+check("tokenizer checkpoint: tensors unchanged through PyTorch",
+      all(torch.equal(tensors[k], tensors2[k]) for k in tensors) and tensors.keys() == tensors2.keys())
+gen = [json.loads(subprocess.run([tinygpt, "generate", f"--checkpoint={p}", "--prompt=alpha caf\u00e9", "--max-new-tokens=12",
+                                  "--json", "--device=cpu", "--ignore-eos"], check=True, capture_output=True, text=True).stdout)
+       for p in (text_ck, back)]
+check("tokenizer checkpoint: same prompt ids and greedy text before and after PyTorch",
+      gen[0] == gen[1] and len(gen[0]["prompt_ids"]) > 0, f"{gen[0]} vs {gen[1]}")
+enc = [subprocess.run([tokenize_bin, p], input=json.dumps({"text": "beta \U0001F600 delta"}) + "\n", capture_output=True,
+                      text=True, check=True).stdout for p in (text_ck, back)]
+check("tokenizer checkpoint: the tokenizer encodes the same after PyTorch", enc[0] == enc[1], enc[0])
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
