@@ -9,6 +9,7 @@
 #include "cli/common_flags.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "kernels/backend.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
 #include "model/tokenizer.h"
@@ -34,6 +35,10 @@ ABSL_FLAG(float, clip, 1.0f, "gradient global-norm clip (0: off)");
 ABSL_FLAG(long, save_every, 0, "also checkpoint every N steps (0: only at the end)");
 ABSL_FLAG(std::string, out, "tinygpt.safetensors", "checkpoint path");
 ABSL_FLAG(std::string, resume, "", "continue from this checkpoint and its optimizer state");
+ABSL_FLAG(std::string, precision, "", "bf16 | fp16 | fp32 (default: bf16 on CUDA; the CPU trains in fp32)");
+ABSL_FLAG(int, seq_len, 0, "input tokens per training sequence (default: the count task's max_seq_len - 1, text chunks of max_seq_len)");
+ABSL_FLAG(long, untimed_steps, 0, "first steps left out of tokens/s and MFU (a benchmark's warm-up)");
+ABSL_FLAG(long, inject_overflow_step, -1, "test hook: make this step's gradients overflow (fp16 loss scaling must skip it)");
 ABSL_FLAG(double, min_accuracy, 0.0, "exit 1 unless the last batch's accuracy reaches this (0..1)");
 
 namespace tinygpt {
@@ -91,6 +96,13 @@ int TrainCommand() {
     return 2;
   }
   if (absl::GetFlag(FLAGS_n_kv_heads) > 0) cfg->n_kv_heads = absl::GetFlag(FLAGS_n_kv_heads);
+  // --seq-len N trains on sequences of N input tokens (their positions 0..N-1
+  // must exist in the model).
+  const int seq_len = absl::GetFlag(FLAGS_seq_len);
+  if (seq_len < 0 || seq_len > cfg->max_seq_len) {
+    std::fprintf(stderr, "tinygpt train: --seq-len must be in 1..%d (the model's context)\n", cfg->max_seq_len);
+    return 2;
+  }
   std::unique_ptr<DataSource> data;
   std::shared_ptr<const Tokenizer> tokenizer;
   if (!absl::GetFlag(FLAGS_data).empty()) {
@@ -100,13 +112,13 @@ int TrainCommand() {
     if (!tok.ok()) return Fail(tok.status());
     tokenizer = std::move(*tok);
     cfg->vocab_size = tokenizer->vocab_size();
-    auto d = MakeTextData(*docs, *tokenizer, cfg->max_seq_len, absl::GetFlag(FLAGS_batch));
+    auto d = MakeTextData(*docs, *tokenizer, seq_len > 0 ? seq_len : cfg->max_seq_len, absl::GetFlag(FLAGS_batch));
     if (!d.ok()) return Fail(d.status());
     data = std::move(*d);
   } else if (absl::GetFlag(FLAGS_tokenizer_vocab) > 0 || !absl::GetFlag(FLAGS_tokenizer).empty()) {
     return Fail(absl::InvalidArgumentError("--tokenizer-vocab and --tokenizer need --data"), 2);
   } else if (absl::GetFlag(FLAGS_task) == "count") {
-    data = MakeCountTask(cfg->vocab_size, cfg->max_seq_len, absl::GetFlag(FLAGS_batch));
+    data = MakeCountTask(cfg->vocab_size, seq_len > 0 ? seq_len + 1 : cfg->max_seq_len, absl::GetFlag(FLAGS_batch));
   } else {
     std::fprintf(stderr, "tinygpt train: unknown --task %s (count)\n", absl::GetFlag(FLAGS_task).c_str());
     return 2;
@@ -121,14 +133,22 @@ int TrainCommand() {
   o.save_every = absl::GetFlag(FLAGS_save_every);
   o.out = absl::GetFlag(FLAGS_out);
   o.resume = absl::GetFlag(FLAGS_resume);
+  o.device = absl::GetFlag(FLAGS_device);
+  o.precision = absl::GetFlag(FLAGS_precision);
+  o.inject_overflow_step = absl::GetFlag(FLAGS_inject_overflow_step);
+  o.untimed_steps = absl::GetFlag(FLAGS_untimed_steps);
   o.tokenizer = tokenizer;
   auto r = Train(*cfg, *data, o);
   if (!r.ok()) {
     std::fprintf(stderr, "tinygpt train: %s\n", std::string(r.status().message()).c_str());
     return 1;
   }
-  std::printf("trained %ld steps: loss %.4f, next-token accuracy %.2f%%, %.0f tokens/s; wrote %s\n", r->steps_run,
-              r->final_loss, 100.0 * r->final_accuracy, r->tokens_per_second, o.out.c_str());
+  std::printf("trained %ld steps on %s (%s): loss %.4f, next-token accuracy %.2f%%, %.0f tokens/s", r->steps_run,
+              r->device.c_str(), r->precision.c_str(), r->final_loss, 100.0 * r->final_accuracy, r->tokens_per_second);
+  if (r->mfu > 0) std::printf(", MFU %.1f%%", 100.0 * r->mfu);
+  if (r->device_bytes > 0) std::printf(", device memory %.2f GiB", r->device_bytes / double(1 << 30));
+  if (r->precision == "fp16") std::printf(", skipped steps %ld, loss scale %g", r->skipped_steps, r->loss_scale);
+  std::printf("; wrote %s\n", o.out.c_str());
   return r->final_accuracy >= absl::GetFlag(FLAGS_min_accuracy) ? 0 : 1;
 }
 

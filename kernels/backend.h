@@ -64,6 +64,60 @@ class Backend {
   // One token per logits row; params and tokens are host memory.
   virtual void Sample(const void* logits, int rows, int vocab, const SamplingParams* params, int32_t* tokens) = 0;
   virtual void Synchronize() {}
+
+  // ---- Training (model/transformer.cc). Activations, their gradients and
+  // `w`/`b` are dtype() (on the CPU fp32; on CUDA the compute copy of the fp32
+  // master weights). Parameter gradients (`float* dw`, `db`, ...) and the
+  // optimizer's buffers are fp32 backend memory, always ACCUMULATED into.
+  // Input gradients: "writes" or "accumulates" as each op says. The CPU
+  // backend implements these with kernels/cpu/ops.h, the reference.
+  virtual absl::Status SupportsTraining(int head_dim) const = 0;
+  // Sets `bytes` of backend memory to zero.
+  virtual void Zero(void* p, size_t bytes) = 0;
+  // Converts n fp32 values (backend memory) to dtype() (the compute copy).
+  virtual void CastFromFloats(const float* src, void* dst, size_t n) = 0;
+  // Linear in nn.Linear's layout [out, in] (training reads the weights as
+  // they are updated, not in the inference upload layout).
+  virtual void LinearTrain(const void* x, const void* w, const void* b, void* y, int T, int in, int out) = 0;
+  // h = x·w^T + b ([T, 2F]), out = swiglu(h) ([T, F]).
+  virtual void LinearSwiGLUTrain(const void* x, const void* w, const void* b, void* h, void* out, int T, int in, int F) = 0;
+  // dx = dy·w (writes; dx may be null), dw += dy^T·x, db += Σ_rows dy.
+  virtual void LinearBackward(const void* dy, const void* x, const void* w, void* dx, float* dw, float* db, int T, int in,
+                              int out) = 0;
+  // dh (writes) for y = swiglu(h)·w^T, w: [out, F].
+  virtual void SwiGLULinearBackwardInput(const void* dy, const void* w, const void* h, void* dh, int T, int F, int out) = 0;
+  // LayerNorm saving per-row mean and rstd (fp32) for the backward.
+  virtual void LayerNormTrain(const void* x, const void* w, const void* b, void* y, float* mean, float* rstd, int T, int C,
+                              float eps) = 0;
+  // dx accumulates (the residual stream's gradient), dw/db accumulate.
+  virtual void LayerNormBackward(const void* dy, const void* x, const void* w, const float* mean, const float* rstd, void* dx,
+                                 float* dw, float* db, int T, int C) = 0;
+  // dtok/dpos (fp32, dpos null under ALiBi) accumulate dout's rows.
+  virtual void EmbeddingBackward(const void* dout, const int32_t* tokens, const int32_t* positions, float* dtok, float* dpos,
+                                 int T, int C) = 0;
+  // Causal attention over the fused qkv rows (batch.ctx_len == the query
+  // lengths): out [T, n_heads*head_dim], lse [T, n_heads] (fp32) of the
+  // scaled (and ALiBi-biased) scores, kept for the backward.
+  virtual void AttentionTrain(const AttentionDims& dims, const AttentionBatch& batch, const void* qkv, void* out,
+                              float* lse) = 0;
+  // Writes dqkv (the fused layout of qkv) from dout, recomputing the scores
+  // from lse tile by tile.
+  virtual void AttentionBackward(const AttentionDims& dims, const AttentionBatch& batch, const void* qkv, const void* out,
+                                 const void* dout, const float* lse, void* dqkv) = 0;
+  // Mean cross-entropy over T rows of logits (host result; targets backend
+  // memory). Writes dlogits = dloss_scale·(softmax − onehot)/T, which may be
+  // the logits buffer itself, and the argmax hits into *correct if non-null.
+  virtual float CrossEntropy(const void* logits, const int32_t* targets, void* dlogits, int T, int V, float dloss_scale,
+                             int* correct) = 0;
+  // Σ g² in double (host result): the global norm, and inf/NaN when any
+  // gradient is not finite (how fp16 loss scaling detects overflow).
+  virtual double SumOfSquares(const float* g, size_t n) = 0;
+  // One AdamW update of n parameters (step counts from 1) with the gradients
+  // multiplied by grad_scale first (clipping and undoing a loss scale; the
+  // CPU scales g in place, CUDA leaves it). p_compute, when non-null, receives the new weights in
+  // dtype() (the compute copy).
+  virtual void AdamW(float* p, float* g, float* m, float* v, size_t n, float lr, float beta1, float beta2, float eps,
+                     float weight_decay, long step, float grad_scale, void* p_compute) = 0;
 };
 
 // device: "auto" (CUDA when a GPU is found, else CPU), "cpu" or "cuda".

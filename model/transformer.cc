@@ -2,14 +2,73 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 
-#include "kernels/cpu/ops.h"
+#include "kernels/cpu/cpu_backend.h"
 
 namespace tinygpt {
 
-Transformer::Transformer(const ModelConfig& cfg)
-    : cfg_(cfg), layout_(cfg), params_(layout_.total()), grads_(layout_.total()), acts_(cfg.n_layers) {}
+Transformer::Transformer(const ModelConfig& cfg, Backend* backend)
+    : cfg_(cfg), layout_(cfg), params_(layout_.total()), grads_(layout_.total()), acts_(cfg.n_layers) {
+  if (!backend) {
+    own_backend_ = CreateCpuBackend();
+    backend = own_backend_.get();
+  }
+  backend_ = backend;
+  on_host_ = backend_->name() == "cpu";
+  esize_ = DTypeSize(backend_->dtype());
+  if (!on_host_) {
+    const size_t n = layout_.total();
+    d_params_ = static_cast<float*>(Allocate(n * sizeof(float)));
+    d_grads_ = static_cast<float*>(Allocate(n * sizeof(float)));
+    d_compute_ = backend_->dtype() == DType::kF32 ? static_cast<void*>(d_params_) : Allocate(n * esize_);
+    param_buffers_.swap(act_buffers_);  // Allocate() filled act_buffers_; these live as long as the model
+  }
+}
+
+Transformer::~Transformer() {
+  FreeActivations();
+  for (Buffer& b : param_buffers_) backend_->Free(b.raw);
+}
+
+void* Transformer::Allocate(size_t bytes) {
+  constexpr size_t kAlign = 64;
+  Buffer b;
+  b.raw = backend_->Alloc(bytes + kAlign);
+  if (!b.raw) {
+    std::fprintf(stderr, "tinygpt: out of %s memory allocating %zu bytes\n", backend_->name().c_str(), bytes);
+    std::abort();
+  }
+  b.p = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(b.raw) + kAlign - 1) & ~(kAlign - 1));
+  act_buffers_.push_back(b);
+  return b.p;
+}
+
+void Transformer::FreeActivations() {
+  for (Buffer& b : act_buffers_) backend_->Free(b.raw);
+  act_buffers_.clear();
+}
+
+void Transformer::ParamsToDevice() {
+  if (on_host_) return;
+  backend_->CopyToDevice(d_params_, params_.data(), params_.size() * sizeof(float));
+  backend_->CastFromFloats(d_params_, d_compute_, params_.size());
+}
+
+void Transformer::ParamsToHost() {
+  if (!on_host_) backend_->CopyToHost(params_.data(), d_params_, params_.size() * sizeof(float));
+}
+
+void Transformer::GradsToHost() {
+  if (!on_host_) backend_->CopyToHost(grads_.data(), d_grads_, grads_.size() * sizeof(float));
+}
+
+const void* Transformer::Compute(const float* master) const {
+  if (!master) return nullptr;
+  const size_t offset = master - d_params_;
+  return static_cast<const char*>(d_compute_) + offset * esize_;
+}
 
 void Transformer::InitParams(uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -32,106 +91,129 @@ void Transformer::InitParams(uint64_t seed) {
       for (size_t i = 0; i < n; ++i) p[i] = dist(rng);
     }
   }
+  ParamsToDevice();
 }
 
-void Transformer::ZeroGrad() { cpu::Zero(grads_.data(), grads_.size()); }
+void Transformer::ZeroGrad() {
+  if (on_host_) d_grads_ = grads_.data();
+  backend_->Zero(d_grads_, grads_.size() * sizeof(float));
+}
 
 void Transformer::Reserve(int T) {
   if (T <= capacity_) return;
+  FreeActivations();
   capacity_ = T;
-  const long d = cfg_.d_model, F = cfg_.ffn_hidden;
+  const size_t d = cfg_.d_model, F = cfg_.ffn_hidden, t = T, e = esize_;
+  // Activations in the backend's dtype, per-row statistics in fp32.
+  auto act = [&](size_t elems) { return Allocate(elems * e); };
+  auto f32 = [&](size_t elems) { return static_cast<float*>(Allocate(elems * sizeof(float))); };
   for (auto& a : acts_) {
-    a.in.resize(T * d); a.ln1.resize(T * d); a.ln1_mean.resize(T); a.ln1_rstd.resize(T);
-    a.qkv.resize(T * cfg_.qkv_dim()); a.att.resize(T * d); a.lse.resize(static_cast<long>(T) * cfg_.n_heads);
-    a.mid.resize(T * d); a.ln2.resize(T * d); a.ln2_mean.resize(T); a.ln2_rstd.resize(T);
-    a.h12.resize(T * 2 * F); a.sw.resize(T * F);
+    a.in = act(t * d); a.ln1 = act(t * d); a.ln1_mean = f32(t); a.ln1_rstd = f32(t);
+    a.qkv = act(t * cfg_.qkv_dim()); a.att = act(t * d); a.lse = f32(t * cfg_.n_heads);
+    a.mid = act(t * d); a.ln2 = act(t * d); a.ln2_mean = f32(t); a.ln2_rstd = f32(t);
+    a.h12 = act(t * 2 * F); a.sw = act(t * F);
   }
-  out_.resize(T * d); lnf_.resize(T * d); lnf_mean_.resize(T); lnf_rstd_.resize(T);
-  logits_.resize(static_cast<long>(T) * cfg_.vocab_size); dlogits_.resize(logits_.size());
-  dres_.resize(T * d); dln_.resize(T * d); dqkv_.resize(T * cfg_.qkv_dim()); datt_.resize(T * d);
-  dh12_.resize(T * 2 * F);
+  out_ = act(t * d); lnf_ = act(t * d); lnf_mean_ = f32(t); lnf_rstd_ = f32(t);
+  logits_ = act(t * cfg_.vocab_size);
+  // On a device the loss gradient overwrites the logits (llm.c's fused
+  // classifier): at vocab 32000 a second [T, V] buffer would be the largest
+  // allocation of the step. The CPU keeps both (logits() stays readable).
+  dlogits_ = on_host_ ? act(t * cfg_.vocab_size) : logits_;
+  dres_ = act(t * d); dln_ = act(t * d); dqkv_ = act(t * cfg_.qkv_dim()); datt_ = act(t * d); dh12_ = act(t * 2 * F);
+  auto ints = [&](size_t n) { return static_cast<int32_t*>(Allocate(n * sizeof(int32_t))); };
+  tokens_ = ints(t); targets_ = ints(t); positions_ = ints(t); cu_ = ints(t + 1); lens_ = ints(t);
 }
 
-float Transformer::Forward(const PackedBatch& b, int* correct) {
-  const int T = static_cast<int>(b.tokens.size()), d = cfg_.d_model, F = cfg_.ffn_hidden;
-  Reserve(T);
-  logits_.resize(static_cast<long>(T) * cfg_.vocab_size);
-  const ModelParams P = layout_.bind(params_.data());
-  const int num_seqs = static_cast<int>(b.cu_seqlens.size()) - 1;
-  positions_.resize(T);
-  cu_ = b.cu_seqlens;
-  std::vector<int32_t> lens(num_seqs);
-  for (int s = 0; s < num_seqs; ++s) {
-    lens[s] = b.cu_seqlens[s + 1] - b.cu_seqlens[s];
-    for (int i = 0; i < lens[s]; ++i) positions_[b.cu_seqlens[s] + i] = i;
+void Transformer::UploadBatch(const PackedBatch& b) {
+  const int T = static_cast<int>(b.tokens.size());
+  num_seqs_ = static_cast<int>(b.cu_seqlens.size()) - 1;
+  positions_host_.resize(T);
+  lens_host_.resize(num_seqs_);
+  max_len_ = 0;
+  for (int s = 0; s < num_seqs_; ++s) {
+    lens_host_[s] = b.cu_seqlens[s + 1] - b.cu_seqlens[s];
+    max_len_ = std::max(max_len_, lens_host_[s]);
+    for (int i = 0; i < lens_host_[s]; ++i) positions_host_[b.cu_seqlens[s] + i] = i;
   }
-  const AttentionDims dims{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim(), cfg_.alibi()};
-  const AttentionBatch batch{num_seqs, cu_.data(), lens.data(), T};
-  const long qkv_dim = cfg_.qkv_dim();
+  backend_->CopyToDevice(tokens_, b.tokens.data(), T * sizeof(int32_t));
+  if (!b.targets.empty()) backend_->CopyToDevice(targets_, b.targets.data(), T * sizeof(int32_t));
+  backend_->CopyToDevice(positions_, positions_host_.data(), T * sizeof(int32_t));
+  backend_->CopyToDevice(cu_, b.cu_seqlens.data(), b.cu_seqlens.size() * sizeof(int32_t));
+  backend_->CopyToDevice(lens_, lens_host_.data(), num_seqs_ * sizeof(int32_t));
+}
 
-  float* x = acts_.empty() ? out_.data() : acts_[0].in.data();
-  cpu::EmbeddingForward(b.tokens.data(), positions_.data(), P.tok, P.pos, x, T, d);
+float Transformer::Forward(const PackedBatch& b, int* correct, float dloss_scale) {
+  const int T = static_cast<int>(b.tokens.size()), d = cfg_.d_model, F = cfg_.ffn_hidden;
+  if (on_host_) d_params_ = params_.data(), d_grads_ = grads_.data(), d_compute_ = params_.data();
+  Reserve(T);
+  last_T_ = T;
+  UploadBatch(b);
+  Backend& B = *backend_;
+  const ModelParams P = layout_.bind(d_params_);  // fp32 masters; Compute() maps to what the ops read
+  const AttentionDims dims{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim(), cfg_.alibi()};
+  const AttentionBatch batch{num_seqs_, cu_, lens_, T, max_len_, max_len_};
+  const int qkv_dim = cfg_.qkv_dim();
+
+  void* x = acts_.empty() ? out_ : acts_[0].in;
+  B.Embedding(tokens_, positions_, Compute(P.tok), Compute(P.pos), x, T, d);
   for (int l = 0; l < cfg_.n_layers; ++l) {
     LayerActs& a = acts_[l];
     const BlockParams& W = P.blocks[l];
-    cpu::LayerNormForward(a.in.data(), W.n1_w, W.n1_b, a.ln1.data(), a.ln1_mean.data(), a.ln1_rstd.data(), T, d, cfg_.norm_eps);
-    cpu::LinearForward(a.ln1.data(), W.qkv_w, W.qkv_b, a.qkv.data(), T, d, qkv_dim);
-    const float* q = a.qkv.data();
-    const PackedKv kv{q + cfg_.n_heads * dims.head_dim, q + (cfg_.n_heads + cfg_.n_kv_heads) * dims.head_dim, qkv_dim, cu_.data()};
-    cpu::AttentionForward(dims, batch, q, qkv_dim, kv, a.att.data(), d, a.lse.data());
-    cpu::LinearForward(a.att.data(), W.proj_w, W.proj_b, a.mid.data(), T, d, d);
-    cpu::AddInPlace(a.mid.data(), a.in.data(), static_cast<size_t>(T) * d);
-    cpu::LayerNormForward(a.mid.data(), W.n2_w, W.n2_b, a.ln2.data(), a.ln2_mean.data(), a.ln2_rstd.data(), T, d, cfg_.norm_eps);
-    cpu::LinearSwiGLUForward(a.ln2.data(), W.w12_w, W.w12_b, a.h12.data(), a.sw.data(), T, d, F);
-    float* next = l + 1 < cfg_.n_layers ? acts_[l + 1].in.data() : out_.data();
-    cpu::LinearForward(a.sw.data(), W.w3_w, W.w3_b, next, T, F, d);
-    cpu::AddInPlace(next, a.mid.data(), static_cast<size_t>(T) * d);
+    B.LayerNormTrain(a.in, Compute(W.n1_w), Compute(W.n1_b), a.ln1, a.ln1_mean, a.ln1_rstd, T, d, cfg_.norm_eps);
+    B.LinearTrain(a.ln1, Compute(W.qkv_w), Compute(W.qkv_b), a.qkv, T, d, qkv_dim);
+    B.AttentionTrain(dims, batch, a.qkv, a.att, a.lse);
+    B.LinearTrain(a.att, Compute(W.proj_w), Compute(W.proj_b), a.mid, T, d, d);
+    B.AddInPlace(a.mid, a.in, static_cast<size_t>(T) * d);
+    B.LayerNormTrain(a.mid, Compute(W.n2_w), Compute(W.n2_b), a.ln2, a.ln2_mean, a.ln2_rstd, T, d, cfg_.norm_eps);
+    B.LinearSwiGLUTrain(a.ln2, Compute(W.w12_w), Compute(W.w12_b), a.h12, a.sw, T, d, F);
+    void* next = l + 1 < cfg_.n_layers ? acts_[l + 1].in : out_;
+    B.LinearTrain(a.sw, Compute(W.w3_w), Compute(W.w3_b), next, T, F, d);
+    B.AddInPlace(next, a.mid, static_cast<size_t>(T) * d);
   }
-  cpu::LayerNormForward(out_.data(), P.nf_w, P.nf_b, lnf_.data(), lnf_mean_.data(), lnf_rstd_.data(), T, d, cfg_.norm_eps);
-  cpu::LinearForward(lnf_.data(), P.head_w, P.head_b, logits_.data(), T, d, cfg_.vocab_size);
+  B.LayerNormTrain(out_, Compute(P.nf_w), Compute(P.nf_b), lnf_, lnf_mean_, lnf_rstd_, T, d, cfg_.norm_eps);
+  B.LinearTrain(lnf_, Compute(P.head_w), Compute(P.head_b), logits_, T, d, cfg_.vocab_size);
   if (b.targets.empty()) return 0.f;
-  return cpu::CrossEntropy(logits_.data(), b.targets.data(), dlogits_.data(), T, cfg_.vocab_size, correct);
+  return B.CrossEntropy(logits_, targets_, dlogits_, T, cfg_.vocab_size, dloss_scale, correct);
 }
 
 void Transformer::Backward(const PackedBatch& b) {
   const int T = static_cast<int>(b.tokens.size()), d = cfg_.d_model, F = cfg_.ffn_hidden;
-  const long Td = static_cast<long>(T) * d;
-  const ModelParams P = layout_.bind(params_.data());
-  const ModelParams G = layout_.bind(grads_.data());
-  const int num_seqs = static_cast<int>(b.cu_seqlens.size()) - 1;
-  std::vector<int32_t> lens(num_seqs);
-  for (int s = 0; s < num_seqs; ++s) lens[s] = b.cu_seqlens[s + 1] - b.cu_seqlens[s];
+  if (on_host_) d_params_ = params_.data(), d_grads_ = grads_.data(), d_compute_ = params_.data();
+  Backend& B = *backend_;
+  const ModelParams P = layout_.bind(d_params_);
+  const ModelParams G = layout_.bind(d_grads_);
   const AttentionDims dims{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim(), cfg_.alibi()};
-  const AttentionBatch batch{num_seqs, cu_.data(), lens.data(), T};
-  const long qkv_dim = cfg_.qkv_dim();
-  const int k_off = cfg_.n_heads * dims.head_dim, v_off = k_off + cfg_.kv_dim();
+  const AttentionBatch batch{num_seqs_, cu_, lens_, T, max_len_, max_len_};
+  const int qkv_dim = cfg_.qkv_dim();
 
   // dres holds d(loss)/d(residual stream) as we walk down the layers.
-  // Linear and SwiGLU backwards write their input gradients; LayerNorm's and
-  // attention's accumulate, into dres (zeroed here) and dqkv (per layer).
-  cpu::Zero(dres_.data(), Td);
-  cpu::LinearBackward(dlogits_.data(), lnf_.data(), P.head_w, dln_.data(), G.head_w, G.head_b, T, d, cfg_.vocab_size);
-  cpu::LayerNormBackward(dln_.data(), out_.data(), P.nf_w, lnf_mean_.data(), lnf_rstd_.data(), dres_.data(), G.nf_w, G.nf_b, T, d);
+  // Linear and SwiGLU backwards write their input gradients; LayerNorm's
+  // accumulate into dres (zeroed here); attention's writes dqkv.
+  B.Zero(dres_, static_cast<size_t>(T) * d * esize_);
+  B.LinearBackward(dlogits_, lnf_, Compute(P.head_w), dln_, G.head_w, G.head_b, T, d, cfg_.vocab_size);
+  B.LayerNormBackward(dln_, out_, Compute(P.nf_w), lnf_mean_, lnf_rstd_, dres_, G.nf_w, G.nf_b, T, d);
   for (int l = cfg_.n_layers - 1; l >= 0; --l) {
     LayerActs& a = acts_[l];
     const BlockParams& W = P.blocks[l];
     const BlockParams& GW = G.blocks[l];
     // Feed-forward: res_out = mid + w3(swiglu(w12(ln2(mid)))).
-    cpu::LinearBackward(dres_.data(), a.sw.data(), W.w3_w, nullptr, GW.w3_w, GW.w3_b, T, F, d);
-    cpu::SwiGLULinearBackwardInput(dres_.data(), W.w3_w, a.h12.data(), dh12_.data(), T, F, d);
-    cpu::LinearBackward(dh12_.data(), a.ln2.data(), W.w12_w, dln_.data(), GW.w12_w, GW.w12_b, T, d, 2 * F);
-    cpu::LayerNormBackward(dln_.data(), a.mid.data(), W.n2_w, a.ln2_mean.data(), a.ln2_rstd.data(), dres_.data(), GW.n2_w, GW.n2_b, T, d);
+    B.LinearBackward(dres_, a.sw, Compute(W.w3_w), nullptr, GW.w3_w, GW.w3_b, T, F, d);
+    B.SwiGLULinearBackwardInput(dres_, Compute(W.w3_w), a.h12, dh12_, T, F, d);
+    B.LinearBackward(dh12_, a.ln2, Compute(W.w12_w), dln_, GW.w12_w, GW.w12_b, T, d, 2 * F);
+    B.LayerNormBackward(dln_, a.mid, Compute(W.n2_w), a.ln2_mean, a.ln2_rstd, dres_, GW.n2_w, GW.n2_b, T, d);
     // Attention: mid = in + proj(attn(qkv(ln1(in)))).
-    cpu::LinearBackward(dres_.data(), a.att.data(), W.proj_w, datt_.data(), GW.proj_w, GW.proj_b, T, d, d);
-    cpu::Zero(dqkv_.data(), static_cast<size_t>(T) * qkv_dim);
-    const float* q = a.qkv.data();
-    const PackedKv kv{q + k_off, q + v_off, qkv_dim, cu_.data()};
-    cpu::AttentionBackward(dims, batch, q, qkv_dim, kv, a.att.data(), d, datt_.data(), a.lse.data(), dqkv_.data(),
-                           dqkv_.data() + k_off, dqkv_.data() + v_off, qkv_dim);
-    cpu::LinearBackward(dqkv_.data(), a.ln1.data(), W.qkv_w, dln_.data(), GW.qkv_w, GW.qkv_b, T, d, qkv_dim);
-    cpu::LayerNormBackward(dln_.data(), a.in.data(), W.n1_w, a.ln1_mean.data(), a.ln1_rstd.data(), dres_.data(), GW.n1_w, GW.n1_b, T, d);
+    B.LinearBackward(dres_, a.att, Compute(W.proj_w), datt_, GW.proj_w, GW.proj_b, T, d, d);
+    B.AttentionBackward(dims, batch, a.qkv, a.att, datt_, a.lse, dqkv_);
+    B.LinearBackward(dqkv_, a.ln1, Compute(W.qkv_w), dln_, GW.qkv_w, GW.qkv_b, T, d, qkv_dim);
+    B.LayerNormBackward(dln_, a.in, Compute(W.n1_w), a.ln1_mean, a.ln1_rstd, dres_, GW.n1_w, GW.n1_b, T, d);
   }
-  cpu::EmbeddingBackward(dres_.data(), b.tokens.data(), positions_.data(), G.tok, G.pos, T, d);
+  B.EmbeddingBackward(dres_, tokens_, positions_, G.tok, G.pos, T, d);
+}
+
+std::vector<float> Transformer::logits() const {
+  std::vector<float> out(static_cast<size_t>(last_T_) * cfg_.vocab_size);
+  if (!out.empty()) backend_->DownloadFloats(out.data(), logits_, out.size());
+  return out;
 }
 
 }  // namespace tinygpt

@@ -6,6 +6,7 @@
 #include <functional>
 
 #include "kernels/cpu/blas_core.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/linear_rows.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/sampling.h"
@@ -221,6 +222,32 @@ TEST(AdamW, OneStepMatchesClosedForm) {
   // Step 1: m̂ = g, v̂ = g², so the update is lr·(sign(g) + wd·p).
   EXPECT_NEAR(p[0], 1.f - 0.1f * (1.f + 0.01f * 1.f), 1e-6);
   EXPECT_NEAR(p[1], -2.f - 0.1f * (-1.f + 0.01f * -2.f), 1e-6);
+}
+
+// The CPU backend's training entry points (kernels/backend.h) are the ops
+// above plus two scalings, for fp16 loss scaling and clipping on any backend:
+// the loss gradient comes out multiplied by dloss_scale, and AdamW with a
+// grad scale equals AdamW on gradients scaled first.
+TEST(CpuBackendTraining, LossScaleAndGradScale) {
+  auto b = CreateCpuBackend();
+  const int T = 9, V = 37;
+  std::vector<float> logits = RandomVector(T * V, 4, 3.f), d1(T * V), d2(T * V);
+  std::vector<int32_t> targets(T);
+  for (int t = 0; t < T; ++t) targets[t] = (t * 7) % V;
+  const float l1 = b->CrossEntropy(logits.data(), targets.data(), d1.data(), T, V, 1.f, nullptr);
+  const float l2 = b->CrossEntropy(logits.data(), targets.data(), d2.data(), T, V, 512.f, nullptr);
+  EXPECT_EQ(l1, l2);
+  for (int i = 0; i < T * V; ++i) EXPECT_NEAR(d2[i], 512.f * d1[i], 1e-6f * 512.f) << i;
+
+  const size_t n = 1000;
+  std::vector<float> p1 = RandomVector(n, 5), g = RandomVector(n, 6), m1 = RandomVector(n, 7, 0.1f), v1(n, 0.01f);
+  std::vector<float> p2 = p1, m2 = m1, v2 = v1, g2 = g;
+  for (auto& x : g2) x *= 0.25f;
+  b->AdamW(p1.data(), g.data(), m1.data(), v1.data(), n, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, 3, 0.25f, nullptr);
+  cpu::AdamW(p2.data(), g2.data(), m2.data(), v2.data(), n, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, 3);
+  EXPECT_EQ(p1, p2);
+  EXPECT_EQ(m1, m2);
+  EXPECT_EQ(v1, v2);
 }
 
 TEST(Sampling, GreedyTopKTopP) {

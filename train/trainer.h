@@ -29,6 +29,22 @@ struct TrainOptions {
   std::shared_ptr<const Tokenizer> tokenizer;
   bool quiet = false;
   long untimed_steps = 0;  // first steps left out of tokens_per_second (a benchmark's warm-up)
+  // Where the steps run: "auto" (CUDA when the module and a GPU are there),
+  // "cpu" or "cuda"; precision of the compute copy of the weights, the
+  // activations and GEMM inputs: "bf16" | "fp16" | "fp32" ("" picks bf16 on
+  // CUDA, fp32 on the CPU, which only has fp32). Master weights, gradients and
+  // AdamW moments are fp32 everywhere.
+  std::string device = "cpu";
+  std::string precision;
+  // fp16 dynamic loss scaling, as PyTorch's GradScaler: the loss gradient is
+  // multiplied by the scale; a step whose gradients are not finite is skipped
+  // and the scale halved; after `loss_scale_growth_interval` good steps in a
+  // row it doubles.
+  float initial_loss_scale = 65536.f;
+  long loss_scale_growth_interval = 2000;
+  // Test hook: writes +inf into one gradient at this step (0-based), as an
+  // fp16 overflow would (-1: never).
+  long inject_overflow_step = -1;
 };
 
 struct TrainResult {
@@ -36,11 +52,23 @@ struct TrainResult {
   float final_accuracy = 0.f;  // next-token argmax accuracy of the last batch
   double tokens_per_second = 0.0;
   long steps_run = 0;
+  long skipped_steps = 0;    // fp16: steps skipped for inf/NaN gradients
+  float loss_scale = 1.f;    // the final loss scale (1 unless fp16)
+  double mfu = 0.0;          // model FLOPs utilization (0 when the device's peak is unknown)
+  std::string device;        // what ran: "cpu" or the GPU's name
+  std::string precision;     // "fp32", "bf16" or "fp16"
+  size_t device_bytes = 0;   // device memory the training took at its peak (0 on the CPU)
 };
 
 absl::StatusOr<TrainResult> Train(const ModelConfig& cfg, DataSource& data, const TrainOptions& opt);
 
 // Learning rate at `step` (0-based): linear warmup, then cosine to min_lr_ratio·lr.
 float LearningRate(const TrainOptions& opt, long step);
+
+// Training FLOPs per token (forward + backward) at sequence length `seq_len`:
+// 6 per parameter of the matrices (position embeddings excluded, as
+// nanoGPT's estimate does) plus the attention scores and their backward,
+// 12 · layers · d_model · seq_len (PaLM's appendix B).
+double TrainFlopsPerToken(const ModelConfig& cfg, int seq_len);
 
 }  // namespace tinygpt
