@@ -7,7 +7,8 @@
 # most 8 files come back: log.txt, backend_ops_{bf16,f16}.txt,
 # server_test_cuda.txt, attention_ours.jsonl, attention.md,
 # attention_memory.png, cpu.md; `ncu` mode writes ncu.txt).
-# usage: scripts/device-run.sh [checks|bench|cpu|checks+cpu|ncu|all]   (default all: checks, bench, cpu)
+# usage: scripts/device-run.sh [checks|bench|cpu|checks+cpu|ncu|features|all]   (default all: checks, bench, cpu)
+#        features: logprobs, penalties, n and prefix caching served on CUDA beside the CPU (features_{bf16,f16}.txt)
 #        TRAIN_THREADS=1,16 picks the thread counts of the CPU training comparison.
 set -uo pipefail
 what=${1:-all}
@@ -64,6 +65,14 @@ if [[ $what == all || $what == cpu || $what == checks+cpu ]]; then
   done
   step "train bench" 420 python3 bench/train_cpu_vs_torch.py "$S/bin" --steps 20 --rounds 3 --threads "${TRAIN_THREADS:-1,2,4,8,16}" >> "$cpu" 2>&1
   cat "$cpu"
+fi
+if [[ $what == features ]]; then
+  # Serving features (logprobs, penalties, n, prefix caching) on CUDA beside the CPU.
+  for dtype in bf16 f16; do
+    step "features $dtype" 120 python3 bench/serve_features_check.py "$S/bin" "$S/seed.safetensors" \
+      --gpu-flags="--device=cuda --dtype=$dtype" > "$OUT/features_$dtype.txt" 2>&1
+    grep -E "^(PASS|FAIL)|passed" "$OUT/features_$dtype.txt" | tee -a "$log"
+  done
 fi
 if [[ $what == ncu ]]; then
   # Stall reasons, occupancy and executed opcodes of the kernel on the prefill shapes.
