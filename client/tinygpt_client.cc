@@ -50,6 +50,8 @@ ABSL_FLAG(int, requests, 64, "bench: requests to send");
 ABSL_FLAG(int, concurrency, 8, "bench: concurrent streams (ignored with --rate)");
 ABSL_FLAG(double, rate, 0, "bench: Poisson arrival rate in requests/s (0: closed loop at --concurrency)");
 ABSL_FLAG(int, prompt_len_min, 4, "bench: shortest prompt");
+ABSL_FLAG(int, shared_prefix_len, 0, "bench: every prompt starts with the same N random tokens (a shared system prompt), "
+          "then its own prompt_len tokens");
 ABSL_FLAG(int, prompt_len_max, 32, "bench: longest prompt");
 ABSL_FLAG(int, output_len_min, 8, "bench: fewest new tokens");
 ABSL_FLAG(int, output_len_max, 32, "bench: most new tokens");
@@ -333,10 +335,15 @@ int Bench() {
   const int n = absl::GetFlag(FLAGS_requests);
   std::mt19937_64 rng(absl::GetFlag(FLAGS_seed));
   auto uniform = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, std::max(lo, hi))(rng); };
+  std::vector<int32_t> prefix(std::min(absl::GetFlag(FLAGS_shared_prefix_len), info.max_seq_len() - 2));
+  for (auto& t : prefix) t = uniform(0, info.vocab_size() - 1);
   std::vector<GenerateRequest> reqs(n);
   for (auto& r : reqs) {
-    const int plen = std::min(uniform(absl::GetFlag(FLAGS_prompt_len_min), absl::GetFlag(FLAGS_prompt_len_max)), info.max_seq_len() - 1);
-    const int olen = std::min(uniform(absl::GetFlag(FLAGS_output_len_min), absl::GetFlag(FLAGS_output_len_max)), info.max_seq_len() - plen);
+    const int room = info.max_seq_len() - 1 - static_cast<int>(prefix.size());
+    const int plen = std::min(uniform(absl::GetFlag(FLAGS_prompt_len_min), absl::GetFlag(FLAGS_prompt_len_max)), room);
+    const int olen = std::min(uniform(absl::GetFlag(FLAGS_output_len_min), absl::GetFlag(FLAGS_output_len_max)),
+                              info.max_seq_len() - static_cast<int>(prefix.size()) - plen);
+    r.mutable_token_ids()->mutable_ids()->Add(prefix.begin(), prefix.end());
     for (int i = 0; i < plen; ++i) r.mutable_token_ids()->add_ids(uniform(0, info.vocab_size() - 1));
     r.set_max_new_tokens(std::max(1, olen));
     r.set_temperature(absl::GetFlag(FLAGS_temperature));
