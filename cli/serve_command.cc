@@ -43,7 +43,7 @@ ABSL_FLAG(int, kv_block_size, 16, "tokens per KV cache block");
 ABSL_FLAG(int, kv_cache_tokens, 0, "KV cache capacity in tokens (0: see --kv-cache-fraction)");
 ABSL_FLAG(double, kv_cache_fraction, 0.0,
           "size the KV cache to this fraction of the memory left after the weights (GPU memory on CUDA); "
-          "0 with --kv-cache-tokens 0: max_seqs x max_seq_len tokens");
+          "0 with --kv-cache-tokens 0: max_seqs x min(max_seq_len, 4096) tokens");
 ABSL_FLAG(int, max_new_tokens_limit, 0, "largest max_new_tokens accepted (0: the model context)");
 ABSL_FLAG(int, max_request_bytes, 64 * 1024, "largest request accepted (INVALID_ARGUMENT beyond)");
 ABSL_FLAG(int, debug_step_delay_ms, 0, "testing only: sleep this long in every scheduler step");
@@ -55,6 +55,7 @@ namespace tinygpt {
 namespace {
 
 constexpr const char* kVersion = "0.1.0";
+constexpr int kDefaultKvTokensPerSeq = 4096;
 
 std::string PresetName(const ModelConfig& c) {
   for (const char* name : {"seed", "bench-125m"}) {
@@ -162,7 +163,11 @@ int ServeCommand() {
     const size_t avail = (*backend)->AvailableBytes();
     ro.num_kv_blocks = static_cast<int>(std::min<double>(1 << 30, fraction * (avail > weights ? avail - weights : 0) / block_bytes));
   } else {
-    ro.num_kv_blocks = (ro.max_seqs * ck->config.max_seq_len + ro.block_size - 1) / std::max(1, ro.block_size);
+    // A default that the checkpoint's context alone cannot blow up (an ALiBi
+    // config may claim 131072 positions with no tensor backing them): room
+    // for max_seqs sequences of up to 4096 tokens; the flags above ask for more.
+    const long per_seq = std::min(ck->config.max_seq_len, kDefaultKvTokensPerSeq);
+    ro.num_kv_blocks = static_cast<int>((ro.max_seqs * per_seq + ro.block_size - 1) / std::max(1, ro.block_size));
   }
   if (ro.num_kv_blocks <= 0) return Fail("the KV cache would hold no block; raise --kv-cache-tokens or --kv-cache-fraction");
   auto runner = ModelRunner::Create(backend->get(), *ck, ro);
