@@ -155,10 +155,11 @@ absl::Status ModelRunner::Step(const std::vector<SeqStep>& seqs, std::vector<int
   if (logprobs) logprobs->assign(R, TokenLogprobs{});
   // Rows with penalties or logprobs: their logits come to the host, and a
   // penalized row is sampled again there (same rule as every backend's Sample).
-  std::vector<float> row(V);
+  std::vector<float> row;  // sized on first use: most steps have no such row
   for (int r = 0; r < R; ++r) {
     const SamplingExtras* e = extras[r];
     if (!e || (!e->penalties.active() && !e->wants_logprobs())) continue;
+    row.resize(V);
     b.DownloadFloats(row.data(), static_cast<const char*>(logits_) + static_cast<size_t>(r) * V * DTypeSize(b.dtype()), V);
     if (e->penalties.active() && e->history) {
       std::vector<float> penalized = row;

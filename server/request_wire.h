@@ -5,8 +5,6 @@
 #pragma once
 #include <grpcpp/grpcpp.h>
 
-#include <string_view>
-
 #include "tinygpt.pb.h"
 
 namespace tinygpt {

@@ -57,7 +57,6 @@ class EventChannel {
   // Waits up to `timeout` for events and returns, per sample, what arrived
   // since the last call: new tokens (streaming requests) or the end.
   std::vector<SequenceEvents> Wait(std::chrono::milliseconds timeout);
-  int n() const { return static_cast<int>(pending_.size()); }
 
  private:
   std::mutex mu_;
