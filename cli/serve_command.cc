@@ -36,14 +36,15 @@ ABSL_FLAG(std::string, tls_client_ca, "",
 ABSL_FLAG(std::string, auth_token_file, "",
           "file holding a bearer token: Generation calls without 'authorization: Bearer <token>' get UNAUTHENTICATED "
           "(health checks and reflection stay open)");
-ABSL_FLAG(int, max_batch_tokens, 512, "tokens per scheduler step");
-ABSL_FLAG(int, max_seqs, 64, "sequences per scheduler step");
-ABSL_FLAG(int, max_queue, 256, "waiting requests beyond which RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, max_batch_tokens, 0, "tokens per scheduler step (0: 8192 on CUDA, 512 on the CPU)");
+ABSL_FLAG(int, max_seqs, 0, "sequences per scheduler step (0: 256 on CUDA, 64 on the CPU)");
+ABSL_FLAG(int, max_queue, 0, "waiting requests beyond which RESOURCE_EXHAUSTED (0: 16 x max_seqs on CUDA, 256 on the CPU)");
 ABSL_FLAG(int, kv_block_size, 16, "tokens per KV cache block");
 ABSL_FLAG(int, kv_cache_tokens, 0, "KV cache capacity in tokens (0: see --kv-cache-fraction)");
 ABSL_FLAG(double, kv_cache_fraction, 0.0,
           "size the KV cache to this fraction of the memory left after the weights (GPU memory on CUDA); "
-          "0 with --kv-cache-tokens 0: max_seqs x min(max_seq_len, 4096) tokens");
+          "0 with --kv-cache-tokens 0: on CUDA 0.9 of the free GPU memory left after the weights and activations, "
+          "on the CPU max_seqs x min(max_seq_len, 4096) tokens");
 ABSL_FLAG(int, max_new_tokens_limit, 0, "largest max_new_tokens accepted (0: the model context)");
 ABSL_FLAG(int, max_request_bytes, 64 * 1024, "largest request accepted (INVALID_ARGUMENT beyond)");
 ABSL_FLAG(int, debug_step_delay_ms, 0, "testing only: sleep this long in every scheduler step");
@@ -149,19 +150,36 @@ int ServeCommand() {
   }
   auto backend = BackendFromFlags();
   if (!backend.ok()) return Fail(std::string(backend.status().message()));
+  // Defaults that fit the device: a GPU step costs little more for many
+  // sequences than for one (it reads the weights once), so on CUDA the batch
+  // is large and the KV cache takes the free memory, as vLLM's
+  // gpu_memory_utilization=0.9 does; the CPU keeps small steps.
+  const bool gpu = (*backend)->name() == "cuda";
   RunnerOptions ro;
   ro.block_size = absl::GetFlag(FLAGS_kv_block_size);
-  ro.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
-  ro.max_seqs = absl::GetFlag(FLAGS_max_seqs);
+  ro.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens) > 0 ? absl::GetFlag(FLAGS_max_batch_tokens) : gpu ? 8192 : 512;
+  ro.max_seqs = absl::GetFlag(FLAGS_max_seqs) > 0 ? absl::GetFlag(FLAGS_max_seqs) : gpu ? 256 : 64;
+  ro.max_graph_batch = ro.max_seqs;
   const size_t block_bytes = ModelRunner::KvBlockBytes(ck->config, std::max(1, ro.block_size), (*backend)->dtype());
   const double fraction = absl::GetFlag(FLAGS_kv_cache_fraction);
+  const size_t weights = ck->params.size() * DTypeSize((*backend)->dtype());
   if (absl::GetFlag(FLAGS_kv_cache_tokens) > 0) {
     ro.num_kv_blocks = (absl::GetFlag(FLAGS_kv_cache_tokens) + ro.block_size - 1) / std::max(1, ro.block_size);
   } else if (fraction > 0) {
     if (fraction >= 1) return Fail("--kv-cache-fraction must be below 1");
-    const size_t weights = ck->params.size() * DTypeSize((*backend)->dtype());
     const size_t avail = (*backend)->AvailableBytes();
     ro.num_kv_blocks = static_cast<int>(std::min<double>(1 << 30, fraction * (avail > weights ? avail - weights : 0) / block_bytes));
+  } else if (gpu) {
+    // Activations of the largest step (with the logits of every sequence),
+    // cuBLASLt's workspace, attention split buffers: a generous estimate.
+    const ModelConfig& c = ck->config;
+    const size_t act = DTypeSize((*backend)->dtype()) *
+                           (static_cast<size_t>(ro.max_batch_tokens) * (5 * c.d_model + c.qkv_dim() + 3 * c.ffn_hidden) +
+                            2ul * ro.max_seqs * c.vocab_size) +
+                       (256ul << 20);
+    const size_t avail = (*backend)->AvailableBytes();
+    const size_t used = weights + act;
+    ro.num_kv_blocks = static_cast<int>(std::min<double>(1 << 30, 0.9 * (avail > used ? avail - used : 0) / block_bytes));
   } else {
     // A default that the checkpoint's context alone cannot blow up (an ALiBi
     // config may claim 131072 positions with no tensor backing them): room
@@ -175,7 +193,7 @@ int ServeCommand() {
   metrics.SetBuildInfo({kVersion, (*backend)->name(), (*backend)->device_name(), PresetName(ck->config)});
 
   EngineOptions eo;
-  eo.max_queue = absl::GetFlag(FLAGS_max_queue);
+  eo.max_queue = absl::GetFlag(FLAGS_max_queue) > 0 ? absl::GetFlag(FLAGS_max_queue) : gpu ? 16 * ro.max_seqs : 256;
   eo.max_new_tokens_limit = absl::GetFlag(FLAGS_max_new_tokens_limit);
   eo.debug_step_delay = std::chrono::milliseconds(absl::GetFlag(FLAGS_debug_step_delay_ms));
   eo.tokenizer = ck->tokenizer.get();
@@ -203,6 +221,10 @@ int ServeCommand() {
   std::printf("tinygpt serve: listening on %s:%d (backend %s, %d KV blocks of %d tokens, %s)\n", absl::GetFlag(FLAGS_host).c_str(),
               port, (*backend)->name().c_str(), ro.num_kv_blocks, ro.block_size,
               ck->tokenizer ? absl::StrCat(ck->tokenizer->type(), " tokenizer").c_str() : "no tokenizer: token ids only");
+  std::printf("tinygpt serve: %d sequences and %d tokens per step, a queue of %d, KV cache of %ld tokens (%.1f GiB)%s\n",
+              ro.max_seqs, ro.max_batch_tokens, eo.max_queue, static_cast<long>(ro.num_kv_blocks) * ro.block_size,
+              static_cast<double>(ro.num_kv_blocks) * block_bytes / (1 << 30),
+              (*backend)->SupportsGraphs() ? ", decode steps as graphs" : "");
   if (metrics_port >= 0) std::printf("tinygpt serve: metrics on http://%s:%d/metrics\n", metrics_host.c_str(), metrics.port());
   std::fflush(stdout);
   LOG(INFO) << "serving " << path << " on port " << port << (absl::GetFlag(FLAGS_tls_cert).empty() ? " (plaintext)" : " (TLS)")

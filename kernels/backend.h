@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <string>
 
@@ -63,7 +64,47 @@ class Backend {
                               void* out) = 0;
   // One token per logits row; params and tokens are host memory.
   virtual void Sample(const void* logits, int rows, int vocab, const SamplingParams* params, int32_t* tokens) = 0;
+  // The same with params and tokens in backend memory, enqueued like any op
+  // (no wait for the result), so that a captured graph can hold it.
+  virtual void SampleAsync(const void* logits, int rows, int vocab, const SamplingParams* params, int32_t* tokens) = 0;
+  // out = logits with each row's penalties applied (kernels/sampling_args.h);
+  // rows/entries are backend memory. Rows without penalties are copied.
+  virtual void ApplyPenalties(const void* logits, void* out, int rows, int vocab, const PenaltyRow* row_params,
+                              const PenaltyEntry* entries) = 0;
+  // tokens[i] < 0 means "the token sampled in row -tokens[i]-1 of the
+  // previous step" (a decode step planned before that step's result came
+  // back): replaced by sampled[-tokens[i]-1].
+  virtual void FillPendingTokens(int32_t* tokens, int n, const int32_t* sampled) = 0;
   virtual void Synchronize() {}
+
+  // ---- Asynchronous steps (model/runner.cc). The CUDA backend enqueues every
+  // op on one stream; these let the runner overlap the host's work with the
+  // device's and replay whole steps as graphs. The CPU backend runs each op
+  // when called, so its defaults are the synchronous versions.
+  // Host memory that asynchronous copies may read/write (pinned on CUDA).
+  virtual void* AllocHost(size_t bytes) { return std::calloc(bytes ? bytes : 1, 1); }
+  virtual void FreeHost(void* p) { std::free(p); }
+  // Enqueues a device-to-host copy: the data is there once an event recorded
+  // after it has completed.
+  virtual void CopyToHostAsync(void* dst, const void* src, size_t bytes) { CopyToHost(dst, src, bytes); }
+  // Converts n elements of dtype() in host memory to fp32.
+  virtual void HostToFloats(const void* src, float* dst, size_t n) = 0;
+  // Events mark a point of the stream; WaitEvent blocks the host until the
+  // device has passed it; EventSeconds is the device time between two.
+  virtual void* CreateEvent() { return this; }
+  virtual void DestroyEvent(void*) {}
+  virtual void RecordEvent(void*) {}
+  virtual void WaitEvent(void*) {}
+  virtual double EventSeconds(void* /*start*/, void* /*end*/) { return 0.0; }
+  // Graphs: the ops enqueued between BeginCapture and EndCapture are recorded
+  // (not run) and LaunchGraph replays them with the same buffers and shapes.
+  // BeginCapture returns false when capture cannot start; EndCapture returns
+  // null when the capture failed.
+  virtual bool SupportsGraphs() const { return false; }
+  virtual bool BeginCapture() { return false; }
+  virtual void* EndCapture() { return nullptr; }
+  virtual void LaunchGraph(void*) {}
+  virtual void DestroyGraph(void*) {}
 
   // ---- Training (model/transformer.cc). Activations, their gradients and
   // `w`/`b` are dtype() (on the CPU fp32; on CUDA the compute copy of the fp32

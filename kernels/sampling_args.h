@@ -3,6 +3,7 @@
 // turns logits into a token id deterministically and batching never changes a
 // sequence's samples.
 #pragma once
+#include <cstdint>
 
 namespace tinygpt {
 
@@ -11,6 +12,22 @@ struct SamplingParams {
   int top_k = 0;            // 0: no limit
   float top_p = 1.f;        // nucleus mass in (0, 1]
   float uniform = 0.f;      // a draw from U[0, 1)
+};
+
+// Penalties of one logits row (the forms of model/logits_processing.h): the
+// tokens the row's sequence has seen are entries [begin, end) of a list shared
+// by the step's rows. A row without penalties has repetition 1, frequency and
+// presence 0 (and may have no entries).
+struct PenaltyRow {
+  float repetition = 1.f;
+  float frequency = 0.f;
+  float presence = 0.f;
+  int32_t begin = 0, end = 0;
+};
+// A token seen in the prompt or the output, with its count in the output.
+struct PenaltyEntry {
+  int32_t token = 0;
+  int32_t output_count = 0;
 };
 
 }  // namespace tinygpt

@@ -6,22 +6,6 @@
 
 namespace tinygpt {
 
-void ApplyPenalties(const Penalties& p, const TokenHistory& h, float* logits, int vocab) {
-  auto repeat = [&](int32_t id) {
-    if (id < 0 || id >= vocab) return;
-    float& v = logits[id];
-    v = v > 0.f ? v / p.repetition : v * p.repetition;
-  };
-  if (p.repetition != 1.f) {
-    for (int32_t id : h.prompt) repeat(id);
-    for (const auto& [id, count] : h.output_counts)
-      if (!h.prompt.count(id)) repeat(id);  // once per token, as HF's gather/scatter does
-  }
-  if (p.frequency != 0.f || p.presence != 0.f)
-    for (const auto& [id, count] : h.output_counts)
-      if (id >= 0 && id < vocab && count > 0) logits[id] -= p.frequency * static_cast<float>(count) + p.presence;
-}
-
 TokenLogprobs ComputeLogprobs(const float* logits, int vocab, int32_t token, int top) {
   const float mx = *std::max_element(logits, logits + vocab);
   double sum = 0.0;

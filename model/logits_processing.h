@@ -1,9 +1,8 @@
 // What a request can ask of a sampling row beyond temperature/top-k/top-p:
-// penalties on tokens it has seen and log-probabilities. Both are worked out
-// on the host from the row's fp32 logits (ModelRunner downloads only the rows
-// that ask for them), then the row is sampled with the CPU backend's rule,
-// which every backend's Sample follows, so a request's tokens do not depend
-// on the backend's sampling kernel.
+// penalties on tokens it has seen and log-probabilities. ModelRunner hands
+// the penalties to the backend (Backend::ApplyPenalties, before sampling, on
+// the device) and works out the log-probabilities on the host from the raw
+// logits of the rows that ask for them.
 #pragma once
 #include <cstdint>
 #include <unordered_map>
@@ -42,9 +41,6 @@ struct SamplingExtras {
   int top_logprobs = -1;  // -1: no logprobs; 0: the sampled token's; N: and the N most likely
   bool wants_logprobs() const { return top_logprobs >= 0; }
 };
-
-// Applies the penalties to logits[0, vocab) in place.
-void ApplyPenalties(const Penalties& p, const TokenHistory& history, float* logits, int vocab);
 
 // log_softmax(logits) of `token` and of the `top` most likely tokens, in
 // double precision sums (the logits are the raw model outputs: before

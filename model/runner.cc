@@ -1,12 +1,58 @@
 #include "model/runner.h"
 
 #include <algorithm>
+#include <chrono>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/cpu/sampling.h"
+#include "common/log.h"
 #include "model/kv_cache.h"
 
 namespace tinygpt {
+
+// Byte offsets of the step inputs inside the staging buffer and its device
+// copy. Regions are sized for the largest step, so their addresses never
+// change; the block tables come last, so a step copies only the prefix it uses.
+struct ModelRunner::Layout {
+  size_t tokens, positions, slots, cu_q, ctx, rows, params, penalties, tables, bytes;
+  int max_blocks;
+  Layout(const RunnerOptions& o, int max_blocks_per_seq) : max_blocks(max_blocks_per_seq) {
+    size_t at = 0;
+    auto region = [&](size_t bytes) {
+      const size_t start = at;
+      at += (bytes + 15) / 16 * 16;
+      return start;
+    };
+    const size_t T = o.max_batch_tokens, S = o.max_seqs;
+    tokens = region(T * sizeof(int32_t));
+    positions = region(T * sizeof(int32_t));
+    slots = region(T * sizeof(int32_t));
+    cu_q = region((S + 1) * sizeof(int32_t));
+    ctx = region(S * sizeof(int32_t));
+    rows = region(S * sizeof(int32_t));
+    params = region(S * sizeof(SamplingParams));
+    penalties = region(S * sizeof(PenaltyRow));
+    tables = region(S * max_blocks_per_seq * sizeof(int32_t));
+    bytes = at;
+  }
+  // The bytes to copy for a step of n sequences.
+  size_t used(int n) const { return tables + static_cast<size_t>(n) * max_blocks * sizeof(int32_t); }
+};
+
+// One step between Launch and Collect.
+struct ModelRunner::Slot {
+  char* meta = nullptr;            // pinned staging of the inputs
+  int32_t* sampled = nullptr;      // pinned: the sampled ids come back here
+  char* logits = nullptr;          // pinned: rows for logprobs / want_logits (allocated on first use)
+  PenaltyEntry* entries = nullptr; // pinned: penalty entries (allocated on first use)
+  void *start = nullptr, *end = nullptr;  // events around the step
+  // What Collect needs to know.
+  int rows = 0;
+  bool want_logits = false, graph = false;
+  std::vector<std::pair<int, int>> logprob_rows;  // (row, top) of rows asking for logprobs
+};
+
+ModelRunner::ModelRunner(Backend* b, const ModelConfig& cfg, const RunnerOptions& opt) : backend_(b), cfg_(cfg), opt_(opt) {}
 
 void* ModelRunner::Alloc(size_t elems, size_t elem_bytes) {
   void* p = backend_->Alloc(std::max<size_t>(1, elems) * elem_bytes);
@@ -15,6 +61,16 @@ void* ModelRunner::Alloc(size_t elems, size_t elem_bytes) {
 }
 
 ModelRunner::~ModelRunner() {
+  backend_->Synchronize();
+  for (auto& [key, g] : graphs_)
+    if (g) backend_->DestroyGraph(g);
+  for (auto& slot : slots_) {
+    for (void* p : {static_cast<void*>(slot->meta), static_cast<void*>(slot->sampled), static_cast<void*>(slot->logits),
+                    static_cast<void*>(slot->entries)})
+      if (p) backend_->FreeHost(p);
+    backend_->DestroyEvent(slot->start);
+    backend_->DestroyEvent(slot->end);
+  }
   for (void* p : allocations_) backend_->Free(p);
 }
 
@@ -37,7 +93,9 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(Backend* backen
       backend->UploadFloats(w, ck.params.data() + t.offset, t.numel());
     r->weights_.push_back(w);
   }
-  const size_t cache_elems = static_cast<size_t>(opt.num_kv_blocks) * opt.block_size * c.kv_dim();
+  // One block more than the cache manager hands out: the scratch block.
+  r->scratch_block_ = opt.num_kv_blocks;
+  const size_t cache_elems = static_cast<size_t>(opt.num_kv_blocks + 1) * opt.block_size * c.kv_dim();
   for (int l = 0; l < c.n_layers; ++l) {
     r->k_cache_.push_back(r->Alloc(cache_elems, es));
     r->v_cache_.push_back(r->Alloc(cache_elems, es));
@@ -55,79 +113,61 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(Backend* backen
   r->last_ = r->Alloc(opt.max_seqs * d, es);
   r->logits_ = r->Alloc(static_cast<size_t>(opt.max_seqs) * c.vocab_size, es);
   r->max_blocks_per_seq_ = BlocksFor(c.max_seq_len, opt.block_size);
-  auto ints = [&](size_t n) { return static_cast<int32_t*>(r->Alloc(n, sizeof(int32_t))); };
-  r->d_tokens_ = ints(T);
-  r->d_positions_ = ints(T);
-  r->d_slots_ = ints(T);
-  r->d_cu_q_ = ints(opt.max_seqs + 1);
-  r->d_ctx_ = ints(opt.max_seqs);
-  r->d_tables_ = ints(static_cast<size_t>(opt.max_seqs) * r->max_blocks_per_seq_);
-  r->d_rows_ = ints(opt.max_seqs);
-  if (!r->x_ || !r->ln_ || !r->qkv_ || !r->att_ || !r->tmp_ || !r->h12_ || !r->sw_ || !r->last_ || !r->logits_ ||
-      !r->d_tokens_ || !r->d_positions_ || !r->d_slots_ || !r->d_cu_q_ || !r->d_ctx_ || !r->d_tables_ || !r->d_rows_)
+  r->layout_ = std::make_unique<Layout>(opt, r->max_blocks_per_seq_);
+  r->d_meta_ = static_cast<char*>(r->Alloc(r->layout_->bytes, 1));
+  r->d_sampled_ = static_cast<int32_t*>(r->Alloc(opt.max_seqs, sizeof(int32_t)));
+  if (!r->x_ || !r->ln_ || !r->qkv_ || !r->att_ || !r->tmp_ || !r->h12_ || !r->sw_ || !r->last_ || !r->logits_ || !r->d_meta_ ||
+      !r->d_sampled_)
     return absl::ResourceExhaustedError("runner: out of memory for activations");
+  for (int i = 0; i < kMaxInFlight; ++i) {
+    auto slot = std::make_unique<Slot>();
+    slot->meta = static_cast<char*>(backend->AllocHost(r->layout_->bytes));
+    slot->sampled = static_cast<int32_t*>(backend->AllocHost(opt.max_seqs * sizeof(int32_t)));
+    if (!slot->meta || !slot->sampled) return absl::ResourceExhaustedError("runner: out of pinned host memory");
+    slot->start = backend->CreateEvent();
+    slot->end = backend->CreateEvent();
+    slot->logprob_rows.reserve(opt.max_seqs);
+    r->slots_.push_back(std::move(slot));
+  }
+  // Decode batch buckets: small steps exactly, then multiples of 8, 16, 32
+  // (a step of n sequences runs the graph of the smallest bucket >= n, its
+  // extra rows padding).
+  const int cap = std::min({opt.max_seqs, opt.max_batch_tokens, opt.max_graph_batch});
+  if (opt.graphs && backend->SupportsGraphs() && cap > 0) {
+    for (int b : {1, 2, 4})
+      if (b <= cap) r->buckets_.push_back(b);
+    for (int b = 8; b <= cap; b += b < 64 ? 8 : b < 256 ? 16 : 32) r->buckets_.push_back(b);
+    if (r->buckets_.back() != cap) r->buckets_.push_back(cap);
+  }
   return r;
 }
 
-absl::Status ModelRunner::Step(const std::vector<SeqStep>& seqs, std::vector<int32_t>* sampled, std::vector<float>* logits,
-                               std::vector<TokenLogprobs>* logprobs) {
-  const int n = static_cast<int>(seqs.size());
-  if (n == 0) return absl::OkStatus();
-  if (n > opt_.max_seqs) return absl::InvalidArgumentError("runner: too many sequences in one step");
-  std::vector<int32_t> tokens, positions, slots, cu_q{0}, ctx, tables(static_cast<size_t>(n) * max_blocks_per_seq_, 0), rows;
-  std::vector<SamplingParams> params;
-  std::vector<const SamplingExtras*> extras;  // per sampling row
-  int max_q = 0, max_ctx = 0;
-  for (int s = 0; s < n; ++s) {
-    const SeqStep& q = seqs[s];
-    const int end = q.start_pos + q.num_tokens;
-    if (q.num_tokens <= 0 || end > cfg_.max_seq_len || !q.block_table ||
-        static_cast<int>(q.block_table->size()) < BlocksFor(end, opt_.block_size))
-      return absl::InternalError(absl::StrCat("runner: sequence ", s, " has no room for positions up to ", end));
-    for (int i = 0; i < q.num_tokens; ++i) {
-      const int pos = q.start_pos + i;
-      if (q.tokens[i] < 0 || q.tokens[i] >= cfg_.vocab_size) return absl::InvalidArgumentError("runner: token id out of range");
-      tokens.push_back(q.tokens[i]);
-      positions.push_back(pos);
-      slots.push_back((*q.block_table)[pos / opt_.block_size] * opt_.block_size + pos % opt_.block_size);
-    }
-    std::copy(q.block_table->begin(), q.block_table->end(), tables.begin() + static_cast<long>(s) * max_blocks_per_seq_);
-    cu_q.push_back(static_cast<int32_t>(tokens.size()));
-    ctx.push_back(end);
-    max_q = std::max(max_q, q.num_tokens);
-    max_ctx = std::max(max_ctx, end);
-    if (q.sample) {
-      rows.push_back(cu_q.back() - 1);
-      params.push_back(q.sampling);
-      extras.push_back(q.extras);
-    }
-  }
-  const int T = static_cast<int>(tokens.size());
-  if (T > opt_.max_batch_tokens) return absl::InvalidArgumentError("runner: step exceeds max_batch_tokens");
-  Backend& b = *backend_;
-  b.CopyToDevice(d_tokens_, tokens.data(), T * sizeof(int32_t));
-  b.CopyToDevice(d_positions_, positions.data(), T * sizeof(int32_t));
-  b.CopyToDevice(d_slots_, slots.data(), T * sizeof(int32_t));
-  b.CopyToDevice(d_cu_q_, cu_q.data(), cu_q.size() * sizeof(int32_t));
-  b.CopyToDevice(d_ctx_, ctx.data(), ctx.size() * sizeof(int32_t));
-  b.CopyToDevice(d_tables_, tables.data(), tables.size() * sizeof(int32_t));
-  if (!rows.empty()) b.CopyToDevice(d_rows_, rows.data(), rows.size() * sizeof(int32_t));
+int ModelRunner::GraphBucket(int n) const {
+  auto it = std::lower_bound(buckets_.begin(), buckets_.end(), n);
+  return it == buckets_.end() ? 0 : *it;
+}
 
+void ModelRunner::Forward(int T, int n, int R, int max_q, int max_ctx, bool pending, bool penalties) {
+  Backend& b = *backend_;
+  const Layout& m = *layout_;
+  auto i32 = [&](size_t offset) { return reinterpret_cast<int32_t*>(d_meta_ + offset); };
+  int32_t* tokens = i32(m.tokens);
+  if (pending) b.FillPendingTokens(tokens, T, d_sampled_);
   const int d = cfg_.d_model, F = cfg_.ffn_hidden, qkv_dim = cfg_.qkv_dim();
   const AttentionDims dims{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim(), cfg_.alibi()};
-  const AttentionBatch batch{n, d_cu_q_, d_ctx_, T, max_q, max_ctx};
+  const AttentionBatch batch{n, i32(m.cu_q), i32(m.ctx), T, max_q, max_ctx};
   size_t w = 0;
   auto next = [&] { return weights_[w++]; };  // weights in ParamLayout order
   void* tok = next();
   void* pos = cfg_.alibi() ? nullptr : next();
-  b.Embedding(d_tokens_, d_positions_, tok, pos, x_, T, d);
+  b.Embedding(tokens, i32(m.positions), tok, pos, x_, T, d);
   for (int l = 0; l < cfg_.n_layers; ++l) {
     void *n1w = next(), *n1b = next(), *qkvw = next(), *qkvb = next(), *projw = next(), *projb = next();
     void *n2w = next(), *n2b = next(), *w12w = next(), *w12b = next(), *w3w = next(), *w3b = next();
     b.LayerNorm(x_, n1w, n1b, ln_, T, d, cfg_.norm_eps);
     b.Linear(ln_, qkvw, qkvb, qkv_, T, d, qkv_dim);
-    b.KvAppend(qkv_, T, d_slots_, dims, k_cache_[l], v_cache_[l]);
-    const PagedKv kv{k_cache_[l], v_cache_[l], opt_.block_size, d_tables_, max_blocks_per_seq_};
+    b.KvAppend(qkv_, T, i32(m.slots), dims, k_cache_[l], v_cache_[l]);
+    const PagedKv kv{k_cache_[l], v_cache_[l], opt_.block_size, i32(m.tables), max_blocks_per_seq_};
     b.PagedAttention(dims, batch, qkv_, kv, att_);
     b.Linear(att_, projw, projb, tmp_, T, d, d);
     b.AddInPlace(x_, tmp_, static_cast<size_t>(T) * d);
@@ -138,36 +178,230 @@ absl::Status ModelRunner::Step(const std::vector<SeqStep>& seqs, std::vector<int
     b.AddInPlace(x_, tmp_, static_cast<size_t>(T) * d);
   }
   void *nfw = next(), *nfb = next(), *headw = next(), *headb = next();
-  const int R = static_cast<int>(rows.size());
-  if (R == 0) return absl::OkStatus();
+  if (R == 0) return;
   // Only the rows that sample need the final norm and the vocabulary projection.
-  b.GatherRows(x_, d_rows_, last_, R, d);
-  b.LayerNorm(last_, nfw, nfb, ln_, R, d, cfg_.norm_eps);
-  b.Linear(ln_, headw, headb, logits_, R, d, cfg_.vocab_size);
   const int V = cfg_.vocab_size;
-  if (logits) {
-    logits->resize(static_cast<size_t>(R) * V);
-    b.DownloadFloats(logits->data(), logits_, logits->size());
+  b.GatherRows(x_, i32(m.rows), last_, R, d);
+  b.LayerNorm(last_, nfw, nfb, ln_, R, d, cfg_.norm_eps);
+  b.Linear(ln_, headw, headb, logits_, R, d, V);
+  const auto* params = reinterpret_cast<const SamplingParams*>(d_meta_ + m.params);
+  if (penalties) {
+    b.ApplyPenalties(logits_, logits_penalized_, R, V, reinterpret_cast<const PenaltyRow*>(d_meta_ + m.penalties), d_entries_);
+    b.SampleAsync(logits_penalized_, R, V, params, d_sampled_);
+  } else {
+    b.SampleAsync(logits_, R, V, params, d_sampled_);
   }
-  if (!sampled) return absl::OkStatus();
-  sampled->resize(R);
-  b.Sample(logits_, R, V, params.data(), sampled->data());
-  if (logprobs) logprobs->assign(R, TokenLogprobs{});
-  // Rows with penalties or logprobs: their logits come to the host, and a
-  // penalized row is sampled again there (same rule as every backend's Sample).
-  std::vector<float> row;  // sized on first use: most steps have no such row
-  for (int r = 0; r < R; ++r) {
-    const SamplingExtras* e = extras[r];
-    if (!e || (!e->penalties.active() && !e->wants_logprobs())) continue;
-    row.resize(V);
-    b.DownloadFloats(row.data(), static_cast<const char*>(logits_) + static_cast<size_t>(r) * V * DTypeSize(b.dtype()), V);
-    if (e->penalties.active() && e->history) {
-      std::vector<float> penalized = row;
-      ApplyPenalties(e->penalties, *e->history, penalized.data(), V);
-      (*sampled)[r] = cpu::SampleToken(penalized.data(), V, params[r]);
+}
+
+absl::Status ModelRunner::Launch(const std::vector<SeqStep>& seqs, bool want_logits) {
+  const int n = static_cast<int>(seqs.size());
+  if (n == 0) return absl::InvalidArgumentError("runner: a step needs at least one sequence");
+  if (n > opt_.max_seqs) return absl::InvalidArgumentError("runner: too many sequences in one step");
+  if (in_flight() >= kMaxInFlight) return absl::FailedPreconditionError("runner: too many steps in flight");
+  Slot& slot = *slots_[launched_ % kMaxInFlight];
+  const Layout& m = *layout_;
+  auto h32 = [&](size_t offset) { return reinterpret_cast<int32_t*>(slot.meta + offset); };
+  int32_t *tokens = h32(m.tokens), *positions = h32(m.positions), *slots = h32(m.slots), *cu_q = h32(m.cu_q);
+  int32_t *ctx = h32(m.ctx), *rows = h32(m.rows), *tables = h32(m.tables);
+  auto* params = reinterpret_cast<SamplingParams*>(slot.meta + m.params);
+  auto* pen_rows = reinterpret_cast<PenaltyRow*>(slot.meta + m.penalties);
+
+  // 1. The inputs, into the staging buffer.
+  int T = 0, R = 0, max_q = 0, max_ctx = 0, entries = 0;
+  bool pending = false, penalties = false, decode = true;
+  slot.logprob_rows.clear();
+  cu_q[0] = 0;
+  for (int s = 0; s < n; ++s) {
+    const SeqStep& q = seqs[s];
+    const int end = q.start_pos + q.num_tokens;
+    if (q.num_tokens <= 0 || end > cfg_.max_seq_len || !q.block_table ||
+        static_cast<int>(q.block_table->size()) < BlocksFor(end, opt_.block_size) ||
+        static_cast<int>(q.block_table->size()) > max_blocks_per_seq_)
+      return absl::InternalError(absl::StrCat("runner: sequence ", s, " has no room for positions up to ", end));
+    if (T + q.num_tokens > opt_.max_batch_tokens) return absl::InvalidArgumentError("runner: step exceeds max_batch_tokens");
+    if (q.pending_row >= 0 && (q.num_tokens != 1 || q.pending_row >= last_rows_ || launched_ == 0))
+      return absl::InternalError("runner: a pending token must be one decode token sampled by the previous step");
+    for (int i = 0; i < q.num_tokens; ++i) {
+      const int pos = q.start_pos + i;
+      if (q.pending_row >= 0) {
+        tokens[T] = -1 - q.pending_row;
+      } else {
+        if (q.tokens[i] < 0 || q.tokens[i] >= cfg_.vocab_size) return absl::InvalidArgumentError("runner: token id out of range");
+        tokens[T] = q.tokens[i];
+      }
+      positions[T] = pos;
+      slots[T] = (*q.block_table)[pos / opt_.block_size] * opt_.block_size + pos % opt_.block_size;
+      ++T;
     }
-    if (e->wants_logprobs() && logprobs) (*logprobs)[r] = ComputeLogprobs(row.data(), V, (*sampled)[r], e->top_logprobs);
+    pending |= q.pending_row >= 0;
+    std::copy(q.block_table->begin(), q.block_table->end(), tables + static_cast<long>(s) * max_blocks_per_seq_);
+    cu_q[s + 1] = T;
+    ctx[s] = end;
+    max_q = std::max(max_q, q.num_tokens);
+    max_ctx = std::max(max_ctx, end);
+    decode &= q.num_tokens == 1 && q.sample;
+    if (!q.sample) continue;
+    rows[R] = T - 1;
+    params[R] = q.sampling;
+    PenaltyRow& pr = pen_rows[R];
+    pr = PenaltyRow{};
+    const SamplingExtras* e = q.extras;
+    if (e && e->penalties.active() && e->history) {
+      // The tokens the sequence has seen, each once with its output count.
+      if (!d_entries_) {
+        entry_capacity_ = static_cast<size_t>(opt_.max_seqs) * cfg_.max_seq_len;
+        d_entries_ = static_cast<PenaltyEntry*>(Alloc(entry_capacity_, sizeof(PenaltyEntry)));
+        logits_penalized_ = Alloc(static_cast<size_t>(opt_.max_seqs) * cfg_.vocab_size, DTypeSize(backend_->dtype()));
+        if (!d_entries_ || !logits_penalized_) return absl::ResourceExhaustedError("runner: out of memory for penalties");
+      }
+      if (!slot.entries) {
+        slot.entries = static_cast<PenaltyEntry*>(backend_->AllocHost(entry_capacity_ * sizeof(PenaltyEntry)));
+        if (!slot.entries) return absl::ResourceExhaustedError("runner: out of pinned memory for penalties");
+      }
+      const TokenHistory& h = *e->history;
+      if (entries + h.prompt.size() + h.output_counts.size() > entry_capacity_)
+        return absl::InternalError("runner: too many penalized tokens in one step");
+      pr = PenaltyRow{e->penalties.repetition, e->penalties.frequency, e->penalties.presence, entries, entries};
+      for (int32_t id : h.prompt) {
+        auto it = h.output_counts.find(id);
+        slot.entries[entries++] = PenaltyEntry{id, it == h.output_counts.end() ? 0 : it->second};
+      }
+      for (const auto& [id, count] : h.output_counts)
+        if (!h.prompt.count(id)) slot.entries[entries++] = PenaltyEntry{id, count};
+      pr.end = entries;
+      penalties = true;
+    }
+    if (e && e->wants_logprobs()) slot.logprob_rows.emplace_back(R, e->top_logprobs);
+    ++R;
   }
+
+  // 2. Decode steps replay a graph of their bucket: padding rows decode
+  //    token 0 at position 0 into the scratch block and are ignored.
+  const int bucket = decode ? GraphBucket(n) : 0;
+  int shape_n = n, shape_ctx = max_ctx;
+  if (bucket > 0) {
+    for (int s = n; s < bucket; ++s) {
+      tokens[s] = 0;
+      positions[s] = 0;
+      slots[s] = scratch_block_ * opt_.block_size;
+      cu_q[s + 1] = s + 1;
+      ctx[s] = 1;
+      rows[s] = s;
+      params[s] = SamplingParams{};
+      pen_rows[s] = PenaltyRow{};
+      tables[static_cast<long>(s) * max_blocks_per_seq_] = scratch_block_;
+    }
+    shape_n = bucket;
+    // The attention's grid (its key splits) is planned for a context bucket,
+    // a power of two, so one graph serves every context up to it.
+    shape_ctx = 256;
+    while (shape_ctx < max_ctx) shape_ctx *= 2;
+    shape_ctx = std::min(shape_ctx, cfg_.max_seq_len);
+  }
+
+  // 3. One copy in, the forward pass, the sampled ids back.
+  Backend& b = *backend_;
+  b.RecordEvent(slot.start);
+  b.CopyToDevice(d_meta_, slot.meta, m.used(shape_n));
+  if (penalties) b.CopyToDevice(d_entries_, slot.entries, entries * sizeof(PenaltyEntry));
+  const int shape_T = bucket > 0 ? bucket : T, shape_R = bucket > 0 ? bucket : R;
+  slot.graph = false;
+  if (bucket > 0) {
+    const auto key = std::make_tuple(bucket, shape_ctx, penalties);
+    auto it = graphs_.find(key);
+    if (it != graphs_.end() && it->second) {
+      b.LaunchGraph(it->second);
+      slot.graph = true;
+      ++graph_stats_.replays;
+    } else if (it != graphs_.end()) {  // its capture failed: op by op, unpadded
+      Forward(T, n, R, max_q, max_ctx, pending, penalties);
+    } else {
+      // First time: run op by op (which also sizes every workspace the ops
+      // use), then record the same ops for next time.
+      Forward(shape_T, shape_n, shape_R, 1, shape_ctx, pending, penalties);
+      {
+        const auto t0 = std::chrono::steady_clock::now();
+        void* graph = nullptr;
+        if (b.BeginCapture()) {
+          Forward(shape_T, shape_n, shape_R, 1, shape_ctx, true, penalties);
+          graph = b.EndCapture();
+        }
+        graphs_[key] = graph;
+        if (graph) {
+          const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          ++graph_stats_.captured;
+          graph_stats_.capture_seconds += sec;
+          LOG(INFO) << "captured the decode graph of " << bucket << " sequences, contexts up to " << shape_ctx
+                    << (penalties ? ", with penalties" : "") << " in " << sec * 1e3 << " ms";
+        }
+      }
+    }
+  } else {
+    Forward(T, n, R, max_q, max_ctx, pending, penalties);
+  }
+  if (R > 0) b.CopyToHostAsync(slot.sampled, d_sampled_, R * sizeof(int32_t));
+  slot.want_logits = want_logits;
+  if (want_logits || !slot.logprob_rows.empty()) {
+    const size_t row_bytes = static_cast<size_t>(cfg_.vocab_size) * DTypeSize(b.dtype());
+    if (!slot.logits) {
+      slot.logits = static_cast<char*>(b.AllocHost(opt_.max_seqs * row_bytes));
+      if (!slot.logits) return absl::ResourceExhaustedError("runner: out of pinned memory for logits");
+    }
+    if (want_logits) {
+      b.CopyToHostAsync(slot.logits, logits_, R * row_bytes);
+    } else {
+      for (const auto& [row, top] : slot.logprob_rows)
+        b.CopyToHostAsync(slot.logits + row * row_bytes, static_cast<const char*>(logits_) + row * row_bytes, row_bytes);
+    }
+  }
+  b.RecordEvent(slot.end);
+  slot.rows = R;
+  last_rows_ = R;
+  ++launched_;
+  return absl::OkStatus();
+}
+
+absl::Status ModelRunner::Collect(StepResult* out) {
+  if (in_flight() == 0) return absl::FailedPreconditionError("runner: no step to collect");
+  Slot& slot = *slots_[collected_ % kMaxInFlight];
+  Backend& b = *backend_;
+  b.WaitEvent(slot.end);
+  ++collected_;
+  out->device_seconds = b.EventSeconds(slot.start, slot.end);
+  out->graph = slot.graph;
+  out->sampled.assign(slot.sampled, slot.sampled + slot.rows);
+  const int V = cfg_.vocab_size;
+  const size_t row_bytes = static_cast<size_t>(V) * DTypeSize(b.dtype());
+  out->logits.clear();
+  if (slot.want_logits) {
+    out->logits.resize(static_cast<size_t>(slot.rows) * V);
+    b.HostToFloats(slot.logits, out->logits.data(), out->logits.size());
+  }
+  out->logprobs.clear();
+  if (!slot.logprob_rows.empty()) {
+    // Log-softmax of the raw logits (before penalties and temperature).
+    out->logprobs.resize(slot.rows);
+    std::vector<float> row(V);
+    for (const auto& [r, top] : slot.logprob_rows) {
+      b.HostToFloats(slot.logits + r * row_bytes, row.data(), V);
+      out->logprobs[r] = ComputeLogprobs(row.data(), V, out->sampled[r], top);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ModelRunner::Step(const std::vector<SeqStep>& seqs, std::vector<int32_t>* sampled, std::vector<float>* logits,
+                               std::vector<TokenLogprobs>* logprobs) {
+  if (seqs.empty()) return absl::OkStatus();
+  if (auto s = Launch(seqs, logits != nullptr); !s.ok()) return s;
+  StepResult r;
+  if (auto s = Collect(&r); !s.ok()) return s;
+  if (logprobs) {
+    *logprobs = std::move(r.logprobs);
+    logprobs->resize(r.sampled.size());
+  }
+  if (sampled) *sampled = std::move(r.sampled);
+  if (logits) *logits = std::move(r.logits);
   return absl::OkStatus();
 }
 

@@ -3,7 +3,9 @@
 // alike) into one forward pass with one attention call.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <tuple>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -19,6 +21,10 @@ struct RunnerOptions {
   int block_size = 16;
   int max_batch_tokens = 512;  // tokens per step
   int max_seqs = 64;           // sequences per step
+  // Decode steps (one new token per sequence) replay a graph captured per
+  // batch-size bucket, where the backend supports graphs (CUDA).
+  bool graphs = true;
+  int max_graph_batch = 512;  // larger decode steps run op by op
 };
 
 // One sequence's share of a step.
@@ -29,7 +35,27 @@ struct SeqStep {
   const std::vector<int32_t>* block_table = nullptr;  // covers start_pos + num_tokens
   bool sample = false;  // produce a token from the last new token's logits
   SamplingParams sampling;
-  const SamplingExtras* extras = nullptr;  // penalties and logprobs (host side), or none
+  const SamplingExtras* extras = nullptr;  // penalties and logprobs, or none
+  // A decode token that is not known yet: the token that sampling row
+  // `pending_row` of the previously launched step produces (num_tokens must
+  // be 1; `tokens` is not read). The device fills it in, so a step can be
+  // launched before the previous one's result has come back.
+  int pending_row = -1;
+};
+
+// What a collected step produced.
+struct StepResult {
+  std::vector<int32_t> sampled;         // one token per sampling row, in order
+  std::vector<TokenLogprobs> logprobs;  // per sampling row; filled for rows whose extras ask
+  std::vector<float> logits;            // fp32 logits of the sampling rows, if Launch asked
+  double device_seconds = 0;            // the step's time on the device (0 on the CPU)
+  bool graph = false;                   // replayed as a captured graph
+};
+
+struct GraphStats {
+  int captured = 0;
+  double capture_seconds = 0;
+  long replays = 0;
 };
 
 class ModelRunner {
@@ -45,16 +71,32 @@ class ModelRunner {
     return 2ul * cfg.n_layers * block_size * cfg.kv_dim() * DTypeSize(dtype);
   }
 
-  // Runs the step. `sampled` gets one token per sequence with sample=true, in
-  // order; `logprobs` (if non-null) their log-probabilities, for the rows
-  // whose extras ask for them (others stay empty). If `logits` is non-null it
-  // gets those rows' logits (fp32, before penalties).
+  // Enqueues a step: one host-to-device copy of its inputs, the forward pass
+  // (a graph replay for decode steps), sampling, and the copy of the sampled
+  // ids back. Returns before the device has finished. At most kMaxInFlight
+  // steps may be launched and not yet collected.
+  static constexpr int kMaxInFlight = 2;
+  absl::Status Launch(const std::vector<SeqStep>& seqs, bool want_logits = false);
+  // Waits for the oldest uncollected step and returns its results.
+  absl::Status Collect(StepResult* out);
+  int in_flight() const { return static_cast<int>(launched_ - collected_); }
+  // Launch then Collect. `sampled` gets one token per sequence with
+  // sample=true, in order; `logprobs` their log-probabilities where asked;
+  // `logits` those rows' logits (fp32, before penalties).
   absl::Status Step(const std::vector<SeqStep>& seqs, std::vector<int32_t>* sampled, std::vector<float>* logits = nullptr,
                     std::vector<TokenLogprobs>* logprobs = nullptr);
+  GraphStats graph_stats() const { return graph_stats_; }
 
  private:
-  ModelRunner(Backend* b, const ModelConfig& cfg, const RunnerOptions& opt) : backend_(b), cfg_(cfg), opt_(opt) {}
+  ModelRunner(Backend* b, const ModelConfig& cfg, const RunnerOptions& opt);
   void* Alloc(size_t elems, size_t elem_bytes);
+  // The step's inputs, at fixed offsets of one host staging buffer and of its
+  // device copy (so captured graphs always read the same addresses).
+  struct Layout;
+  // Issues the forward pass and sampling for T tokens of n sequences (R
+  // sampling rows) whose inputs are in the device metadata buffer.
+  void Forward(int T, int n, int R, int max_q, int max_ctx, bool pending, bool penalties);
+  int GraphBucket(int n) const;  // 0: no graph for n sequences
 
   Backend* backend_;
   ModelConfig cfg_;
@@ -62,11 +104,25 @@ class ModelRunner {
   std::vector<void*> allocations_;
   std::vector<void*> weights_;  // one per ParamLayout tensor
   std::vector<void*> k_cache_, v_cache_;
+  int scratch_block_ = 0;  // one extra KV block that the padded rows of a graph write to
   // Activations sized for max_batch_tokens.
   void *x_, *ln_, *qkv_, *att_, *tmp_, *h12_, *sw_, *last_, *logits_;
-  // Step metadata on the backend.
-  int32_t *d_tokens_, *d_positions_, *d_slots_, *d_cu_q_, *d_ctx_, *d_tables_, *d_rows_;
+  void* logits_penalized_ = nullptr;  // allocated with the first penalized step
   int max_blocks_per_seq_ = 0;
+  // Step inputs: device buffer and its regions; two host staging buffers
+  // (pinned), one per step in flight.
+  std::unique_ptr<Layout> layout_;
+  char* d_meta_ = nullptr;
+  int32_t* d_sampled_ = nullptr;  // the sampled ids of the last launched step
+  PenaltyEntry* d_entries_ = nullptr;
+  size_t entry_capacity_ = 0;
+  struct Slot;  // per step in flight: staging buffers, events, what to collect
+  std::vector<std::unique_ptr<Slot>> slots_;
+  long launched_ = 0, collected_ = 0;
+  int last_rows_ = 0;  // sampling rows of the last launched step
+  std::vector<int> buckets_;
+  std::map<std::tuple<int, int, bool>, void*> graphs_;  // (bucket, context bucket, penalties) -> graph; null: capture failed
+  GraphStats graph_stats_;
 };
 
 }  // namespace tinygpt

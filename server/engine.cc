@@ -106,16 +106,24 @@ void Engine::Loop() {
   while (true) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (stop_) return;
+      if (stop_) break;
     }
-    if (RunStep()) continue;
+    // Launch step N+1 while step N runs, then hand out step N's tokens.
+    const bool launched = LaunchStep();
+    if (static_cast<int>(in_flight_.size()) > (launched ? 1 : 0)) CollectStep();
+    if (launched || !in_flight_.empty()) continue;
+    PublishGauges();
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait_for(lock, std::chrono::milliseconds(20), [&] { return stop_ || cancel_all_ || !waiting_.empty(); });
   }
+  CollectAll();
 }
 
 void Engine::Retire(const std::shared_ptr<Sequence>& seq, FinishReason reason, absl::Status status) {
+  // Its blocks may still be written by a launched step; the device runs
+  // steps in order, so whoever gets them next writes after that.
   kv_.Release(&seq->block_table);
+  seq->retired = true;
   running_.erase(std::remove(running_.begin(), running_.end(), seq), running_.end());
   // Samples still waiting for this one's prompt compute it themselves.
   for (auto& sib : seq->siblings) sib->waits_for_prompt = false;
@@ -147,8 +155,7 @@ bool Engine::StopsOn(Sequence& seq, int32_t token, const std::string& text) cons
   return seq.stop_strings.Push(text);
 }
 
-bool Engine::RunStep() {
-  // 1. Drop cancelled sequences, waiting or running, and free their blocks.
+void Engine::RetireCancelled() {
   std::vector<std::shared_ptr<Sequence>> cancelled;
   bool cancel_all;
   {
@@ -171,39 +178,67 @@ bool Engine::RunStep() {
   for (auto& s : cancelled)
     Retire(s, FinishReason::kCancelled,
            cancel_all && !s->cancel_requested ? absl::UnavailableError(kShutdownMessage) : absl::OkStatus());
+}
 
-  // 2. Plan the step: running sequences first, oldest first, then admit
-  //    waiting ones while the token, sequence and block budgets allow.
+bool Engine::LaunchStep() {
+  RetireCancelled();
+  // A penalized sequence whose last token is still on the device needs it in
+  // its token counts first: collect before planning.
+  for (auto& s : running_)
+    if (s->unreceived > 0 && s->extras.penalties.active()) {
+      CollectAll();
+      break;
+    }
+
+  // Plan the step: running sequences first, oldest first, then admit
+  // waiting ones while the token, sequence and block budgets allow.
   const RunnerOptions& ro = runner_->options();
+  std::vector<SeqStep>& steps = plan_steps_;
+  std::vector<std::shared_ptr<Sequence>>& in_step = plan_seqs_;
+replan:
+  steps.clear();
+  in_step.clear();
   int token_budget = ro.max_batch_tokens;
-  std::vector<SeqStep> steps;
-  std::vector<std::shared_ptr<Sequence>> in_step;
   std::sort(running_.begin(), running_.end(), [](auto& a, auto& b) { return a->admitted_order < b->admitted_order; });
   auto plan = [&](const std::shared_ptr<Sequence>& s) -> bool {
-    const int pending = static_cast<int>(s->tokens.size()) - s->num_computed;
-    const int chunk = std::min(pending, token_budget);
-    if (chunk <= 0 || static_cast<int>(steps.size()) >= ro.max_seqs) return false;
-    const int need = BlocksFor(s->num_computed + chunk, block_size_) - static_cast<int>(s->block_table.size());
-    if (need > 0 && !kv_.Allocate(need, &s->block_table)) return false;
+    if (static_cast<int>(steps.size()) >= ro.max_seqs || token_budget == 0) return false;
     SeqStep st;
-    st.tokens = s->tokens.data() + s->num_computed;
-    st.num_tokens = chunk;
+    if (s->unreceived > 0) {
+      // Decode from the token the step in flight is sampling, unless that
+      // token is its last.
+      if (s->num_generated() + s->unreceived >= s->request.options.max_new_tokens) return true;
+      st.num_tokens = 1;
+      st.pending_row = s->pending_row;
+    } else {
+      st.num_tokens = std::min(static_cast<int>(s->tokens.size()) - s->num_computed, token_budget);
+      if (st.num_tokens <= 0) return true;
+      st.tokens = s->tokens.data() + s->num_computed;
+    }
+    const int need = BlocksFor(s->num_computed + st.num_tokens, block_size_) - static_cast<int>(s->block_table.size());
+    if (need > 0 && !kv_.Allocate(need, &s->block_table)) return false;
     st.start_pos = s->num_computed;
     st.block_table = &s->block_table;
-    st.sample = s->num_computed + chunk == static_cast<int>(s->tokens.size());
+    st.sample = s->unreceived > 0 || s->num_computed + st.num_tokens == static_cast<int>(s->tokens.size());
     const GenerateOptions& o = s->request.options;
     st.sampling = SamplingParams{o.temperature, o.top_k, o.top_p, 0.f};
     if (s->extras.penalties.active() || s->extras.wants_logprobs()) st.extras = &s->extras;
     steps.push_back(st);
     in_step.push_back(s);
-    token_budget -= chunk;
+    token_budget -= st.num_tokens;
     return true;
   };
   for (size_t i = 0; i < running_.size();) {
     auto s = running_[i];
     if (plan(s)) { ++i; continue; }
     if (token_budget == 0 || static_cast<int>(steps.size()) >= ro.max_seqs) break;
-    // Out of blocks: preempt the most recently admitted sequence (maybe s).
+    // Out of blocks. Preemption drops a sequence's cache, so it waits until
+    // no step is in flight (none then holds a token of it); then plan again.
+    if (!in_flight_.empty()) {
+      CollectAll();
+      RetireCancelled();
+      goto replan;
+    }
+    // Preempt the most recently admitted sequence (maybe s).
     auto victim = running_.back();
     Preempt(victim);
     if (victim == s) break;
@@ -225,7 +260,8 @@ bool Engine::RunStep() {
       s->num_computed = cached;
       s->num_hashed_blocks = cached / block_size_;
     }
-    if (!plan(s)) {  // not enough free blocks: it waits, holding none
+    const size_t planned = steps.size();
+    if (!plan(s) || steps.size() == planned) {  // not enough free blocks: it waits, holding none
       kv_.Release(&s->block_table);
       s->num_computed = s->num_hashed_blocks = 0;
       // Nothing runs and the queue's head cannot start: samples waiting with
@@ -243,13 +279,10 @@ bool Engine::RunStep() {
     s->admitted_order = admitted_counter_++;
     running_.push_back(s);
   }
-  if (steps.empty()) {
-    PublishGauges();
-    return false;
-  }
+  if (steps.empty()) return false;
 
-  // 3. One forward pass for all of them. Each sampling row takes the next
-  //    draw of its own sequence's RNG.
+  // One forward pass for all of them. Each sampling row takes the next draw
+  // of its own sequence's RNG.
   const auto t0 = Clock::now();
   for (size_t i = 0; i < steps.size(); ++i) {
     if (!in_step[i]->scheduled_once) {
@@ -258,31 +291,61 @@ bool Engine::RunStep() {
     }
     if (steps[i].sample) steps[i].sampling.uniform = in_step[i]->rng.NextUniform();
   }
-  std::vector<int32_t> sampled;
-  std::vector<TokenLogprobs> logprobs;
-  const absl::Status status = runner_->Step(steps, &sampled, nullptr, &logprobs);
-  if (opt_.debug_step_delay.count() > 0) std::this_thread::sleep_for(opt_.debug_step_delay);
-  const auto t1 = Clock::now();
-  int step_tokens = 0;
-  for (auto& st : steps) step_tokens += st.num_tokens;
-  if (metrics_) metrics_->OnStep(std::chrono::duration<double>(t1 - t0).count(), step_tokens);
-  if (!status.ok()) {
+  if (const absl::Status status = runner_->Launch(steps); !status.ok()) {
     LOG(ERROR) << "step failed: " << status;
     for (auto& s : in_step) Retire(s, FinishReason::kCancelled, status);
-    PublishGauges();
     return true;
   }
-
-  // 4. Hand out the tokens; retire finished sequences at once.
-  size_t k = 0;
+  LaunchedStep launched;
+  launched.launched = t0;
+  int row = 0;
   for (size_t i = 0; i < steps.size(); ++i) {
-    auto& s = in_step[i];
-    s->num_computed += steps[i].num_tokens;
-    kv_.Commit(s->block_table, s->tokens.data(), s->num_computed, &s->num_hashed_blocks);
-    if (!steps[i].sample) continue;
+    Sequence& s = *in_step[i];
+    s.num_computed += steps[i].num_tokens;
+    launched.tokens += steps[i].num_tokens;
+    launched.end.push_back(s.num_computed);
+    launched.sample_row.push_back(steps[i].sample ? row : -1);
+    if (steps[i].sample) {
+      s.pending_row = row++;
+      ++s.unreceived;
+    }
+  }
+  launched.seqs = in_step;
+  in_flight_.push_back(std::move(launched));
+  return true;
+}
+
+void Engine::CollectStep() {
+  LaunchedStep step = std::move(in_flight_.front());
+  in_flight_.pop_front();
+  const absl::Status status = runner_->Collect(&result_);
+  if (opt_.debug_step_delay.count() > 0) std::this_thread::sleep_for(opt_.debug_step_delay);
+  const auto t1 = Clock::now();
+  if (metrics_) {
+    const GraphStats g = runner_->graph_stats();
+    metrics_->OnStep(std::chrono::duration<double>(t1 - step.launched).count(), step.tokens, result_.device_seconds,
+                     result_.graph);
+    metrics_->OnGraphCaptures(g.captured - graphs_seen_.captured, g.capture_seconds - graphs_seen_.capture_seconds);
+    graphs_seen_ = g;
+  }
+  if (!status.ok()) {
+    LOG(ERROR) << "collecting a step failed: " << status;
+    for (auto& s : step.seqs)
+      if (!s->retired) Retire(s, FinishReason::kCancelled, status);
+    return;
+  }
+  // Hand out the tokens; retire finished sequences at once.
+  for (size_t i = 0; i < step.seqs.size(); ++i) {
+    auto& s = step.seqs[i];
+    const int row = step.sample_row[i];
+    if (row >= 0) --s->unreceived;
+    if (s->retired) continue;  // cancelled, or stopped while this step was in flight
+    kv_.Commit(s->block_table, s->tokens.data(), std::min<int>(step.end[i], static_cast<int>(s->tokens.size())),
+               &s->num_hashed_blocks);
+    if (row < 0) continue;
     if (!s->siblings.empty()) SharePrompt(*s);
-    TokenLogprobs* lp = s->extras.wants_logprobs() ? &logprobs[k] : nullptr;
-    const int32_t token = sampled[k++];
+    TokenLogprobs* lp = s->extras.wants_logprobs() ? &result_.logprobs[row] : nullptr;
+    const int32_t token = result_.sampled[row];
     s->tokens.push_back(token);
     if (s->num_generated() == 1) {
       s->first_token = t1;
@@ -296,7 +359,6 @@ bool Engine::RunStep() {
     else if (s->num_generated() >= s->request.options.max_new_tokens) Retire(s, FinishReason::kLength);
   }
   PublishGauges();
-  return true;
 }
 
 bool Engine::ReleaseWaitingBlocks() {

@@ -69,8 +69,15 @@ class Engine {
 
  private:
   void Loop();
-  // Runs one step; false when there was nothing to do.
-  bool RunStep();
+  // Plans the next step and launches it; false when there was nothing to do.
+  bool LaunchStep();
+  // Drops cancelled sequences (waiting or running) and frees their blocks.
+  void RetireCancelled();
+  // Waits for the oldest launched step and hands out its tokens.
+  void CollectStep();
+  void CollectAll() {
+    while (!in_flight_.empty()) CollectStep();
+  }
   void Preempt(std::shared_ptr<Sequence> victim);
   void Retire(const std::shared_ptr<Sequence>& seq, FinishReason reason, absl::Status status = absl::OkStatus());
   // Whether the sequence ends with this token (stop id, end token, or a stop
@@ -95,6 +102,22 @@ class Engine {
   EngineStats stats_;
 
   std::vector<std::shared_ptr<Sequence>> running_;  // scheduler thread only
+  // Launched steps not yet collected (at most ModelRunner::kMaxInFlight):
+  // while the device runs one, the scheduler plans and launches the next and
+  // hands out the tokens of the one before.
+  struct LaunchedStep {
+    std::vector<std::shared_ptr<Sequence>> seqs;
+    std::vector<int> end;         // each sequence's cache length after the step
+    std::vector<int> sample_row;  // its sampling row, or -1
+    Clock::time_point launched;
+    int tokens = 0;
+  };
+  std::deque<LaunchedStep> in_flight_;
+  // Reused every step (no allocation on the hot path once warm).
+  std::vector<SeqStep> plan_steps_;
+  std::vector<std::shared_ptr<Sequence>> plan_seqs_;
+  StepResult result_;
+  GraphStats graphs_seen_;
   long admitted_counter_ = 0;
   std::thread thread_;
 };

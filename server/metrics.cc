@@ -41,7 +41,16 @@ ServerMetrics::ServerMetrics() : registry_(std::make_shared<prometheus::Registry
   queue_ = hist("tinygpt_queue_duration_seconds", "Time from arrival to the first scheduled step", kLatency);
   ttft_ = hist("tinygpt_time_to_first_token_seconds", "Time from arrival to the first generated token", kLatency);
   itl_ = hist("tinygpt_inter_token_latency_seconds", "Time between consecutive tokens of a sequence", kToken);
-  step_seconds_ = hist("tinygpt_step_duration_seconds", "Duration of one batched forward step", kToken);
+  step_seconds_ = hist("tinygpt_step_duration_seconds",
+                       "Duration of one batched forward step (its device time on a GPU, its wall time on the CPU)", kToken);
+  auto& steps = BuildCounter().Name("tinygpt_steps_total").Help("Engine steps, by how they ran (graph replay or op by op)").Register(r);
+  graph_steps_ = &steps.Add({{"mode", "graph"}});
+  eager_steps_ = &steps.Add({{"mode", "eager"}});
+  device_seconds_ = &BuildCounter().Name("tinygpt_step_device_seconds_total")
+                         .Help("Device time of engine steps (GPU busy time; 0 on the CPU)").Register(r).Add({});
+  graph_captures_ = &BuildCounter().Name("tinygpt_graph_captures_total").Help("Decode-step graphs captured").Register(r).Add({});
+  graph_capture_seconds_ = &BuildCounter().Name("tinygpt_graph_capture_seconds_total")
+                                .Help("Time spent capturing decode-step graphs").Register(r).Add({});
   step_tokens_ = hist("tinygpt_step_tokens", "Tokens packed into one step", kTokens);
   auto gauge = [&](const char* name, const char* help) { return &BuildGauge().Name(name).Help(help).Register(r).Add({}); };
   running_ = gauge("tinygpt_running_sequences", "Sequences in the running batch");
@@ -90,9 +99,17 @@ void ServerMetrics::OnRequestDone(const std::string& grpc_code, const std::strin
   if (ttft >= 0) ttft_->Observe(ttft);
 }
 
-void ServerMetrics::OnStep(double seconds, int tokens) {
-  step_seconds_->Observe(seconds);
+void ServerMetrics::OnStep(double wall_seconds, int tokens, double device_seconds, bool graph) {
+  step_seconds_->Observe(device_seconds > 0 ? device_seconds : wall_seconds);
   step_tokens_->Observe(tokens);
+  device_seconds_->Increment(device_seconds);
+  (graph ? graph_steps_ : eager_steps_)->Increment();
+}
+
+void ServerMetrics::OnGraphCaptures(int count, double seconds) {
+  if (count <= 0) return;
+  graph_captures_->Increment(count);
+  graph_capture_seconds_->Increment(seconds);
 }
 
 void ServerMetrics::OnInterTokenLatency(double seconds) { itl_->Observe(seconds); }

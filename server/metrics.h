@@ -41,7 +41,10 @@ class ServerMetrics {
   // One finished RPC: its final gRPC status name (e.g. "OK") and finish reason.
   void OnRequestDone(const std::string& grpc_code, const std::string& finish_reason, int prompt_tokens, int generated_tokens,
                      double e2e_seconds, double queue_seconds, double ttft_seconds);
-  void OnStep(double seconds, int tokens);
+  // A collected step: the wall time from its launch, its tokens, its device
+  // time (0 on the CPU) and whether it replayed a graph.
+  void OnStep(double wall_seconds, int tokens, double device_seconds, bool graph);
+  void OnGraphCaptures(int count, double seconds);
   void OnInterTokenLatency(double seconds);
   void OnPreemption();
   // An admitted sequence's tokens looked up in the prefix cache, and how many
@@ -54,6 +57,7 @@ class ServerMetrics {
   std::unique_ptr<prometheus::Exposer> exposer_;
   prometheus::Family<prometheus::Counter>* requests_;
   prometheus::Counter *prompt_tokens_, *generated_tokens_, *preemptions_, *prefix_queries_, *prefix_hits_;
+  prometheus::Counter *graph_steps_, *eager_steps_, *device_seconds_, *graph_captures_, *graph_capture_seconds_;
   prometheus::Histogram *e2e_, *queue_, *ttft_, *itl_, *step_seconds_, *step_tokens_;
   prometheus::Gauge *running_, *waiting_, *kv_used_, *kv_total_, *kv_cached_;
 };

@@ -99,7 +99,12 @@ class Sequence {
   StopStringMatcher stop_strings;
   TokenHistory history;      // for penalties
   SamplingExtras extras;     // penalties and logprobs of its sampling rows
-  int num_computed = 0;         // tokens whose K/V are in the cache
+  int num_computed = 0;         // tokens whose K/V are in the cache or being written by a launched step
+  // Samples launched and not yet collected (0 or 1): while 1, the sequence's
+  // next token is the one row `pending_row` of the last launched step samples.
+  int unreceived = 0;
+  int pending_row = -1;
+  bool retired = false;         // finished; results still in flight are dropped
   int num_hashed_blocks = 0;    // leading blocks registered with the prefix cache
   std::vector<int32_t> block_table;
   long admitted_order = -1;     // for preemption: the latest admitted goes first

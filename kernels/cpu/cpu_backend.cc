@@ -70,6 +70,18 @@ class CpuBackend final : public Backend {
   void Sample(const void* logits, int rows, int vocab, const SamplingParams* params, int32_t* tokens) override {
     for (int r = 0; r < rows; ++r) tokens[r] = cpu::SampleToken(F(logits) + static_cast<long>(r) * vocab, vocab, params[r]);
   }
+  void SampleAsync(const void* logits, int rows, int vocab, const SamplingParams* params, int32_t* tokens) override {
+    Sample(logits, rows, vocab, params, tokens);
+  }
+  void ApplyPenalties(const void* logits, void* out, int rows, int vocab, const PenaltyRow* row_params,
+                      const PenaltyEntry* entries) override {
+    cpu::ApplyPenalties(F(logits), F(out), rows, vocab, row_params, entries);
+  }
+  void FillPendingTokens(int32_t* tokens, int n, const int32_t* sampled) override {
+    for (int i = 0; i < n; ++i)
+      if (tokens[i] < 0) tokens[i] = sampled[-tokens[i] - 1];
+  }
+  void HostToFloats(const void* src, float* dst, size_t n) override { std::memcpy(dst, src, n * sizeof(float)); }
 
   // Training: the fp32 ops of kernels/cpu/ops.h as they are (the compute copy
   // of the weights is the fp32 master itself, so nothing is converted).

@@ -41,4 +41,22 @@ int SampleToken(const float* logits, int vocab, const SamplingParams& p) {
   return last;
 }
 
+void ApplyPenalties(const float* logits, float* out, int rows, int vocab, const PenaltyRow* row_params,
+                    const PenaltyEntry* entries) {
+  for (int r = 0; r < rows; ++r) {
+    const float* in = logits + static_cast<long>(r) * vocab;
+    float* o = out + static_cast<long>(r) * vocab;
+    if (o != in) std::copy(in, in + vocab, o);
+    const PenaltyRow& p = row_params[r];
+    for (int32_t e = p.begin; e < p.end; ++e) {
+      const PenaltyEntry& t = entries[e];
+      if (t.token < 0 || t.token >= vocab) continue;
+      float v = o[t.token];
+      if (p.repetition != 1.f) v = v > 0.f ? v / p.repetition : v * p.repetition;
+      if (t.output_count > 0) v -= p.frequency * static_cast<float>(t.output_count) + p.presence;
+      o[t.token] = v;
+    }
+  }
+}
+
 }  // namespace tinygpt::cpu

@@ -156,6 +156,7 @@ class CudaBackend final : public Backend {
     cudaFree(d_params_);
     cudaFree(d_tokens_);
     if (split_workspace_) cudaFree(split_workspace_);
+    for (void* p : retired_) cudaFree(p);
     cudaStreamDestroy(stream_);
   }
 
@@ -263,13 +264,102 @@ class CudaBackend final : public Backend {
     const AttentionPlan plan = PlanPagedAttention(dtype_ == DType::kBF16, d, batch, num_sms_);
     const size_t need = plan.partial_floats * sizeof(float);
     if (need > split_bytes_) {
-      if (split_workspace_) TG_CUDA_CHECK(cudaFree(split_workspace_));
+      // The old workspace stays allocated: captured graphs may point at it.
+      if (split_workspace_) retired_.push_back(split_workspace_);
       TG_CUDA_CHECK(cudaMalloc(&split_workspace_, need));
       split_bytes_ = need;
     }
     LaunchPagedAttention(dtype_ == DType::kBF16, plan, d, batch, qkv, static_cast<long>(d.n_heads + 2 * d.n_kv_heads) * d.head_dim, kv,
                          out, static_cast<float*>(split_workspace_), stream_);
   }
+  void SampleAsync(const void* logits, int rows, int vocab, const SamplingParams* params, int32_t* tokens) override {
+    if (rows == 0) return;
+    SampleKernel<T><<<rows, kSampleThreads, 0, stream_>>>(P(logits), vocab, params, tokens);
+    TG_CUDA_LAUNCH_CHECK();
+  }
+  void ApplyPenalties(const void* logits, void* out, int rows, int vocab, const PenaltyRow* row_params,
+                      const PenaltyEntry* entries) override {
+    if (rows == 0) return;
+    ApplyPenaltiesKernel<T><<<rows, 256, 0, stream_>>>(P(logits), P(out), vocab, row_params, entries);
+    TG_CUDA_LAUNCH_CHECK();
+  }
+  void FillPendingTokens(int32_t* tokens, int n, const int32_t* sampled) override {
+    if (n == 0) return;
+    FillPendingTokensKernel<<<(n + 255) / 256, 256, 0, stream_>>>(tokens, n, sampled);
+    TG_CUDA_LAUNCH_CHECK();
+  }
+
+  // ---- Asynchronous steps: pinned staging, events and graphs on stream_.
+  void* AllocHost(size_t bytes) override {
+    void* p = nullptr;
+    if (cudaHostAlloc(&p, std::max<size_t>(bytes, 16), cudaHostAllocDefault) != cudaSuccess) {
+      cudaGetLastError();
+      return nullptr;
+    }
+    std::memset(p, 0, std::max<size_t>(bytes, 16));
+    return p;
+  }
+  void FreeHost(void* p) override {
+    if (!p) return;
+    cudaStreamSynchronize(stream_);
+    cudaFreeHost(p);
+  }
+  void CopyToHostAsync(void* dst, const void* src, size_t bytes) override {
+    TG_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+  }
+  void HostToFloats(const void* src, float* dst, size_t n) override {
+    const T* s = static_cast<const T*>(src);
+    for (size_t i = 0; i < n; ++i) dst[i] = static_cast<float>(s[i]);
+  }
+  void* CreateEvent() override {
+    cudaEvent_t e;
+    TG_CUDA_CHECK(cudaEventCreate(&e));
+    return e;
+  }
+  void DestroyEvent(void* e) override { cudaEventDestroy(static_cast<cudaEvent_t>(e)); }
+  void RecordEvent(void* e) override { TG_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(e), stream_)); }
+  void WaitEvent(void* e) override { TG_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(e))); }
+  double EventSeconds(void* start, void* end) override {
+    float ms = 0.f;
+    TG_CUDA_CHECK(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(start), static_cast<cudaEvent_t>(end)));
+    return ms * 1e-3;
+  }
+  // Relaxed mode: cuBLASLt may query the device while it is captured.
+  // Buffers a graph holds (workspaces) are never freed while the backend
+  // lives (see PagedAttention).
+  bool SupportsGraphs() const override { return true; }
+  bool BeginCapture() override {
+    if (cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return true;
+  }
+  void* EndCapture() override {
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
+    if (end != cudaSuccess || !graph) {
+      std::fprintf(stderr, "CUDA graph capture failed: %s\n", cudaGetErrorString(end));
+      cudaGetLastError();
+      if (graph) cudaGraphDestroy(graph);
+      return nullptr;
+    }
+    const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    if (inst != cudaSuccess) {
+      std::fprintf(stderr, "CUDA graph instantiation failed: %s\n", cudaGetErrorString(inst));
+      cudaGetLastError();
+      return nullptr;
+    }
+    return exec;
+  }
+  void LaunchGraph(void* g) override { TG_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(g), stream_)); }
+  void DestroyGraph(void* g) override {
+    cudaStreamSynchronize(stream_);
+    cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(g));
+  }
+
   void Sample(const void* logits, int rows, int vocab, const SamplingParams* params, int32_t* tokens) override {
     for (int r0 = 0; r0 < rows; r0 += kMaxSampleRows) {
       const int n = std::min(kMaxSampleRows, rows - r0);
@@ -575,6 +665,7 @@ class CudaBackend final : public Backend {
   int32_t* d_tokens_ = nullptr;
   void* split_workspace_ = nullptr;
   size_t split_bytes_ = 0;
+  std::vector<void*> retired_;  // workspaces replaced by larger ones
   std::map<std::tuple<int, int, int, bool>, Plan> plans_;
   std::map<GemmShape, Plan> gemms_;
   OpTimes op_times_;

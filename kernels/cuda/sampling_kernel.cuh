@@ -127,4 +127,30 @@ __global__ void __launch_bounds__(kSampleThreads) SampleKernel(const T* logits, 
   }
 }
 
+// out = logits with row blockIdx.x's penalties applied (the rule of
+// kernels/cpu/sampling.cc, in fp32, rounded back to T once): the row is
+// copied, then one thread per seen token adjusts it (entries are unique per
+// row, so no two threads touch one logit).
+template <class T>
+__global__ void ApplyPenaltiesKernel(const T* logits, T* out, int vocab, const PenaltyRow* rows, const PenaltyEntry* entries) {
+  const long base = static_cast<long>(blockIdx.x) * vocab;
+  for (int i = threadIdx.x; i < vocab; i += blockDim.x) out[base + i] = logits[base + i];
+  __syncthreads();
+  const PenaltyRow p = rows[blockIdx.x];
+  for (int e = p.begin + threadIdx.x; e < p.end; e += blockDim.x) {
+    const PenaltyEntry t = entries[e];
+    if (t.token < 0 || t.token >= vocab) continue;
+    float v = ToFloat(logits[base + t.token]);
+    if (p.repetition != 1.f) v = v > 0.f ? v / p.repetition : v * p.repetition;
+    if (t.output_count > 0) v -= p.frequency * static_cast<float>(t.output_count) + p.presence;
+    out[base + t.token] = FromFloat<T>(v);
+  }
+}
+
+// tokens[i] < 0: the token sampled in row -tokens[i]-1 of the previous step.
+__global__ void FillPendingTokensKernel(int32_t* tokens, int n, const int32_t* sampled) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n && tokens[i] < 0) tokens[i] = sampled[-tokens[i] - 1];
+}
+
 }  // namespace tinygpt::cuda

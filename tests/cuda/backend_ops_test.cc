@@ -251,6 +251,173 @@ void TestSampling(Backend* G, Backend* C) {
   (ok ? passed : failed)++;
 }
 
+// Penalties and pending tokens, the ops a step runs around sampling.
+void TestPenaltiesAndPendingTokens(Backend* G, Backend* C, double tol) {
+  const int V = 32000, R = 24;
+  Pair logits(G, C, static_cast<size_t>(R) * V), out(G, C, static_cast<size_t>(R) * V);
+  logits.Set(Random(logits.n, 3.f));
+  std::vector<PenaltyRow> rows(R);
+  std::vector<PenaltyEntry> entries;
+  for (int r = 0; r < R; ++r) {
+    rows[r].begin = static_cast<int32_t>(entries.size());
+    if (r % 4 != 3) {  // every fourth row has none: copied as it is
+      rows[r].repetition = 0.5f + 0.1f * (r % 10);
+      rows[r].frequency = -1.f + 0.2f * (r % 9);
+      rows[r].presence = 0.3f * (r % 5) - 0.6f;
+      std::vector<int32_t> ids(V);
+      for (int i = 0; i < V; ++i) ids[i] = i;
+      std::shuffle(ids.begin(), ids.end(), rng);
+      const int seen = 1 + static_cast<int>(rng() % 3000);
+      for (int i = 0; i < seen; ++i) entries.push_back({ids[i], static_cast<int32_t>(rng() % 4)});
+    }
+    rows[r].end = static_cast<int32_t>(entries.size());
+  }
+  auto upload = [](Backend* b, const void* src, size_t bytes) {
+    void* p = b->Alloc(bytes);
+    b->CopyToDevice(p, src, bytes);
+    return p;
+  };
+  const size_t rb = rows.size() * sizeof(PenaltyRow), eb = entries.size() * sizeof(PenaltyEntry);
+  void *grows = upload(G, rows.data(), rb), *gent = upload(G, entries.data(), eb);
+  void *crows = upload(C, rows.data(), rb), *cent = upload(C, entries.data(), eb);
+  G->ApplyPenalties(logits.g, out.g, R, V, static_cast<PenaltyRow*>(grows), static_cast<PenaltyEntry*>(gent));
+  C->ApplyPenalties(logits.c, out.c, R, V, static_cast<PenaltyRow*>(crows), static_cast<PenaltyEntry*>(cent));
+  Report("penalties (repetition, frequency, presence) R=24 V=32000", RelErr(out.Gpu(), out.Cpu()), tol);
+  // Greedy and sampled rows from the penalized logits, through SampleAsync
+  // with device parameters: the same tokens.
+  std::vector<SamplingParams> params(R);
+  for (int r = 0; r < R; ++r) params[r] = {r % 2 ? 0.f : 0.8f, r % 3 ? 0 : 40, 1.f, std::uniform_real_distribution<float>(0, 1)(rng)};
+  void* gparams = upload(G, params.data(), R * sizeof(SamplingParams));
+  auto* gtok = static_cast<int32_t*>(G->Alloc(R * 4));
+  G->SampleAsync(out.g, R, V, static_cast<SamplingParams*>(gparams), gtok);
+  std::vector<int32_t> g(R), c(R);
+  G->CopyToHost(g.data(), gtok, R * 4);
+  C->Sample(out.c, R, V, params.data(), c.data());
+  int same = 0;
+  for (int r = 0; r < R; ++r) same += g[r] == c[r];
+  const bool ok = same >= R - 1;
+  std::printf("%s %-72s %d/%d equal\n", ok ? "PASS" : "FAIL", "sample (async, device params) after penalties", same, R);
+  (ok ? passed : failed)++;
+  // Pending tokens: negative entries take the previous step's samples.
+  std::vector<int32_t> tokens(300), sampled(64);
+  for (auto& t : sampled) t = static_cast<int32_t>(rng() % V);
+  for (int i = 0; i < 300; ++i) tokens[i] = i % 3 ? static_cast<int32_t>(rng() % V) : -1 - static_cast<int32_t>(rng() % 64);
+  Ints gt(G, C, tokens), gs(G, C, sampled);
+  G->FillPendingTokens(gt.g, 300, gs.g);
+  std::vector<int32_t> filled(300);
+  G->CopyToHost(filled.data(), gt.g, 300 * 4);
+  int right = 0;
+  for (int i = 0; i < 300; ++i) right += filled[i] == (tokens[i] < 0 ? sampled[-tokens[i] - 1] : tokens[i]);
+  std::printf("%s %-72s %d/300\n", right == 300 ? "PASS" : "FAIL", "fill pending tokens from the previous step's samples", right);
+  (right == 300 ? passed : failed)++;
+  for (void* p : {grows, gent, gparams, static_cast<void*>(gtok)}) G->Free(p);
+  for (void* p : {crows, cent}) C->Free(p);
+}
+
+// The runner as the engine drives it: step N+1 launched (its decode tokens
+// pending on step N's samples) before step N is collected, decode steps
+// replayed as graphs of padded buckets, penalties and logprobs rows. The
+// tokens and logits must match the CPU runner, driven the same way.
+void TestRunnerGraphsAndOverlap(Backend* G, Backend* C, const std::string& path, double tol) {
+  auto ck = LoadCheckpoint(path);
+  if (!ck.ok()) return;
+  RunnerOptions o;
+  o.num_kv_blocks = 128;
+  o.max_seqs = 16;
+  o.max_batch_tokens = 256;
+  const int V = ck->config.vocab_size, L = ck->config.max_seq_len, n = 5, bs = o.block_size;
+  struct Seq {
+    std::vector<int32_t> tokens, table;
+    TokenHistory history;
+    SamplingExtras extras;
+  };
+  auto drive = [&](Backend* b, bool graphs, double* worst_logits, std::vector<std::vector<float>>* ref_logits,
+                   GraphStats* stats) {
+    RunnerOptions ro = o;
+    ro.graphs = graphs;
+    auto r = ModelRunner::Create(b, *ck, ro);
+    std::vector<Seq> seqs(n);
+    for (int i = 0; i < n; ++i) {
+      for (int t = 0; t < 2 + 3 * i; ++t) seqs[i].tokens.push_back((5 * i + t) % V);
+      for (int k = 0; k < (L + bs - 1) / bs; ++k) seqs[i].table.push_back(i * ((L + bs - 1) / bs) + k);
+      if (i == 1) {  // penalized: collected before the next step is planned, as the engine does
+        seqs[i].extras.penalties = Penalties{1.3f, 0.4f, 0.2f};
+        seqs[i].history.prompt.insert(seqs[i].tokens.begin(), seqs[i].tokens.end());
+        seqs[i].extras.history = &seqs[i].history;
+      }
+      if (i == 3) seqs[i].extras.top_logprobs = 5;
+    }
+    std::vector<int> computed(n, 0);
+    int step_index = 0;
+    StepResult res;
+    auto take = [&](const StepResult& res) {
+      if (ref_logits) {
+        if (static_cast<int>(ref_logits->size()) <= step_index) ref_logits->push_back(res.logits);
+        else *worst_logits = std::max(*worst_logits, RelErr(res.logits, (*ref_logits)[step_index]));
+      }
+      ++step_index;
+      for (int i = 0; i < n; ++i) {
+        seqs[i].tokens.push_back(res.sampled[i]);
+        if (i == 1) ++seqs[i].history.output_counts[res.sampled[i]];
+      }
+    };
+    for (int step = 0; step < 24; ++step) {
+      std::vector<SeqStep> st;
+      for (int i = 0; i < n; ++i) {
+        SeqStep q;
+        q.start_pos = computed[i];
+        q.block_table = &seqs[i].table;
+        q.sample = true;
+        q.sampling = SamplingParams{i == 4 ? 0.7f : 0.f, i == 4 ? 20 : 0, 1.f, 0.37f};
+        if (seqs[i].extras.penalties.active() || seqs[i].extras.wants_logprobs()) q.extras = &seqs[i].extras;
+        if (step == 0) {
+          q.tokens = seqs[i].tokens.data();
+          q.num_tokens = static_cast<int>(seqs[i].tokens.size());
+        } else {
+          q.num_tokens = 1;
+          q.pending_row = i;  // the token the step in flight samples
+        }
+        computed[i] += q.num_tokens;
+        st.push_back(q);
+      }
+      // Odd steps: collect first (the penalized sequence needs its counts);
+      // even steps: launch before collecting the previous step.
+      if (step % 2 == 1 && r.value()->in_flight() > 0) {
+        if (!r.value()->Collect(&res).ok()) return std::vector<Seq>{};
+        take(res);
+      }
+      if (!r.value()->Launch(st, true).ok()) return std::vector<Seq>{};
+      if (r.value()->in_flight() > 1) {
+        if (!r.value()->Collect(&res).ok()) return std::vector<Seq>{};
+        take(res);
+      }
+    }
+    while (r.value()->in_flight() > 0) {
+      if (!r.value()->Collect(&res).ok()) return std::vector<Seq>{};
+      take(res);
+    }
+    if (stats) *stats = r.value()->graph_stats();
+    return seqs;
+  };
+  std::vector<std::vector<float>> ref;
+  double worst = 0;
+  GraphStats stats;
+  const auto c = drive(C, false, &worst, &ref, nullptr);
+  const auto g = drive(G, true, &worst, &ref, &stats);
+  const auto e = drive(G, false, nullptr, nullptr, nullptr);
+  int equal = 0, equal_eager = 0;
+  for (int i = 0; i < n && i < static_cast<int>(g.size()) && i < static_cast<int>(c.size()); ++i) {
+    equal += g[i].tokens == c[i].tokens;
+    equal_eager += i < static_cast<int>(e.size()) && g[i].tokens == e[i].tokens;
+  }
+  Report("runner: overlapped steps, decode graphs (5 seqs in bucket 8) logits vs CPU", g.empty() ? INFINITY : worst, tol);
+  const bool ok = equal == n && equal_eager == n && stats.replays > 0;
+  std::printf("%s %-72s %d/%d vs CPU, %d/%d vs no graphs, %d graphs, %ld replays\n", ok ? "PASS" : "FAIL",
+              "runner: overlapped decode with graphs, penalties, logprobs: tokens", equal, n, equal_eager, n, stats.captured,
+              stats.replays);
+  (ok ? passed : failed)++;
+}
+
 void TestModel(Backend* G, Backend* C, const std::string& path, double tol) {
   auto ck = LoadCheckpoint(path);
   if (!ck.ok()) {
@@ -643,7 +810,11 @@ int main(int argc, char** argv) {
   tinygpt::TestDense(gpu->get(), cpu.get(), tol);
   tinygpt::TestAttentionCases(gpu->get(), cpu.get(), tol);
   tinygpt::TestSampling(gpu->get(), cpu.get());
-  if (!checkpoint.empty()) tinygpt::TestModel(gpu->get(), cpu.get(), checkpoint, dtype == "bf16" ? 1.5e-2 : 3e-3);
+  tinygpt::TestPenaltiesAndPendingTokens(gpu->get(), cpu.get(), tol);
+  if (!checkpoint.empty()) {
+    tinygpt::TestModel(gpu->get(), cpu.get(), checkpoint, dtype == "bf16" ? 1.5e-2 : 3e-3);
+    tinygpt::TestRunnerGraphsAndOverlap(gpu->get(), cpu.get(), checkpoint, dtype == "bf16" ? 1.5e-2 : 3e-3);
+  }
   std::printf("%d passed, %d failed\n", tinygpt::passed, tinygpt::failed);
   return tinygpt::failed ? 1 : 0;
 }

@@ -50,7 +50,11 @@ with harness.Server(tinygpt, ckpt, "--debug-step-delay-ms=5") as server:
     r.check("inter-token latency count = tokens after the first", v("tinygpt_inter_token_latency_seconds_count") == gen - 7,
             f"{v('tinygpt_inter_token_latency_seconds_count')} vs {gen - 7}")
     # Every step computes prompt tokens and generated tokens fed back (all but each sequence's last).
-    r.check("step tokens sum", v("tinygpt_step_tokens_sum") == prompt + gen - 7, f"{v('tinygpt_step_tokens_sum')} vs {prompt + gen - 7}")
+    # The engine plans step N+1 while step N runs, so a sequence that ends on a
+    # stop token or is cancelled may have had one more token computed (the stop
+    # request and the deadline one: at most 2).
+    extra = v("tinygpt_step_tokens_sum") - (prompt + gen - 7)
+    r.check("step tokens sum", 0 <= extra <= 2, f"{v('tinygpt_step_tokens_sum')} vs {prompt + gen - 7} + [0, 2]")
     r.check("step histograms agree", v("tinygpt_step_tokens_count") == v("tinygpt_step_duration_seconds_count") > 0)
     r.check("no preemptions", v("tinygpt_preemptions_total") == 0)
     r.check("gauges back to idle", v("tinygpt_waiting_sequences") == 0 and v("tinygpt_kv_cache_blocks_used") == 0)
