@@ -68,7 +68,8 @@ def main():
         model = model.to(dtype=dtype).eval()
         info["parameters"] = sum(p.numel() for p in model.parameters())
         stage = "generation config"
-        gen = GenerationConfig(max_new_tokens=a.new_tokens, do_sample=False, eos_token_id=-1, pad_token_id=0)
+        # eos None: generate_batch disables stopping (it sets -1, "disabled"); shortest_output shows if anything stopped early.
+        gen = GenerationConfig(max_new_tokens=a.new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
         params = inspect.signature(model.generate_batch).parameters
         info["generate_batch_signature"] = str(inspect.signature(model.generate_batch))
         kw = {}

@@ -429,8 +429,8 @@ def workload_floor(cfg, prompt_lens, new_tokens, batch, bw, gemm, dtype_bytes=2)
     head = d * V
     weight_bytes = (matmul + head) * dtype_bytes                  # the embeddings are gathered, a few rows a step
     kv_per_token = 2 * L * Hkv * hd * dtype_bytes
-    tot_bytes = tot_flops = 0.0
-    steps = 0
+    tot_bytes = tot_flops = dec_bytes = dec_flops = 0.0
+    steps = dec_steps = 0
     for i in range(0, len(prompt_lens), batch):
         group = prompt_lens[i:i + batch]
         # Prefill (one step per group: weights once, K/V written, the head for the last token of each).
@@ -441,13 +441,20 @@ def workload_floor(cfg, prompt_lens, new_tokens, batch, bw, gemm, dtype_bytes=2)
         # Decode: new_tokens - 1 steps; step s reads every sequence's K/V of length n + s and writes one row.
         for s in range(1, new_tokens):
             ctx = sum(n + s for n in group)
-            tot_flops += len(group) * (2 * matmul + 2 * head) + 4 * L * d * ctx
-            tot_bytes += weight_bytes + kv_per_token * (ctx + len(group))
+            fl = len(group) * (2 * matmul + 2 * head) + 4 * L * d * ctx
+            by = weight_bytes + kv_per_token * (ctx + len(group))
+            tot_flops += fl
+            tot_bytes += by
+            dec_flops += fl
+            dec_bytes += by
             steps += 1
+            dec_steps += 1
     t_bytes, t_flops = tot_bytes / bw, tot_flops / gemm
     gen = len(prompt_lens) * new_tokens
     return dict(batch=batch, steps=steps, bytes=tot_bytes, flops=tot_flops, seconds_bytes=t_bytes, seconds_flops=t_flops,
                 floor_seconds=max(t_bytes, t_flops), ceiling_tokens_per_second=gen / max(t_bytes, t_flops),
+                decode_step_bytes=dec_bytes / max(1, dec_steps), decode_step_flops=dec_flops / max(1, dec_steps),
+                decode_step_floor_ms=1e3 * max(dec_bytes / bw, dec_flops / gemm) / max(1, dec_steps),
                 weight_bytes_per_step=weight_bytes, kv_bytes_per_token=kv_per_token)
 
 
@@ -591,7 +598,9 @@ def write_report(a, res):
         L.append(f"- floor of the {a.n256}-request workload at {f['batch']} sequences per step ({f['steps']} steps: weights "
                  f"{f['weight_bytes_per_step'] / 1e6:.0f} MB per step, K/V {f['kv_bytes_per_token'] / 1e3:.1f} KB per token read every step): "
                  f"{f['bytes'] / 1e9:.1f} GB / bandwidth = {f['seconds_bytes'] * 1e3:.1f} ms, {f['flops'] / 1e12:.2f} TFLOP / GEMM rate = "
-                 f"{f['seconds_flops'] * 1e3:.1f} ms; **ceiling {f['ceiling_tokens_per_second']:,.0f} tok/s**"
+                 f"{f['seconds_flops'] * 1e3:.1f} ms; a decode step moves {f['decode_step_bytes'] / 1e6:,.0f} MB and "
+                 f"{f['decode_step_flops'] / 1e9:,.0f} GFLOP on average, floor {f['decode_step_floor_ms']:.3f} ms; "
+                 f"**ceiling {f['ceiling_tokens_per_second']:,.0f} tok/s**"
                  + (f" (best tinygpt run: {max(r['tokens_per_second'] for r in st) / f['ceiling_tokens_per_second']:.0%} of it)" if st else "") + ".")
     # Sweep.
     sw = sorted([r for r in tiny if r.get("workload") == "sweep"], key=lambda r: r["offered_rate"])
