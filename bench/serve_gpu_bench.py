@@ -90,6 +90,12 @@ class Results:
         return [r for r in self.rows if r["kind"] == kind and all(r.get(k) == v for k, v in match.items())]
 
 
+def time_left(a, reserve=25):
+    """Seconds a subprocess may still take: the peer limit, cut so the run ends before --total-seconds (less
+    `reserve` for the floor and the report)."""
+    return max(20, min(a.peer_timeout, a.total_s - (time.time() - T0) - reserve))
+
+
 def part(res, name, fn, *args):
     """Runs one part; an exception becomes an error row and the run goes on."""
     log(f"== {name}")
@@ -350,7 +356,7 @@ def part_torch_peer(a, res):
            f"--dump-count={a.compare}"]
     if a.small:
         cmd.append("--check=4")
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.peer_timeout)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=time_left(a))
     for line in p.stdout.splitlines():
         try:
             j = json.loads(line)
@@ -397,10 +403,11 @@ def part_hf_peer(a, res):
             log(f"   HF max_batch_tokens {mbt}: skipped, past the {a.budget_s}s budget")
             continue
         try:
-            p = subprocess.run(cmd + [f"--max-batch-tokens={mbt}"], capture_output=True, text=True, timeout=a.peer_timeout)
+            limit = time_left(a)
+            p = subprocess.run(cmd + [f"--max-batch-tokens={mbt}"], capture_output=True, text=True, timeout=limit)
         except subprocess.TimeoutExpired:
-            res.add("hf", event="error", max_batch_tokens=mbt or "default", error=f"timed out after {a.peer_timeout}s")
-            log(f"!! HF peer timed out after {a.peer_timeout}s")
+            res.add("hf", event="error", max_batch_tokens=mbt or "default", error=f"timed out after {limit:.0f}s")
+            log(f"!! HF peer timed out after {limit:.0f}s")
             continue
         got = False
         for line in p.stdout.splitlines():
@@ -492,7 +499,8 @@ def part_floor(a, res):
     with open(a.prompts) as f:
         lens = [len(json.loads(l)) for l, _ in zip(f, range(a.n256))]
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    res.add("hardware", device=name, copy_bytes_per_second=bw, gemm_flops_per_second=gemm, gemm_size=m, gemm_dtype=str(gdt))
+    res.add("hardware", device=name, copy_bytes_per_second=bw, copy_buffer_bytes=n, gemm_flops_per_second=gemm, gemm_size=m,
+            gemm_dtype=str(gdt).replace("torch.", ""))
     log(f"   {name}: copy {bw / 1e9:,.0f} GB/s, GEMM {gemm / 1e12:,.1f} TFLOP/s")
     for batch in sorted({len(lens), min(64, len(lens))}, reverse=True):  # all at once; 64 a step (the default --max-seqs)
         f = workload_floor(a.cfg, lens, a.new_tokens, batch, bw, gemm, 2 if a.device == "cuda" else 4)
@@ -574,7 +582,8 @@ def write_report(a, res):
     cmp_ = next((r for r in R if r["kind"] == "compare"), None)
     if cmp_:
         L.append(f"- tinygpt's and PyTorch's greedy tokens for the first {cmp_['prompts']} prompts agree for the first "
-                 f"{cmp_['matching_prefix']} of {cmp_['new_tokens']} tokens (bf16 on both sides: they may part after a near tie).")
+                 f"{cmp_['matching_prefix']} of {cmp_['new_tokens']} tokens"
+                 + (" (bf16 on both sides: they may part after a near tie)." if a.device == "cuda" else "."))
     chk = next((r for r in R if r["kind"] == "torch" and r.get("event") == "check"), None)
     if chk:
         L.append(f"- the PyTorch peer against the reference TinyGPT (full recompute, fp32): matching prefix {chk['matching_prefix']}.")
@@ -592,7 +601,8 @@ def write_report(a, res):
                         if r.get("gpu_busy") is not None and e.get("step_share_of_wall") else "; GPU busy share not measured")
                      + (f"; engine GPU metrics {gpu_metric}" if gpu_metric else "") + ".")
     if hw:
-        L.append(f"- measured here: copy bandwidth {hw['copy_bytes_per_second'] / 1e9:,.0f} GB/s (1 GiB bf16 copy, read + write), "
+        L.append(f"- measured here: copy bandwidth {hw['copy_bytes_per_second'] / 1e9:,.0f} GB/s ({hw['copy_buffer_bytes'] / 2**20:,.0f} MiB "
+                 f"tensor copy, bytes read + written), "
                  f"GEMM {hw['gemm_flops_per_second'] / 1e12:,.1f} TFLOP/s ({hw['gemm_size']}^3 {hw['gemm_dtype']}).")
     for f in [r for r in R if r["kind"] == "floor"]:
         L.append(f"- floor of the {a.n256}-request workload at {f['batch']} sequences per step ({f['steps']} steps: weights "
@@ -678,6 +688,7 @@ def plot(a, res, sw):
 # ---------------------------------------------------------------- main
 
 def on_sigterm(*_):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the clean-up and the report must not be cut short
     raise KeyboardInterrupt("SIGTERM")
 
 
@@ -688,6 +699,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer runs (one tuned flag set, 3 sweep rates, 1 peer batch size)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--small", action="store_true", help="a tiny model and few requests (CPU test of the script)")
+    ap.add_argument("--total-seconds", type=float, default=540, dest="total_s",
+                    help="the peers' time limits are cut so that the whole run ends by then")
     ap.add_argument("--parts", default="default,tuned,prefix,torch,hf,floor",
                     help="which parts to run (default includes 1-at-a-time and the Poisson sweep)")
     a = ap.parse_args()
@@ -767,4 +780,8 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as e:
+        log(f"stopped by {e or 'an interrupt'}; the report holds what had run")
+        sys.exit(2)

@@ -229,8 +229,8 @@ def main():
     if a.requests:
         prompts = prompts[:a.requests]
     model, cfg = load_model(a.checkpoint, device, dtype)
-    max_len = (max(len(p) for p in prompts) + 15) // 16 * 16 + a.new_tokens + 3  # + the graph capture's warm-up steps
-    max_len = min(cfg["max_seq_len"], (max_len + 63) // 64 * 64)
+    # The longest padded prompt, the new tokens and the graph capture's 3 warm-up steps, rounded to 64 (aligned mask rows).
+    max_len = ((max(len(p) for p in prompts) + 15) // 16 * 16 + a.new_tokens + 3 + 63) // 64 * 64
     info = dict(system="pytorch-static-graph", torch=torch.__version__, device=str(device), dtype=str(dtype).replace("torch.", ""),
                 cuda_graph=use_graph, sdpa=HAVE_SDPA, requests=len(prompts), new_tokens=a.new_tokens, cache_len=max_len)
     if device.type == "cuda":
