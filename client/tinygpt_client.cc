@@ -55,6 +55,9 @@ ABSL_FLAG(int, shared_prefix_len, 0, "bench: every prompt starts with the same N
 ABSL_FLAG(int, prompt_len_max, 32, "bench: longest prompt");
 ABSL_FLAG(int, output_len_min, 8, "bench: fewest new tokens");
 ABSL_FLAG(int, output_len_max, 32, "bench: most new tokens");
+ABSL_FLAG(std::string, prompts_file, "",
+          "bench: JSONL file, one JSON array of token ids per line; request i sends line i mod N (after any "
+          "--shared-prefix-len tokens) instead of random tokens (--prompt-len-min/max are then unused)");
 ABSL_FLAG(bool, unary, false, "bench: unary Generate calls (TTFT and inter-token latency from the server's timings)");
 ABSL_FLAG(bool, ignore_eos, false, "keep generating past the model's end token");
 ABSL_FLAG(bool, logprobs, false, "return each generated token's log-probability");
@@ -314,6 +317,39 @@ int Health() {
   return resp.status() == grpc::health::v1::HealthCheckResponse::SERVING ? 0 : 1;
 }
 
+// --prompts_file: one JSON array of token ids per non-empty line. Exits with a
+// message naming the line on anything else (bench reads its flags once, up front).
+std::vector<std::vector<int32_t>> ReadPromptsFileOrDie(const std::string& path, int vocab_size) {
+  std::ifstream in(path);
+  if (!in.is_open()) {
+    std::fprintf(stderr, "--prompts-file: cannot open %s\n", path.c_str());
+    std::exit(2);
+  }
+  std::vector<std::vector<int32_t>> prompts;
+  std::string line;
+  for (int lineno = 1; std::getline(in, line); ++lineno) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    std::vector<int32_t> ids;
+    bool ok = j.is_array() && !j.empty();
+    for (size_t i = 0; ok && i < j.size(); ++i) {
+      ok = j[i].is_number_integer() && j[i].get<int64_t>() >= 0 && j[i].get<int64_t>() < vocab_size;
+      if (ok) ids.push_back(static_cast<int32_t>(j[i].get<int64_t>()));
+    }
+    if (!ok) {
+      std::fprintf(stderr, "--prompts-file: %s line %d is not a non-empty JSON array of token ids below the vocabulary size %d\n",
+                   path.c_str(), lineno, vocab_size);
+      std::exit(2);
+    }
+    prompts.push_back(std::move(ids));
+  }
+  if (prompts.empty()) {
+    std::fprintf(stderr, "--prompts-file: %s holds no prompt\n", path.c_str());
+    std::exit(2);
+  }
+  return prompts;
+}
+
 double Percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -337,19 +373,32 @@ int Bench() {
   auto uniform = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, std::max(lo, hi))(rng); };
   std::vector<int32_t> prefix(std::min(absl::GetFlag(FLAGS_shared_prefix_len), info.max_seq_len() - 2));
   for (auto& t : prefix) t = uniform(0, info.vocab_size() - 1);
+  std::vector<std::vector<int32_t>> file_prompts;
+  if (!absl::GetFlag(FLAGS_prompts_file).empty())
+    file_prompts = ReadPromptsFileOrDie(absl::GetFlag(FLAGS_prompts_file), info.vocab_size());
+  int truncated = 0;
   std::vector<GenerateRequest> reqs(n);
-  for (auto& r : reqs) {
+  for (int k = 0; k < n; ++k) {
+    auto& r = reqs[k];
     const int room = info.max_seq_len() - 1 - static_cast<int>(prefix.size());
-    const int plen = std::min(uniform(absl::GetFlag(FLAGS_prompt_len_min), absl::GetFlag(FLAGS_prompt_len_max)), room);
+    const std::vector<int32_t>* own = file_prompts.empty() ? nullptr : &file_prompts[k % file_prompts.size()];
+    const int want = own ? static_cast<int>(own->size())
+                         : uniform(absl::GetFlag(FLAGS_prompt_len_min), absl::GetFlag(FLAGS_prompt_len_max));
+    const int plen = std::min(want, room);
+    truncated += plen < want;
     const int olen = std::min(uniform(absl::GetFlag(FLAGS_output_len_min), absl::GetFlag(FLAGS_output_len_max)),
                               info.max_seq_len() - static_cast<int>(prefix.size()) - plen);
     r.mutable_token_ids()->mutable_ids()->Add(prefix.begin(), prefix.end());
-    for (int i = 0; i < plen; ++i) r.mutable_token_ids()->add_ids(uniform(0, info.vocab_size() - 1));
+    if (own) r.mutable_token_ids()->mutable_ids()->Add(own->begin(), own->begin() + plen);
+    else for (int i = 0; i < plen; ++i) r.mutable_token_ids()->add_ids(uniform(0, info.vocab_size() - 1));
     r.set_max_new_tokens(std::max(1, olen));
     r.set_temperature(absl::GetFlag(FLAGS_temperature));
     r.set_ignore_eos(absl::GetFlag(FLAGS_ignore_eos));
     r.set_seed(rng());
   }
+  if (truncated > 0)
+    std::fprintf(stderr, "bench: %d prompts cut to the model's context (%d tokens, with the prefix and one new token)\n", truncated,
+                 info.max_seq_len());
   std::mutex mu;
   std::vector<double> ttft, itl, e2e;
   std::map<std::string, int> errors;
@@ -402,6 +451,8 @@ int Bench() {
     const grpc::Status s = FinishStream(&ctx, reader.get(), saw_last);
     record(s, tokens, my_ttft, my_itl, std::chrono::duration<double>(Clock::now() - t0).count());
   };
+  long prompt_tokens = 0;
+  for (const auto& r : reqs) prompt_tokens += r.token_ids().ids_size();
   const double rate = absl::GetFlag(FLAGS_rate);
   const int conc = std::max(1, absl::GetFlag(FLAGS_concurrency));
   const auto start = Clock::now();
@@ -425,6 +476,7 @@ int Bench() {
   const double secs = std::chrono::duration<double>(Clock::now() - start).count();
   nlohmann::json j = {
       {"requests", n}, {"ok", ok}, {"failed", n - ok}, {"concurrency", rate > 0 ? 0 : conc}, {"rate", rate}, {"unary", absl::GetFlag(FLAGS_unary)},
+      {"prompt_tokens", prompt_tokens}, {"prompts_file", absl::GetFlag(FLAGS_prompts_file)},
       {"seconds", secs},
       {"generated_tokens", generated}, {"tokens_per_second", generated / secs}, {"requests_per_second", ok / secs},
       {"ttft_seconds", {{"p50", Percentile(ttft, 50)}, {"p90", Percentile(ttft, 90)}, {"p99", Percentile(ttft, 99)}}},

@@ -7,9 +7,12 @@
 # most 8 files come back: log.txt, backend_ops_{bf16,f16}.txt,
 # server_test_cuda.txt, attention_ours.jsonl, attention.md,
 # attention_memory.png, cpu.md; `ncu` mode writes ncu.txt).
-# usage: scripts/device-run.sh [checks|bench|cpu|checks+cpu|ncu|features|all]   (default all: checks, bench, cpu)
+# usage: scripts/device-run.sh [checks|bench|cpu|checks+cpu|ncu|features|serve|serve-quick|all]   (default all: checks, bench, cpu)
 #        features: logprobs, penalties, n and prefix caching served on CUDA beside the CPU (features_{bf16,f16}.txt)
 #        TRAIN_THREADS=1,16 picks the thread counts of the CPU training comparison.
+#        serve: the serving benchmark of issues #12/#14 (bench/serve_gpu_bench.py: tinygpt serve --device cuda with a random
+#        bench-125m checkpoint beside a PyTorch static-graph decoder and HF generate_batch); writes serving.md,
+#        serving.png, serving.jsonl, servers.log and serve_log.txt. serve-quick: its shorter variant (--quick).
 set -uo pipefail
 what=${1:-all}
 S=$PWD/device-stage
@@ -83,6 +86,13 @@ if [[ $what == ncu ]]; then
         -k regex:PagedFlash --launch-skip 3 --launch-count 1 "$S/bin/tinygpt_attention_bench" >> "$OUT/ncu.txt" 2>&1
     done
   fi
+fi
+if [[ $what == serve || $what == serve-quick ]]; then
+  # One call within the device tool's 10 minutes: the script budgets itself to ~7 (serve-quick: ~4).
+  quick=; [[ $what == serve-quick ]] && quick=--quick
+  PYTHONUNBUFFERED=1 step "serving bench $quick" 570 python3 -u bench/serve_gpu_bench.py "$S/bin" "$OUT" $quick > "$OUT/serve_log.txt" 2>&1
+  grep -E "^\[|!!" "$OUT/serve_log.txt" | tail -60 >> "$log"
+  cat "$OUT/serving.md" 2>/dev/null || tail -40 "$OUT/serve_log.txt"
 fi
 grep "^== " "$log"
 exit $status
