@@ -234,10 +234,13 @@ def engine_stats(before, after, wall):
     s["preemptions"] = d("tinygpt_preemptions_total")
     q = d("tinygpt_prefix_cache_queries_total")
     s["prefix_hit_rate"] = d("tinygpt_prefix_cache_hits_total") / q if q > 0 else None
-    # Anything the engine exports about GPU time (a histogram or counter with "gpu" in its name).
-    for k in after:
-        if "gpu" in k and k.startswith("tinygpt_") and (k.endswith("_sum") or k.endswith("_total") or k.endswith("_count")):
-            s[k] = d(k)
+    # The engine's device time (events around each step) and how steps ran.
+    s["device_seconds"] = d("tinygpt_step_device_seconds_total")
+    s["device_share_of_wall"] = s["device_seconds"] / wall if wall > 0 else None
+    s["graph_steps"] = d('tinygpt_steps_total{mode="graph"}')
+    s["eager_steps"] = d('tinygpt_steps_total{mode="eager"}')
+    s["graph_captures"] = d("tinygpt_graph_captures_total")
+    s["graph_capture_seconds"] = d("tinygpt_graph_capture_seconds_total")
     return s
 
 
@@ -592,14 +595,17 @@ def write_report(a, res):
     for r in tiny:
         if r.get("workload") in ("256", "2048") and r["api"] == "stream":
             e = r["engine"]
-            gpu_metric = {k: v for k, v in e.items() if "gpu" in k}
             L.append(f"- {r['config']}, {r['requests']} requests: {e.get('steps', 0):.0f} engine steps of {e.get('step_ms_mean', 0):.3f} ms "
                      f"mean, {e.get('tokens_per_step', 0):.1f} tokens per step; steps fill "
                      f"{100 * (e.get('step_share_of_wall') or 0):.0f}% of the run's wall time"
                      + (f"; the GPU was busy (nvidia-smi utilization.gpu, {r['gpu_samples']} samples) {100 * r['gpu_busy']:.0f}% of the wall "
                         f"time, so about **{100 * r['gpu_busy'] / e['step_share_of_wall']:.0f}% of the step time on the GPU**"
                         if r.get("gpu_busy") is not None and e.get("step_share_of_wall") else "; GPU busy share not measured")
-                     + (f"; engine GPU metrics {gpu_metric}" if gpu_metric else "") + ".")
+                     + (f"; the engine's own device time (CUDA events around each step) is **{100 * e['device_share_of_wall']:.0f}% "
+                        f"of the wall time**" if e.get("device_share_of_wall") else "")
+                     + f"; {e.get('graph_steps', 0):.0f} steps replayed graphs, {e.get('eager_steps', 0):.0f} ran op by op"
+                     + (f", {e.get('graph_captures', 0):.0f} graphs captured in {e.get('graph_capture_seconds', 0) * 1e3:.0f} ms"
+                        if e.get("graph_captures") else "") + ".")
     if hw:
         L.append(f"- measured here: copy bandwidth {hw['copy_bytes_per_second'] / 1e9:,.0f} GB/s ({hw['copy_buffer_bytes'] / 2**20:,.0f} MiB "
                  f"tensor copy, bytes read + written), "

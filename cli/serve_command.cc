@@ -221,11 +221,12 @@ int ServeCommand() {
   std::printf("tinygpt serve: listening on %s:%d (backend %s, %d KV blocks of %d tokens, %s)\n", absl::GetFlag(FLAGS_host).c_str(),
               port, (*backend)->name().c_str(), ro.num_kv_blocks, ro.block_size,
               ck->tokenizer ? absl::StrCat(ck->tokenizer->type(), " tokenizer").c_str() : "no tokenizer: token ids only");
+  if (metrics_port >= 0) std::printf("tinygpt serve: metrics on http://%s:%d/metrics\n", metrics_host.c_str(), metrics.port());
+  // After the two lines above, which scripts read first.
   std::printf("tinygpt serve: %d sequences and %d tokens per step, a queue of %d, KV cache of %ld tokens (%.1f GiB)%s\n",
               ro.max_seqs, ro.max_batch_tokens, eo.max_queue, static_cast<long>(ro.num_kv_blocks) * ro.block_size,
               static_cast<double>(ro.num_kv_blocks) * block_bytes / (1 << 30),
               (*backend)->SupportsGraphs() ? ", decode steps as graphs" : "");
-  if (metrics_port >= 0) std::printf("tinygpt serve: metrics on http://%s:%d/metrics\n", metrics_host.c_str(), metrics.port());
   std::fflush(stdout);
   LOG(INFO) << "serving " << path << " on port " << port << (absl::GetFlag(FLAGS_tls_cert).empty() ? " (plaintext)" : " (TLS)")
             << (absl::GetFlag(FLAGS_tls_client_ca).empty() ? "" : " requiring client certificates")

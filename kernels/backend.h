@@ -52,6 +52,12 @@ class Backend {
   // y[T,out] = x[T,in] · w[out,in]^T + b, w as UploadLinearWeight stored it
   virtual void Linear(const void* x, const void* w, const void* b, void* y, int T, int in, int out) = 0;
   virtual void AddInPlace(void* x, const void* y, size_t n) = 0;
+  // x += r (the residual stream, [T, C]), then y = LayerNorm(x): one pass
+  // where a backend fuses them (CUDA), AddInPlace then LayerNorm otherwise.
+  virtual void AddLayerNorm(void* x, const void* r, const void* w, const void* b, void* y, int T, int C, float eps) {
+    AddInPlace(x, r, static_cast<size_t>(T) * C);
+    LayerNorm(x, w, b, y, T, C, eps);
+  }
   virtual void SwiGLU(const void* h, void* out, int T, int F) = 0;
   // dst[i] = src[rows[i]] for n rows of C elements.
   virtual void GatherRows(const void* src, const int32_t* rows, void* dst, int n, int C) = 0;

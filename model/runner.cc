@@ -84,6 +84,7 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(Backend* backen
   std::unique_ptr<ModelRunner> r(new ModelRunner(backend, c, opt));
   const size_t es = DTypeSize(backend->dtype());
   ParamLayout layout(c);
+  std::vector<void*> weights;
   for (const auto& t : layout.tensors()) {
     void* w = r->Alloc(t.numel(), es);
     if (!w) return absl::ResourceExhaustedError(absl::StrCat("runner: out of memory for weight ", t.name));
@@ -91,8 +92,23 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(Backend* backen
       backend->UploadLinearWeight(w, ck.params.data() + t.offset, static_cast<int>(t.shape[0]), static_cast<int>(t.shape[1]));
     else
       backend->UploadFloats(w, ck.params.data() + t.offset, t.numel());
-    r->weights_.push_back(w);
+    weights.push_back(w);
   }
+  size_t w = 0;
+  auto next = [&] { return weights[w++]; };  // ParamLayout's order
+  r->tok_emb_ = next();
+  if (!c.alibi()) r->pos_emb_ = next();
+  for (int l = 0; l < c.n_layers; ++l) {
+    LayerWeights lw;
+    for (void** p : {&lw.norm1_w, &lw.norm1_b, &lw.qkv_w, &lw.qkv_b, &lw.proj_w, &lw.proj_b, &lw.norm2_w, &lw.norm2_b, &lw.w12_w,
+                     &lw.w12_b, &lw.w3_w, &lw.w3_b})
+      *p = next();
+    r->layers_.push_back(lw);
+  }
+  r->norm_f_w_ = next();
+  r->norm_f_b_ = next();
+  r->head_w_ = next();
+  r->head_b_ = next();
   // One block more than the cache manager hands out: the scratch block.
   r->scratch_block_ = opt.num_kv_blocks;
   const size_t cache_elems = static_cast<size_t>(opt.num_kv_blocks + 1) * opt.block_size * c.kv_dim();
@@ -156,34 +172,32 @@ void ModelRunner::Forward(int T, int n, int R, int max_q, int max_ctx, bool pend
   const int d = cfg_.d_model, F = cfg_.ffn_hidden, qkv_dim = cfg_.qkv_dim();
   const AttentionDims dims{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim(), cfg_.alibi()};
   const AttentionBatch batch{n, i32(m.cu_q), i32(m.ctx), T, max_q, max_ctx};
-  size_t w = 0;
-  auto next = [&] { return weights_[w++]; };  // weights in ParamLayout order
-  void* tok = next();
-  void* pos = cfg_.alibi() ? nullptr : next();
-  b.Embedding(tokens, i32(m.positions), tok, pos, x_, T, d);
+  b.Embedding(tokens, i32(m.positions), tok_emb_, pos_emb_, x_, T, d);
+  b.LayerNorm(x_, layers_[0].norm1_w, layers_[0].norm1_b, ln_, T, d, cfg_.norm_eps);
   for (int l = 0; l < cfg_.n_layers; ++l) {
-    void *n1w = next(), *n1b = next(), *qkvw = next(), *qkvb = next(), *projw = next(), *projb = next();
-    void *n2w = next(), *n2b = next(), *w12w = next(), *w12b = next(), *w3w = next(), *w3b = next();
-    b.LayerNorm(x_, n1w, n1b, ln_, T, d, cfg_.norm_eps);
-    b.Linear(ln_, qkvw, qkvb, qkv_, T, d, qkv_dim);
+    const LayerWeights& lw = layers_[l];
+    // ln_ holds norm1(x) here.
+    b.Linear(ln_, lw.qkv_w, lw.qkv_b, qkv_, T, d, qkv_dim);
     b.KvAppend(qkv_, T, i32(m.slots), dims, k_cache_[l], v_cache_[l]);
     const PagedKv kv{k_cache_[l], v_cache_[l], opt_.block_size, i32(m.tables), max_blocks_per_seq_};
     b.PagedAttention(dims, batch, qkv_, kv, att_);
-    b.Linear(att_, projw, projb, tmp_, T, d, d);
-    b.AddInPlace(x_, tmp_, static_cast<size_t>(T) * d);
-    b.LayerNorm(x_, n2w, n2b, ln_, T, d, cfg_.norm_eps);
-    b.Linear(ln_, w12w, w12b, h12_, T, d, 2 * F);
+    b.Linear(att_, lw.proj_w, lw.proj_b, tmp_, T, d, d);
+    b.AddLayerNorm(x_, tmp_, lw.norm2_w, lw.norm2_b, ln_, T, d, cfg_.norm_eps);
+    b.Linear(ln_, lw.w12_w, lw.w12_b, h12_, T, d, 2 * F);
     b.SwiGLU(h12_, sw_, T, F);
-    b.Linear(sw_, w3w, w3b, tmp_, T, F, d);
-    b.AddInPlace(x_, tmp_, static_cast<size_t>(T) * d);
+    b.Linear(sw_, lw.w3_w, lw.w3_b, tmp_, T, F, d);
+    // The residual add, fused with the next layer's first norm.
+    if (l + 1 < cfg_.n_layers)
+      b.AddLayerNorm(x_, tmp_, layers_[l + 1].norm1_w, layers_[l + 1].norm1_b, ln_, T, d, cfg_.norm_eps);
+    else
+      b.AddInPlace(x_, tmp_, static_cast<size_t>(T) * d);
   }
-  void *nfw = next(), *nfb = next(), *headw = next(), *headb = next();
   if (R == 0) return;
   // Only the rows that sample need the final norm and the vocabulary projection.
   const int V = cfg_.vocab_size;
   b.GatherRows(x_, i32(m.rows), last_, R, d);
-  b.LayerNorm(last_, nfw, nfb, ln_, R, d, cfg_.norm_eps);
-  b.Linear(ln_, headw, headb, logits_, R, d, V);
+  b.LayerNorm(last_, norm_f_w_, norm_f_b_, ln_, R, d, cfg_.norm_eps);
+  b.Linear(ln_, head_w_, head_b_, logits_, R, d, V);
   const auto* params = reinterpret_cast<const SamplingParams*>(d_meta_ + m.params);
   if (penalties) {
     b.ApplyPenalties(logits_, logits_penalized_, R, V, reinterpret_cast<const PenaltyRow*>(d_meta_ + m.penalties), d_entries_);

@@ -7,12 +7,14 @@
 # most 8 files come back: log.txt, backend_ops_{bf16,f16}.txt,
 # server_test_cuda.txt, attention_ours.jsonl, attention.md,
 # attention_memory.png, cpu.md; `ncu` mode writes ncu.txt).
-# usage: scripts/device-run.sh [checks|bench|cpu|checks+cpu|ncu|features|serve|serve-quick|all]   (default all: checks, bench, cpu)
+# usage: scripts/device-run.sh [checks|bench|cpu|checks+cpu|ncu|features|serve|serve-quick|serve-checks|all]   (default all: checks, bench, cpu)
 #        features: logprobs, penalties, n and prefix caching served on CUDA beside the CPU (features_{bf16,f16}.txt)
 #        TRAIN_THREADS=1,16 picks the thread counts of the CPU training comparison.
 #        serve: the serving benchmark of issues #12/#14 (bench/serve_gpu_bench.py: tinygpt serve --device cuda with a random
 #        bench-125m checkpoint beside a PyTorch static-graph decoder and HF generate_batch); writes serving.md,
 #        serving.png, serving.jsonl, servers.log and serve_log.txt. serve-quick: its shorter variant (--quick).
+#        serve-checks: the bf16 backend-ops check and server_test on CUDA, then serve-quick. SERVE_SECONDS (540)
+#        is the serving bench's own time budget.
 set -uo pipefail
 what=${1:-all}
 S=$PWD/device-stage
@@ -87,10 +89,21 @@ if [[ $what == ncu ]]; then
     done
   fi
 fi
-if [[ $what == serve || $what == serve-quick ]]; then
+if [[ $what == serve-checks ]]; then
+  # The engine's GPU path checked before it is timed, in the same call: the
+  # bf16 op/runner checks and the server's integration tests on CUDA.
+  step "backend ops bf16" 150 "$S/bin/tinygpt_backend_ops" --dtype=bf16 "$S/seed.safetensors" > "$OUT/backend_ops_bf16.txt" 2>&1
+  grep -E "^FAIL|passed|error|CUDA|runner" "$OUT/backend_ops_bf16.txt" | head -20 | tee -a "$log"
+  TINYGPT_BIN=$S/bin/tinygpt TINYGPT_TEST_SERVER_FLAGS=--device=cuda \
+    step "server_test --device=cuda" 200 "$S/bin/server_test" > "$OUT/server_test_cuda.txt" 2>&1
+  grep -E "^\[  |Failure|error|Expected|Which is" "$OUT/server_test_cuda.txt" | head -40 | tee -a "$log"
+fi
+if [[ $what == serve || $what == serve-quick || $what == serve-checks ]]; then
   # One call within the device tool's 10 minutes: the script budgets itself to ~7 (serve-quick: ~4).
-  quick=; [[ $what == serve-quick ]] && quick=--quick
-  PYTHONUNBUFFERED=1 step "serving bench $quick" 570 python3 -u bench/serve_gpu_bench.py "$S/bin" "$OUT" $quick > "$OUT/serve_log.txt" 2>&1
+  quick=; [[ $what != serve ]] && quick=--quick
+  total=${SERVE_SECONDS:-540}
+  PYTHONUNBUFFERED=1 step "serving bench $quick" $((total + 30)) python3 -u bench/serve_gpu_bench.py "$S/bin" "$OUT" $quick \
+    --total-seconds=$total > "$OUT/serve_log.txt" 2>&1
   grep -E "^\[|!!" "$OUT/serve_log.txt" | tail -60 >> "$log"
   cat "$OUT/serving.md" 2>/dev/null || tail -40 "$OUT/serve_log.txt"
 fi

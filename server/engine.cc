@@ -291,13 +291,16 @@ replan:
     }
     if (steps[i].sample) steps[i].sampling.uniform = in_step[i]->rng.NextUniform();
   }
-  if (const absl::Status status = runner_->Launch(steps); !status.ok()) {
+  const absl::Status status = runner_->Launch(steps);
+  const double launch_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (!status.ok()) {
     LOG(ERROR) << "step failed: " << status;
     for (auto& s : in_step) Retire(s, FinishReason::kCancelled, status);
     return true;
   }
   LaunchedStep launched;
   launched.launched = t0;
+  launched.launch_seconds = launch_seconds;
   int row = 0;
   for (size_t i = 0; i < steps.size(); ++i) {
     Sequence& s = *in_step[i];
@@ -318,12 +321,15 @@ replan:
 void Engine::CollectStep() {
   LaunchedStep step = std::move(in_flight_.front());
   in_flight_.pop_front();
+  const auto wait0 = Clock::now();
   const absl::Status status = runner_->Collect(&result_);
   if (opt_.debug_step_delay.count() > 0) std::this_thread::sleep_for(opt_.debug_step_delay);
   const auto t1 = Clock::now();
   if (metrics_) {
+    // The step's host-side time: its launch (all of it on the CPU backend)
+    // and the wait for its result; on a GPU the device time is reported.
     const GraphStats g = runner_->graph_stats();
-    metrics_->OnStep(std::chrono::duration<double>(t1 - step.launched).count(), step.tokens, result_.device_seconds,
+    metrics_->OnStep(step.launch_seconds + std::chrono::duration<double>(t1 - wait0).count(), step.tokens, result_.device_seconds,
                      result_.graph);
     metrics_->OnGraphCaptures(g.captured - graphs_seen_.captured, g.capture_seconds - graphs_seen_.capture_seconds);
     graphs_seen_ = g;

@@ -110,6 +110,7 @@ class Engine {
     std::vector<int> end;         // each sequence's cache length after the step
     std::vector<int> sample_row;  // its sampling row, or -1
     Clock::time_point launched;
+    double launch_seconds = 0;  // the Launch call itself (the whole step on the CPU backend)
     int tokens = 0;
   };
   std::deque<LaunchedStep> in_flight_;

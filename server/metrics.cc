@@ -99,8 +99,8 @@ void ServerMetrics::OnRequestDone(const std::string& grpc_code, const std::strin
   if (ttft >= 0) ttft_->Observe(ttft);
 }
 
-void ServerMetrics::OnStep(double wall_seconds, int tokens, double device_seconds, bool graph) {
-  step_seconds_->Observe(device_seconds > 0 ? device_seconds : wall_seconds);
+void ServerMetrics::OnStep(double host_seconds, int tokens, double device_seconds, bool graph) {
+  step_seconds_->Observe(device_seconds > 0 ? device_seconds : host_seconds);
   step_tokens_->Observe(tokens);
   device_seconds_->Increment(device_seconds);
   (graph ? graph_steps_ : eager_steps_)->Increment();

@@ -41,9 +41,9 @@ class ServerMetrics {
   // One finished RPC: its final gRPC status name (e.g. "OK") and finish reason.
   void OnRequestDone(const std::string& grpc_code, const std::string& finish_reason, int prompt_tokens, int generated_tokens,
                      double e2e_seconds, double queue_seconds, double ttft_seconds);
-  // A collected step: the wall time from its launch, its tokens, its device
-  // time (0 on the CPU) and whether it replayed a graph.
-  void OnStep(double wall_seconds, int tokens, double device_seconds, bool graph);
+  // A collected step: its host time (launch + wait for the result), its
+  // tokens, its device time (0 on the CPU) and whether it replayed a graph.
+  void OnStep(double host_seconds, int tokens, double device_seconds, bool graph);
   void OnGraphCaptures(int count, double seconds);
   void OnInterTokenLatency(double seconds);
   void OnPreemption();

@@ -236,6 +236,11 @@ class CudaBackend final : public Backend {
     AddKernel<T><<<Blocks(n, 256), 256, 0, stream_>>>(P(x), P(y), static_cast<long>(n));
     TG_CUDA_LAUNCH_CHECK();
   }
+  void AddLayerNorm(void* x, const void* r, const void* w, const void* b, void* y, int rows, int C, float eps) override {
+    if (rows == 0) return;
+    AddLayerNormKernel<T><<<(rows + 7) / 8, 256, 0, stream_>>>(P(x), P(r), P(w), P(b), P(y), rows, C, eps);
+    TG_CUDA_LAUNCH_CHECK();
+  }
   void SwiGLU(const void* h, void* out, int rows, int F) override {
     OpTimes::Scope timed(&op_times_, "swiglu forward", stream_);
     if (rows == 0) return;

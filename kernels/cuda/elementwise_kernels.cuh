@@ -34,6 +34,33 @@ __global__ void LayerNormKernel(const T* x, const T* w, const T* b, T* y, int ro
   for (int c = lane; c < C; c += 32) yr[c] = FromFloat<T>((ToFloat(xr[c]) - mean) * rstd * ToFloat(w[c]) + ToFloat(b[c]));
 }
 
+// x += r, then y = LayerNorm(x), one warp per row: the sum is rounded to T
+// as AddKernel stores it, and the statistics are taken of the rounded values
+// (each lane re-reads only what it wrote), so the result equals AddKernel
+// followed by LayerNormKernel.
+template <class T>
+__global__ void AddLayerNormKernel(T* x, const T* r, const T* w, const T* b, T* y, int rows, int C, float eps) {
+  const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  T* xr = x + static_cast<long>(row) * C;
+  const T* rr = r + static_cast<long>(row) * C;
+  float sum = 0.f;
+  for (int c = lane; c < C; c += 32) {
+    const T v = FromFloat<T>(ToFloat(xr[c]) + ToFloat(rr[c]));
+    xr[c] = v;
+    sum += ToFloat(v);
+  }
+  const float mean = WarpSum(sum) / C;
+  float var = 0.f;
+  for (int c = lane; c < C; c += 32) {
+    const float d = ToFloat(xr[c]) - mean;
+    var += d * d;
+  }
+  const float rstd = rsqrtf(WarpSum(var) / C + eps);
+  T* yr = y + static_cast<long>(row) * C;
+  for (int c = lane; c < C; c += 32) yr[c] = FromFloat<T>((ToFloat(xr[c]) - mean) * rstd * ToFloat(w[c]) + ToFloat(b[c]));
+}
+
 template <class T>
 __global__ void AddKernel(T* x, const T* y, long n) {
   for (long i = blockIdx.x * static_cast<long>(blockDim.x) + threadIdx.x; i < n; i += static_cast<long>(gridDim.x) * blockDim.x)

@@ -150,6 +150,14 @@ void TestDense(Backend* G, Backend* C, double tol) {
       G->AddInPlace(a.g, x.g, a.n);
       C->AddInPlace(a.c, x.c, a.n);
       Report("add T=" + std::to_string(T) + " C=" + std::to_string(Cw), RelErr(a.Gpu(), a.Cpu()), tol);
+      // The fused residual add + LayerNorm: both outputs (the stream and the norm).
+      Pair r(G, C, T * Cw), z(G, C, T * Cw);
+      r.Set(Random(r.n, 3.f));
+      y.Poison();
+      G->AddLayerNorm(r.g, x.g, w.g, b.g, z.g, T, Cw, 1e-5f);
+      C->AddLayerNorm(r.c, x.c, w.c, b.c, z.c, T, Cw, 1e-5f);
+      Report("add+layernorm T=" + std::to_string(T) + " C=" + std::to_string(Cw) + " (stream, norm)",
+             std::max(RelErr(r.Gpu(), r.Cpu()), RelErr(z.Gpu(), z.Cpu())), tol);
     }
     const int V = 300, Cw = 64, P = 1024;
     std::vector<int32_t> tokens(T), positions(T), rows;
