@@ -130,6 +130,17 @@ def make_prompts(path, n, lo, hi, vocab, seed=12):
     return prompts
 
 
+def fresh_prompts(a, tag):
+    """A prompts file of its own for one run (same lengths' distribution, other ids): the server keeps the KV blocks of
+    prompts it has seen (prefix caching, on by default), so a run that reused another run's prompts would skip their
+    prefill. Only the 256-at-once streaming run uses a.prompts, the file the peers get."""
+    path = os.path.join(a.work, f"prompts-{tag}.jsonl")
+    if not os.path.exists(path):
+        make_prompts(path, max(a.n2048, a.n256), a.prompt_min, a.prompt_max, a.cfg["vocab_size"],
+                     seed=sum(map(ord, tag)) * 7919 + 1)
+    return path
+
+
 # ---------------------------------------------------------------- the server
 
 def parse_metrics(text):
@@ -284,7 +295,7 @@ def run_server_set(a, res, label, flags, plan, more=None):
     log(f"   {server.banner}")
     try:
         # Warm-up (GEMM algorithm choice, first allocations) outside any timing.
-        client_bench(a, server, f"{label}: warm-up", res, workload_flags(a, a.n256 // 4 or 1, 64, a.prompts, a.new_tokens), 120,
+        client_bench(a, server, f"{label}: warm-up", res, workload_flags(a, a.n256 // 4 or 1, 64, fresh_prompts(a, "warm-up"), a.new_tokens), 120,
                      server_flags=flags, config=label, warmup=True)
         todo = list(plan)
         while todo or more:
@@ -306,14 +317,15 @@ def headline_plan(a, unary=True):
     plan = [(f"{a.n256} at once, streaming", workload_flags(a, a.n256, a.n256, a.prompts, a.new_tokens), 180,
              dict(workload="256", api="stream", gpu=True))]
     if unary:
-        plan.append((f"{a.n256} at once, unary", workload_flags(a, a.n256, a.n256, a.prompts, a.new_tokens) + ["--unary"], 180,
+        plan.append((f"{a.n256} at once, unary", workload_flags(a, a.n256, a.n256, fresh_prompts(a, "unary"), a.new_tokens) + ["--unary"], 180,
                      dict(workload="256", api="unary")))
     return plan
 
 
 def part_default(a, res):
     plan = headline_plan(a)
-    plan.append((f"1 at a time x {a.n_single}", workload_flags(a, a.n_single, 1, a.prompts, a.new_tokens), 180, dict(workload="single", api="stream")))
+    plan.append((f"1 at a time x {a.n_single}", workload_flags(a, a.n_single, 1, fresh_prompts(a, "single"), a.new_tokens), 180,
+                 dict(workload="single", api="stream")))
     run_server_set(a, res, "default", [], plan, more=lambda: sweep_plan(a, res))
 
 
@@ -325,7 +337,8 @@ def sweep_plan(a, res):
     for frac in a.sweep_fracs:
         rate = max(0.5, frac * cap)
         n = int(min(a.sweep_max_requests, max(a.sweep_min_requests, rate * a.sweep_seconds)))
-        plan.append((f"Poisson {rate:.1f} req/s", workload_flags(a, n, 1, a.prompts, a.new_tokens) + [f"--rate={rate:.3f}", "--seed=7"],
+        plan.append((f"Poisson {rate:.1f} req/s", workload_flags(a, n, 1, fresh_prompts(a, f"sweep-{frac}"), a.new_tokens)
+                     + [f"--rate={rate:.3f}", "--seed=7"],
                      int(60 + 3 * n / rate), dict(workload="sweep", api="stream", offered_rate=rate, offered_frac=frac)))
     return plan
 

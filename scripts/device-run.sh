@@ -7,7 +7,7 @@
 # most 8 files come back: log.txt, backend_ops_{bf16,f16}.txt,
 # server_test_cuda.txt, attention_ours.jsonl, attention.md,
 # attention_memory.png, cpu.md; `ncu` mode writes ncu.txt).
-# usage: scripts/device-run.sh [checks|bench|cpu|checks+cpu|ncu|features|serve|serve-quick|serve-checks|all]   (default all: checks, bench, cpu)
+# usage: scripts/device-run.sh [checks|bench|cpu|checks+cpu|ncu|features|serve|serve-quick|serve-checks|profile|all]   (default all: checks, bench, cpu)
 #        features: logprobs, penalties, n and prefix caching served on CUDA beside the CPU (features_{bf16,f16}.txt)
 #        TRAIN_THREADS=1,16 picks the thread counts of the CPU training comparison.
 #        serve: the serving benchmark of issues #12/#14 (bench/serve_gpu_bench.py: tinygpt serve --device cuda with a random
@@ -88,6 +88,21 @@ if [[ $what == ncu ]]; then
         -k regex:PagedFlash --launch-skip 3 --launch-count 1 "$S/bin/tinygpt_attention_bench" >> "$OUT/ncu.txt" 2>&1
     done
   fi
+fi
+if [[ $what == profile ]]; then
+  # Decode steps of the runner alone on a random bench-125m checkpoint: step
+  # time by batch size with and without graphs, then GPU time op by op.
+  ck=/tmp/bench-125m.safetensors
+  step "bench-125m checkpoint" 120 python3 -c "import sys; sys.path.insert(0, 'bench'); import serve_gpu_bench as b; b.make_checkpoint('$ck', b.BENCH_125M)" >> "$log" 2>&1
+  prof=$OUT/profile.txt
+  for g in 1 0; do
+    step "engine bench graphs=$g" 120 "$S/bin/tinygpt_engine_bench" "$ck" --device=cuda --batches=1,8,64,256 --ctx=330 --graphs=$g >> "$prof" 2>&1
+  done
+  for n in 1 256; do
+    echo "op times, $n sequences per step, no graphs:" >> "$prof"
+    TINYGPT_CUDA_OP_TIMES=1 step "op times $n" 120 "$S/bin/tinygpt_engine_bench" "$ck" --device=cuda --batches=$n --ctx=330 --graphs=0 >> "$prof" 2>&1
+  done
+  cat "$prof"
 fi
 if [[ $what == serve-checks ]]; then
   # The engine's GPU path checked before it is timed, in the same call: the

@@ -61,6 +61,66 @@ __global__ void AddLayerNormKernel(T* x, const T* r, const T* w, const T* b, T* 
   for (int c = lane; c < C; c += 32) yr[c] = FromFloat<T>((ToFloat(xr[c]) - mean) * rstd * ToFloat(w[c]) + ToFloat(b[c]));
 }
 
+// LayerNorm of rows of C <= kNormMaxVec*256 elements, C a multiple of 8 (the
+// model's widths): one warp per row keeps the row in registers, read once
+// with 16-byte loads. The scalar kernels above wait out a memory latency per
+// element (about 15 us for one 768-wide row, which a decode step pays 25
+// times); this one issues a lane's loads together. kAdd: x += r first (the
+// residual add, rounded to T as AddKernel stores it), statistics of the
+// rounded sum, as AddLayerNormKernel.
+constexpr int kNormMaxVec = 8;
+template <class T, bool kAdd>
+__global__ void LayerNormVecKernel(T* __restrict__ x, const T* __restrict__ r, const T* __restrict__ w, const T* __restrict__ b,
+                                   T* __restrict__ y, int rows, int C, float eps) {
+  const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const int nvec = C / 8;
+  uint4* xr = reinterpret_cast<uint4*>(x + static_cast<long>(row) * C);
+  float v[kNormMaxVec][8];
+  float sum = 0.f;
+#pragma unroll
+  for (int i = 0; i < kNormMaxVec; ++i) {
+    const int c = lane + 32 * i;
+    if (c >= nvec) break;
+    uint4 raw = xr[c];
+    T* e = reinterpret_cast<T*>(&raw);
+    if constexpr (kAdd) {
+      const uint4 add = reinterpret_cast<const uint4*>(r + static_cast<long>(row) * C)[c];
+      const T* f = reinterpret_cast<const T*>(&add);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) e[j] = FromFloat<T>(ToFloat(e[j]) + ToFloat(f[j]));
+      xr[c] = raw;
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      v[i][j] = ToFloat(e[j]);
+      sum += v[i][j];
+    }
+  }
+  const float mean = WarpSum(sum) / C;
+  float var = 0.f;
+#pragma unroll
+  for (int i = 0; i < kNormMaxVec; ++i) {
+    if (lane + 32 * i >= nvec) break;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) var += (v[i][j] - mean) * (v[i][j] - mean);
+  }
+  const float rstd = rsqrtf(WarpSum(var) / C + eps);
+  uint4* yr = reinterpret_cast<uint4*>(y + static_cast<long>(row) * C);
+#pragma unroll
+  for (int i = 0; i < kNormMaxVec; ++i) {
+    const int c = lane + 32 * i;
+    if (c >= nvec) break;
+    const uint4 wv = reinterpret_cast<const uint4*>(w)[c], bv = reinterpret_cast<const uint4*>(b)[c];
+    const T *we = reinterpret_cast<const T*>(&wv), *be = reinterpret_cast<const T*>(&bv);
+    uint4 out;
+    T* o = reinterpret_cast<T*>(&out);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) o[j] = FromFloat<T>((v[i][j] - mean) * rstd * ToFloat(we[j]) + ToFloat(be[j]));
+    yr[c] = out;
+  }
+}
+
 template <class T>
 __global__ void AddKernel(T* x, const T* y, long n) {
   for (long i = blockIdx.x * static_cast<long>(blockDim.x) + threadIdx.x; i < n; i += static_cast<long>(gridDim.x) * blockDim.x)
@@ -92,6 +152,25 @@ __global__ void KvAppendKernel(const T* qkv, long qkv_stride, const int32_t* slo
   for (int c = threadIdx.x; c < kv_dim; c += blockDim.x) {
     k_cache[slot * kv_dim + c] = row[c];
     v_cache[slot * kv_dim + c] = row[kv_dim + c];
+  }
+}
+
+// The same with 16-byte copies, one warp per token (kv_dim % 8 == 0 and the
+// fused row's K offset and stride 8-aligned: the model's head dims).
+template <class T>
+__global__ void KvAppendVecKernel(const T* __restrict__ qkv, long qkv_stride, const int32_t* __restrict__ slots, int tokens,
+                                  int k_offset, int kv_dim, T* __restrict__ k_cache, T* __restrict__ v_cache) {
+  const int t = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
+  if (t >= tokens) return;
+  const long slot = slots[t];
+  if (slot < 0) return;
+  const uint4* k = reinterpret_cast<const uint4*>(qkv + t * qkv_stride + k_offset);
+  const uint4* v = reinterpret_cast<const uint4*>(qkv + t * qkv_stride + k_offset + kv_dim);
+  uint4* kd = reinterpret_cast<uint4*>(k_cache + slot * kv_dim);
+  uint4* vd = reinterpret_cast<uint4*>(v_cache + slot * kv_dim);
+  for (int c = lane; c < kv_dim / 8; c += 32) {
+    kd[c] = k[c];
+    vd[c] = v[c];
   }
 }
 

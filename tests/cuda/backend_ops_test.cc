@@ -16,6 +16,7 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -259,6 +260,31 @@ void TestSampling(Backend* G, Backend* C) {
   (ok ? passed : failed)++;
 }
 
+// KV append: each token's K and V (from its fused qkv row) into its slot.
+void TestKvAppend(Backend* G, Backend* C, double tol) {
+  for (auto [H, Hkv, D] : {std::tuple{12, 4, 64}, {8, 8, 128}, {4, 2, 16}}) {
+    const int T = 37, slots_total = 256, kv_dim = Hkv * D;
+    const AttentionDims dims{H, Hkv, D, false};
+    Pair qkv(G, C, static_cast<size_t>(T) * (H + 2 * Hkv) * D), k(G, C, slots_total * kv_dim), v(G, C, slots_total * kv_dim);
+    qkv.Set(Random(qkv.n));
+    std::vector<int32_t> slots(slots_total);
+    for (int i = 0; i < slots_total; ++i) slots[i] = i;
+    std::shuffle(slots.begin(), slots.end(), rng);
+    slots.resize(T);
+    Ints sl(G, C, slots);
+    G->KvAppend(qkv.g, T, sl.g, dims, k.g, v.g);
+    C->KvAppend(qkv.c, T, sl.c, dims, k.c, v.c);
+    // Only the written slots (the rest stay NaN on both).
+    auto written = [&](const std::vector<float>& cache) {
+      std::vector<float> out;
+      for (int32_t s : slots) out.insert(out.end(), cache.begin() + static_cast<long>(s) * kv_dim, cache.begin() + static_cast<long>(s + 1) * kv_dim);
+      return out;
+    };
+    Report("kv append T=37 H=" + std::to_string(H) + "/" + std::to_string(Hkv) + " D=" + std::to_string(D),
+           std::max(RelErr(written(k.Gpu()), written(k.Cpu())), RelErr(written(v.Gpu()), written(v.Cpu()))), tol);
+  }
+}
+
 // Penalties and pending tokens, the ops a step runs around sampling.
 void TestPenaltiesAndPendingTokens(Backend* G, Backend* C, double tol) {
   const int V = 32000, R = 24;
@@ -291,8 +317,10 @@ void TestPenaltiesAndPendingTokens(Backend* G, Backend* C, double tol) {
   G->ApplyPenalties(logits.g, out.g, R, V, static_cast<PenaltyRow*>(grows), static_cast<PenaltyEntry*>(gent));
   C->ApplyPenalties(logits.c, out.c, R, V, static_cast<PenaltyRow*>(crows), static_cast<PenaltyEntry*>(cent));
   Report("penalties (repetition, frequency, presence) R=24 V=32000", RelErr(out.Gpu(), out.Cpu()), tol);
-  // Greedy and sampled rows from the penalized logits, through SampleAsync
-  // with device parameters: the same tokens.
+  // Greedy and sampled rows through SampleAsync with device parameters,
+  // against the CPU's rule on the same (GPU-penalized, so equally rounded)
+  // logits: the same tokens.
+  out.Set(out.Gpu());
   std::vector<SamplingParams> params(R);
   for (int r = 0; r < R; ++r) params[r] = {r % 2 ? 0.f : 0.8f, r % 3 ? 0 : 40, 1.f, std::uniform_real_distribution<float>(0, 1)(rng)};
   void* gparams = upload(G, params.data(), R * sizeof(SamplingParams));
@@ -818,6 +846,7 @@ int main(int argc, char** argv) {
   tinygpt::TestDense(gpu->get(), cpu.get(), tol);
   tinygpt::TestAttentionCases(gpu->get(), cpu.get(), tol);
   tinygpt::TestSampling(gpu->get(), cpu.get());
+  tinygpt::TestKvAppend(gpu->get(), cpu.get(), tol);
   tinygpt::TestPenaltiesAndPendingTokens(gpu->get(), cpu.get(), tol);
   if (!checkpoint.empty()) {
     tinygpt::TestModel(gpu->get(), cpu.get(), checkpoint, dtype == "bf16" ? 1.5e-2 : 3e-3);
