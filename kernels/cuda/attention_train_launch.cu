@@ -66,8 +66,8 @@ void LaunchTrainAttentionForward(const AttentionDims& dims, const AttentionBatch
   if constexpr (!std::is_same_v<T, float>) {
     ByHeadDim(dims.head_dim, [&](auto d) {
       using Tr = MmaTrainTraits<decltype(d)::value>;
-      LaunchMma(MmaRowsKernel<Tr, T, MmaRowPass::kForward>, Grid<Tr>(batch, dims.n_heads), Tr::kThreads, 3 * Tr::kTileElems * 2,
-                p, stream);
+      LaunchMma(MmaRowsKernel<Tr, T, MmaRowPass::kForward>, Grid<Tr>(batch, dims.n_heads), Tr::kThreads, MmaForwardSmem<Tr>(), p,
+                stream);
     });
     return;
   }
@@ -83,7 +83,8 @@ void LaunchTrainAttentionBackward(const AttentionDims& dims, const AttentionBatc
                                   const T* dout, const float* lse, float* delta, T* dqkv, cudaStream_t stream) {
   if (batch.num_seqs == 0 || batch.total_q == 0) return;
   const long rows_heads = static_cast<long>(batch.total_q) * dims.n_heads;
-  TrainAttentionDeltaKernel<T><<<(rows_heads + 255) / 256, 256, 0, stream>>>(out, dout, delta, rows_heads, dims.head_dim);
+  const long delta_threads = rows_heads * (dims.head_dim / (16 / static_cast<int>(sizeof(T))));  // 16 bytes per thread
+  TrainAttentionDeltaKernel<T><<<(delta_threads + 255) / 256, 256, 0, stream>>>(out, dout, delta, rows_heads, dims.head_dim);
   TG_CUDA_LAUNCH_CHECK();
   TrainAttentionParams p = MakeParams(dims, batch, qkv);
   p.out = out;
@@ -94,10 +95,8 @@ void LaunchTrainAttentionBackward(const AttentionDims& dims, const AttentionBatc
   if constexpr (!std::is_same_v<T, float>) {
     ByHeadDim(dims.head_dim, [&](auto d) {
       using Tr = MmaTrainTraits<decltype(d)::value>;
-      LaunchMma(MmaRowsKernel<Tr, T, MmaRowPass::kDq>, Grid<Tr>(batch, dims.n_heads), Tr::kThreads, 4 * Tr::kTileElems * 2, p,
-                stream);
-      LaunchMma(MmaDkDvKernel<Tr, T>, Grid<Tr>(batch, dims.n_kv_heads), Tr::kThreads,
-                4 * Tr::kTileElems * 2 + 2 * Tr::kBlockN * sizeof(float), p, stream);
+      LaunchMma(MmaRowsKernel<Tr, T, MmaRowPass::kDq>, Grid<Tr>(batch, dims.n_heads), Tr::kThreads, MmaDqSmem<Tr>(), p, stream);
+      LaunchMma(MmaDkDvKernel<Tr, T>, Grid<Tr>(batch, dims.n_kv_heads), Tr::kThreads, MmaDkDvSmem<Tr>(), p, stream);
     });
     return;
   }
