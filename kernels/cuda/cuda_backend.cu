@@ -51,9 +51,10 @@ struct GemmShape {
   int m, n, k, lda, ldb, ldd;
   cudaDataType_t d_type;
   bool bias;
+  bool bgradb = false;  // epilogue BGRADB: the bias pointer receives Σ over k of op(B)'s columns (fp32)
   bool operator<(const GemmShape& o) const {
-    return std::tie(ta, tb, m, n, k, lda, ldb, ldd, d_type, bias) <
-           std::tie(o.ta, o.tb, o.m, o.n, o.k, o.lda, o.ldb, o.ldd, o.d_type, o.bias);
+    return std::tie(ta, tb, m, n, k, lda, ldb, ldd, d_type, bias, bgradb) <
+           std::tie(o.ta, o.tb, o.m, o.n, o.k, o.lda, o.ldb, o.ldd, o.d_type, o.bias, o.bgradb);
   }
 };
 
@@ -319,6 +320,21 @@ class CudaBackend final : public Backend {
     // dx[rows, in] = dy·w: column-major dx^T[in, rows] = (w stored in×out) · (dy stored out×rows).
     if (dx) Gemm({false, false, in, rows, out, in, out, in, CudaType<T>(), false}, w, dy, dx, 0.f, nullptr);
     // dw[out, in] += dy^T·x: column-major dw^T[in, out] = (x stored in×rows) · (dy stored out×rows)^T, fp32.
+    // With db, cuBLASLt's BGRADB epilogue sums dy over the rows (op(B)'s k
+    // dimension) in the same pass into an fp32 scratch vector, added into db
+    // after (the epilogue writes; db accumulates). Where cuBLASLt has no such
+    // algorithm (or TINYGPT_CUDA_NO_BGRADB is set), a kernel of its own reads dy again.
+    if (db && use_bgradb_) {
+      GemmShape g{false, true, in, out, rows, in, out, in, CUDA_R_32F, false};
+      g.bgradb = true;
+      if (GemmPlanFor(g).has_algo) {
+        if (static_cast<size_t>(out) > bias_scratch_.floats) bias_scratch_.Grow(out, stream_);
+        Gemm(g, x, dy, dw, 1.f, bias_scratch_.p);
+        AddFloatsKernel<<<Blocks(out, 256), 256, 0, stream_>>>(db, bias_scratch_.p, out);
+        TG_CUDA_LAUNCH_CHECK();
+        return;
+      }
+    }
     Gemm({false, true, in, out, rows, in, out, in, CUDA_R_32F, false}, x, dy, dw, 1.f, nullptr);
     if (db) {
       // Row slices enough for ~8 blocks per SM, of at least 256 rows each.
@@ -344,6 +360,22 @@ class CudaBackend final : public Backend {
                       float eps) override {
     OpTimes::Scope timed(&op_times_, "layernorm forward", stream_);
     if (rows == 0) return;
+    constexpr int V = 16 / sizeof(T);
+    const int chunks = (C / V + 31) / 32;
+    if (C % V == 0 && chunks <= 8 && Aligned16(x, w, b, y)) {
+      auto launch = [&](auto kernel) {
+        kernel<<<(rows + 7) / 8, 256, 0, stream_>>>(P(x), P(w), P(b), P(y), mean, rstd, rows, C, eps);
+        TG_CUDA_LAUNCH_CHECK();
+      };
+      switch (chunks) {
+        case 1: return launch(LayerNormTrainVecKernel<T, 1>);
+        case 2: return launch(LayerNormTrainVecKernel<T, 2>);
+        case 3: return launch(LayerNormTrainVecKernel<T, 3>);
+        case 4: return launch(LayerNormTrainVecKernel<T, 4>);
+        case 5: case 6: return launch(LayerNormTrainVecKernel<T, 6>);
+        default: return launch(LayerNormTrainVecKernel<T, 8>);
+      }
+    }
     LayerNormTrainKernel<T><<<(rows + 7) / 8, 256, 0, stream_>>>(P(x), P(w), P(b), P(y), mean, rstd, rows, C, eps);
     TG_CUDA_LAUNCH_CHECK();
   }
@@ -530,10 +562,13 @@ class CudaBackend final : public Backend {
   }
 
   // D = op(A)·op(B) (+ bias) + beta·C, C = D unless given (same layout).
-  void Gemm(const GemmShape& g, const void* A, const void* B, void* D, float beta, const void* bias, const void* C = nullptr) {
+  Plan& GemmPlanFor(const GemmShape& g) {
     auto it = gemms_.find(g);
     if (it == gemms_.end()) it = gemms_.emplace(g, MakeGemmPlan(g)).first;
-    Plan& plan = it->second;
+    return it->second;
+  }
+  void Gemm(const GemmShape& g, const void* A, const void* B, void* D, float beta, const void* bias, const void* C = nullptr) {
+    Plan& plan = GemmPlanFor(g);
     if (bias) TG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
     if (!plan.tuned) TuneGemm(g, plan, A, B, D, bias);
     const float alpha = 1.f;
@@ -593,6 +628,12 @@ class CudaBackend final : public Backend {
       TG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
       TG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &dt, sizeof(dt)));
     }
+    if (g.bgradb) {
+      const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BGRADB;
+      const cudaDataType_t ft = CUDA_R_32F;
+      TG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+      TG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &ft, sizeof(ft)));
+    }
     TG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.a, dt, g.ta ? g.k : g.m, g.ta ? g.m : g.k, g.lda));
     TG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.b, dt, g.tb ? g.n : g.k, g.tb ? g.k : g.n, g.ldb));
     TG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.c, g.d_type, g.m, g.n, g.ldd));
@@ -608,6 +649,10 @@ class CudaBackend final : public Backend {
       plan.has_algo = true;
       for (int i = 0; i < found; ++i)
         if (results[i].state == CUBLAS_STATUS_SUCCESS) plan.candidates.push_back(results[i].algo);
+    } else if (g.bgradb) {
+      // No fused bias gradient for this shape: has_algo stays false and the caller falls back.
+      std::fprintf(stderr, "cuBLASLt: no BGRADB algorithm for m=%d n=%d k=%d; the bias gradient takes a kernel of its own\n",
+                   g.m, g.n, g.k);
     } else {
       std::fprintf(stderr, "cuBLASLt: no algorithm for %s GEMM m=%d n=%d k=%d\n", g.d_type == CUDA_R_32F ? "fp32-out" : "", g.m,
                    g.n, g.k);
@@ -636,6 +681,22 @@ class CudaBackend final : public Backend {
   int32_t* ce_hit_ = nullptr;
   int ce_rows_ = 0;
   double* sumsq_ = nullptr;
+  // Training-only device buffers that free themselves.
+  struct FloatBuffer {
+    float* p = nullptr;
+    size_t floats = 0;
+    void Grow(size_t n, cudaStream_t stream) {
+      TG_CUDA_CHECK(cudaStreamSynchronize(stream));
+      if (p) TG_CUDA_CHECK(cudaFree(p));
+      TG_CUDA_CHECK(cudaMalloc(&p, n * sizeof(float)));
+      floats = n;
+    }
+    ~FloatBuffer() {
+      if (p) cudaFree(p);
+    }
+  };
+  FloatBuffer bias_scratch_;  // the BGRADB epilogue's bias gradient
+  bool use_bgradb_ = std::getenv("TINYGPT_CUDA_NO_BGRADB") == nullptr;
 };
 
 }  // namespace
