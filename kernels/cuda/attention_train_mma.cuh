@@ -153,11 +153,21 @@ constexpr size_t MmaDqSmem() { return 6 * Tr::kTileElems * 2; }
 template <class Tr>
 constexpr size_t MmaDkDvSmem() { return 6 * Tr::kTileElems * 2 + 4 * Tr::kBlockN * sizeof(float); }
 
+// kLog2 (the default; false keeps the natural-log form of the first
+// tensor-core version, selectable with TINYGPT_CUDA_ATTN_EXP=1): scores are
+// kept in log2 units, s·scale·log2(e) (+ ALiBi's slope·log2(e)·(j − i)),
+// masked ones −inf, so that each probability is one ex2 of an FFMA'd
+// argument: no −FLT_MAX select, no int-to-float ALiBi term without ALiBi,
+// no hidden multiply inside __expf. The softmax arithmetic per score
+// element is a good part of these kernels' time (as much as the MMAs at
+// head_dim 64), so this is worth its two forms.
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+
 // Forward and dQ: a block owns 64 query rows of one head (BlockOrder: the
 // last row blocks, which see the most keys, start first). Key/value tiles
 // stream through a two-stage cp.async pipeline: tile it+1 is copied while
 // tile it is computed on.
-template <class Tr, class T, MmaRowPass kPass>
+template <class Tr, class T, MmaRowPass kPass, bool kLog2>
 __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksRows) MmaRowsKernel(const TrainAttentionParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr bool kDq = kPass == MmaRowPass::kDq;
@@ -173,6 +183,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksRows) MmaRowsKerne
   const T* qkv = static_cast<const T*>(p.qkv);
   const long od = static_cast<long>(p.n_heads) * D;
   const float slope = p.alibi ? AlibiSlopeDev(h, p.n_heads) : 0.f;
+  const float c2 = p.scale * kLog2e, slope2 = slope * kLog2e;  // kLog2
   const int valid_rows = min(Tr::kBlockM, sb.len - sb.row0);
   // Keys 0 .. the block's last query (causal).
   const int n_keys = min(sb.len, sb.row0 + Tr::kBlockM);
@@ -192,6 +203,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksRows) MmaRowsKerne
     for (int r = 0; r < 2; ++r) {
       const long row = sb.start + min(i_row[r], sb.len - 1);
       lse[r] = p.lse[row * p.n_heads + h];
+      if constexpr (kLog2) lse[r] *= kLog2e;
       delta[r] = p.delta[row * p.n_heads + h];
     }
   }
@@ -218,7 +230,28 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksRows) MmaRowsKerne
     // Scores: scale, ALiBi; the causal and sequence masks only on the tile
     // that holds the block's own positions (every key of an earlier tile
     // precedes every query of the block).
-    if (j0 + Tr::kBlockN <= sb.row0) {
+    if (kLog2 && j0 + Tr::kBlockN <= sb.row0) {
+      if (p.alibi) {
+#pragma unroll
+        for (int nt = 0; nt < Tr::kNTiles; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            s[nt][e] = s[nt][e] * c2 + slope2 * static_cast<float>(j0 + FragCol(nt, e, t) - i_row[e >> 1]);
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < Tr::kNTiles; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[nt][e] *= c2;
+      }
+    } else if (kLog2) {
+#pragma unroll
+      for (int nt = 0; nt < Tr::kNTiles; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int j = j0 + FragCol(nt, e, t), i = i_row[e >> 1];
+          s[nt][e] = (j <= i && j < n_keys) ? s[nt][e] * c2 + slope2 * static_cast<float>(j - i) : -INFINITY;
+        }
+    } else if (j0 + Tr::kBlockN <= sb.row0) {
 #pragma unroll
       for (int nt = 0; nt < Tr::kNTiles; ++nt)
 #pragma unroll
@@ -241,7 +274,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksRows) MmaRowsKerne
         for (int nt = 0; nt < Tr::kNTiles; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float corr = __expf(m[r] - mx);
+        // (m starts at -FLT_MAX and mx >= m is finite: every row sees key 0 in the first tile.)
+        const float corr = kLog2 ? FastExp2(m[r] - mx) : __expf(m[r] - mx);
         m[r] = mx;
         l[r] *= corr;
 #pragma unroll
@@ -250,7 +284,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksRows) MmaRowsKerne
         for (int nt = 0; nt < Tr::kNTiles; ++nt)
 #pragma unroll
           for (int e = 2 * r; e < 2 * r + 2; ++e) {
-            s[nt][e] = s[nt][e] == -FLT_MAX ? 0.f : __expf(s[nt][e] - mx);
+            if constexpr (kLog2)
+              s[nt][e] = FastExp2(s[nt][e] - mx);  // −inf (masked) → 0
+            else
+              s[nt][e] = s[nt][e] == -FLT_MAX ? 0.f : __expf(s[nt][e] - mx);
             l[r] += s[nt][e];
           }
       }
@@ -262,7 +299,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksRows) MmaRowsKerne
       for (int nt = 0; nt < Tr::kNTiles; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const float pij = s[nt][e] == -FLT_MAX ? 0.f : __expf(s[nt][e] - lse[e >> 1]);
+          const float pij = kLog2 ? FastExp2(s[nt][e] - lse[e >> 1]) : s[nt][e] == -FLT_MAX ? 0.f : __expf(s[nt][e] - lse[e >> 1]);
           s[nt][e] = pij * (dp[nt][e] - delta[e >> 1]);  // dS
         }
       MmaFragsTimesTile<Tr>(acc, s, ks, lane);
@@ -287,7 +324,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksRows) MmaRowsKerne
 #pragma unroll
       for (int dt = 0; dt < Tr::kDTiles; ++dt)
         *reinterpret_cast<uint32_t*>(out + dt * 8 + 2 * t) = PackPair<T>(acc[dt][2 * r] * inv, acc[dt][2 * r + 1] * inv);
-      if (t == 0) p.lse[row * p.n_heads + h] = m[r] + __logf(sum);
+      if (t == 0) p.lse[row * p.n_heads + h] = kLog2 ? m[r] * kLn2 + __logf(sum) : m[r] + __logf(sum);
     } else {
       T* dq = static_cast<T*>(p.dqkv) + row * p.qkv_stride + h * D;
 #pragma unroll
@@ -301,7 +338,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksRows) MmaRowsKerne
 // blocks, which are seen by the most queries, start first). For each query
 // head of the GQA group in turn, the query tiles from the block's first key
 // onward stream through a two-stage cp.async pipeline (Q, dO, LSE, delta).
-template <class Tr, class T>
+template <class Tr, class T, bool kLog2>
 __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksDkDv) MmaDkDvKernel(const TrainAttentionParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* ks = reinterpret_cast<T*>(smem_raw);
@@ -356,6 +393,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksDkDv) MmaDkDvKerne
     const int gi = it / n_q_tiles, i0 = sb.row0 + (it - gi * n_q_tiles) * Tr::kBlockN;
     const int h = kvh * p.group + gi, valid = min(Tr::kBlockN, sb.len - i0);
     const float slope = p.alibi ? AlibiSlopeDev(h, p.n_heads) : 0.f;
+    const float c2 = p.scale * kLog2e, slope2 = slope * kLog2e;  // kLog2
     const T* qs = qdo + stage * 2 * Tr::kTileElems;
     const T* dos = qs + Tr::kTileElems;
     const float* lse_s = stats + stage * 2 * Tr::kBlockN;
@@ -365,7 +403,41 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksDkDv) MmaDkDvKerne
     MmaRowsTimesTileT<Tr>(dp, my_v, dos, lane); // dP^T
     // Masks only on the diagonal tile (queries from the block's first key)
     // and a sequence's last, partial tile.
-    if (i0 > sb.row0 && valid == Tr::kBlockN) {
+    if (kLog2 && i0 > sb.row0 && valid == Tr::kBlockN) {
+      if (p.alibi) {
+#pragma unroll
+        for (int nt = 0; nt < Tr::kNTiles; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int c = FragCol(nt, e, t);
+            const float pij =
+                FastExp2(s[nt][e] * c2 + slope2 * static_cast<float>(j_row[e >> 1] - i0 - c) - lse_s[c] * kLog2e);
+            s[nt][e] = pij;
+            dp[nt][e] = pij * (dp[nt][e] - delta_s[c]);
+          }
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < Tr::kNTiles; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int c = FragCol(nt, e, t);
+            const float pij = FastExp2(fmaf(s[nt][e], c2, -lse_s[c] * kLog2e));
+            s[nt][e] = pij;
+            dp[nt][e] = pij * (dp[nt][e] - delta_s[c]);
+          }
+      }
+    } else if (kLog2) {
+#pragma unroll
+      for (int nt = 0; nt < Tr::kNTiles; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int c = FragCol(nt, e, t), i = i0 + c, j = j_row[e >> 1];
+          const bool seen = c < valid && i >= j;
+          const float pij = seen ? FastExp2(s[nt][e] * c2 + slope2 * static_cast<float>(j - i) - lse_s[c] * kLog2e) : 0.f;
+          s[nt][e] = pij;
+          dp[nt][e] = pij * (dp[nt][e] - delta_s[c]);
+        }
+    } else if (i0 > sb.row0 && valid == Tr::kBlockN) {
 #pragma unroll
       for (int nt = 0; nt < Tr::kNTiles; ++nt)
 #pragma unroll
