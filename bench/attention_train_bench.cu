@@ -51,23 +51,29 @@ int main() {
       tinygpt::cuda::LaunchTrainAttentionForward<__half>(dims, batch, qkv, out, lse, nullptr);
       tinygpt::cuda::LaunchTrainAttentionBackward<__half>(dims, batch, qkv, out, dout, lse, delta, dqkv, nullptr);
     };
+    auto forward = [&] { tinygpt::cuda::LaunchTrainAttentionForward<__half>(dims, batch, qkv, out, lse, nullptr); };
     for (int i = 0; i < 3; ++i) step();
     cudaEvent_t a, b;
     cudaEventCreate(&a);
     cudaEventCreate(&b);
-    std::vector<float> ms;
-    for (int i = 0; i < 10; ++i) {
-      cudaEventRecord(a);
-      step();
-      cudaEventRecord(b);
-      cudaEventSynchronize(b);
-      float t = 0;
-      cudaEventElapsedTime(&t, a, b);
-      ms.push_back(t);
-    }
-    std::sort(ms.begin(), ms.end());
+    auto median_ms = [&](const auto& fn) {
+      std::vector<float> ms;
+      for (int i = 0; i < 10; ++i) {
+        cudaEventRecord(a);
+        fn();
+        cudaEventRecord(b);
+        cudaEventSynchronize(b);
+        float t = 0;
+        cudaEventElapsedTime(&t, a, b);
+        ms.push_back(t);
+      }
+      std::sort(ms.begin(), ms.end());
+      return ms[ms.size() / 2];
+    };
+    const float total_ms = median_ms(step), fwd_ms = median_ms(forward);
+    TG_CUDA_CHECK(cudaGetLastError());
     const size_t held = 2 * (qkv_n * 2) + 2 * (o_n * 2) + 2 * (T * H * 4);
-    std::printf("{\"M\":%d,\"ms\":%.4f,\"bytes_held\":%zu}\n", M, ms[ms.size() / 2], held);
+    std::printf("{\"M\":%d,\"ms\":%.4f,\"fwd_ms\":%.4f,\"bytes_held\":%zu}\n", M, total_ms, fwd_ms, held);
     for (void* p : {static_cast<void*>(qkv), static_cast<void*>(dqkv), static_cast<void*>(out), static_cast<void*>(dout),
                     static_cast<void*>(lse), static_cast<void*>(delta), static_cast<void*>(cu), static_cast<void*>(lens)})
       cudaFree(p);

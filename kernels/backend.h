@@ -126,6 +126,14 @@ class Backend {
   // Linear in nn.Linear's layout [out, in] (training reads the weights as
   // they are updated, not in the inference upload layout).
   virtual void LinearTrain(const void* x, const void* w, const void* b, void* y, int T, int in, int out) = 0;
+  // y = x·w^T + b + residual (the residual stream's add after a block's
+  // output projection). residual may not alias y. The default is
+  // LinearTrain then AddInPlace; CUDA folds the add into the GEMM.
+  virtual void LinearResidualTrain(const void* x, const void* w, const void* b, const void* residual, void* y, int T, int in,
+                                   int out) {
+    LinearTrain(x, w, b, y, T, in, out);
+    AddInPlace(y, residual, static_cast<size_t>(T) * out);
+  }
   // h = x·w^T + b ([T, 2F]), out = swiglu(h) ([T, F]).
   virtual void LinearSwiGLUTrain(const void* x, const void* w, const void* b, void* h, void* out, int T, int in, int F) = 0;
   // dx = dy·w (writes; dx may be null), dw += dy^T·x, db += Σ_rows dy.

@@ -162,13 +162,11 @@ float Transformer::Forward(const PackedBatch& b, int* correct, float dloss_scale
     B.LayerNormTrain(a.in, Compute(W.n1_w), Compute(W.n1_b), a.ln1, a.ln1_mean, a.ln1_rstd, T, d, cfg_.norm_eps);
     B.LinearTrain(a.ln1, Compute(W.qkv_w), Compute(W.qkv_b), a.qkv, T, d, qkv_dim);
     B.AttentionTrain(dims, batch, a.qkv, a.att, a.lse);
-    B.LinearTrain(a.att, Compute(W.proj_w), Compute(W.proj_b), a.mid, T, d, d);
-    B.AddInPlace(a.mid, a.in, static_cast<size_t>(T) * d);
+    B.LinearResidualTrain(a.att, Compute(W.proj_w), Compute(W.proj_b), a.in, a.mid, T, d, d);  // mid = in + proj(att)
     B.LayerNormTrain(a.mid, Compute(W.n2_w), Compute(W.n2_b), a.ln2, a.ln2_mean, a.ln2_rstd, T, d, cfg_.norm_eps);
     B.LinearSwiGLUTrain(a.ln2, Compute(W.w12_w), Compute(W.w12_b), a.h12, a.sw, T, d, F);
     void* next = l + 1 < cfg_.n_layers ? acts_[l + 1].in : out_;
-    B.LinearTrain(a.sw, Compute(W.w3_w), Compute(W.w3_b), next, T, F, d);
-    B.AddInPlace(next, a.mid, static_cast<size_t>(T) * d);
+    B.LinearResidualTrain(a.sw, Compute(W.w3_w), Compute(W.w3_b), a.mid, next, T, F, d);  // next = mid + w3(sw)
   }
   B.LayerNormTrain(out_, Compute(P.nf_w), Compute(P.nf_b), lnf_, lnf_mean_, lnf_rstd_, T, d, cfg_.norm_eps);
   B.LinearTrain(lnf_, Compute(P.head_w), Compute(P.head_b), logits_, T, d, cfg_.vocab_size);

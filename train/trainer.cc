@@ -231,8 +231,13 @@ absl::StatusOr<TrainResult> Train(const ModelConfig& cfg_in, DataSource& data, c
   long tokens = 0;
   double flops = 0;
   const long first = step;
+  // The next step's batch is built on the host while the GPU finishes this
+  // step's optimizer update (before the step's closing Synchronize).
+  PackedBatch next_batch;
+  bool have_next = false;
   for (; step < opt.steps; ++step) {
-    PackedBatch batch = data.Batch(opt.seed, step);
+    PackedBatch batch = have_next ? std::move(next_batch) : data.Batch(opt.seed, step);
+    have_next = false;
     model->ZeroGrad();
     int correct = 0;
     const float loss = model->Forward(batch, &correct, loss_scale);
@@ -274,6 +279,7 @@ absl::StatusOr<TrainResult> Train(const ModelConfig& cfg_in, DataSource& data, c
       }
     }
     if (on_device) {
+      if (step + 1 < opt.steps) next_batch = data.Batch(opt.seed, step + 1), have_next = true;
       backend->Synchronize();
       min_free = std::min(min_free, backend->AvailableBytes());
     }

@@ -39,6 +39,29 @@ struct SeqBlock {
   int start, len, row0;  // the sequence's first packed row, its length, this block's first row in it
   __device__ SeqBlock(const TrainAttentionParams& p, int rows_per_block)
       : start(p.cu[blockIdx.y]), len(p.lens[blockIdx.y]), row0(blockIdx.x * rows_per_block) {}
+  __device__ SeqBlock(const TrainAttentionParams& p, int rows_per_block, int seq, int row_block)
+      : start(p.cu[seq]), len(p.lens[seq]), row0(row_block * rows_per_block) {}
+};
+
+// Heavy blocks first (causal attention's blocks differ in work: a query
+// block's cost grows with its position, a key block's shrinks): the grid
+// (row blocks, sequences, heads) is walked with the row block slowest, so
+// that the blocks the scheduler starts first are, across all sequences and
+// heads, the most expensive ones, and the cheap ones fill the tail.
+// kReverse: row blocks from the last (forward, dQ) or from the first (dK/dV).
+struct BlockOrder {
+  int row_block, seq, head;
+  template <bool kReverse>
+  __device__ static BlockOrder Make() {
+    const unsigned pairs = gridDim.y * gridDim.z;
+    const unsigned linear = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    const unsigned rank = linear / pairs, pair = linear % pairs;
+    BlockOrder o;
+    o.row_block = kReverse ? static_cast<int>(gridDim.x - 1 - rank) : static_cast<int>(rank);
+    o.seq = static_cast<int>(pair % gridDim.y);
+    o.head = static_cast<int>(pair / gridDim.y);
+    return o;
+  }
 };
 
 __device__ __forceinline__ float AlibiSlopeDev(int h, int n_heads) { return exp2f(-8.0f / n_heads * (h + 1)); }
@@ -159,16 +182,28 @@ __global__ void __launch_bounds__(Tr::kThreads) TrainAttentionRowsKernel(const T
   }
 }
 
-// delta[t, h] = Σ_d dO·O, one thread per (row, head).
+// delta[t, h] = Σ_d dO·O. Rows of O and dO for (row, head) pairs are
+// consecutive head_dim-element slices ([total, n_heads*head_dim]): each pair
+// is read by head_dim/(16/sizeof(T)) adjacent lanes with 16-byte loads (a
+// warp reads contiguous memory) and reduced with shuffles.
 template <class T>
 __global__ void TrainAttentionDeltaKernel(const T* out, const T* dout, float* delta, long rows_heads, int head_dim) {
-  const long idx = blockIdx.x * static_cast<long>(blockDim.x) + threadIdx.x;
-  if (idx >= rows_heads) return;
-  const T* o = out + idx * head_dim;
-  const T* d = dout + idx * head_dim;
+  constexpr int N = 16 / sizeof(T);
+  const int lanes = head_dim / N;  // 2..32, a power of two
+  const long tid = blockIdx.x * static_cast<long>(blockDim.x) + threadIdx.x;
+  const long idx = tid / lanes;
+  const int part = static_cast<int>(tid % lanes);
   float s = 0.f;
-  for (int c = 0; c < head_dim; ++c) s += ToFloat(o[c]) * ToFloat(d[c]);
-  delta[idx] = s;
+  if (idx < rows_heads) {
+    const uint4 ov = *reinterpret_cast<const uint4*>(out + idx * head_dim + part * N);
+    const uint4 dv = *reinterpret_cast<const uint4*>(dout + idx * head_dim + part * N);
+    const T* o = reinterpret_cast<const T*>(&ov);
+    const T* d = reinterpret_cast<const T*>(&dv);
+#pragma unroll
+    for (int i = 0; i < N; ++i) s += ToFloat(o[i]) * ToFloat(d[i]);
+  }
+  for (int off = 1; off < lanes; off <<= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+  if (idx < rows_heads && part == 0) delta[idx] = s;
 }
 
 // dK and dV: a row is a key of KV head blockIdx.z; the queries that see it

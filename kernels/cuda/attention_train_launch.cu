@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "kernels/cuda/attention_train_kernel.cuh"
@@ -43,6 +44,17 @@ dim3 Grid(const AttentionBatch& batch, int heads) {
   return dim3((batch.max_q_len + Tr::kRows - 1) / Tr::kRows, batch.num_seqs, heads);
 }
 
+// The tensor-core kernels' score arithmetic: log2 units and ex2 (the
+// default), or the natural-log form of the first version
+// (TINYGPT_CUDA_ATTN_EXP=1), kept to compare and to fall back on.
+bool Log2Scores() {
+  static const bool log2 = [] {
+    const char* v = std::getenv("TINYGPT_CUDA_ATTN_EXP");
+    return !(v && std::string(v) == "1");
+  }();
+  return log2;
+}
+
 // Launches a tensor-core kernel with `smem` bytes of dynamic shared memory
 // (over the 48 KB default at head_dim 128, hence the attribute).
 template <class Kernel>
@@ -66,8 +78,12 @@ void LaunchTrainAttentionForward(const AttentionDims& dims, const AttentionBatch
   if constexpr (!std::is_same_v<T, float>) {
     ByHeadDim(dims.head_dim, [&](auto d) {
       using Tr = MmaTrainTraits<decltype(d)::value>;
-      LaunchMma(MmaRowsKernel<Tr, T, MmaRowPass::kForward>, Grid<Tr>(batch, dims.n_heads), Tr::kThreads, 3 * Tr::kTileElems * 2,
-                p, stream);
+      if (Log2Scores())
+        LaunchMma(MmaRowsKernel<Tr, T, MmaRowPass::kForward, true>, Grid<Tr>(batch, dims.n_heads), Tr::kThreads,
+                  MmaForwardSmem<Tr>(), p, stream);
+      else
+        LaunchMma(MmaRowsKernel<Tr, T, MmaRowPass::kForward, false>, Grid<Tr>(batch, dims.n_heads), Tr::kThreads,
+                  MmaForwardSmem<Tr>(), p, stream);
     });
     return;
   }
@@ -83,7 +99,8 @@ void LaunchTrainAttentionBackward(const AttentionDims& dims, const AttentionBatc
                                   const T* dout, const float* lse, float* delta, T* dqkv, cudaStream_t stream) {
   if (batch.num_seqs == 0 || batch.total_q == 0) return;
   const long rows_heads = static_cast<long>(batch.total_q) * dims.n_heads;
-  TrainAttentionDeltaKernel<T><<<(rows_heads + 255) / 256, 256, 0, stream>>>(out, dout, delta, rows_heads, dims.head_dim);
+  const long delta_threads = rows_heads * (dims.head_dim / (16 / static_cast<int>(sizeof(T))));  // 16 bytes per thread
+  TrainAttentionDeltaKernel<T><<<(delta_threads + 255) / 256, 256, 0, stream>>>(out, dout, delta, rows_heads, dims.head_dim);
   TG_CUDA_LAUNCH_CHECK();
   TrainAttentionParams p = MakeParams(dims, batch, qkv);
   p.out = out;
@@ -94,10 +111,15 @@ void LaunchTrainAttentionBackward(const AttentionDims& dims, const AttentionBatc
   if constexpr (!std::is_same_v<T, float>) {
     ByHeadDim(dims.head_dim, [&](auto d) {
       using Tr = MmaTrainTraits<decltype(d)::value>;
-      LaunchMma(MmaRowsKernel<Tr, T, MmaRowPass::kDq>, Grid<Tr>(batch, dims.n_heads), Tr::kThreads, 4 * Tr::kTileElems * 2, p,
-                stream);
-      LaunchMma(MmaDkDvKernel<Tr, T>, Grid<Tr>(batch, dims.n_kv_heads), Tr::kThreads,
-                4 * Tr::kTileElems * 2 + 2 * Tr::kBlockN * sizeof(float), p, stream);
+      if (Log2Scores()) {
+        LaunchMma(MmaRowsKernel<Tr, T, MmaRowPass::kDq, true>, Grid<Tr>(batch, dims.n_heads), Tr::kThreads, MmaDqSmem<Tr>(), p,
+                  stream);
+        LaunchMma(MmaDkDvKernel<Tr, T, true>, Grid<Tr>(batch, dims.n_kv_heads), Tr::kThreads, MmaDkDvSmem<Tr>(), p, stream);
+      } else {
+        LaunchMma(MmaRowsKernel<Tr, T, MmaRowPass::kDq, false>, Grid<Tr>(batch, dims.n_heads), Tr::kThreads, MmaDqSmem<Tr>(), p,
+                  stream);
+        LaunchMma(MmaDkDvKernel<Tr, T, false>, Grid<Tr>(batch, dims.n_kv_heads), Tr::kThreads, MmaDkDvSmem<Tr>(), p, stream);
+      }
     });
     return;
   }

@@ -38,6 +38,13 @@ struct MmaTrainTraits {
   static constexpr int kStride = kHeadDim + 8;  // padded rows: fragment loads of 8 rows hit 8 different banks
   static constexpr int kTileElems = 64 * kStride;
   static_assert(kBlockM == kBlockN, "tiles of both sides are 64 rows (one loader)");
+  // Blocks per SM the register allocation must allow (__launch_bounds__):
+  // up to head_dim 64, 4 forward/dQ blocks (≤ 128 registers) and 3 dK/dV
+  // blocks (≤ 168; unbounded it took 172, i.e. 2 blocks) for more warps to
+  // hide the shared-memory and MMA latencies, at the cost of a few spilled
+  // words; at 128 the accumulators need the registers.
+  static constexpr int kMinBlocksRows = kHeadDim <= 64 ? 4 : 2;
+  static constexpr int kMinBlocksDkDv = kHeadDim <= 64 ? 3 : 1;
 };
 
 // 64 rows × head_dim of T (row r at src + r*stride) into a padded shared
@@ -116,57 +123,149 @@ __device__ __forceinline__ size_t MmaSmemBytes(int tiles) { return static_cast<s
 
 enum class MmaRowPass { kForward, kDq };
 
-// Forward and dQ: a block owns 64 query rows of head blockIdx.z.
-template <class Tr, class T, MmaRowPass kPass>
-__global__ void __launch_bounds__(Tr::kThreads) MmaRowsKernel(const TrainAttentionParams p) {
+// 4 bytes global → shared without registers (the LSE and delta of a tile).
+__device__ __forceinline__ void CpAsync4(void* smem, const void* gmem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gmem));
+}
+
+// LoadMmaTile through cp.async (16-byte copies that bypass registers, so
+// the next tile's loads are in flight while this one is computed on); rows
+// at or past `valid` are zero-filled (never read from global memory).
+template <class Tr, class T>
+__device__ __forceinline__ void CpAsyncMmaTile(T* tile, const T* src, long stride, int valid) {
+  constexpr int kChunks = Tr::kHeadDim / 8;
+#pragma unroll
+  for (int c = threadIdx.x; c < 64 * kChunks; c += Tr::kThreads) {
+    const int r = c / kChunks, k = (c % kChunks) * 8;
+    const bool ok = r < valid;
+    CpAsync16(tile + r * Tr::kStride + k, src + static_cast<long>(ok ? r : 0) * stride + k, ok);
+  }
+}
+
+// Shared memory of the kernels below (bytes): forward Q + 2 stages of
+// (K, V); dQ also dO; dK/dV: K, V + 2 stages of (Q, dO) and of the tile's
+// LSE and delta.
+template <class Tr>
+constexpr size_t MmaForwardSmem() { return 5 * Tr::kTileElems * 2; }
+template <class Tr>
+constexpr size_t MmaDqSmem() { return 6 * Tr::kTileElems * 2; }
+template <class Tr>
+constexpr size_t MmaDkDvSmem() { return 6 * Tr::kTileElems * 2 + 4 * Tr::kBlockN * sizeof(float); }
+
+// kLog2 (the default; false keeps the natural-log form of the first
+// tensor-core version, selectable with TINYGPT_CUDA_ATTN_EXP=1): scores are
+// kept in log2 units, s·scale·log2(e) (+ ALiBi's slope·log2(e)·(j − i)),
+// masked ones −inf, so that each probability is one ex2 of an FFMA'd
+// argument: no −FLT_MAX select, no int-to-float ALiBi term without ALiBi,
+// no hidden multiply inside __expf. The softmax arithmetic per score
+// element is a good part of these kernels' time (as much as the MMAs at
+// head_dim 64), so this is worth its two forms.
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+
+// Forward and dQ: a block owns 64 query rows of one head (BlockOrder: the
+// last row blocks, which see the most keys, start first). Key/value tiles
+// stream through a two-stage cp.async pipeline: tile it+1 is copied while
+// tile it is computed on.
+template <class Tr, class T, MmaRowPass kPass, bool kLog2>
+__global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksRows) MmaRowsKernel(const TrainAttentionParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr bool kDq = kPass == MmaRowPass::kDq;
   T* qs = reinterpret_cast<T*>(smem_raw);
-  T* ks = qs + Tr::kTileElems;
-  T* vs = ks + Tr::kTileElems;
-  T* dos = vs + Tr::kTileElems;  // dQ only
+  T* dos = qs + Tr::kTileElems;                      // dQ only
+  T* kv = qs + (kDq ? 2 : 1) * Tr::kTileElems;       // stage s: K at kv + 2s·tile, V after it
   constexpr int D = Tr::kHeadDim;
-  const SeqBlock sb(p, Tr::kBlockM);
+  const BlockOrder bo = BlockOrder::Make<true>();
+  const SeqBlock sb(p, Tr::kBlockM, bo.seq, bo.row_block);
   if (sb.row0 >= sb.len) return;
-  const int h = blockIdx.z, kvh = h / p.group;
+  const int h = bo.head, kvh = h / p.group;
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const T* qkv = static_cast<const T*>(p.qkv);
   const long od = static_cast<long>(p.n_heads) * D;
   const float slope = p.alibi ? AlibiSlopeDev(h, p.n_heads) : 0.f;
+  const float c2 = p.scale * kLog2e, slope2 = slope * kLog2e;  // kLog2
   const int valid_rows = min(Tr::kBlockM, sb.len - sb.row0);
-  LoadMmaTile<Tr>(qs, qkv + static_cast<long>(sb.start + sb.row0) * p.qkv_stride + h * D, p.qkv_stride, valid_rows);
-  if constexpr (kPass == MmaRowPass::kDq)
-    LoadMmaTile<Tr>(dos, static_cast<const T*>(p.dout) + static_cast<long>(sb.start + sb.row0) * od + h * D, od, valid_rows);
+  // Keys 0 .. the block's last query (causal).
+  const int n_keys = min(sb.len, sb.row0 + Tr::kBlockM);
+  const int n_tiles = (n_keys + Tr::kBlockN - 1) / Tr::kBlockN;
+  const T* kbase = qkv + static_cast<long>(sb.start) * p.qkv_stride + (p.n_heads + kvh) * D;
+  const T* vbase = kbase + static_cast<long>(p.n_kv_heads) * D;
+  CpAsyncMmaTile<Tr>(qs, qkv + static_cast<long>(sb.start + sb.row0) * p.qkv_stride + h * D, p.qkv_stride, valid_rows);
+  if constexpr (kDq)
+    CpAsyncMmaTile<Tr>(dos, static_cast<const T*>(p.dout) + static_cast<long>(sb.start + sb.row0) * od + h * D, od, valid_rows);
+  CpAsyncMmaTile<Tr>(kv, kbase, p.qkv_stride, n_keys);
+  CpAsyncMmaTile<Tr>(kv + Tr::kTileElems, vbase, p.qkv_stride, n_keys);
+  CpAsyncCommit();
   // This thread's two rows (g and g+8 of the warp's 16): query positions.
   const int i_row[2] = {sb.row0 + warp * 16 + g, sb.row0 + warp * 16 + g + 8};
   float m[2] = {-FLT_MAX, -FLT_MAX}, l[2] = {0.f, 0.f}, lse[2] = {0.f, 0.f}, delta[2] = {0.f, 0.f};
-  if constexpr (kPass == MmaRowPass::kDq) {
+  if constexpr (kDq) {
     for (int r = 0; r < 2; ++r) {
       const long row = sb.start + min(i_row[r], sb.len - 1);
       lse[r] = p.lse[row * p.n_heads + h];
+      if constexpr (kLog2) lse[r] *= kLog2e;
       delta[r] = p.delta[row * p.n_heads + h];
     }
   }
   float acc[Tr::kDTiles][4] = {};
-  const int n_keys = min(sb.len, sb.row0 + Tr::kBlockM);
-  const T* kbase = qkv + static_cast<long>(sb.start) * p.qkv_stride + (p.n_heads + kvh) * D;
-  const T* vbase = kbase + static_cast<long>(p.n_kv_heads) * D;
   const T* my_q = qs + warp * 16 * Tr::kStride;
   const T* my_do = dos + warp * 16 * Tr::kStride;
-  for (int j0 = 0; j0 < n_keys; j0 += Tr::kBlockN) {
-    __syncthreads();  // the previous tiles are no longer read
-    LoadMmaTile<Tr>(ks, kbase + static_cast<long>(j0) * p.qkv_stride, p.qkv_stride, n_keys - j0);
-    LoadMmaTile<Tr>(vs, vbase + static_cast<long>(j0) * p.qkv_stride, p.qkv_stride, n_keys - j0);
-    __syncthreads();
+  for (int it = 0; it < n_tiles; ++it) {
+    const int j0 = it * Tr::kBlockN;
+    if (it + 1 < n_tiles) {  // stage (it+1)&1 was last read in iteration it-1, which ended with a barrier
+      T* next = kv + ((it + 1) & 1) * 2 * Tr::kTileElems;
+      const long off = static_cast<long>(j0 + Tr::kBlockN) * p.qkv_stride;
+      CpAsyncMmaTile<Tr>(next, kbase + off, p.qkv_stride, n_keys - j0 - Tr::kBlockN);
+      CpAsyncMmaTile<Tr>(next + Tr::kTileElems, vbase + off, p.qkv_stride, n_keys - j0 - Tr::kBlockN);
+      CpAsyncCommit();
+      CpAsyncWait<1>();
+    } else {
+      CpAsyncWait<0>();
+    }
+    __syncthreads();  // tile it (and Q, dO) visible to every warp
+    const T* ks = kv + (it & 1) * 2 * Tr::kTileElems;
+    const T* vs = ks + Tr::kTileElems;
     float s[Tr::kNTiles][4];
     MmaRowsTimesTileT<Tr>(s, my_q, ks, lane);
-    // Scores: scale, ALiBi, causal and sequence masks.
+    // Scores: scale, ALiBi; the causal and sequence masks only on the tile
+    // that holds the block's own positions (every key of an earlier tile
+    // precedes every query of the block).
+    if (kLog2 && j0 + Tr::kBlockN <= sb.row0) {
+      if (p.alibi) {
 #pragma unroll
-    for (int nt = 0; nt < Tr::kNTiles; ++nt)
+        for (int nt = 0; nt < Tr::kNTiles; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int j = j0 + FragCol(nt, e, t), i = i_row[e >> 1];
-        s[nt][e] = (j <= i && j < n_keys) ? s[nt][e] * p.scale + slope * static_cast<float>(j - i) : -FLT_MAX;
+          for (int e = 0; e < 4; ++e)
+            s[nt][e] = s[nt][e] * c2 + slope2 * static_cast<float>(j0 + FragCol(nt, e, t) - i_row[e >> 1]);
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < Tr::kNTiles; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[nt][e] *= c2;
       }
+    } else if (kLog2) {
+#pragma unroll
+      for (int nt = 0; nt < Tr::kNTiles; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int j = j0 + FragCol(nt, e, t), i = i_row[e >> 1];
+          s[nt][e] = (j <= i && j < n_keys) ? s[nt][e] * c2 + slope2 * static_cast<float>(j - i) : -INFINITY;
+        }
+    } else if (j0 + Tr::kBlockN <= sb.row0) {
+#pragma unroll
+      for (int nt = 0; nt < Tr::kNTiles; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          s[nt][e] = s[nt][e] * p.scale + slope * static_cast<float>(j0 + FragCol(nt, e, t) - i_row[e >> 1]);
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < Tr::kNTiles; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int j = j0 + FragCol(nt, e, t), i = i_row[e >> 1];
+          s[nt][e] = (j <= i && j < n_keys) ? s[nt][e] * p.scale + slope * static_cast<float>(j - i) : -FLT_MAX;
+        }
+    }
     if constexpr (kPass == MmaRowPass::kForward) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
@@ -175,7 +274,8 @@ __global__ void __launch_bounds__(Tr::kThreads) MmaRowsKernel(const TrainAttenti
         for (int nt = 0; nt < Tr::kNTiles; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float corr = __expf(m[r] - mx);
+        // (m starts at -FLT_MAX and mx >= m is finite: every row sees key 0 in the first tile.)
+        const float corr = kLog2 ? FastExp2(m[r] - mx) : __expf(m[r] - mx);
         m[r] = mx;
         l[r] *= corr;
 #pragma unroll
@@ -184,7 +284,10 @@ __global__ void __launch_bounds__(Tr::kThreads) MmaRowsKernel(const TrainAttenti
         for (int nt = 0; nt < Tr::kNTiles; ++nt)
 #pragma unroll
           for (int e = 2 * r; e < 2 * r + 2; ++e) {
-            s[nt][e] = s[nt][e] == -FLT_MAX ? 0.f : __expf(s[nt][e] - mx);
+            if constexpr (kLog2)
+              s[nt][e] = FastExp2(s[nt][e] - mx);  // −inf (masked) → 0
+            else
+              s[nt][e] = s[nt][e] == -FLT_MAX ? 0.f : __expf(s[nt][e] - mx);
             l[r] += s[nt][e];
           }
       }
@@ -196,11 +299,12 @@ __global__ void __launch_bounds__(Tr::kThreads) MmaRowsKernel(const TrainAttenti
       for (int nt = 0; nt < Tr::kNTiles; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const float pij = s[nt][e] == -FLT_MAX ? 0.f : __expf(s[nt][e] - lse[e >> 1]);
+          const float pij = kLog2 ? FastExp2(s[nt][e] - lse[e >> 1]) : s[nt][e] == -FLT_MAX ? 0.f : __expf(s[nt][e] - lse[e >> 1]);
           s[nt][e] = pij * (dp[nt][e] - delta[e >> 1]);  // dS
         }
       MmaFragsTimesTile<Tr>(acc, s, ks, lane);
     }
+    __syncthreads();  // every warp is done with this stage before it is refilled
   }
   // Each row's sum of P from the four lanes that hold its columns (every
   // lane of the warp takes part, before any of them leaves).
@@ -220,7 +324,7 @@ __global__ void __launch_bounds__(Tr::kThreads) MmaRowsKernel(const TrainAttenti
 #pragma unroll
       for (int dt = 0; dt < Tr::kDTiles; ++dt)
         *reinterpret_cast<uint32_t*>(out + dt * 8 + 2 * t) = PackPair<T>(acc[dt][2 * r] * inv, acc[dt][2 * r + 1] * inv);
-      if (t == 0) p.lse[row * p.n_heads + h] = m[r] + __logf(sum);
+      if (t == 0) p.lse[row * p.n_heads + h] = kLog2 ? m[r] * kLn2 + __logf(sum) : m[r] + __logf(sum);
     } else {
       T* dq = static_cast<T*>(p.dqkv) + row * p.qkv_stride + h * D;
 #pragma unroll
@@ -230,49 +334,120 @@ __global__ void __launch_bounds__(Tr::kThreads) MmaRowsKernel(const TrainAttenti
   }
 }
 
-// dK and dV: a block owns 64 keys of KV head blockIdx.z.
-template <class Tr, class T>
-__global__ void __launch_bounds__(Tr::kThreads) MmaDkDvKernel(const TrainAttentionParams p) {
+// dK and dV: a block owns 64 keys of one KV head (BlockOrder: the first key
+// blocks, which are seen by the most queries, start first). For each query
+// head of the GQA group in turn, the query tiles from the block's first key
+// onward stream through a two-stage cp.async pipeline (Q, dO, LSE, delta).
+template <class Tr, class T, bool kLog2>
+__global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksDkDv) MmaDkDvKernel(const TrainAttentionParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* ks = reinterpret_cast<T*>(smem_raw);
   T* vs = ks + Tr::kTileElems;
-  T* qs = vs + Tr::kTileElems;
-  T* dos = qs + Tr::kTileElems;
-  float* lse_s = reinterpret_cast<float*>(dos + Tr::kTileElems);
-  float* delta_s = lse_s + Tr::kBlockN;
+  T* qdo = vs + Tr::kTileElems;  // stage s: Q at qdo + 2s·tile, dO after it
+  float* stats = reinterpret_cast<float*>(qdo + 4 * Tr::kTileElems);  // stage s: LSE at stats + 2s·kBlockN, delta after it
   constexpr int D = Tr::kHeadDim;
-  const SeqBlock sb(p, Tr::kBlockM);
+  const BlockOrder bo = BlockOrder::Make<false>();
+  const SeqBlock sb(p, Tr::kBlockM, bo.seq, bo.row_block);
   if (sb.row0 >= sb.len) return;
-  const int kvh = blockIdx.z;
+  const int kvh = bo.head;
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const T* qkv = static_cast<const T*>(p.qkv);
   const T* dout = static_cast<const T*>(p.dout);
   const long od = static_cast<long>(p.n_heads) * D;
   const int valid_keys = min(Tr::kBlockM, sb.len - sb.row0);
   const T* krow0 = qkv + static_cast<long>(sb.start + sb.row0) * p.qkv_stride + (p.n_heads + kvh) * D;
-  LoadMmaTile<Tr>(ks, krow0, p.qkv_stride, valid_keys);
-  LoadMmaTile<Tr>(vs, krow0 + static_cast<long>(p.n_kv_heads) * D, p.qkv_stride, valid_keys);
+  CpAsyncMmaTile<Tr>(ks, krow0, p.qkv_stride, valid_keys);
+  CpAsyncMmaTile<Tr>(vs, krow0 + static_cast<long>(p.n_kv_heads) * D, p.qkv_stride, valid_keys);
+  // Work items: (query head gi of the group, query tile) pairs, it = gi·n_q_tiles + tile.
+  const int n_q_tiles = (sb.len - sb.row0 + Tr::kBlockN - 1) / Tr::kBlockN;
+  const int total = p.group * n_q_tiles;
+  auto issue = [&](int it, int stage) {
+    const int gi = it / n_q_tiles, i0 = sb.row0 + (it - gi * n_q_tiles) * Tr::kBlockN;
+    const int h = kvh * p.group + gi, valid = min(Tr::kBlockN, sb.len - i0);
+    T* q_dst = qdo + stage * 2 * Tr::kTileElems;
+    CpAsyncMmaTile<Tr>(q_dst, qkv + static_cast<long>(sb.start + i0) * p.qkv_stride + h * D, p.qkv_stride, valid);
+    CpAsyncMmaTile<Tr>(q_dst + Tr::kTileElems, dout + static_cast<long>(sb.start + i0) * od + h * D, od, valid);
+    float* st = stats + stage * 2 * Tr::kBlockN;
+    for (int c = threadIdx.x; c < Tr::kBlockN; c += Tr::kThreads) {
+      const long row = sb.start + i0 + min(c, valid - 1);
+      CpAsync4(st + c, p.lse + row * p.n_heads + h);
+      CpAsync4(st + Tr::kBlockN + c, p.delta + row * p.n_heads + h);
+    }
+  };
+  issue(0, 0);
+  CpAsyncCommit();
   const int j_row[2] = {sb.row0 + warp * 16 + g, sb.row0 + warp * 16 + g + 8};
   float dk[Tr::kDTiles][4] = {}, dv[Tr::kDTiles][4] = {};
   const T* my_k = ks + warp * 16 * Tr::kStride;
   const T* my_v = vs + warp * 16 * Tr::kStride;
-  for (int gi = 0; gi < p.group; ++gi) {
-    const int h = kvh * p.group + gi;
+  for (int it = 0; it < total; ++it) {
+    const int stage = it & 1;
+    if (it + 1 < total) {  // the other stage was last read in iteration it-1, which ended with a barrier
+      issue(it + 1, stage ^ 1);
+      CpAsyncCommit();
+      CpAsyncWait<1>();
+    } else {
+      CpAsyncWait<0>();
+    }
+    __syncthreads();
+    const int gi = it / n_q_tiles, i0 = sb.row0 + (it - gi * n_q_tiles) * Tr::kBlockN;
+    const int h = kvh * p.group + gi, valid = min(Tr::kBlockN, sb.len - i0);
     const float slope = p.alibi ? AlibiSlopeDev(h, p.n_heads) : 0.f;
-    for (int i0 = sb.row0; i0 < sb.len; i0 += Tr::kBlockN) {
-      const int valid = min(Tr::kBlockN, sb.len - i0);
-      __syncthreads();
-      LoadMmaTile<Tr>(qs, qkv + static_cast<long>(sb.start + i0) * p.qkv_stride + h * D, p.qkv_stride, valid);
-      LoadMmaTile<Tr>(dos, dout + static_cast<long>(sb.start + i0) * od + h * D, od, valid);
-      for (int c = threadIdx.x; c < Tr::kBlockN; c += Tr::kThreads) {
-        const long row = sb.start + i0 + min(c, valid - 1);
-        lse_s[c] = p.lse[row * p.n_heads + h];
-        delta_s[c] = p.delta[row * p.n_heads + h];
+    const float c2 = p.scale * kLog2e, slope2 = slope * kLog2e;  // kLog2
+    const T* qs = qdo + stage * 2 * Tr::kTileElems;
+    const T* dos = qs + Tr::kTileElems;
+    const float* lse_s = stats + stage * 2 * Tr::kBlockN;
+    const float* delta_s = lse_s + Tr::kBlockN;
+    float s[Tr::kNTiles][4], dp[Tr::kNTiles][4];
+    MmaRowsTimesTileT<Tr>(s, my_k, qs, lane);   // S^T: keys × queries
+    MmaRowsTimesTileT<Tr>(dp, my_v, dos, lane); // dP^T
+    // Masks only on the diagonal tile (queries from the block's first key)
+    // and a sequence's last, partial tile.
+    if (kLog2 && i0 > sb.row0 && valid == Tr::kBlockN) {
+      if (p.alibi) {
+#pragma unroll
+        for (int nt = 0; nt < Tr::kNTiles; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int c = FragCol(nt, e, t);
+            const float pij =
+                FastExp2(s[nt][e] * c2 + slope2 * static_cast<float>(j_row[e >> 1] - i0 - c) - lse_s[c] * kLog2e);
+            s[nt][e] = pij;
+            dp[nt][e] = pij * (dp[nt][e] - delta_s[c]);
+          }
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < Tr::kNTiles; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int c = FragCol(nt, e, t);
+            const float pij = FastExp2(fmaf(s[nt][e], c2, -lse_s[c] * kLog2e));
+            s[nt][e] = pij;
+            dp[nt][e] = pij * (dp[nt][e] - delta_s[c]);
+          }
       }
-      __syncthreads();
-      float s[Tr::kNTiles][4], dp[Tr::kNTiles][4];
-      MmaRowsTimesTileT<Tr>(s, my_k, qs, lane);   // S^T: keys × queries
-      MmaRowsTimesTileT<Tr>(dp, my_v, dos, lane); // dP^T
+    } else if (kLog2) {
+#pragma unroll
+      for (int nt = 0; nt < Tr::kNTiles; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int c = FragCol(nt, e, t), i = i0 + c, j = j_row[e >> 1];
+          const bool seen = c < valid && i >= j;
+          const float pij = seen ? FastExp2(s[nt][e] * c2 + slope2 * static_cast<float>(j - i) - lse_s[c] * kLog2e) : 0.f;
+          s[nt][e] = pij;
+          dp[nt][e] = pij * (dp[nt][e] - delta_s[c]);
+        }
+    } else if (i0 > sb.row0 && valid == Tr::kBlockN) {
+#pragma unroll
+      for (int nt = 0; nt < Tr::kNTiles; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int c = FragCol(nt, e, t);
+          const float pij = __expf(s[nt][e] * p.scale + slope * static_cast<float>(j_row[e >> 1] - i0 - c) - lse_s[c]);
+          s[nt][e] = pij;                                 // P^T
+          dp[nt][e] = pij * (dp[nt][e] - delta_s[c]);     // dS^T
+        }
+    } else {
 #pragma unroll
       for (int nt = 0; nt < Tr::kNTiles; ++nt)
 #pragma unroll
@@ -280,12 +455,13 @@ __global__ void __launch_bounds__(Tr::kThreads) MmaDkDvKernel(const TrainAttenti
           const int c = FragCol(nt, e, t), i = i0 + c, j = j_row[e >> 1];
           const bool seen = c < valid && i >= j;
           const float pij = seen ? __expf(s[nt][e] * p.scale + slope * static_cast<float>(j - i) - lse_s[c]) : 0.f;
-          s[nt][e] = pij;                                 // P^T
-          dp[nt][e] = pij * (dp[nt][e] - delta_s[c]);     // dS^T
+          s[nt][e] = pij;
+          dp[nt][e] = pij * (dp[nt][e] - delta_s[c]);
         }
-      MmaFragsTimesTile<Tr>(dv, s, dos, lane);
-      MmaFragsTimesTile<Tr>(dk, dp, qs, lane);
     }
+    MmaFragsTimesTile<Tr>(dv, s, dos, lane);
+    MmaFragsTimesTile<Tr>(dk, dp, qs, lane);
+    __syncthreads();  // every warp is done with this stage before it is refilled
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {

@@ -52,9 +52,10 @@ struct GemmShape {
   int m, n, k, lda, ldb, ldd;
   cudaDataType_t d_type;
   bool bias;
+  bool bgradb = false;  // epilogue BGRADB: the bias pointer receives Σ over k of op(B)'s columns (fp32)
   bool operator<(const GemmShape& o) const {
-    return std::tie(ta, tb, m, n, k, lda, ldb, ldd, d_type, bias) <
-           std::tie(o.ta, o.tb, o.m, o.n, o.k, o.lda, o.ldb, o.ldd, o.d_type, o.bias);
+    return std::tie(ta, tb, m, n, k, lda, ldb, ldd, d_type, bias, bgradb) <
+           std::tie(o.ta, o.tb, o.m, o.n, o.k, o.lda, o.ldb, o.ldd, o.d_type, o.bias, o.bgradb);
   }
 };
 
@@ -220,7 +221,7 @@ class CudaBackend final : public Backend {
   void LayerNorm(const void* x, const void* w, const void* b, void* y, int rows, int C, float eps) override {
     OpTimes::Scope timed(&op_times_, "layernorm", stream_);
     if (rows == 0) return;
-    if (VecNorm(C)) {
+    if (VecNorm(C) && Aligned16(x, w, b, y)) {
       LayerNormVecKernel<T, false><<<(rows + 7) / 8, 256, 0, stream_>>>(const_cast<T*>(P(x)), nullptr, P(w), P(b), P(y), rows, C, eps);
       TG_CUDA_LAUNCH_CHECK();
       return;
@@ -232,7 +233,7 @@ class CudaBackend final : public Backend {
     OpTimes::Scope timed(&op_times_, out >= 16384 ? "linear (vocab)" : rows <= 512 ? "linear (rows <= 512)" : "linear (rows > 512)", stream_);
     if (rows == 0) return;
     if constexpr (sizeof(T) == 2) {
-      if (rows <= kGemvMaxRows && in % 8 == 0) {
+      if (rows <= kGemvMaxRows && in % 8 == 0 && Aligned16(x, w)) {
         LaunchGemv<T>(P(x), P(w), P(b), P(y), rows, in, out, stream_);
         return;
       }
@@ -244,7 +245,7 @@ class CudaBackend final : public Backend {
     // full --max-batch-tokens prefill step); other counts keep cuBLASLt's
     // first choice rather than pay a tuning for each.
     const bool tune = rows <= 4 || (rows <= 512 && rows % 8 == 0) || rows % 256 == 0;
-    Gemm({true, false, out, rows, in, in, in, out, CudaType<T>(), b != nullptr}, w, x, y, 0.f, b, tune);
+    Gemm({true, false, out, rows, in, in, in, out, CudaType<T>(), b != nullptr}, w, x, y, 0.f, b, nullptr, tune);
   }
   void AddInPlace(void* x, const void* y, size_t n) override {
     OpTimes::Scope timed(&op_times_, "residual add", stream_);
@@ -255,7 +256,7 @@ class CudaBackend final : public Backend {
   void AddLayerNorm(void* x, const void* r, const void* w, const void* b, void* y, int rows, int C, float eps) override {
     OpTimes::Scope timed(&op_times_, "add+layernorm", stream_);
     if (rows == 0) return;
-    if (VecNorm(C)) {
+    if (VecNorm(C) && Aligned16(x, r, w, b, y)) {
       LayerNormVecKernel<T, true><<<(rows + 7) / 8, 256, 0, stream_>>>(P(x), P(r), P(w), P(b), P(y), rows, C, eps);
       TG_CUDA_LAUNCH_CHECK();
       return;
@@ -279,7 +280,7 @@ class CudaBackend final : public Backend {
     OpTimes::Scope timed(&op_times_, "kv append", stream_);
     if (T_ == 0) return;
     const long stride = static_cast<long>(d.n_heads + 2 * d.n_kv_heads) * d.head_dim;
-    if (sizeof(T) == 2 && d.head_dim % 8 == 0) {
+    if (sizeof(T) == 2 && d.head_dim % 8 == 0 && Aligned16(qkv, k_cache, v_cache)) {
       KvAppendVecKernel<T><<<(T_ + 3) / 4, 128, 0, stream_>>>(P(qkv), stride, slots, T_, d.n_heads * d.head_dim,
                                                               d.n_kv_heads * d.head_dim, P(k_cache), P(v_cache));
       TG_CUDA_LAUNCH_CHECK();
@@ -426,8 +427,19 @@ class CudaBackend final : public Backend {
   }
   void LinearSwiGLUTrain(const void* x, const void* w, const void* b, void* h, void* out, int rows, int in, int F) override {
     OpTimes::Scope timed(&op_times_, "linear+swiglu forward", stream_);
-    if (rows) Gemm({true, false, 2 * F, rows, in, in, in, 2 * F, CudaType<T>(), b != nullptr}, w, x, h, 0.f, b);
-    SwiGLU(h, out, rows, F);
+    if (rows == 0) return;
+    Gemm({true, false, 2 * F, rows, in, in, in, 2 * F, CudaType<T>(), b != nullptr}, w, x, h, 0.f, b);
+    if (F % (16 / sizeof(T)) != 0 || !Aligned16(h, out)) return SwiGLU(h, out, rows, F);
+    // 16-byte vectors (the inference SwiGLU reads an element at a time: 0.55 ms at 65536×2048).
+    SwiGLUVecKernel<T><<<std::min(rows, 64 * num_sms_), VecThreads(F), 0, stream_>>>(P(h), P(out), rows, F);
+    TG_CUDA_LAUNCH_CHECK();
+  }
+  // y = x·w^T + b + residual: the residual add in the GEMM's epilogue (C =
+  // residual, beta 1) instead of a pass of its own over y.
+  void LinearResidualTrain(const void* x, const void* w, const void* b, const void* residual, void* y, int rows, int in,
+                           int out) override {
+    OpTimes::Scope timed(&op_times_, "linear+residual forward", stream_);
+    if (rows) Gemm({true, false, out, rows, in, in, in, out, CudaType<T>(), b != nullptr}, w, x, y, 1.f, b, residual);
   }
   void LinearBackward(const void* dy, const void* x, const void* w, void* dx, float* dw, float* db, int rows, int in,
                       int out) override {
@@ -436,14 +448,82 @@ class CudaBackend final : public Backend {
     // dx[rows, in] = dy·w: column-major dx^T[in, rows] = (w stored in×out) · (dy stored out×rows).
     if (dx) Gemm({false, false, in, rows, out, in, out, in, CudaType<T>(), false}, w, dy, dx, 0.f, nullptr);
     // dw[out, in] += dy^T·x: column-major dw^T[in, out] = (x stored in×rows) · (dy stored out×rows)^T, fp32.
-    Gemm({false, true, in, out, rows, in, out, in, CUDA_R_32F, false}, x, dy, dw, 1.f, nullptr);
-    if (db) {
-      // Row slices enough for ~8 blocks per SM, of at least 256 rows each.
-      const int col_blocks = (out + 63) / 64;
-      const dim3 grid(col_blocks, std::max(1, std::min(rows / 256, 8 * num_sms_ / col_blocks + 1)));
-      BiasGradKernel<T><<<grid, dim3(32, 8), 0, stream_>>>(P(dy), db, rows, out);
+    // With db, cuBLASLt's BGRADB epilogue sums dy over the rows (op(B)'s k
+    // dimension) in the same pass into an fp32 scratch vector, added into db
+    // after (the epilogue writes; db accumulates). Where cuBLASLt has no such
+    // algorithm (or TINYGPT_CUDA_NO_BGRADB is set), a kernel of its own reads dy again.
+    const GemmShape plain{false, true, in, out, rows, in, out, in, CUDA_R_32F, false};
+    GemmShape fused = plain;
+    fused.bgradb = true;
+    if (db && use_bgradb_ && BgradbFaster(plain, fused, x, dy, rows, out)) {
+      Gemm(fused, x, dy, dw, 1.f, bias_scratch_.p);
+      AddFloatsKernel<<<Blocks(out, 256), 256, 0, stream_>>>(db, bias_scratch_.p, out);
       TG_CUDA_LAUNCH_CHECK();
+      return;
     }
+    Gemm(plain, x, dy, dw, 1.f, nullptr);
+    if (db) BiasGrad(dy, db, rows, out);
+  }
+  void BiasGrad(const void* dy, float* db, int rows, int out) {
+    // Row slices enough for ~8 blocks per SM, of at least 256 rows each.
+    const int col_blocks = (out + 63) / 64;
+    const dim3 grid(col_blocks, std::max(1, std::min(rows / 256, 8 * num_sms_ / col_blocks + 1)));
+    BiasGradKernel<T><<<grid, dim3(32, 8), 0, stream_>>>(P(dy), db, rows, out);
+    TG_CUDA_LAUNCH_CHECK();
+  }
+  // Whether the BGRADB weight-gradient GEMM (+ the add into db) beats the
+  // plain GEMM + BiasGradKernel for this shape, timed once on first use on
+  // the real operands into scratch outputs (on the H200 the fused form was
+  // 10% faster at 768×768 but slower at the vocab's 768×32000). False when
+  // cuBLASLt has no BGRADB algorithm for it.
+  bool BgradbFaster(const GemmShape& plain, const GemmShape& fused, const void* x, const void* dy, int rows, int out) {
+    const auto key = std::make_tuple(plain.m, plain.n, plain.k);
+    auto it = bgradb_choice_.find(key);
+    if (it != bgradb_choice_.end()) return it->second;
+    bool faster = false;
+    if (GemmPlanFor(fused).has_algo) {
+      if (static_cast<size_t>(out) > bias_scratch_.floats) bias_scratch_.Grow(out, stream_);
+      float *d = nullptr, *db = nullptr;
+      const size_t d_bytes = static_cast<size_t>(plain.ldd) * plain.n * sizeof(float);
+      if (cudaMalloc(&d, d_bytes) == cudaSuccess && cudaMalloc(&db, out * sizeof(float)) == cudaSuccess) {
+        auto run_plain = [&] {
+          Gemm(plain, x, dy, d, 0.f, nullptr);
+          BiasGrad(dy, db, rows, out);
+        };
+        auto run_fused = [&] {
+          Gemm(fused, x, dy, d, 0.f, bias_scratch_.p);
+          AddFloatsKernel<<<Blocks(out, 256), 256, 0, stream_>>>(db, bias_scratch_.p, out);
+          TG_CUDA_LAUNCH_CHECK();
+        };
+        cudaEvent_t start, stop;
+        TG_CUDA_CHECK(cudaEventCreate(&start));
+        TG_CUDA_CHECK(cudaEventCreate(&stop));
+        auto time = [&](const auto& fn) {
+          fn();  // warm-up (and the GEMM's own algorithm timing on first use)
+          TG_CUDA_CHECK(cudaEventRecord(start, stream_));
+          for (int i = 0; i < 3; ++i) fn();
+          TG_CUDA_CHECK(cudaEventRecord(stop, stream_));
+          TG_CUDA_CHECK(cudaEventSynchronize(stop));
+          float ms = 0;
+          TG_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+          return ms;
+        };
+        const float t_plain = time(run_plain), t_fused = time(run_fused);
+        faster = t_fused < t_plain;
+        if (std::getenv("TINYGPT_CUDA_OP_TIMES"))
+          std::fprintf(stderr, "bias gradient m=%d n=%d k=%d: BGRADB GEMM %.3f ms, GEMM + kernel %.3f ms (x3): %s\n", plain.m,
+                       plain.n, plain.k, t_fused, t_plain, faster ? "BGRADB" : "kernel");
+        TG_CUDA_CHECK(cudaEventDestroy(start));
+        TG_CUDA_CHECK(cudaEventDestroy(stop));
+      } else {
+        cudaGetLastError();  // no room to try: the kernel
+      }
+      TG_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      if (d) cudaFree(d);
+      if (db) cudaFree(db);
+    }
+    bgradb_choice_[key] = faster;
+    return faster;
   }
   void SwiGLULinearBackwardInput(const void* dy, const void* w, const void* h, void* dh, int rows, int F, int out) override {
     OpTimes::Scope timed(&op_times_, "swiglu+linear backward dh", stream_);
@@ -451,13 +531,32 @@ class CudaBackend final : public Backend {
     // d(swiglu) = dy·w [rows, F] into scratch, then through SwiGLU's derivative.
     T* dsw = static_cast<T*>(Scratch(static_cast<size_t>(rows) * F * sizeof(T)));
     Gemm({false, false, F, rows, out, F, out, F, CudaType<T>(), false}, w, dy, dsw, 0.f, nullptr);
-    SwiGLUBackwardKernel<T><<<Blocks(static_cast<long>(rows) * F, 256), 256, 0, stream_>>>(dsw, P(h), P(dh), rows, F);
+    if (F % (16 / sizeof(T)) == 0 && Aligned16(dsw, h, dh))
+      SwiGLUBackwardVecKernel<T><<<std::min(rows, 64 * num_sms_), VecThreads(F), 0, stream_>>>(dsw, P(h), P(dh), rows, F);
+    else
+      SwiGLUBackwardKernel<T><<<Blocks(static_cast<long>(rows) * F, 256), 256, 0, stream_>>>(dsw, P(h), P(dh), rows, F);
     TG_CUDA_LAUNCH_CHECK();
   }
   void LayerNormTrain(const void* x, const void* w, const void* b, void* y, float* mean, float* rstd, int rows, int C,
                       float eps) override {
     OpTimes::Scope timed(&op_times_, "layernorm forward", stream_);
     if (rows == 0) return;
+    constexpr int V = 16 / sizeof(T);
+    const int chunks = (C / V + 31) / 32;
+    if (C % V == 0 && chunks <= 8 && Aligned16(x, w, b, y)) {
+      auto launch = [&](auto kernel) {
+        kernel<<<(rows + 7) / 8, 256, 0, stream_>>>(P(x), P(w), P(b), P(y), mean, rstd, rows, C, eps);
+        TG_CUDA_LAUNCH_CHECK();
+      };
+      switch (chunks) {
+        case 1: return launch(LayerNormTrainVecKernel<T, 1>);
+        case 2: return launch(LayerNormTrainVecKernel<T, 2>);
+        case 3: return launch(LayerNormTrainVecKernel<T, 3>);
+        case 4: return launch(LayerNormTrainVecKernel<T, 4>);
+        case 5: case 6: return launch(LayerNormTrainVecKernel<T, 6>);
+        default: return launch(LayerNormTrainVecKernel<T, 8>);
+      }
+    }
     LayerNormTrainKernel<T><<<(rows + 7) / 8, 256, 0, stream_>>>(P(x), P(w), P(b), P(y), mean, rstd, rows, C, eps);
     TG_CUDA_LAUNCH_CHECK();
   }
@@ -465,6 +564,28 @@ class CudaBackend final : public Backend {
                          float* dw, float* db, int rows, int C) override {
     OpTimes::Scope timed(&op_times_, "layernorm backward", stream_);
     if (rows == 0) return;
+    // One pass (dx, dw, db) with 16-byte loads when the row splits into at
+    // most 8 vectors per lane; else the two-kernel form below.
+    constexpr int V = 16 / sizeof(T);
+    const int chunks = (C / V + 31) / 32;
+    if (C % V == 0 && chunks <= 8 && Aligned16(dy, x, w, dx)) {
+      auto launch = [&](auto kernel) {
+        constexpr int kWarps = kLayerNormBackwardThreads / 32;
+        const int blocks = std::max(1, std::min((rows + kWarps - 1) / kWarps, num_sms_));
+        const size_t smem = 2 * static_cast<size_t>(C) * sizeof(float);
+        if (smem > 48 * 1024) TG_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+        kernel<<<blocks, kLayerNormBackwardThreads, smem, stream_>>>(P(dy), P(x), P(w), mean, rstd, P(dx), dw, db, rows, C);
+        TG_CUDA_LAUNCH_CHECK();
+      };
+      switch (chunks) {
+        case 1: return launch(LayerNormBackwardVecKernel<T, 1>);
+        case 2: return launch(LayerNormBackwardVecKernel<T, 2>);
+        case 3: return launch(LayerNormBackwardVecKernel<T, 3>);
+        case 4: return launch(LayerNormBackwardVecKernel<T, 4>);
+        case 5: case 6: return launch(LayerNormBackwardVecKernel<T, 6>);
+        default: return launch(LayerNormBackwardVecKernel<T, 8>);
+      }
+    }
     LayerNormBackwardDxKernel<T><<<(rows + 7) / 8, 256, 0, stream_>>>(P(dy), P(x), P(w), mean, rstd, P(dx), rows, C);
     TG_CUDA_LAUNCH_CHECK();
     // Row slices enough for ~8 blocks per SM, of at least 256 rows each.
@@ -502,7 +623,10 @@ class CudaBackend final : public Backend {
       TG_CUDA_CHECK(cudaMalloc(&ce_hit_, rows * sizeof(int32_t)));
       ce_rows_ = rows;
     }
-    CrossEntropyKernel<T><<<rows, 256, 0, stream_>>>(P(logits), targets, P(dlogits), V, dloss_scale / rows, ce_loss_, ce_hit_);
+    if (V % (16 / sizeof(T)) == 0 && Aligned16(logits, dlogits))
+      CrossEntropyVecKernel<T><<<rows, 256, 0, stream_>>>(P(logits), targets, P(dlogits), V, dloss_scale / rows, ce_loss_, ce_hit_);
+    else
+      CrossEntropyKernel<T><<<rows, 256, 0, stream_>>>(P(logits), targets, P(dlogits), V, dloss_scale / rows, ce_loss_, ce_hit_);
     TG_CUDA_LAUNCH_CHECK();
     // The per-row results come back once per step and are summed on the host
     // in double (T floats: tens of microseconds at 64K rows).
@@ -534,8 +658,13 @@ class CudaBackend final : public Backend {
     if (n == 0) return;
     const float bc1 = 1.0f - std::pow(beta1, static_cast<float>(step));
     const float bc2 = 1.0f - std::pow(beta2, static_cast<float>(step));
-    AdamWKernel<T><<<Blocks(n, 256), 256, 0, stream_>>>(p, g, m, v, static_cast<long>(n), lr, beta1, beta2, eps, weight_decay,
-                                                        bc1, bc2, grad_scale, P(p_compute));
+    const bool compute_aligned = reinterpret_cast<uintptr_t>(p_compute) % (4 * sizeof(T)) == 0;
+    if (n % 4 == 0 && Aligned16(p, g, m, v) && compute_aligned)
+      AdamWVecKernel<T><<<Blocks(n / 4, 256), 256, 0, stream_>>>(p, g, m, v, static_cast<long>(n / 4), lr, beta1, beta2, eps,
+                                                                 weight_decay, bc1, bc2, grad_scale, P(p_compute));
+    else
+      AdamWKernel<T><<<Blocks(n, 256), 256, 0, stream_>>>(p, g, m, v, static_cast<long>(n), lr, beta1, beta2, eps, weight_decay,
+                                                          bc1, bc2, grad_scale, P(p_compute));
     TG_CUDA_LAUNCH_CHECK();
   }
 
@@ -547,7 +676,7 @@ class CudaBackend final : public Backend {
  private:
   static constexpr size_t kWorkspaceBytes = 32u << 20;
   static constexpr int kMaxSampleRows = 1024;
-  static constexpr int kGemmCandidates = 8;
+  static constexpr int kGemmCandidates = 16;  // heuristic candidates timed on first use (8 before)
   struct Plan {
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a, b, c;
@@ -574,14 +703,32 @@ class CudaBackend final : public Backend {
     return scratch_;
   }
 
-  void Gemm(const GemmShape& g, const void* A, const void* B, void* D, float beta, const void* bias, bool tune = true) {
+  // Whether every pointer is 16-byte aligned (or null), for the 16-byte vector kernels (a parameter
+  // tensor's compute copy starts wherever the layout puts it).
+  template <class... Ptr>
+  static bool Aligned16(const Ptr*... p) {
+    return ((reinterpret_cast<uintptr_t>(p) % 16 == 0) && ...);
+  }
+  // Threads for the row-per-block vector kernels: one 16-byte vector each, 32..256.
+  static int VecThreads(int F) {
+    const int vecs = F / static_cast<int>(16 / sizeof(T));
+    return std::min(256, std::max(32, (vecs + 31) / 32 * 32));
+  }
+
+  // D = op(A)·op(B) (+ bias) + beta·C, C = D unless given (same layout).
+  Plan& GemmPlanFor(const GemmShape& g) {
     auto it = gemms_.find(g);
     if (it == gemms_.end()) it = gemms_.emplace(g, MakeGemmPlan(g)).first;
-    Plan& plan = it->second;
+    return it->second;
+  }
+  // tune: time the candidate algorithms on first use (see TuneGemm).
+  void Gemm(const GemmShape& g, const void* A, const void* B, void* D, float beta, const void* bias, const void* C = nullptr,
+            bool tune = true) {
+    Plan& plan = GemmPlanFor(g);
     if (bias) TG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
     if (!plan.tuned && tune) TuneGemm(g, plan, A, B, D, bias);
     const float alpha = 1.f;
-    TG_CUBLAS_CHECK(cublasLtMatmul(lt_, plan.desc, &alpha, A, plan.a, B, plan.b, &beta, D, plan.c, D, plan.c, &plan.algo,
+    TG_CUBLAS_CHECK(cublasLtMatmul(lt_, plan.desc, &alpha, A, plan.a, B, plan.b, &beta, C ? C : D, plan.c, D, plan.c, &plan.algo,
                                    workspace_, kWorkspaceBytes, stream_));
   }
 
@@ -637,6 +784,12 @@ class CudaBackend final : public Backend {
       TG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
       TG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &dt, sizeof(dt)));
     }
+    if (g.bgradb) {
+      const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BGRADB;
+      const cudaDataType_t ft = CUDA_R_32F;
+      TG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+      TG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &ft, sizeof(ft)));
+    }
     TG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.a, dt, g.ta ? g.k : g.m, g.ta ? g.m : g.k, g.lda));
     TG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.b, dt, g.tb ? g.n : g.k, g.tb ? g.k : g.n, g.ldb));
     TG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.c, g.d_type, g.m, g.n, g.ldd));
@@ -652,6 +805,10 @@ class CudaBackend final : public Backend {
       plan.has_algo = true;
       for (int i = 0; i < found; ++i)
         if (results[i].state == CUBLAS_STATUS_SUCCESS) plan.candidates.push_back(results[i].algo);
+    } else if (g.bgradb) {
+      // No fused bias gradient for this shape: has_algo stays false and the caller falls back.
+      std::fprintf(stderr, "cuBLASLt: no BGRADB algorithm for m=%d n=%d k=%d; the bias gradient takes a kernel of its own\n",
+                   g.m, g.n, g.k);
     } else {
       std::fprintf(stderr, "cuBLASLt: no algorithm for %s GEMM m=%d n=%d k=%d\n", g.d_type == CUDA_R_32F ? "fp32-out" : "", g.m,
                    g.n, g.k);
@@ -680,6 +837,23 @@ class CudaBackend final : public Backend {
   int32_t* ce_hit_ = nullptr;
   int ce_rows_ = 0;
   double* sumsq_ = nullptr;
+  // Training-only device buffers that free themselves.
+  struct FloatBuffer {
+    float* p = nullptr;
+    size_t floats = 0;
+    void Grow(size_t n, cudaStream_t stream) {
+      TG_CUDA_CHECK(cudaStreamSynchronize(stream));
+      if (p) TG_CUDA_CHECK(cudaFree(p));
+      TG_CUDA_CHECK(cudaMalloc(&p, n * sizeof(float)));
+      floats = n;
+    }
+    ~FloatBuffer() {
+      if (p) cudaFree(p);
+    }
+  };
+  FloatBuffer bias_scratch_;  // the BGRADB epilogue's bias gradient
+  std::map<std::tuple<int, int, int>, bool> bgradb_choice_;  // BgradbFaster's verdict per (m, n, k)
+  bool use_bgradb_ = std::getenv("TINYGPT_CUDA_NO_BGRADB") == nullptr;
 };
 
 }  // namespace

@@ -19,6 +19,11 @@ __global__ void CastFromFloatKernel(const float* src, T* dst, long n) {
   TG_GRID_STRIDE(i, n) dst[i] = FromFloat<T>(src[i]);
 }
 
+// dst[i] += src[i] (fp32), e.g. a bias gradient from cuBLASLt's BGRADB epilogue into db.
+__global__ void AddFloatsKernel(float* dst, const float* src, long n) {
+  TG_GRID_STRIDE(i, n) dst[i] += src[i];
+}
+
 // LayerNorm forward that keeps mean and rstd; one warp per row.
 template <class T>
 __global__ void LayerNormTrainKernel(const T* x, const T* w, const T* b, T* y, float* mean, float* rstd, int rows, int C,
@@ -96,6 +101,212 @@ __global__ void LayerNormBackwardDwDbKernel(const T* __restrict__ dy, const T* _
     for (int k = 1; k < 8; ++k) sw += part_w[k][threadIdx.x], sb += part_b[k][threadIdx.x];
     atomicAdd(&dw[c], sw);
     atomicAdd(&db[c], sb);
+  }
+}
+
+// 16 bytes of T (8 bf16/fp16 or 4 fp32), loaded and stored as one vector.
+template <class T>
+struct alignas(16) Vec16 {
+  static constexpr int N = 16 / sizeof(T);
+  T v[N];
+};
+template <class T>
+__device__ __forceinline__ Vec16<T> LoadVec(const T* p) {
+  return *reinterpret_cast<const Vec16<T>*>(p);
+}
+template <class T>
+__device__ __forceinline__ void StoreVec(T* p, const Vec16<T>& v) {
+  *reinterpret_cast<Vec16<T>*>(p) = v;
+}
+
+// LayerNorm backward in one pass over the rows (llm.c / Apex style): one
+// warp per row, each lane owning the same 16-byte column chunks of every
+// row (chunk k*32 + lane, k < kChunks), so that a row's x, dy and dx are
+// read with a few 16-byte loads all issued before the first use, and the
+// lane's dw/db partials stay in registers across all the rows its warp
+// visits. At the end the block's warps meet in shared memory and each block
+// adds its partials to dw/db with one fp32 atomic per column. dx
+// accumulates. Needs C % (16 / sizeof(T)) == 0 and C <= 32·kChunks·that.
+// One block of 12 warps per SM: a lane holds its chunks of x, dy, dx, w and
+// 2·8·kChunks fp32 partials (~130 registers at bench-125m's 768 in bf16);
+// 16 warps would cap it at 128 and spill.
+inline constexpr int kLayerNormBackwardThreads = 384;
+template <class T, int kChunks>
+__global__ void __launch_bounds__(kLayerNormBackwardThreads, 1)
+    LayerNormBackwardVecKernel(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ w,
+                               const float* __restrict__ mean, const float* __restrict__ rstd, T* __restrict__ dx,
+                               float* __restrict__ dw, float* __restrict__ db, int rows, int C) {
+  constexpr int V = Vec16<T>::N;
+  extern __shared__ float ln_red[];  // [2 * C]: the block's dw, then db
+  for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) ln_red[c] = 0.f;
+  __syncthreads();
+  const int lane = threadIdx.x & 31, warps = blockDim.x / 32;
+  const int nvec = C / V;
+  Vec16<T> wv[kChunks];
+  float dw_acc[kChunks][V], db_acc[kChunks][V];
+#pragma unroll
+  for (int k = 0; k < kChunks; ++k) {
+    const int cv = k * 32 + lane;
+    if (cv < nvec) wv[k] = LoadVec(w + cv * V);
+#pragma unroll
+    for (int i = 0; i < V; ++i) dw_acc[k][i] = db_acc[k][i] = 0.f;
+  }
+  const float inv_c = 1.f / C;
+  for (int row = blockIdx.x * warps + threadIdx.x / 32; row < rows; row += gridDim.x * warps) {
+    const long base = static_cast<long>(row) * C;
+    Vec16<T> xv[kChunks], dyv[kChunks], dxv[kChunks];
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      const int cv = k * 32 + lane;
+      if (cv < nvec) {
+        xv[k] = LoadVec(x + base + cv * V);
+        dyv[k] = LoadVec(dy + base + cv * V);
+        dxv[k] = LoadVec(dx + base + cv * V);
+      }
+    }
+    const float m = mean[row], rs = rstd[row];
+    float s1 = 0.f, s2 = 0.f;  // Σ dnorm, Σ dnorm·norm
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      if (k * 32 + lane < nvec) {
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+          const float g = ToFloat(dyv[k].v[i]), norm = (ToFloat(xv[k].v[i]) - m) * rs, dnorm = g * ToFloat(wv[k].v[i]);
+          s1 += dnorm;
+          s2 += dnorm * norm;
+          dw_acc[k][i] += g * norm;
+          db_acc[k][i] += g;
+        }
+      }
+    }
+    s1 = WarpSum(s1) * inv_c;
+    s2 = WarpSum(s2) * inv_c;
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      const int cv = k * 32 + lane;
+      if (cv < nvec) {
+        Vec16<T> o;
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+          const float norm = (ToFloat(xv[k].v[i]) - m) * rs, dnorm = ToFloat(dyv[k].v[i]) * ToFloat(wv[k].v[i]);
+          o.v[i] = FromFloat<T>(ToFloat(dxv[k].v[i]) + (dnorm - s1 - norm * s2) * rs);
+        }
+        StoreVec(dx + base + cv * V, o);
+      }
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < kChunks; ++k) {
+    const int cv = k * 32 + lane;
+    if (cv < nvec) {
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        atomicAdd(&ln_red[cv * V + i], dw_acc[k][i]);
+        atomicAdd(&ln_red[C + cv * V + i], db_acc[k][i]);
+      }
+    }
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    atomicAdd(&dw[c], ln_red[c]);
+    atomicAdd(&db[c], ln_red[C + c]);
+  }
+}
+
+// LayerNormTrainKernel over 16-byte vectors: a lane keeps its chunks of the
+// row (chunk k*32 + lane) in registers for the mean, the variance and the
+// output. Same conditions as LayerNormBackwardVecKernel.
+template <class T, int kChunks>
+__global__ void LayerNormTrainVecKernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,
+                                        T* __restrict__ y, float* __restrict__ mean, float* __restrict__ rstd, int rows, int C,
+                                        float eps) {
+  constexpr int V = Vec16<T>::N;
+  const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const int nvec = C / V;
+  const long base = static_cast<long>(row) * C;
+  Vec16<T> xv[kChunks];
+  float sum = 0.f;
+#pragma unroll
+  for (int k = 0; k < kChunks; ++k) {
+    const int cv = k * 32 + lane;
+    if (cv < nvec) {
+      xv[k] = LoadVec(x + base + cv * V);
+#pragma unroll
+      for (int i = 0; i < V; ++i) sum += ToFloat(xv[k].v[i]);
+    }
+  }
+  const float m = WarpSum(sum) / C;
+  float var = 0.f;
+#pragma unroll
+  for (int k = 0; k < kChunks; ++k) {
+    if (k * 32 + lane < nvec) {
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const float d = ToFloat(xv[k].v[i]) - m;
+        var += d * d;
+      }
+    }
+  }
+  const float rs = rsqrtf(WarpSum(var) / C + eps);
+#pragma unroll
+  for (int k = 0; k < kChunks; ++k) {
+    const int cv = k * 32 + lane;
+    if (cv < nvec) {
+      const Vec16<T> wv = LoadVec(w + cv * V), bv = LoadVec(b + cv * V);
+      Vec16<T> o;
+#pragma unroll
+      for (int i = 0; i < V; ++i) o.v[i] = FromFloat<T>((ToFloat(xv[k].v[i]) - m) * rs * ToFloat(wv.v[i]) + ToFloat(bv.v[i]));
+      StoreVec(y + base + cv * V, o);
+    }
+  }
+  if (lane == 0) mean[row] = m, rstd[row] = rs;
+}
+
+// SwiGLU forward and backward over 16-byte vectors (F % (16 / sizeof(T)) ==
+// 0): a block per row (grid-stride), threads across the row's vectors.
+// h = [a | g] (rows × 2F), out = silu(a)·g (rows × F).
+template <class T>
+__global__ void SwiGLUVecKernel(const T* __restrict__ h, T* __restrict__ out, int rows, int F) {
+  constexpr int V = Vec16<T>::N;
+  for (int t = blockIdx.x; t < rows; t += gridDim.x) {
+    const T* hr = h + static_cast<long>(t) * 2 * F;
+    T* o = out + static_cast<long>(t) * F;
+    for (int f = threadIdx.x * V; f < F; f += blockDim.x * V) {
+      const Vec16<T> a = LoadVec(hr + f), g = LoadVec(hr + F + f);
+      Vec16<T> r;
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const float av = ToFloat(a.v[i]);
+        r.v[i] = FromFloat<T>(av / (1.f + __expf(-av)) * ToFloat(g.v[i]));
+      }
+      StoreVec(o + f, r);
+    }
+  }
+}
+
+// dh = d(swiglu)/dh · dsw (dsw: rows × F, h and dh: rows × 2F).
+template <class T>
+__global__ void SwiGLUBackwardVecKernel(const T* __restrict__ dsw, const T* __restrict__ h, T* __restrict__ dh, int rows,
+                                        int F) {
+  constexpr int V = Vec16<T>::N;
+  for (int t = blockIdx.x; t < rows; t += gridDim.x) {
+    const T* hr = h + static_cast<long>(t) * 2 * F;
+    const T* d = dsw + static_cast<long>(t) * F;
+    T* o = dh + static_cast<long>(t) * 2 * F;
+    for (int f = threadIdx.x * V; f < F; f += blockDim.x * V) {
+      const Vec16<T> a = LoadVec(hr + f), g = LoadVec(hr + F + f), dv = LoadVec(d + f);
+      Vec16<T> da, dg;
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const float av = ToFloat(a.v[i]), gv = ToFloat(g.v[i]), dd = ToFloat(dv.v[i]);
+        const float sig = 1.f / (1.f + __expf(-av));
+        da.v[i] = FromFloat<T>(dd * gv * sig * (1.f + av * (1.f - sig)));
+        dg.v[i] = FromFloat<T>(dd * av * sig);
+      }
+      StoreVec(o + f, da);
+      StoreVec(o + F + f, dg);
+    }
   }
 }
 
@@ -250,6 +461,82 @@ __global__ void CrossEntropyKernel(const T* logits, const int32_t* targets, T* d
   }
 }
 
+// Cross-entropy in two passes over the row instead of three, for rows of
+// 16-byte vectors (V % (16 / sizeof(T)) == 0): the first keeps a running
+// (max, Σ exp(x − max), argmax) per thread (online softmax), merged across
+// the block; the second writes the gradient (over the logits when dlogits
+// == logits: each vector is read by the thread that overwrites it, after the
+// reductions). Same results as CrossEntropyKernel (ties: lowest index).
+template <class T>
+__device__ __forceinline__ void OnlineMerge(float& m, float& s, int& arg, float om, float os, int oa) {
+  const float nm = fmaxf(m, om);
+  s = s * __expf(m - nm) + os * __expf(om - nm);
+  if (om > m || (om == m && oa < arg)) arg = oa;
+  m = nm;
+}
+
+template <class T>
+__global__ void CrossEntropyVecKernel(const T* logits, const int32_t* targets, T* dlogits, int V, float grad_mul,
+                                      float* row_loss, int32_t* row_hit) {
+  constexpr int N = Vec16<T>::N;
+  __shared__ float red_m[32], red_s[32];
+  __shared__ int red_i[32];
+  const long t = blockIdx.x;
+  const T* l = logits + t * V;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const int nv = V / N;
+  float mx = -FLT_MAX, sum = 0.f;
+  int arg = 0x7fffffff;
+  for (int k = threadIdx.x; k < nv; k += blockDim.x) {
+    const Vec16<T> v = LoadVec(l + k * N);
+    float a[N], vmax = -FLT_MAX;
+    int varg = 0;
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      a[i] = ToFloat(v.v[i]);
+      if (a[i] > vmax) vmax = a[i], varg = k * N + i;
+    }
+    if (vmax > mx) {
+      sum *= __expf(mx - vmax);
+      mx = vmax, arg = varg;
+    }
+#pragma unroll
+    for (int i = 0; i < N; ++i) sum += __expf(a[i] - mx);
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float om = __shfl_xor_sync(0xffffffffu, mx, o), os = __shfl_xor_sync(0xffffffffu, sum, o);
+    const int oa = __shfl_xor_sync(0xffffffffu, arg, o);
+    OnlineMerge<T>(mx, sum, arg, om, os, oa);
+  }
+  if (lane == 0) red_m[warp] = mx, red_s[warp] = sum, red_i[warp] = arg;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float m = red_m[0], s = red_s[0];
+    int a = red_i[0];
+    for (int w = 1; w < warps; ++w) OnlineMerge<T>(m, s, a, red_m[w], red_s[w], red_i[w]);
+    red_m[0] = m, red_s[0] = s, red_i[0] = a;
+  }
+  __syncthreads();
+  const float lse = red_m[0] + __logf(red_s[0]);
+  arg = red_i[0];
+  const int target = targets[t];
+  if (threadIdx.x == 0) {
+    row_loss[t] = lse - ToFloat(l[target]);
+    row_hit[t] = arg == target;
+  }
+  __syncthreads();  // l[target] is read before anyone overwrites it
+  if (!dlogits) return;
+  T* d = dlogits + t * V;
+  for (int k = threadIdx.x; k < nv; k += blockDim.x) {
+    const Vec16<T> v = LoadVec(l + k * N);
+    Vec16<T> g;
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+      g.v[i] = FromFloat<T>(grad_mul * (__expf(ToFloat(v.v[i]) - lse) - (k * N + i == target ? 1.f : 0.f)));
+    StoreVec(d + k * N, g);
+  }
+}
+
 // Partial Σ g² per block in double (a fixed grid: the same bits every call).
 __global__ void SumSquaresKernel(const float* g, long n, double* partial) {
   __shared__ double red[32];
@@ -279,6 +566,42 @@ __global__ void AdamWKernel(float* p, const float* g, float* m, float* v, long n
     const float pi = p[i] - lr * ((mi / bc1) / (sqrtf(vi / bc2) + eps) + weight_decay * p[i]);
     p[i] = pi;
     if (p_compute) p_compute[i] = FromFloat<T>(pi);
+  }
+}
+
+// AdamWKernel four parameters at a time (16-byte loads and stores of p, g,
+// m, v; 4·sizeof(T) bytes of the compute copy) for n % 4 == 0 and aligned
+// pointers: the same arithmetic per element.
+template <class T>
+struct alignas(4 * sizeof(T)) Four {
+  T v[4];
+};
+template <class T>
+__global__ void AdamWVecKernel(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
+                               float* __restrict__ v, long n4, float lr, float beta1, float beta2, float eps, float weight_decay,
+                               float bc1, float bc2, float grad_scale, T* __restrict__ p_compute) {
+  TG_GRID_STRIDE(i, n4) {
+    const float4 gv = reinterpret_cast<const float4*>(g)[i];
+    float4 mv = reinterpret_cast<float4*>(m)[i], vv = reinterpret_cast<float4*>(v)[i], pv = reinterpret_cast<float4*>(p)[i];
+    float* pe = &pv.x;
+    float* me = &mv.x;
+    float* ve = &vv.x;
+    const float ge[4] = {gv.x, gv.y, gv.z, gv.w};
+    Four<T> out;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const float gi = ge[k] * grad_scale;
+      const float mi = beta1 * me[k] + (1.f - beta1) * gi;
+      const float vi = beta2 * ve[k] + (1.f - beta2) * gi * gi;
+      me[k] = mi;
+      ve[k] = vi;
+      pe[k] = pe[k] - lr * ((mi / bc1) / (sqrtf(vi / bc2) + eps) + weight_decay * pe[k]);
+      out.v[k] = FromFloat<T>(pe[k]);
+    }
+    reinterpret_cast<float4*>(m)[i] = mv;
+    reinterpret_cast<float4*>(v)[i] = vv;
+    reinterpret_cast<float4*>(p)[i] = pv;
+    if (p_compute) reinterpret_cast<Four<T>*>(p_compute)[i] = out;
   }
 }
 

@@ -552,6 +552,13 @@ void TestTrainDense(Backend* G, Backend* C, double tol) {
       G->LinearTrain(x.g, w.g, b.g, y.g, T, in, out);
       C->LinearTrain(x.c, w.c, b.c, y.c, T, in, out);
       Report("train linear" + Dims(T, in, out), RelErr(y.Gpu(), y.Cpu()), tol);
+      {  // y = x·w^T + b + residual (CUDA: the add in the GEMM's epilogue)
+        Pair res(G, C, T * out), yr(G, C, T * out);
+        res.Set(Random(res.n));
+        G->LinearResidualTrain(x.g, w.g, b.g, res.g, yr.g, T, in, out);
+        C->LinearResidualTrain(x.c, w.c, b.c, res.c, yr.c, T, in, out);
+        Report("train linear+residual" + Dims(T, in, out), RelErr(yr.Gpu(), yr.Cpu()), tol);
+      }
       F32Pair dw(G, C, w.n), db(G, C, out);
       dw.Set(Random(dw.n, 0.1f));
       db.Set(Random(db.n, 0.1f));
@@ -561,7 +568,7 @@ void TestTrainDense(Backend* G, Backend* C, double tol) {
       Report("linear backward dw (accumulated)" + Dims(T, in, out), RelErr(dw.Gpu(), dw.Cpu()), tol);
       Report("linear backward db (accumulated)" + Dims(T, in, out), RelErr(db.Gpu(), db.Cpu()), tol);
     }
-    for (auto [in, F] : {std::pair{64, 96}, {768, 2048}}) {
+    for (auto [in, F] : {std::pair{64, 96}, {64, 100}, {768, 2048}}) {  // F=100: not whole 16-byte vectors in bf16/fp16
       Pair x(G, C, T * in), w(G, C, 2 * F * in), b(G, C, 2 * F), h(G, C, T * 2 * F), o(G, C, T * F);
       x.Set(Random(x.n));
       w.Set(Random(w.n, 1.f / std::sqrt(in)));
@@ -579,7 +586,9 @@ void TestTrainDense(Backend* G, Backend* C, double tol) {
       C->SwiGLULinearBackwardInput(dy.c, w3.c, h.c, dh.c, T, F, in);
       Report("swiglu+linear backward dh" + Dims(T, in, F), RelErr(dh.Gpu(), dh.Cpu()), tol);
     }
-    for (int Cw : {128, 768}) {
+    // C=100: not whole 16-byte vectors (the two-kernel backward); 2000:
+    // 8 vectors per lane in bf16/fp16, too many in fp32 (two kernels).
+    for (int Cw : {128, 768, 100, 2000}) {
       Pair x(G, C, T * Cw), w(G, C, Cw), b(G, C, Cw), y(G, C, T * Cw), dy(G, C, T * Cw), dx(G, C, T * Cw);
       F32Pair mean(G, C, T), rstd(G, C, T), dw(G, C, Cw), db(G, C, Cw);
       x.Set(Random(x.n, 3.f));
@@ -615,6 +624,30 @@ void TestTrainDense(Backend* G, Backend* C, double tol) {
   }
 }
 
+// LayerNorm backward over more rows than the one-pass kernel has warps
+// (each warp then visits many rows and its lanes' dw/db partials add up
+// across them), at bench-125m's width.
+void TestLayerNormBackwardManyRows(Backend* G, Backend* C, double tol) {
+  const int T = 20000, Cw = 768;
+  Pair x(G, C, static_cast<size_t>(T) * Cw), w(G, C, Cw), b(G, C, Cw), y(G, C, x.n), dy(G, C, x.n), dx(G, C, x.n);
+  F32Pair mean(G, C, T), rstd(G, C, T), dw(G, C, Cw), db(G, C, Cw);
+  x.Set(Random(x.n, 3.f));
+  w.Set(Random(Cw));
+  b.Set(Random(Cw));
+  G->LayerNormTrain(x.g, w.g, b.g, y.g, mean.g, rstd.g, T, Cw, 1e-5f);
+  C->LayerNormTrain(x.c, w.c, b.c, y.c, mean.c, rstd.c, T, Cw, 1e-5f);
+  mean.Set(mean.Cpu());  // the same statistics on both: only the backward is compared
+  rstd.Set(rstd.Cpu());
+  dy.Set(Random(dy.n));
+  dx.Set(Random(dx.n));
+  dw.Set(Random(Cw, 0.1f));
+  db.Set(Random(Cw, 0.1f));
+  G->LayerNormBackward(dy.g, x.g, w.g, mean.g, rstd.g, dx.g, dw.g, db.g, T, Cw);
+  C->LayerNormBackward(dy.c, x.c, w.c, mean.c, rstd.c, dx.c, dw.c, db.c, T, Cw);
+  Report("layernorm backward dx (accumulated) T=20000 C=768", RelErr(dx.Gpu(), dx.Cpu()), tol);
+  Report("layernorm backward dw, db (accumulated) T=20000 C=768", std::max(RelErr(dw.Gpu(), dw.Cpu()), RelErr(db.Gpu(), db.Cpu())), tol);
+}
+
 void TestCrossEntropy(Backend* G, Backend* C, double tol) {
   for (auto [T, V] : {std::pair{7, 64}, {300, 32000}, {1000, 257}}) {
     Pair logits(G, C, static_cast<size_t>(T) * V), dl(G, C, logits.n);
@@ -647,28 +680,30 @@ void TestCrossEntropy(Backend* G, Backend* C, double tol) {
 }
 
 void TestOptimizer(Backend* G, Backend* C) {
-  const size_t n = 100003;
-  F32Pair p(G, C, n), g(G, C, n), m(G, C, n), v(G, C, n);
-  p.Set(Random(n));
-  g.Set(Random(n, 0.5f));
-  m.Set(Random(n, 0.1f));
-  std::vector<float> vv = Random(n, 0.1f);
-  for (auto& x : vv) x = x * x;
-  v.Set(vv);
-  const double sg = G->SumOfSquares(g.g, n), sc = C->SumOfSquares(g.c, n);
-  Report("sum of squares n=100003", std::abs(sg - sc) / sc, 1e-9);
-  Pair compute(G, C, n);
-  G->AdamW(p.g, g.g, m.g, v.g, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 7, 0.37f, G->dtype() == DType::kF32 ? nullptr : compute.g);
-  C->AdamW(p.c, g.c, m.c, v.c, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 7, 0.37f, nullptr);
-  const double err = std::max({RelErr(p.Gpu(), p.Cpu()), RelErr(m.Gpu(), m.Cpu()), RelErr(v.Gpu(), v.Cpu())});
-  Report("adamw p, m, v (fp32, grad scale 0.37, step 7)", err, 1e-5);
-  if (G->dtype() != DType::kF32) Report("adamw compute copy (dtype of p)", RelErr(compute.Gpu(), p.Cpu()), 1e-2);
-  std::vector<float> bad = g.Cpu();
-  bad[n / 3] = INFINITY;
-  g.Set(bad);
-  const bool ok = !std::isfinite(G->SumOfSquares(g.g, n));
-  std::printf("%s %-72s\n", ok ? "PASS" : "FAIL", "sum of squares is not finite with one inf gradient");
-  (ok ? passed : failed)++;
+  for (size_t n : {size_t{100003}, size_t{100000}}) {  // 100000: CUDA's four-at-a-time AdamW
+    const std::string ns = " n=" + std::to_string(n);
+    F32Pair p(G, C, n), g(G, C, n), m(G, C, n), v(G, C, n);
+    p.Set(Random(n));
+    g.Set(Random(n, 0.5f));
+    m.Set(Random(n, 0.1f));
+    std::vector<float> vv = Random(n, 0.1f);
+    for (auto& x : vv) x = x * x;
+    v.Set(vv);
+    const double sg = G->SumOfSquares(g.g, n), sc = C->SumOfSquares(g.c, n);
+    Report("sum of squares" + ns, std::abs(sg - sc) / sc, 1e-9);
+    Pair compute(G, C, n);
+    G->AdamW(p.g, g.g, m.g, v.g, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 7, 0.37f, G->dtype() == DType::kF32 ? nullptr : compute.g);
+    C->AdamW(p.c, g.c, m.c, v.c, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 7, 0.37f, nullptr);
+    const double err = std::max({RelErr(p.Gpu(), p.Cpu()), RelErr(m.Gpu(), m.Cpu()), RelErr(v.Gpu(), v.Cpu())});
+    Report("adamw p, m, v (fp32, grad scale 0.37, step 7)" + ns, err, 1e-5);
+    if (G->dtype() != DType::kF32) Report("adamw compute copy (dtype of p)" + ns, RelErr(compute.Gpu(), p.Cpu()), 1e-2);
+    std::vector<float> bad = g.Cpu();
+    bad[n / 3] = INFINITY;
+    g.Set(bad);
+    const bool ok = !std::isfinite(G->SumOfSquares(g.g, n));
+    std::printf("%s %-72s\n", ok ? "PASS" : "FAIL", ("sum of squares is not finite with one inf gradient" + ns).c_str());
+    (ok ? passed : failed)++;
+  }
 }
 
 // Training attention, forward (out, LSE) and backward (dQ, dK, dV in the
@@ -797,8 +832,52 @@ void PerfTrainingOps(Backend* G) {
   time("linear forward 65536x768->768 +bias", [&] { G->LinearTrain(x, wl, b, dx, T, C, C); });
   time("linear backward 65536x768->768 (dx, dw, db)", [&] { G->LinearBackward(dy, x, wl, dx, dwl, db, T, C, C); });
   time("swiglu forward 65536x2048", [&] { G->SwiGLU(h, sw, T, F); });
-  for (void* p : {x, dy, dx, w, b, wl, h, sw, static_cast<void*>(mean), static_cast<void*>(rstd), static_cast<void*>(dw),
-                  static_cast<void*>(db), static_cast<void*>(dwl)})
+  time("linear+residual forward 65536x768->768 +bias", [&] { G->LinearResidualTrain(x, wl, b, dy, dx, T, C, C); });
+  void *w12 = buf(static_cast<size_t>(2) * F * C, e), *b12 = buf(2 * F, e), *w3 = buf(static_cast<size_t>(C) * F, e);
+  void* dh = buf(static_cast<size_t>(T) * 2 * F, e);
+  time("linear+swiglu forward 65536x768->2x2048", [&] { G->LinearSwiGLUTrain(x, w12, b12, h, sw, T, C, F); });
+  time("swiglu+linear backward dh 65536x2048->768", [&] { G->SwiGLULinearBackwardInput(dy, w3, h, dh, T, F, C); });
+  // Attention at bench-125m's step: 64 sequences of 1024, 12 query heads, 4 KV heads, head_dim 64.
+  {
+    const int H = 12, Hkv = 4, D = 64, seqs = T / 1024;
+    std::vector<int32_t> cu(seqs + 1), lens(seqs, 1024);
+    for (int i = 0; i <= seqs; ++i) cu[i] = i * 1024;
+    int32_t* dcu = static_cast<int32_t*>(G->Alloc(cu.size() * 4));
+    int32_t* dlens = static_cast<int32_t*>(G->Alloc(lens.size() * 4));
+    G->CopyToDevice(dcu, cu.data(), cu.size() * 4);
+    G->CopyToDevice(dlens, lens.data(), lens.size() * 4);
+    const AttentionDims dims{H, Hkv, D, false};
+    const AttentionBatch batch{seqs, dcu, dlens, T, 1024, 1024};
+    void *qkv = buf(static_cast<size_t>(T) * (H + 2 * Hkv) * D, e), *att = buf(static_cast<size_t>(T) * H * D, e);
+    void *datt = buf(static_cast<size_t>(T) * H * D, e), *dqkv = buf(static_cast<size_t>(T) * (H + 2 * Hkv) * D, e);
+    float* lse = static_cast<float*>(buf(static_cast<size_t>(T) * H, 4));
+    G->AttentionTrain(dims, batch, qkv, att, lse);
+    time("attention forward 64x1024, 12/4 heads, D=64", [&] { G->AttentionTrain(dims, batch, qkv, att, lse); });
+    time("attention backward 64x1024, 12/4 heads, D=64", [&] { G->AttentionBackward(dims, batch, qkv, att, datt, lse, dqkv); });
+    for (void* p : {qkv, att, datt, dqkv, static_cast<void*>(lse), static_cast<void*>(dcu), static_cast<void*>(dlens)}) G->Free(p);
+  }
+  {  // The fused cross-entropy over bench-125m's logits (in place, with its per-row read-back).
+    const int V = 32000;
+    // 4 GB in bf16: one random chunk of 16M values, repeated (drawing 2G normals on the host would take long).
+    const size_t n = static_cast<size_t>(T) * V, chunk = size_t{1} << 24;
+    char* logits = static_cast<char*>(G->Alloc(n * e));
+    {
+      std::vector<float> v = Random(chunk, 3.f);
+      G->UploadFloats(logits, v.data(), chunk);
+      std::vector<char> raw(chunk * e);
+      G->CopyToHost(raw.data(), logits, raw.size());
+      for (size_t off = chunk; off < n; off += chunk) G->CopyToDevice(logits + off * e, raw.data(), std::min(chunk, n - off) * e);
+    }
+    std::vector<int32_t> targets(T);
+    for (int t = 0; t < T; ++t) targets[t] = static_cast<int32_t>(rng() % V);
+    int32_t* dt = static_cast<int32_t*>(G->Alloc(T * 4));
+    G->CopyToDevice(dt, targets.data(), T * 4);
+    time("cross-entropy 65536x32000 (in place)", [&] { G->CrossEntropy(logits, dt, logits, T, V, 1.f, nullptr); });
+    G->Free(logits);
+    G->Free(dt);
+  }
+  for (void* p : {x, dy, dx, w, b, wl, h, sw, w12, b12, w3, dh, static_cast<void*>(mean), static_cast<void*>(rstd),
+                  static_cast<void*>(dw), static_cast<void*>(db), static_cast<void*>(dwl)})
     G->Free(p);
 }
 
@@ -834,6 +913,7 @@ int main(int argc, char** argv) {
   }
   // Training ops (fp32 too: the --precision fp32 reference).
   tinygpt::TestTrainDense(gpu->get(), cpu.get(), tol);
+  tinygpt::TestLayerNormBackwardManyRows(gpu->get(), cpu.get(), tol);
   tinygpt::TestCrossEntropy(gpu->get(), cpu.get(), tol);
   tinygpt::TestOptimizer(gpu->get(), cpu.get());
   tinygpt::TestTrainAttentionCases(gpu->get(), cpu.get(), tol);
