@@ -59,6 +59,12 @@ class Backend {
     LayerNorm(x, w, b, y, T, C, eps);
   }
   virtual void SwiGLU(const void* h, void* out, int T, int F) = 0;
+  // out = SwiGLU(x·w^T + b) for w [2F, in] (the SiLU branch's F rows, then
+  // the gate's); h [T, 2F] is scratch for backends that do not fuse them.
+  virtual void LinearSwiGLU(const void* x, const void* w, const void* b, void* h, void* out, int T, int in, int F) {
+    Linear(x, w, b, h, T, in, 2 * F);
+    SwiGLU(h, out, T, F);
+  }
   // dst[i] = src[rows[i]] for n rows of C elements.
   virtual void GatherRows(const void* src, const int32_t* rows, void* dst, int n, int C) = 0;
   // Writes each token's K and V (from its fused qkv row) into its cache slot.

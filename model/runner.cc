@@ -183,8 +183,7 @@ void ModelRunner::Forward(int T, int n, int R, int max_q, int max_ctx, bool pend
     b.PagedAttention(dims, batch, qkv_, kv, att_);
     b.Linear(att_, lw.proj_w, lw.proj_b, tmp_, T, d, d);
     b.AddLayerNorm(x_, tmp_, lw.norm2_w, lw.norm2_b, ln_, T, d, cfg_.norm_eps);
-    b.Linear(ln_, lw.w12_w, lw.w12_b, h12_, T, d, 2 * F);
-    b.SwiGLU(h12_, sw_, T, F);
+    b.LinearSwiGLU(ln_, lw.w12_w, lw.w12_b, h12_, sw_, T, d, F);
     b.Linear(sw_, lw.w3_w, lw.w3_b, tmp_, T, F, d);
     // The residual add, fused with the next layer's first norm.
     if (l + 1 < cfg_.n_layers)

@@ -360,10 +360,11 @@ void Engine::CollectStep() {
     }
     s->last_token = t1;
     const std::string text = s->detokenizer ? s->detokenizer->Next(token) : std::string();
-    s->Emit(token, text, lp);
+    if (s->Emit(token, text, lp)) waker_.Add(s->channel());
     if (StopsOn(*s, token, text)) Retire(s, FinishReason::kStop);
     else if (s->num_generated() >= s->request.options.max_new_tokens) Retire(s, FinishReason::kLength);
   }
+  waker_.Flush();
   PublishGauges();
 }
 

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "model/kv_cache.h"
 #include "model/runner.h"
+#include "server/channel_waker.h"
 #include "server/sequence.h"
 
 namespace tinygpt {
@@ -119,6 +120,7 @@ class Engine {
   std::vector<std::shared_ptr<Sequence>> plan_seqs_;
   StepResult result_;
   GraphStats graphs_seen_;
+  ChannelWaker waker_;  // wakes streaming RPC threads off this thread
   long admitted_counter_ = 0;
   std::thread thread_;
 };

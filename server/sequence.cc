@@ -12,15 +12,17 @@ const char* FinishReasonName(FinishReason r) {
   return "none";
 }
 
-void EventChannel::Emit(int index, int32_t token, const std::string& text, TokenLogprobs* logprobs) {
+bool EventChannel::Emit(int index, int32_t token, const std::string& text, TokenLogprobs* logprobs) {
   std::lock_guard<std::mutex> lock(mu_);
   SequenceEvents& p = pending_[index];
   p.tokens.push_back(token);
   p.text += text;
   if (logprobs) p.logprobs.push_back(std::move(*logprobs));
   fresh_ = true;
-  if (stream_) cv_.notify_all();  // a unary caller waits for the end only
+  return stream_;  // a unary caller waits for the end only
 }
+
+void EventChannel::Wake() { cv_.notify_all(); }
 
 void EventChannel::Finish(int index, FinishReason reason, absl::Status status, const std::string& text) {
   std::lock_guard<std::mutex> lock(mu_);

@@ -52,7 +52,11 @@ struct SequenceEvents {
 class EventChannel {
  public:
   EventChannel(int n, bool stream) : pending_(n), unfinished_(n), stream_(stream) {}
-  void Emit(int index, int32_t token, const std::string& text, TokenLogprobs* logprobs);
+  // Queues a token; true when the waiting thread wants it now (streaming):
+  // then call Wake(), which the engine does from its waker thread
+  // (server/channel_waker.h).
+  bool Emit(int index, int32_t token, const std::string& text, TokenLogprobs* logprobs);
+  void Wake();
   void Finish(int index, FinishReason reason, absl::Status status, const std::string& text);
   // Waits up to `timeout` for events and returns, per sample, what arrived
   // since the last call: new tokens (streaming requests) or the end.
@@ -119,10 +123,12 @@ class Sequence {
 
   // Publishes a new token with the text it completes (and its logprobs), or
   // the end with the last text held back (engine thread).
-  void Emit(int32_t token, const std::string& text, TokenLogprobs* logprobs) {
+  // Returns whether the RPC thread needs a wake-up (see EventChannel::Emit).
+  bool Emit(int32_t token, const std::string& text, TokenLogprobs* logprobs) {
     if (extras.history) ++history.output_counts[token];
-    channel_->Emit(index, token, text, logprobs);
+    return channel_->Emit(index, token, text, logprobs);
   }
+  const std::shared_ptr<EventChannel>& channel() const { return channel_; }
   void Finish(FinishReason reason, absl::Status status = absl::OkStatus(), const std::string& text = "") {
     channel_->Finish(index, reason, std::move(status), text);
   }

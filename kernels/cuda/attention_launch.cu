@@ -3,18 +3,31 @@
 #include "kernels/cuda/attention_run.cuh"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 namespace tinygpt::cuda {
 namespace {
 
+bool NarrowBlockN32() {
+  static const bool on = [] {
+    const char* v = std::getenv("TINYGPT_DECODE_BLOCK_N");
+    return v && std::string(v) == "32";
+  }();
+  return on;
+}
+
 // Calls fn.template operator()<Traits>() for the shape, head_dim and dtype.
 template <class Fn>
 void Dispatch(bool bf16, bool narrow, int head_dim, const Fn& fn) {
   auto by_dim = [&](auto tag) {
-    using T = decltype(tag);
+    using T = std::decay_t<decltype(tag)>;  // decay: nvcc reads decltype(tag) as a reference inside the nested if constexpr
     auto by_shape = [&](auto dim) {
       constexpr int D = decltype(dim)::value;
+      if constexpr (D <= 64) {
+        if (narrow && NarrowBlockN32()) return fn.template operator()<NarrowAttention32<D, T>>();
+      }
       if (narrow) fn.template operator()<NarrowAttention<D, T>>();
       else fn.template operator()<WideAttention<D, T>>();
     };

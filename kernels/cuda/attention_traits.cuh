@@ -61,5 +61,11 @@ template <int D, class T>
 using WideAttention = AttentionTraits<D, T, 4, 2, 64, (D >= 128 ? 2 : 3)>;
 template <int D, class T>
 using NarrowAttention = AttentionTraits<D, T, 1, 1, (D >= 128 ? 32 : 64), 3>;
+// Narrow with 32-key tiles at head_dim <= 64: half the shared memory (30 KB
+// at head_dim 64, so seven blocks per SM instead of three), for decode steps
+// of many short contexts. TINYGPT_DECODE_BLOCK_N=32 selects it (measured
+// against the default in docs/benchmarks.md).
+template <int D, class T>
+using NarrowAttention32 = AttentionTraits<D, T, 1, 1, 32, 3>;
 
 }  // namespace tinygpt::cuda

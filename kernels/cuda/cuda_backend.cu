@@ -264,6 +264,17 @@ class CudaBackend final : public Backend {
     AddLayerNormKernel<T><<<(rows + 7) / 8, 256, 0, stream_>>>(P(x), P(r), P(w), P(b), P(y), rows, C, eps);
     TG_CUDA_LAUNCH_CHECK();
   }
+  void LinearSwiGLU(const void* x, const void* w, const void* b, void* h, void* out, int rows, int in, int F) override {
+    if constexpr (sizeof(T) == 2) {
+      if (rows > 0 && rows <= kGemvMaxRows && in % 8 == 0 && Aligned16(x, w)) {
+        OpTimes::Scope timed(&op_times_, "linear+swiglu (gemv)", stream_);
+        LaunchGemv<T, true>(P(x), P(w), P(b), P(out), rows, in, F, stream_);
+        return;
+      }
+    }
+    Linear(x, w, b, h, rows, in, 2 * F);
+    SwiGLU(h, out, rows, F);
+  }
   void SwiGLU(const void* h, void* out, int rows, int F) override {
     OpTimes::Scope timed(&op_times_, "swiglu forward", stream_);
     if (rows == 0) return;

@@ -133,6 +133,15 @@ void TestDense(Backend* G, Backend* C, double tol) {
                RelErr(y.Gpu(), y.Cpu()), tol);
       }
     }
+    for (auto [in, F] : {std::pair{128, 256}, {768, 512}}) {  // fused linear + SwiGLU (GEMV at T <= 8)
+      Pair x(G, C, T * in), w(G, C, 2 * F * in), b(G, C, 2 * F), h(G, C, T * 2 * F), y(G, C, T * F);
+      x.Set(Random(x.n));
+      w.SetLinearWeight(Random(w.n, 1.f / std::sqrt(in)), 2 * F, in);
+      b.Set(Random(b.n));
+      G->LinearSwiGLU(x.g, w.g, b.g, h.g, y.g, T, in, F);
+      C->LinearSwiGLU(x.c, w.c, b.c, h.c, y.c, T, in, F);
+      Report("linear+swiglu T=" + std::to_string(T) + " " + std::to_string(in) + "->2x" + std::to_string(F), RelErr(y.Gpu(), y.Cpu()), tol);
+    }
     for (int Cw : {128, 768}) {
       Pair x(G, C, T * Cw), w(G, C, Cw), b(G, C, Cw), y(G, C, T * Cw);
       x.Set(Random(x.n, 3.f));
