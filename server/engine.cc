@@ -305,8 +305,13 @@ replan:
   for (size_t i = 0; i < steps.size(); ++i) {
     Sequence& s = *in_step[i];
     s.num_computed += steps[i].num_tokens;
+    // Full blocks whose tokens are known join the prefix cache now, not when
+    // the step's result comes back: the device runs steps in order, so a
+    // later step that reuses them reads them after this one wrote them, and
+    // the step planned while this one runs can already share the prompt.
+    kv_.Commit(s.block_table, s.tokens.data(), std::min<int>(s.num_computed, static_cast<int>(s.tokens.size())),
+               &s.num_hashed_blocks);
     launched.tokens += steps[i].num_tokens;
-    launched.end.push_back(s.num_computed);
     launched.sample_row.push_back(steps[i].sample ? row : -1);
     if (steps[i].sample) {
       s.pending_row = row++;
@@ -346,8 +351,6 @@ void Engine::CollectStep() {
     const int row = step.sample_row[i];
     if (row >= 0) --s->unreceived;
     if (s->retired) continue;  // cancelled, or stopped while this step was in flight
-    kv_.Commit(s->block_table, s->tokens.data(), std::min<int>(step.end[i], static_cast<int>(s->tokens.size())),
-               &s->num_hashed_blocks);
     if (row < 0) continue;
     if (!s->siblings.empty()) SharePrompt(*s);
     TokenLogprobs* lp = s->extras.wants_logprobs() ? &result_.logprobs[row] : nullptr;
@@ -359,6 +362,10 @@ void Engine::CollectStep() {
       metrics_->OnInterTokenLatency(std::chrono::duration<double>(t1 - s->last_token).count());
     }
     s->last_token = t1;
+    // The block this token completes is in the cache once a launched step
+    // computes it (the token's own K/V come with the step that reads it).
+    kv_.Commit(s->block_table, s->tokens.data(), std::min<int>(s->num_computed, static_cast<int>(s->tokens.size())),
+               &s->num_hashed_blocks);
     const std::string text = s->detokenizer ? s->detokenizer->Next(token) : std::string();
     if (s->Emit(token, text, lp)) waker_.Add(s->channel());
     if (StopsOn(*s, token, text)) Retire(s, FinishReason::kStop);

@@ -108,7 +108,6 @@ class Engine {
   // hands out the tokens of the one before.
   struct LaunchedStep {
     std::vector<std::shared_ptr<Sequence>> seqs;
-    std::vector<int> end;         // each sequence's cache length after the step
     std::vector<int> sample_row;  // its sampling row, or -1
     Clock::time_point launched;
     double launch_seconds = 0;  // the Launch call itself (the whole step on the CPU backend)

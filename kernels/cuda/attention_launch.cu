@@ -10,10 +10,10 @@
 namespace tinygpt::cuda {
 namespace {
 
-bool NarrowBlockN32() {
+bool NarrowBlockN64() {
   static const bool on = [] {
     const char* v = std::getenv("TINYGPT_DECODE_BLOCK_N");
-    return v && std::string(v) == "32";
+    return v && std::string(v) == "64";
   }();
   return on;
 }
@@ -26,7 +26,7 @@ void Dispatch(bool bf16, bool narrow, int head_dim, const Fn& fn) {
     auto by_shape = [&](auto dim) {
       constexpr int D = decltype(dim)::value;
       if constexpr (D <= 64) {
-        if (narrow && NarrowBlockN32()) return fn.template operator()<NarrowAttention32<D, T>>();
+        if (narrow && NarrowBlockN64()) return fn.template operator()<NarrowAttention64<D, T>>();
       }
       if (narrow) fn.template operator()<NarrowAttention<D, T>>();
       else fn.template operator()<WideAttention<D, T>>();

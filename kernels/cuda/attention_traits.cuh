@@ -59,13 +59,15 @@ struct AttentionTraits {
 //    run at memory bandwidth (four stages fit one block fewer and ran slower).
 template <int D, class T>
 using WideAttention = AttentionTraits<D, T, 4, 2, 64, (D >= 128 ? 2 : 3)>;
+// Decode (narrow) tiles: 32 keys at every head_dim since the H200 serving
+// runs (docs/benchmarks.md: bench-125m, head_dim 64, 256 sequences of ~330
+// tokens, 995 us per step with 32-key tiles, 1147 with 64). The 64-key tile
+// at head_dim <= 64 takes 58 KB of shared memory (three blocks of one warp
+// per SM); the 32-key one 30 KB (seven). TINYGPT_DECODE_BLOCK_N=64 selects
+// the 64-key tile again.
 template <int D, class T>
-using NarrowAttention = AttentionTraits<D, T, 1, 1, (D >= 128 ? 32 : 64), 3>;
-// Narrow with 32-key tiles at head_dim <= 64: half the shared memory (30 KB
-// at head_dim 64, so seven blocks per SM instead of three), for decode steps
-// of many short contexts. TINYGPT_DECODE_BLOCK_N=32 selects it (measured
-// against the default in docs/benchmarks.md).
+using NarrowAttention = AttentionTraits<D, T, 1, 1, 32, 3>;
 template <int D, class T>
-using NarrowAttention32 = AttentionTraits<D, T, 1, 1, 32, 3>;
+using NarrowAttention64 = AttentionTraits<D, T, 1, 1, 64, 3>;
 
 }  // namespace tinygpt::cuda
