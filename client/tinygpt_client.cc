@@ -62,6 +62,8 @@ ABSL_FLAG(bool, unary, false, "bench: unary Generate calls (TTFT and inter-token
 ABSL_FLAG(bool, ignore_eos, false, "keep generating past the model's end token");
 ABSL_FLAG(bool, logprobs, false, "return each generated token's log-probability");
 ABSL_FLAG(int, top_logprobs, 0, "also the N (<= 20) most likely tokens at each step");
+ABSL_FLAG(int, prompt_logprobs, -1, "generate: each prompt token's log-probability (after the first) and the N (<= 20) "
+          "most likely tokens at its position (-1: none)");
 ABSL_FLAG(float, repetition_penalty, 1.f, "CTRL/HF repetition penalty (> 0; 1: none)");
 ABSL_FLAG(float, frequency_penalty, 0.f, "OpenAI frequency penalty in [-2, 2]");
 ABSL_FLAG(float, presence_penalty, 0.f, "OpenAI presence penalty in [-2, 2]");
@@ -197,6 +199,7 @@ bool RequestFromFlags(GenerateRequest* req) {
   req->set_ignore_eos(absl::GetFlag(FLAGS_ignore_eos));
   req->set_logprobs(absl::GetFlag(FLAGS_logprobs));
   req->set_top_logprobs(absl::GetFlag(FLAGS_top_logprobs));
+  if (absl::GetFlag(FLAGS_prompt_logprobs) >= 0) req->mutable_prompt_logprobs()->set_value(absl::GetFlag(FLAGS_prompt_logprobs));
   if (absl::GetFlag(FLAGS_repetition_penalty) != 1.f) req->mutable_repetition_penalty()->set_value(absl::GetFlag(FLAGS_repetition_penalty));
   req->set_frequency_penalty(absl::GetFlag(FLAGS_frequency_penalty));
   req->set_presence_penalty(absl::GetFlag(FLAGS_presence_penalty));
@@ -205,6 +208,24 @@ bool RequestFromFlags(GenerateRequest* req) {
 }
 
 nlohmann::json Ids(const google::protobuf::RepeatedField<int32_t>& ids) { return std::vector<int32_t>(ids.begin(), ids.end()); }
+
+nlohmann::json LogprobsJson(const google::protobuf::RepeatedPtrField<tinygpt::v1::TokenLogprob>& lps) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& lp : lps) {
+    nlohmann::json top = nlohmann::json::array();
+    for (const auto& t : lp.top()) top.push_back({{"token_id", t.token_id()}, {"logprob", t.logprob()}});
+    out.push_back({{"token_id", lp.token_id()}, {"logprob", lp.logprob()}, {"top", top}});
+  }
+  return out;
+}
+
+void PrintLogprobs(const google::protobuf::RepeatedPtrField<tinygpt::v1::TokenLogprob>& lps) {
+  for (const auto& lp : lps) {
+    std::printf("  token %d logprob %.4f", lp.token_id(), lp.logprob());
+    for (const auto& t : lp.top()) std::printf(" | %d %.4f", t.token_id(), t.logprob());
+    std::printf("\n");
+  }
+}
 
 int Generate() {
   GenerateRequest req;
@@ -228,21 +249,15 @@ int Generate() {
   }
   if (absl::GetFlag(FLAGS_json)) {
     nlohmann::json out = nlohmann::json::array();
-    for (const auto& c : choices) {
-      nlohmann::json lps = nlohmann::json::array();
-      for (const auto& lp : c.logprobs()) {
-        nlohmann::json top = nlohmann::json::array();
-        for (const auto& t : lp.top()) top.push_back({{"token_id", t.token_id()}, {"logprob", t.logprob()}});
-        lps.push_back({{"token_id", lp.token_id()}, {"logprob", lp.logprob()}, {"top", top}});
-      }
+    for (const auto& c : choices)
       out.push_back({{"index", c.index()}, {"output_ids", Ids(c.token_ids())}, {"text", c.text()},
-                     {"finish_reason", tinygpt::v1::FinishReason_Name(c.finish_reason())}, {"logprobs", lps}});
-    }
+                     {"finish_reason", tinygpt::v1::FinishReason_Name(c.finish_reason())}, {"logprobs", LogprobsJson(c.logprobs())}});
     nlohmann::json j = {{"request_id", resp.request_id()}, {"output_ids", out[0]["output_ids"]}, {"text", resp.text()},
                         {"finish_reason", tinygpt::v1::FinishReason_Name(resp.finish_reason())},
                         {"prompt_tokens", resp.usage().prompt_tokens()}, {"generated_tokens", resp.usage().generated_tokens()},
                         {"ttft_seconds", resp.timings().time_to_first_token_seconds()}, {"total_seconds", resp.timings().total_seconds()}};
     if (absl::GetFlag(FLAGS_logprobs) || absl::GetFlag(FLAGS_top_logprobs) > 0) j["logprobs"] = out[0]["logprobs"];
+    if (absl::GetFlag(FLAGS_prompt_logprobs) >= 0) j["prompt_logprobs"] = LogprobsJson(resp.prompt_logprobs());
     if (choices.size() > 1) j["choices"] = out;
     std::printf("%s\n", j.dump().c_str());
     return 0;
@@ -253,11 +268,11 @@ int Generate() {
     if (choices.size() > 1) std::printf("[choice %d]\n", c.index());
     std::printf("output_ids: %s\ntext: %s\nfinish_reason: %s\n", ids.c_str(), c.text().c_str(),
                 tinygpt::v1::FinishReason_Name(c.finish_reason()).c_str());
-    for (const auto& lp : c.logprobs()) {
-      std::printf("  token %d logprob %.4f", lp.token_id(), lp.logprob());
-      for (const auto& t : lp.top()) std::printf(" | %d %.4f", t.token_id(), t.logprob());
-      std::printf("\n");
-    }
+    PrintLogprobs(c.logprobs());
+  }
+  if (resp.prompt_logprobs_size() > 0) {
+    std::printf("prompt logprobs (tokens 2..%d):\n", resp.prompt_logprobs_size() + 1);
+    PrintLogprobs(resp.prompt_logprobs());
   }
   return 0;
 }

@@ -132,8 +132,9 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(Backend* backen
   r->layout_ = std::make_unique<Layout>(opt, r->max_blocks_per_seq_);
   r->d_meta_ = static_cast<char*>(r->Alloc(r->layout_->bytes, 1));
   r->d_sampled_ = static_cast<int32_t*>(r->Alloc(opt.max_seqs, sizeof(int32_t)));
+  r->d_prompt_rows_ = static_cast<int32_t*>(r->Alloc(opt.max_seqs, sizeof(int32_t)));
   if (!r->x_ || !r->ln_ || !r->qkv_ || !r->att_ || !r->tmp_ || !r->h12_ || !r->sw_ || !r->last_ || !r->logits_ || !r->d_meta_ ||
-      !r->d_sampled_)
+      !r->d_sampled_ || !r->d_prompt_rows_)
     return absl::ResourceExhaustedError("runner: out of memory for activations");
   for (int i = 0; i < kMaxInFlight; ++i) {
     auto slot = std::make_unique<Slot>();
@@ -367,10 +368,58 @@ absl::Status ModelRunner::Launch(const std::vector<SeqStep>& seqs, bool want_log
         b.CopyToHostAsync(slot.logits + row * row_bytes, static_cast<const char*>(logits_) + row * row_bytes, row_bytes);
     }
   }
+  bool want_prompt = false;
+  for (const SeqStep& q : seqs) want_prompt |= q.prompt_logprobs != nullptr;
+  if (want_prompt)
+    if (auto s = PromptLogprobs(seqs); !s.ok()) return s;
   b.RecordEvent(slot.end);
   slot.rows = R;
   last_rows_ = R;
   ++launched_;
+  return absl::OkStatus();
+}
+
+absl::Status ModelRunner::PromptLogprobs(const std::vector<SeqStep>& seqs) {
+  Backend& b = *backend_;
+  const int d = cfg_.d_model, V = cfg_.vocab_size;
+  const size_t row_bytes = static_cast<size_t>(V) * DTypeSize(b.dtype());
+  struct Want {
+    int row, pos;
+    int32_t target;
+    const SeqStep* seq;
+  };
+  std::vector<Want> want;
+  int first_row = 0;
+  for (const SeqStep& q : seqs) {
+    if (q.prompt_logprobs && q.pending_row < 0)
+      for (int i = 0; i < q.num_tokens; ++i) {
+        const int pos = q.start_pos + i;
+        if (pos + 1 < q.prompt_len) want.push_back({first_row + i, pos, q.tokens[i + 1], &q});
+      }
+    first_row += q.num_tokens;
+  }
+  std::vector<int32_t> rows;
+  std::vector<char> host(static_cast<size_t>(opt_.max_seqs) * row_bytes);
+  std::vector<float> row(V);
+  for (size_t at = 0; at < want.size(); at += opt_.max_seqs) {
+    const int n = static_cast<int>(std::min<size_t>(opt_.max_seqs, want.size() - at));
+    rows.clear();
+    for (int i = 0; i < n; ++i) rows.push_back(want[at + i].row);
+    // After the step's own ops (same stream), which are done with logits_.
+    b.CopyToDevice(d_prompt_rows_, rows.data(), n * sizeof(int32_t));
+    b.GatherRows(x_, d_prompt_rows_, last_, n, d);
+    b.LayerNorm(last_, norm_f_w_, norm_f_b_, ln_, n, d, cfg_.norm_eps);
+    b.Linear(ln_, head_w_, head_b_, logits_, n, d, V);
+    b.CopyToHost(host.data(), logits_, n * row_bytes);
+    for (int i = 0; i < n; ++i) {
+      const Want& w = want[at + i];
+      if (w.target < 0 || w.target >= V) return absl::InvalidArgumentError("runner: token id out of range");
+      b.HostToFloats(host.data() + i * row_bytes, row.data(), V);
+      std::vector<TokenLogprobs>& out = *w.seq->prompt_logprobs;
+      if (static_cast<int>(out.size()) <= w.pos) out.resize(w.pos + 1);
+      out[w.pos] = ComputeLogprobs(row.data(), V, w.target, w.seq->prompt_top);
+    }
+  }
   return absl::OkStatus();
 }
 

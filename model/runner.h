@@ -41,6 +41,13 @@ struct SeqStep {
   // be 1; `tokens` is not read). The device fills it in, so a step can be
   // launched before the previous one's result has come back.
   int pending_row = -1;
+  // Prompt logprobs: row i of this chunk (position start_pos + i) gives the
+  // log-probability of the prompt token at position start_pos + i + 1 (when
+  // that is < prompt_len), with prompt_top alternatives, stored at index
+  // start_pos + i of *prompt_logprobs (recomputing a position overwrites it).
+  std::vector<TokenLogprobs>* prompt_logprobs = nullptr;
+  int prompt_len = 0;
+  int prompt_top = 0;
 };
 
 // What a collected step produced.
@@ -97,6 +104,9 @@ class ModelRunner {
   // sampling rows) whose inputs are in the device metadata buffer.
   void Forward(int T, int n, int R, int max_q, int max_ctx, bool pending, bool penalties);
   int GraphBucket(int n) const;  // 0: no graph for n sequences
+  // The prompt logprobs the step's sequences ask for: the final norm and the
+  // head over their rows, max_seqs rows at a time (waits for the device).
+  absl::Status PromptLogprobs(const std::vector<SeqStep>& seqs);
 
   Backend* backend_;
   ModelConfig cfg_;
@@ -120,6 +130,7 @@ class ModelRunner {
   std::unique_ptr<Layout> layout_;
   char* d_meta_ = nullptr;
   int32_t* d_sampled_ = nullptr;  // the sampled ids of the last launched step
+  int32_t* d_prompt_rows_ = nullptr;  // hidden rows whose prompt logprobs are wanted (max_seqs)
   PenaltyEntry* d_entries_ = nullptr;
   size_t entry_capacity_ = 0;
   struct Slot;  // per step in flight: staging buffers, events, what to collect

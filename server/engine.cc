@@ -222,6 +222,14 @@ replan:
     const GenerateOptions& o = s->request.options;
     st.sampling = SamplingParams{o.temperature, o.top_k, o.top_p, 0.f};
     if (s->extras.penalties.active() || s->extras.wants_logprobs()) st.extras = &s->extras;
+    // The prompt's logprobs: sample 0 computes every prompt position.
+    const int prompt_len = static_cast<int>(s->request.prompt.size());
+    if (s->request.prompt_logprobs >= 0 && s->index == 0 && s->num_generated() == 0 && st.pending_row < 0 &&
+        st.start_pos + 1 < prompt_len) {
+      st.prompt_logprobs = &s->prompt_logprobs;
+      st.prompt_len = prompt_len;
+      st.prompt_top = s->request.prompt_logprobs;
+    }
     steps.push_back(st);
     in_step.push_back(s);
     token_budget -= st.num_tokens;
@@ -255,7 +263,9 @@ replan:
     // sequence's generated tokens included), unless it holds blocks already
     // (a sample handed its request's prompt).
     int cached = -1;
-    if (s->block_table.empty()) {
+    if (s->block_table.empty() && s->request.prompt_logprobs >= 0) {
+      s->num_computed = s->num_hashed_blocks = 0;  // every prompt position is computed for its logprobs
+    } else if (s->block_table.empty()) {
       cached = kv_.MatchPrefix(s->tokens.data(), static_cast<int>(s->tokens.size()), &s->block_table);
       s->num_computed = cached;
       s->num_hashed_blocks = cached / block_size_;
@@ -358,6 +368,10 @@ void Engine::CollectStep() {
     s->tokens.push_back(token);
     if (s->num_generated() == 1) {
       s->first_token = t1;
+      if (s->request.prompt_logprobs >= 0 && s->index == 0) {
+        s->prompt_logprobs.resize(std::max<size_t>(s->request.prompt.size(), 1) - 1);
+        s->channel()->SetPromptLogprobs(std::move(s->prompt_logprobs));
+      }
     } else if (metrics_) {
       metrics_->OnInterTokenLatency(std::chrono::duration<double>(t1 - s->last_token).count());
     }

@@ -24,6 +24,11 @@ bool EventChannel::Emit(int index, int32_t token, const std::string& text, Token
 
 void EventChannel::Wake() { cv_.notify_all(); }
 
+void EventChannel::SetPromptLogprobs(std::vector<TokenLogprobs> lps) {
+  std::lock_guard<std::mutex> lock(mu_);
+  pending_[0].prompt_logprobs = std::move(lps);
+}
+
 void EventChannel::Finish(int index, FinishReason reason, absl::Status status, const std::string& text) {
   std::lock_guard<std::mutex> lock(mu_);
   SequenceEvents& p = pending_[index];
@@ -46,6 +51,7 @@ std::vector<SequenceEvents> EventChannel::Wait(std::chrono::milliseconds timeout
     out[i].tokens.swap(p.tokens);
     out[i].text.swap(p.text);
     out[i].logprobs.swap(p.logprobs);
+    out[i].prompt_logprobs.swap(p.prompt_logprobs);
     out[i].finished = p.finished;
     out[i].reason = p.reason;
     out[i].status = p.status;

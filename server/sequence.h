@@ -33,6 +33,7 @@ struct SequenceRequest {
   bool ignore_eos = false;  // keep going past the tokenizer's end token
   Penalties penalties;
   int top_logprobs = -1;    // -1: no logprobs; 0: the sampled token's; N: and the N most likely
+  int prompt_logprobs = -1;  // -1: none; N: each prompt token's (after the first) and the N most likely
   int n = 1;                // samples; sample i draws from the RNG stream of seed + i
   bool stream = false;      // the caller wants each token as it comes
 };
@@ -42,6 +43,7 @@ struct SequenceEvents {
   std::vector<int32_t> tokens;
   std::string text;  // their text: whole UTF-8 characters only (see Detokenizer)
   std::vector<TokenLogprobs> logprobs;  // one per token when asked for
+  std::vector<TokenLogprobs> prompt_logprobs;  // once, with sample 0's first token, when asked for
   bool finished = false;
   FinishReason reason = FinishReason::kNone;
   absl::Status status;  // non-OK if the engine failed the request
@@ -56,6 +58,8 @@ class EventChannel {
   // then call Wake(), which the engine does from its waker thread
   // (server/channel_waker.h).
   bool Emit(int index, int32_t token, const std::string& text, TokenLogprobs* logprobs);
+  // Hands over the prompt's logprobs (before the first Emit of sample 0).
+  void SetPromptLogprobs(std::vector<TokenLogprobs> lps);
   void Wake();
   void Finish(int index, FinishReason reason, absl::Status status, const std::string& text);
   // Waits up to `timeout` for events and returns, per sample, what arrived
@@ -102,6 +106,7 @@ class Sequence {
   std::unique_ptr<Detokenizer> detokenizer;  // null without a tokenizer
   StopStringMatcher stop_strings;
   TokenHistory history;      // for penalties
+  std::vector<TokenLogprobs> prompt_logprobs;  // filled as the prompt is computed (sample 0, when asked for)
   SamplingExtras extras;     // penalties and logprobs of its sampling rows
   int num_computed = 0;         // tokens whose K/V are in the cache or being written by a launched step
   // Samples launched and not yet collected (0 or 1): while 1, the sequence's

@@ -100,6 +100,11 @@ absl::StatusOr<SequenceRequest> ToSequenceRequest(const v1::GenerateRequest& req
   r.penalties.presence = req.presence_penalty();
   r.top_logprobs = req.top_logprobs() != 0 ? req.top_logprobs() : (req.logprobs() ? 0 : -1);
   if (req.top_logprobs() < 0) return absl::InvalidArgumentError("top_logprobs: must be in [0, 20]");
+  if (req.has_prompt_logprobs()) {
+    r.prompt_logprobs = req.prompt_logprobs().value();
+    if (r.prompt_logprobs < 0 || r.prompt_logprobs > kMaxTopLogprobs)
+      return absl::InvalidArgumentError(absl::StrCat("prompt_logprobs: must be in [0, ", kMaxTopLogprobs, "]"));
+  }
   r.n = req.n() == 0 ? 1 : req.n();
   r.stream = stream;
   return r;
@@ -117,6 +122,8 @@ struct GenerationService::Outcome {
   SubmittedRequest submitted;  // no samples when refused before submission
   std::string id;
   int prompt_tokens = 0;
+  std::vector<int32_t> prompt;
+  std::vector<TokenLogprobs> prompt_logprobs;  // sample 0's, when asked for
   std::vector<ChoiceOutcome> choices;
   grpc::Status status;
   Clock::time_point start = Clock::now();
@@ -145,6 +152,12 @@ void AddLogprobs(const std::vector<int32_t>& tokens, const std::vector<TokenLogp
   for (size_t i = 0; i < lps.size() && i < tokens.size(); ++i) ToProto(lps[i], tokens[i], m->add_logprobs());
 }
 
+// Entry i is the logprob of prompt token i + 1.
+template <class Msg>
+void AddPromptLogprobs(const std::vector<int32_t>& prompt, const std::vector<TokenLogprobs>& lps, Msg* m) {
+  for (size_t i = 0; i < lps.size() && i + 1 < prompt.size(); ++i) ToProto(lps[i], prompt[i + 1], m->add_prompt_logprobs());
+}
+
 }  // namespace
 
 template <class OnOutput>
@@ -158,6 +171,7 @@ GenerationService::Outcome GenerationService::Run(grpc::ServerContext* ctx, cons
   }
   o.id = sr->id;
   o.prompt_tokens = static_cast<int>(sr->prompt.size());
+  if (sr->prompt_logprobs >= 0) o.prompt = sr->prompt;
   auto submitted = engine_->Submit(std::move(*sr));
   if (!submitted.ok()) {
     o.status = ToGrpc(submitted.status());
@@ -179,12 +193,13 @@ GenerationService::Outcome GenerationService::Run(grpc::ServerContext* ctx, cons
       c.tokens.insert(c.tokens.end(), ev.tokens.begin(), ev.tokens.end());
       c.text += ev.text;
       c.logprobs.insert(c.logprobs.end(), ev.logprobs.begin(), ev.logprobs.end());
+      if (!ev.prompt_logprobs.empty()) o.prompt_logprobs = ev.prompt_logprobs;
       if (ev.finished) {
         c.reason = ev.reason;
         --unfinished;
         if (!ev.status.ok() && o.status.ok()) o.status = ToGrpc(ev.status);
       }
-      if ((!ev.tokens.empty() || !ev.text.empty() || ev.finished) && !cancel_sent && !on_output(static_cast<int>(i), ev) &&
+      if ((!ev.tokens.empty() || !ev.text.empty() || ev.finished) && !cancel_sent && !on_output(static_cast<int>(i), ev, o) &&
           unfinished > 0)
         cancel();
     }
@@ -333,13 +348,14 @@ grpc::Status GenerationService::HandleGenerateStream(grpc::ServerContext* ctx,
 }
 
 grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req, v1::GenerateResponse* resp) {
-  Outcome o = Run(ctx, *req, /*stream=*/false, [](int, const SequenceEvents&) { return true; });
+  Outcome o = Run(ctx, *req, /*stream=*/false, [](int, const SequenceEvents&, const Outcome&) { return true; });
   if (o.status.ok()) {
     const ChoiceOutcome& c0 = o.choices[0];
     resp->mutable_token_ids()->Add(c0.tokens.begin(), c0.tokens.end());
     resp->set_text(c0.text);
     resp->set_finish_reason(ToProto(c0.reason));
     AddLogprobs(c0.tokens, c0.logprobs, resp);
+    AddPromptLogprobs(o.prompt, o.prompt_logprobs, resp);
     if (o.choices.size() > 1) {
       for (size_t i = 0; i < o.choices.size(); ++i) {
         const ChoiceOutcome& c = o.choices[i];
@@ -363,13 +379,14 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* ctx, const v
   // marked on its last message, except that with n = 1 the end goes on the
   // stream's last message, which carries the usage and timings.
   const bool several = req->n() > 1;
-  Outcome o = Run(ctx, *req, /*stream=*/true, [&](int index, const SequenceEvents& ev) {
+  Outcome o = Run(ctx, *req, /*stream=*/true, [&](int index, const SequenceEvents& ev, const Outcome& run) {
     if (ev.tokens.empty() && ev.text.empty() && !(several && ev.finished)) return true;
     v1::GenerateStreamResponse m;
     m.set_index(index);
     m.mutable_token_ids()->Add(ev.tokens.begin(), ev.tokens.end());
     m.set_text(ev.text);
     AddLogprobs(ev.tokens, ev.logprobs, &m);
+    AddPromptLogprobs(run.prompt, ev.prompt_logprobs, &m);
     if (several && ev.finished) m.set_finish_reason(ToProto(ev.reason));
     return writer->Write(m);
   });

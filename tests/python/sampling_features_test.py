@@ -11,6 +11,9 @@ checkpoint).
   unpenalized output.
 - n samples: each equals the n = 1 request with seed + i; streamed samples
   equal the unary ones; every KV block is free afterwards.
+- prompt_logprobs: each prompt token's log-probability given the ones before
+  it (and the top N) within 1e-4 of PyTorch's, over a prompt computed in
+  three chunks; streamed equal unary; a cached prompt computed in full.
 - Out-of-range values get INVALID_ARGUMENT naming the field.
 
 usage: sampling_features_test.py TINYGPT_BIN SOURCE_DIR"""
@@ -136,6 +139,52 @@ with harness.Server(tinygpt, ckpt, "--max-n=8") as server:
         return i.kv_blocks_free == i.kv_blocks_total and i.running_seqs == 0 and i.waiting_seqs == 0 and i.max_n == 8
     harness.wait_for(idle, what="every block free")
     r.check("every KV block free at the end", True)
+
+# --- prompt logprobs: every prompt token's log-probability given the ones
+# before it, against PyTorch's log_softmax over the whole prompt; the prompt
+# is computed in chunks of 5 tokens (--max-batch-tokens=5), so rows come from
+# three steps. ---
+def prompt_request(prompt, top, **kw):
+    q = pb.GenerateRequest(token_ids=pb.TokenIds(ids=prompt), max_new_tokens=3, **kw)
+    if top is not None:
+        q.prompt_logprobs.value = top
+    return q
+
+
+with harness.Server(tinygpt, ckpt, "--max-batch-tokens=5", "--max-n=4") as server:
+    stub = pb_grpc.GenerationStub(grpc.insecure_channel(server.address))
+    prompt = [5, 9, 2, 31, 17, 8, 40, 3, 3, 12, 60, 7, 1]
+    with torch.no_grad():
+        ref = torch.log_softmax(model(torch.tensor(prompt), [len(prompt)]).double(), -1)  # row i predicts token i + 1
+    resp = stub.Generate(prompt_request(prompt, 3), timeout=60)
+    lps = list(resp.prompt_logprobs)
+    worst = max((abs(lp.logprob - ref[i][prompt[i + 1]].item()) for i, lp in enumerate(lps)), default=1.0)
+    worst = max([worst] + [abs(t.logprob - ref[i][t.token_id].item()) for i, lp in enumerate(lps) for t in lp.top])
+    r.check("prompt_logprobs=3: one per prompt token after the first, naming it",
+            [lp.token_id for lp in lps] == prompt[1:], str([lp.token_id for lp in lps]))
+    r.check("prompt logprobs (token and top 3) within 1e-4 of PyTorch's log_softmax over the prompt", worst < 1e-4,
+            f"max diff {worst:.2e}")
+    r.check("prompt top-3 ids in PyTorch's order",
+            all([t.token_id for t in lp.top] == torch.topk(ref[i], 3).indices.tolist() for i, lp in enumerate(lps)))
+    first = next(m for m in stub.GenerateStream(prompt_request(prompt, 3), timeout=60) if m.token_ids)
+    r.check("streamed: the first message carries the same prompt logprobs",
+            [(lp.token_id, lp.logprob) for lp in first.prompt_logprobs] == [(lp.token_id, lp.logprob) for lp in lps])
+    again = stub.Generate(prompt_request(prompt, 0), timeout=60)  # its blocks are cached now: computed in full anyway
+    r.check("a cached prompt still gets every prompt logprob (0 alternatives)",
+            [(lp.token_id, lp.logprob) for lp in again.prompt_logprobs] == [(lp.token_id, lp.logprob) for lp in lps] and
+            all(len(lp.top) == 0 for lp in again.prompt_logprobs))
+    two = stub.Generate(prompt_request(prompt, 1, n=2, seed=5, temperature=1.0), timeout=60)
+    r.check("n=2: the prompt logprobs once, the samples as without them",
+            len(two.prompt_logprobs) == len(prompt) - 1 and len(two.choices) == 2)
+    plain = stub.Generate(prompt_request(prompt, None), timeout=60)
+    r.check("no prompt logprobs unless asked; the same output", len(plain.prompt_logprobs) == 0 and
+            list(plain.token_ids) == list(resp.token_ids))
+    try:
+        stub.Generate(prompt_request(prompt, 21), timeout=30)
+        refused = False
+    except grpc.RpcError as e:
+        refused = e.code() == grpc.StatusCode.INVALID_ARGUMENT and e.details().startswith("prompt_logprobs")
+    r.check("prompt_logprobs=21 gets INVALID_ARGUMENT naming the field", refused)
 
 # --- penalties, on a random model (the counting model never repeats a token,
 # so penalties would not change its output): its greedy output loops. ---
