@@ -74,11 +74,10 @@ class Backend {
   // queries are the first n_heads*head_dim columns of the fused qkv rows.
   virtual void PagedAttention(const AttentionDims& dims, const AttentionBatch& batch, const void* qkv, const PagedKv& kv,
                               void* out) = 0;
-  // One token per logits row; params and tokens are host memory.
+  // One token per logits row. params and tokens are backend memory, and the
+  // op is enqueued like any other (no wait for the result), so that a
+  // captured graph can hold it.
   virtual void Sample(const void* logits, int rows, int vocab, const SamplingParams* params, int32_t* tokens) = 0;
-  // The same with params and tokens in backend memory, enqueued like any op
-  // (no wait for the result), so that a captured graph can hold it.
-  virtual void SampleAsync(const void* logits, int rows, int vocab, const SamplingParams* params, int32_t* tokens) = 0;
   // out = logits with each row's penalties applied (kernels/sampling_args.h);
   // rows/entries are backend memory. Rows without penalties are copied.
   virtual void ApplyPenalties(const void* logits, void* out, int rows, int vocab, const PenaltyRow* row_params,

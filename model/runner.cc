@@ -201,9 +201,9 @@ void ModelRunner::Forward(int T, int n, int R, int max_q, int max_ctx, bool pend
   const auto* params = reinterpret_cast<const SamplingParams*>(d_meta_ + m.params);
   if (penalties) {
     b.ApplyPenalties(logits_, logits_penalized_, R, V, reinterpret_cast<const PenaltyRow*>(d_meta_ + m.penalties), d_entries_);
-    b.SampleAsync(logits_penalized_, R, V, params, d_sampled_);
+    b.Sample(logits_penalized_, R, V, params, d_sampled_);
   } else {
-    b.SampleAsync(logits_, R, V, params, d_sampled_);
+    b.Sample(logits_, R, V, params, d_sampled_);
   }
 }
 
@@ -399,7 +399,7 @@ absl::Status ModelRunner::PromptLogprobs(const std::vector<SeqStep>& seqs) {
     first_row += q.num_tokens;
   }
   std::vector<int32_t> rows;
-  std::vector<char> host(static_cast<size_t>(opt_.max_seqs) * row_bytes);
+  std::vector<char> host(std::min<size_t>(opt_.max_seqs, want.size()) * row_bytes);
   std::vector<float> row(V);
   for (size_t at = 0; at < want.size(); at += opt_.max_seqs) {
     const int n = static_cast<int>(std::min<size_t>(opt_.max_seqs, want.size() - at));

@@ -70,9 +70,6 @@ class CpuBackend final : public Backend {
   void Sample(const void* logits, int rows, int vocab, const SamplingParams* params, int32_t* tokens) override {
     for (int r = 0; r < rows; ++r) tokens[r] = cpu::SampleToken(F(logits) + static_cast<long>(r) * vocab, vocab, params[r]);
   }
-  void SampleAsync(const void* logits, int rows, int vocab, const SamplingParams* params, int32_t* tokens) override {
-    Sample(logits, rows, vocab, params, tokens);
-  }
   void ApplyPenalties(const void* logits, void* out, int rows, int vocab, const PenaltyRow* row_params,
                       const PenaltyEntry* entries) override {
     cpu::ApplyPenalties(F(logits), F(out), rows, vocab, row_params, entries);

@@ -53,4 +53,19 @@ __device__ __forceinline__ float WarpMax(float v) {
   return v;
 }
 
+// 16 bytes of T (8 bf16/fp16 or 4 fp32), loaded and stored as one vector.
+template <class T>
+struct alignas(16) Vec16 {
+  static constexpr int N = 16 / sizeof(T);
+  T v[N];
+};
+template <class T>
+__device__ __forceinline__ Vec16<T> LoadVec(const T* p) {
+  return *reinterpret_cast<const Vec16<T>*>(p);
+}
+template <class T>
+__device__ __forceinline__ void StoreVec(T* p, const Vec16<T>& v) {
+  *reinterpret_cast<Vec16<T>*>(p) = v;
+}
+
 }  // namespace tinygpt::cuda

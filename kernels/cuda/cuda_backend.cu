@@ -137,8 +137,6 @@ class CudaBackend final : public Backend {
     TG_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     TG_CUBLAS_CHECK(cublasLtCreate(&lt_));
     TG_CUDA_CHECK(cudaMalloc(&workspace_, kWorkspaceBytes));
-    TG_CUDA_CHECK(cudaMalloc(&d_params_, sizeof(SamplingParams) * kMaxSampleRows));
-    TG_CUDA_CHECK(cudaMalloc(&d_tokens_, sizeof(int32_t) * kMaxSampleRows));
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
@@ -154,8 +152,6 @@ class CudaBackend final : public Backend {
       if (p) cudaFree(p);
     cublasLtDestroy(lt_);
     cudaFree(workspace_);
-    cudaFree(d_params_);
-    cudaFree(d_tokens_);
     if (split_workspace_) cudaFree(split_workspace_);
     for (void* p : retired_) cudaFree(p);
     cudaStreamDestroy(stream_);
@@ -216,16 +212,11 @@ class CudaBackend final : public Backend {
     EmbeddingKernel<T><<<T_, 128, 0, stream_>>>(tokens, positions, P(tok), P(pos), P(out), C);
     TG_CUDA_LAUNCH_CHECK();
   }
-  // The register-resident LayerNorm kernel takes 16-bit rows of C % 8 == 0, C <= 2048.
-  static bool VecNorm(int C) { return sizeof(T) == 2 && C % 8 == 0 && C <= kNormMaxVec * 256; }
   void LayerNorm(const void* x, const void* w, const void* b, void* y, int rows, int C, float eps) override {
     OpTimes::Scope timed(&op_times_, "layernorm", stream_);
     if (rows == 0) return;
-    if (VecNorm(C) && Aligned16(x, w, b, y)) {
-      LayerNormVecKernel<T, false><<<(rows + 7) / 8, 256, 0, stream_>>>(const_cast<T*>(P(x)), nullptr, P(w), P(b), P(y), rows, C, eps);
-      TG_CUDA_LAUNCH_CHECK();
-      return;
-    }
+    // x is only read without kAdd.
+    if (LayerNormVec<false>(const_cast<T*>(P(x)), nullptr, P(w), P(b), P(y), nullptr, nullptr, rows, C, eps)) return;
     LayerNormKernel<T><<<(rows + 7) / 8, 256, 0, stream_>>>(P(x), P(w), P(b), P(y), rows, C, eps);
     TG_CUDA_LAUNCH_CHECK();
   }
@@ -254,15 +245,12 @@ class CudaBackend final : public Backend {
     TG_CUDA_LAUNCH_CHECK();
   }
   void AddLayerNorm(void* x, const void* r, const void* w, const void* b, void* y, int rows, int C, float eps) override {
-    OpTimes::Scope timed(&op_times_, "add+layernorm", stream_);
     if (rows == 0) return;
-    if (VecNorm(C) && Aligned16(x, r, w, b, y)) {
-      LayerNormVecKernel<T, true><<<(rows + 7) / 8, 256, 0, stream_>>>(P(x), P(r), P(w), P(b), P(y), rows, C, eps);
-      TG_CUDA_LAUNCH_CHECK();
-      return;
+    {
+      OpTimes::Scope timed(&op_times_, "add+layernorm", stream_);
+      if (LayerNormVec<true>(P(x), P(r), P(w), P(b), P(y), nullptr, nullptr, rows, C, eps)) return;
     }
-    AddLayerNormKernel<T><<<(rows + 7) / 8, 256, 0, stream_>>>(P(x), P(r), P(w), P(b), P(y), rows, C, eps);
-    TG_CUDA_LAUNCH_CHECK();
+    Backend::AddLayerNorm(x, r, w, b, y, rows, C, eps);  // widths the vector kernel does not take: add, then norm
   }
   void LinearSwiGLU(const void* x, const void* w, const void* b, void* h, void* out, int rows, int in, int F) override {
     if constexpr (sizeof(T) == 2) {
@@ -320,7 +308,7 @@ class CudaBackend final : public Backend {
     LaunchPagedAttention(dtype_ == DType::kBF16, plan, d, batch, qkv, static_cast<long>(d.n_heads + 2 * d.n_kv_heads) * d.head_dim, kv,
                          out, static_cast<float*>(split_workspace_), stream_);
   }
-  void SampleAsync(const void* logits, int rows, int vocab, const SamplingParams* params, int32_t* tokens) override {
+  void Sample(const void* logits, int rows, int vocab, const SamplingParams* params, int32_t* tokens) override {
     OpTimes::Scope timed(&op_times_, "sample", stream_);
     if (rows == 0) return;
     SampleKernel<T><<<rows, kSampleThreads, 0, stream_>>>(P(logits), vocab, params, tokens);
@@ -408,16 +396,6 @@ class CudaBackend final : public Backend {
   void DestroyGraph(void* g) override {
     cudaStreamSynchronize(stream_);
     cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(g));
-  }
-
-  void Sample(const void* logits, int rows, int vocab, const SamplingParams* params, int32_t* tokens) override {
-    for (int r0 = 0; r0 < rows; r0 += kMaxSampleRows) {
-      const int n = std::min(kMaxSampleRows, rows - r0);
-      TG_CUDA_CHECK(cudaMemcpyAsync(d_params_, params + r0, sizeof(SamplingParams) * n, cudaMemcpyHostToDevice, stream_));
-      SampleKernel<T><<<n, kSampleThreads, 0, stream_>>>(P(logits) + static_cast<long>(r0) * vocab, vocab, d_params_, d_tokens_);
-      TG_CUDA_LAUNCH_CHECK();
-      CopyToHost(tokens + r0, d_tokens_, sizeof(int32_t) * n);
-    }
   }
 
   // ---- Training ops (see kernels/backend.h).
@@ -552,22 +530,7 @@ class CudaBackend final : public Backend {
                       float eps) override {
     OpTimes::Scope timed(&op_times_, "layernorm forward", stream_);
     if (rows == 0) return;
-    constexpr int V = 16 / sizeof(T);
-    const int chunks = (C / V + 31) / 32;
-    if (C % V == 0 && chunks <= 8 && Aligned16(x, w, b, y)) {
-      auto launch = [&](auto kernel) {
-        kernel<<<(rows + 7) / 8, 256, 0, stream_>>>(P(x), P(w), P(b), P(y), mean, rstd, rows, C, eps);
-        TG_CUDA_LAUNCH_CHECK();
-      };
-      switch (chunks) {
-        case 1: return launch(LayerNormTrainVecKernel<T, 1>);
-        case 2: return launch(LayerNormTrainVecKernel<T, 2>);
-        case 3: return launch(LayerNormTrainVecKernel<T, 3>);
-        case 4: return launch(LayerNormTrainVecKernel<T, 4>);
-        case 5: case 6: return launch(LayerNormTrainVecKernel<T, 6>);
-        default: return launch(LayerNormTrainVecKernel<T, 8>);
-      }
-    }
+    if (LayerNormVec<false>(const_cast<T*>(P(x)), nullptr, P(w), P(b), P(y), mean, rstd, rows, C, eps)) return;
     LayerNormTrainKernel<T><<<(rows + 7) / 8, 256, 0, stream_>>>(P(x), P(w), P(b), P(y), mean, rstd, rows, C, eps);
     TG_CUDA_LAUNCH_CHECK();
   }
@@ -686,7 +649,6 @@ class CudaBackend final : public Backend {
 
  private:
   static constexpr size_t kWorkspaceBytes = 32u << 20;
-  static constexpr int kMaxSampleRows = 1024;
   static constexpr int kGemmCandidates = 16;  // heuristic candidates timed on first use (8 before)
   struct Plan {
     cublasLtMatmulDesc_t desc;
@@ -700,6 +662,29 @@ class CudaBackend final : public Backend {
 
   static const T* P(const void* p) { return static_cast<const T*>(p); }
   static T* P(void* p) { return static_cast<T*>(p); }
+
+  // LayerNormVecKernel (inference, the fused residual add, training with its
+  // statistics) for the widths it takes: C a whole number of 16-byte vectors,
+  // at most 8 per lane, aligned rows. False: the caller runs a scalar kernel.
+  template <bool kAdd>
+  bool LayerNormVec(T* x, const T* r, const T* w, const T* b, T* y, float* mean, float* rstd, int rows, int C, float eps) {
+    constexpr int V = 16 / sizeof(T);
+    const int chunks = (C / V + 31) / 32;
+    if (C % V != 0 || chunks > 8 || !Aligned16(x, r, w, b, y)) return false;
+    auto launch = [&](auto kernel) {
+      kernel<<<(rows + 7) / 8, 256, 0, stream_>>>(x, r, w, b, y, mean, rstd, rows, C, eps);
+      TG_CUDA_LAUNCH_CHECK();
+      return true;
+    };
+    switch (chunks) {
+      case 1: return launch(LayerNormVecKernel<T, 1, kAdd>);
+      case 2: return launch(LayerNormVecKernel<T, 2, kAdd>);
+      case 3: return launch(LayerNormVecKernel<T, 3, kAdd>);
+      case 4: return launch(LayerNormVecKernel<T, 4, kAdd>);
+      case 5: case 6: return launch(LayerNormVecKernel<T, 6, kAdd>);
+      default: return launch(LayerNormVecKernel<T, 8, kAdd>);
+    }
+  }
 
 
   // Grows the one scratch buffer (the step's shapes settle after the first
@@ -835,8 +820,6 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   cublasLtHandle_t lt_ = nullptr;
   void* workspace_ = nullptr;
-  SamplingParams* d_params_ = nullptr;
-  int32_t* d_tokens_ = nullptr;
   void* split_workspace_ = nullptr;
   size_t split_bytes_ = 0;
   std::vector<void*> retired_;  // workspaces replaced by larger ones

@@ -34,91 +34,67 @@ __global__ void LayerNormKernel(const T* x, const T* w, const T* b, T* y, int ro
   for (int c = lane; c < C; c += 32) yr[c] = FromFloat<T>((ToFloat(xr[c]) - mean) * rstd * ToFloat(w[c]) + ToFloat(b[c]));
 }
 
-// x += r, then y = LayerNorm(x), one warp per row: the sum is rounded to T
-// as AddKernel stores it, and the statistics are taken of the rounded values
-// (each lane re-reads only what it wrote), so the result equals AddKernel
-// followed by LayerNormKernel.
-template <class T>
-__global__ void AddLayerNormKernel(T* x, const T* r, const T* w, const T* b, T* y, int rows, int C, float eps) {
+// LayerNorm over 16-byte vectors (C % (16 / sizeof(T)) == 0, at most
+// kChunks * 32 vectors, 16-byte aligned rows): one warp per row, a lane keeps
+// its chunks of the row (chunk k*32 + lane) in registers for the mean, the
+// variance and the output, so each element is read once and a lane's loads
+// are issued together. The scalar LayerNormKernel above waits out a memory
+// latency per element (about 15 us for one 768-wide row, which a decode step
+// pays 25 times). kAdd: x += r first (the residual add, rounded to T and
+// stored as AddKernel does; the statistics are of the rounded sum), so the
+// result equals AddKernel then LayerNorm. mean/rstd, when non-null, get the
+// row's statistics (training keeps them for the backward).
+template <class T, int kChunks, bool kAdd>
+__global__ void LayerNormVecKernel(T* __restrict__ x, const T* __restrict__ r, const T* __restrict__ w,
+                                   const T* __restrict__ b, T* __restrict__ y, float* __restrict__ mean,
+                                   float* __restrict__ rstd, int rows, int C, float eps) {
+  constexpr int V = Vec16<T>::N;
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
   if (row >= rows) return;
-  T* xr = x + static_cast<long>(row) * C;
-  const T* rr = r + static_cast<long>(row) * C;
-  float sum = 0.f;
-  for (int c = lane; c < C; c += 32) {
-    const T v = FromFloat<T>(ToFloat(xr[c]) + ToFloat(rr[c]));
-    xr[c] = v;
-    sum += ToFloat(v);
-  }
-  const float mean = WarpSum(sum) / C;
-  float var = 0.f;
-  for (int c = lane; c < C; c += 32) {
-    const float d = ToFloat(xr[c]) - mean;
-    var += d * d;
-  }
-  const float rstd = rsqrtf(WarpSum(var) / C + eps);
-  T* yr = y + static_cast<long>(row) * C;
-  for (int c = lane; c < C; c += 32) yr[c] = FromFloat<T>((ToFloat(xr[c]) - mean) * rstd * ToFloat(w[c]) + ToFloat(b[c]));
-}
-
-// LayerNorm of rows of C <= kNormMaxVec*256 elements, C a multiple of 8 (the
-// model's widths): one warp per row keeps the row in registers, read once
-// with 16-byte loads. The scalar kernels above wait out a memory latency per
-// element (about 15 us for one 768-wide row, which a decode step pays 25
-// times); this one issues a lane's loads together. kAdd: x += r first (the
-// residual add, rounded to T as AddKernel stores it), statistics of the
-// rounded sum, as AddLayerNormKernel.
-constexpr int kNormMaxVec = 8;
-template <class T, bool kAdd>
-__global__ void LayerNormVecKernel(T* __restrict__ x, const T* __restrict__ r, const T* __restrict__ w, const T* __restrict__ b,
-                                   T* __restrict__ y, int rows, int C, float eps) {
-  const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
-  if (row >= rows) return;
-  const int nvec = C / 8;
-  uint4* xr = reinterpret_cast<uint4*>(x + static_cast<long>(row) * C);
-  float v[kNormMaxVec][8];
+  const int nvec = C / V;
+  const long base = static_cast<long>(row) * C;
+  Vec16<T> xv[kChunks];
   float sum = 0.f;
 #pragma unroll
-  for (int i = 0; i < kNormMaxVec; ++i) {
-    const int c = lane + 32 * i;
-    if (c >= nvec) break;
-    uint4 raw = xr[c];
-    T* e = reinterpret_cast<T*>(&raw);
-    if constexpr (kAdd) {
-      const uint4 add = reinterpret_cast<const uint4*>(r + static_cast<long>(row) * C)[c];
-      const T* f = reinterpret_cast<const T*>(&add);
+  for (int k = 0; k < kChunks; ++k) {
+    const int cv = k * 32 + lane;
+    if (cv < nvec) {
+      xv[k] = LoadVec(x + base + cv * V);
+      if constexpr (kAdd) {
+        const Vec16<T> rv = LoadVec(r + base + cv * V);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) e[j] = FromFloat<T>(ToFloat(e[j]) + ToFloat(f[j]));
-      xr[c] = raw;
-    }
+        for (int i = 0; i < V; ++i) xv[k].v[i] = FromFloat<T>(ToFloat(xv[k].v[i]) + ToFloat(rv.v[i]));
+        StoreVec(x + base + cv * V, xv[k]);
+      }
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      v[i][j] = ToFloat(e[j]);
-      sum += v[i][j];
+      for (int i = 0; i < V; ++i) sum += ToFloat(xv[k].v[i]);
     }
   }
-  const float mean = WarpSum(sum) / C;
+  const float m = WarpSum(sum) / C;
   float var = 0.f;
 #pragma unroll
-  for (int i = 0; i < kNormMaxVec; ++i) {
-    if (lane + 32 * i >= nvec) break;
+  for (int k = 0; k < kChunks; ++k) {
+    if (k * 32 + lane < nvec) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) var += (v[i][j] - mean) * (v[i][j] - mean);
+      for (int i = 0; i < V; ++i) {
+        const float d = ToFloat(xv[k].v[i]) - m;
+        var += d * d;
+      }
+    }
   }
-  const float rstd = rsqrtf(WarpSum(var) / C + eps);
-  uint4* yr = reinterpret_cast<uint4*>(y + static_cast<long>(row) * C);
+  const float rs = rsqrtf(WarpSum(var) / C + eps);
 #pragma unroll
-  for (int i = 0; i < kNormMaxVec; ++i) {
-    const int c = lane + 32 * i;
-    if (c >= nvec) break;
-    const uint4 wv = reinterpret_cast<const uint4*>(w)[c], bv = reinterpret_cast<const uint4*>(b)[c];
-    const T *we = reinterpret_cast<const T*>(&wv), *be = reinterpret_cast<const T*>(&bv);
-    uint4 out;
-    T* o = reinterpret_cast<T*>(&out);
+  for (int k = 0; k < kChunks; ++k) {
+    const int cv = k * 32 + lane;
+    if (cv < nvec) {
+      const Vec16<T> wv = LoadVec(w + cv * V), bv = LoadVec(b + cv * V);
+      Vec16<T> o;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) o[j] = FromFloat<T>((v[i][j] - mean) * rstd * ToFloat(we[j]) + ToFloat(be[j]));
-    yr[c] = out;
+      for (int i = 0; i < V; ++i) o.v[i] = FromFloat<T>((ToFloat(xv[k].v[i]) - m) * rs * ToFloat(wv.v[i]) + ToFloat(bv.v[i]));
+      StoreVec(y + base + cv * V, o);
+    }
   }
+  if (lane == 0 && mean) mean[row] = m, rstd[row] = rs;
 }
 
 template <class T>

@@ -104,21 +104,6 @@ __global__ void LayerNormBackwardDwDbKernel(const T* __restrict__ dy, const T* _
   }
 }
 
-// 16 bytes of T (8 bf16/fp16 or 4 fp32), loaded and stored as one vector.
-template <class T>
-struct alignas(16) Vec16 {
-  static constexpr int N = 16 / sizeof(T);
-  T v[N];
-};
-template <class T>
-__device__ __forceinline__ Vec16<T> LoadVec(const T* p) {
-  return *reinterpret_cast<const Vec16<T>*>(p);
-}
-template <class T>
-__device__ __forceinline__ void StoreVec(T* p, const Vec16<T>& v) {
-  *reinterpret_cast<Vec16<T>*>(p) = v;
-}
-
 // LayerNorm backward in one pass over the rows (llm.c / Apex style): one
 // warp per row, each lane owning the same 16-byte column chunks of every
 // row (chunk k*32 + lane, k < kChunks), so that a row's x, dy and dx are
@@ -211,56 +196,6 @@ __global__ void __launch_bounds__(kLayerNormBackwardThreads, 1)
     atomicAdd(&dw[c], ln_red[c]);
     atomicAdd(&db[c], ln_red[C + c]);
   }
-}
-
-// LayerNormTrainKernel over 16-byte vectors: a lane keeps its chunks of the
-// row (chunk k*32 + lane) in registers for the mean, the variance and the
-// output. Same conditions as LayerNormBackwardVecKernel.
-template <class T, int kChunks>
-__global__ void LayerNormTrainVecKernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,
-                                        T* __restrict__ y, float* __restrict__ mean, float* __restrict__ rstd, int rows, int C,
-                                        float eps) {
-  constexpr int V = Vec16<T>::N;
-  const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
-  if (row >= rows) return;
-  const int nvec = C / V;
-  const long base = static_cast<long>(row) * C;
-  Vec16<T> xv[kChunks];
-  float sum = 0.f;
-#pragma unroll
-  for (int k = 0; k < kChunks; ++k) {
-    const int cv = k * 32 + lane;
-    if (cv < nvec) {
-      xv[k] = LoadVec(x + base + cv * V);
-#pragma unroll
-      for (int i = 0; i < V; ++i) sum += ToFloat(xv[k].v[i]);
-    }
-  }
-  const float m = WarpSum(sum) / C;
-  float var = 0.f;
-#pragma unroll
-  for (int k = 0; k < kChunks; ++k) {
-    if (k * 32 + lane < nvec) {
-#pragma unroll
-      for (int i = 0; i < V; ++i) {
-        const float d = ToFloat(xv[k].v[i]) - m;
-        var += d * d;
-      }
-    }
-  }
-  const float rs = rsqrtf(WarpSum(var) / C + eps);
-#pragma unroll
-  for (int k = 0; k < kChunks; ++k) {
-    const int cv = k * 32 + lane;
-    if (cv < nvec) {
-      const Vec16<T> wv = LoadVec(w + cv * V), bv = LoadVec(b + cv * V);
-      Vec16<T> o;
-#pragma unroll
-      for (int i = 0; i < V; ++i) o.v[i] = FromFloat<T>((ToFloat(xv[k].v[i]) - m) * rs * ToFloat(wv.v[i]) + ToFloat(bv.v[i]));
-      StoreVec(y + base + cv * V, o);
-    }
-  }
-  if (lane == 0) mean[row] = m, rstd[row] = rs;
 }
 
 // SwiGLU forward and backward over 16-byte vectors (F % (16 / sizeof(T)) ==

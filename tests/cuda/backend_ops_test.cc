@@ -39,6 +39,18 @@ void Report(const std::string& name, double err, double tol) {
   (ok ? passed : failed)++;
 }
 
+// Tokens sampled by the GPU and the CPU from the same logits and draws: the
+// same rule picks the same token, up to float-summation order at a CDF
+// boundary (one row may differ).
+void ReportSameTokens(const std::string& name, const std::vector<int32_t>& g, const std::vector<int32_t>& c) {
+  int same = 0;
+  for (size_t r = 0; r < g.size(); ++r) same += g[r] == c[r];
+  const int n = static_cast<int>(g.size());
+  const bool ok = same >= n - 1;
+  std::printf("%s %-72s %d/%d equal\n", ok ? "PASS" : "FAIL", name.c_str(), same, n);
+  (ok ? passed : failed)++;
+}
+
 std::vector<float> Random(size_t n, float scale = 1.f) {
   std::normal_distribution<float> d(0.f, scale);
   std::vector<float> v(n);
@@ -249,6 +261,26 @@ void TestAttentionCases(Backend* G, Backend* C, double tol) {
   TestAttention(G, C, many, 32, 8, 128, false, 16, tol);
 }
 
+// A copy of host data in backend memory (the caller frees it).
+void* Upload(Backend* b, const void* src, size_t bytes) {
+  void* p = b->Alloc(bytes);
+  b->CopyToDevice(p, src, bytes);
+  return p;
+}
+
+// Samples on the GPU (parameters and tokens in device memory) and on the CPU
+// (whose backend memory is host memory).
+std::vector<int32_t> GpuSample(Backend* G, const void* logits, int R, int V, const std::vector<SamplingParams>& params) {
+  void* p = Upload(G, params.data(), R * sizeof(SamplingParams));
+  auto* t = static_cast<int32_t*>(G->Alloc(R * sizeof(int32_t)));
+  G->Sample(logits, R, V, static_cast<const SamplingParams*>(p), t);
+  std::vector<int32_t> out(R);
+  G->CopyToHost(out.data(), t, R * sizeof(int32_t));
+  G->Free(p);
+  G->Free(t);
+  return out;
+}
+
 void TestSampling(Backend* G, Backend* C) {
   const int V = 32000, R = 64;
   Pair logits(G, C, static_cast<size_t>(R) * V);
@@ -257,16 +289,9 @@ void TestSampling(Backend* G, Backend* C) {
   for (int r = 0; r < R; ++r)
     params[r] = {r % 4 == 0 ? 0.f : 0.5f + 0.25f * (r % 3), r % 3 == 0 ? 0 : 1 + static_cast<int>(rng() % 50),
                  r % 5 == 0 ? 1.f : 0.3f + 0.1f * (r % 7), std::uniform_real_distribution<float>(0, 1)(rng)};
-  std::vector<int32_t> g(R), c(R);
-  G->Sample(logits.g, R, V, params.data(), g.data());
+  std::vector<int32_t> c(R);
   C->Sample(logits.c, R, V, params.data(), c.data());
-  int same = 0;
-  for (int r = 0; r < R; ++r) same += g[r] == c[r];
-  // Identical logits and draws: the same rule picks the same token, up to
-  // float-summation order at a CDF boundary.
-  const bool ok = same >= R - 1;
-  std::printf("%s %-72s %d/%d equal\n", ok ? "PASS" : "FAIL", "sample greedy/temperature/top-k/top-p V=32000 R=64", same, R);
-  (ok ? passed : failed)++;
+  ReportSameTokens("sample greedy/temperature/top-k/top-p V=32000 R=64", GpuSample(G, logits.g, R, V, params), c);
 }
 
 // KV append: each token's K and V (from its fused qkv row) into its slot.
@@ -315,34 +340,20 @@ void TestPenaltiesAndPendingTokens(Backend* G, Backend* C, double tol) {
     }
     rows[r].end = static_cast<int32_t>(entries.size());
   }
-  auto upload = [](Backend* b, const void* src, size_t bytes) {
-    void* p = b->Alloc(bytes);
-    b->CopyToDevice(p, src, bytes);
-    return p;
-  };
   const size_t rb = rows.size() * sizeof(PenaltyRow), eb = entries.size() * sizeof(PenaltyEntry);
-  void *grows = upload(G, rows.data(), rb), *gent = upload(G, entries.data(), eb);
-  void *crows = upload(C, rows.data(), rb), *cent = upload(C, entries.data(), eb);
+  void *grows = Upload(G, rows.data(), rb), *gent = Upload(G, entries.data(), eb);
+  void *crows = Upload(C, rows.data(), rb), *cent = Upload(C, entries.data(), eb);
   G->ApplyPenalties(logits.g, out.g, R, V, static_cast<PenaltyRow*>(grows), static_cast<PenaltyEntry*>(gent));
   C->ApplyPenalties(logits.c, out.c, R, V, static_cast<PenaltyRow*>(crows), static_cast<PenaltyEntry*>(cent));
   Report("penalties (repetition, frequency, presence) R=24 V=32000", RelErr(out.Gpu(), out.Cpu()), tol);
-  // Greedy and sampled rows through SampleAsync with device parameters,
-  // against the CPU's rule on the same (GPU-penalized, so equally rounded)
-  // logits: the same tokens.
+  // Greedy and sampled rows after penalties, against the CPU's rule on the
+  // same (GPU-penalized, so equally rounded) logits: the same tokens.
   out.Set(out.Gpu());
   std::vector<SamplingParams> params(R);
   for (int r = 0; r < R; ++r) params[r] = {r % 2 ? 0.f : 0.8f, r % 3 ? 0 : 40, 1.f, std::uniform_real_distribution<float>(0, 1)(rng)};
-  void* gparams = upload(G, params.data(), R * sizeof(SamplingParams));
-  auto* gtok = static_cast<int32_t*>(G->Alloc(R * 4));
-  G->SampleAsync(out.g, R, V, static_cast<SamplingParams*>(gparams), gtok);
-  std::vector<int32_t> g(R), c(R);
-  G->CopyToHost(g.data(), gtok, R * 4);
+  std::vector<int32_t> c(R);
   C->Sample(out.c, R, V, params.data(), c.data());
-  int same = 0;
-  for (int r = 0; r < R; ++r) same += g[r] == c[r];
-  const bool ok = same >= R - 1;
-  std::printf("%s %-72s %d/%d equal\n", ok ? "PASS" : "FAIL", "sample (async, device params) after penalties", same, R);
-  (ok ? passed : failed)++;
+  ReportSameTokens("sample after penalties", GpuSample(G, out.g, R, V, params), c);
   // Pending tokens: negative entries take the previous step's samples.
   std::vector<int32_t> tokens(300), sampled(64);
   for (auto& t : sampled) t = static_cast<int32_t>(rng() % V);
@@ -355,7 +366,7 @@ void TestPenaltiesAndPendingTokens(Backend* G, Backend* C, double tol) {
   for (int i = 0; i < 300; ++i) right += filled[i] == (tokens[i] < 0 ? sampled[-tokens[i] - 1] : tokens[i]);
   std::printf("%s %-72s %d/300\n", right == 300 ? "PASS" : "FAIL", "fill pending tokens from the previous step's samples", right);
   (right == 300 ? passed : failed)++;
-  for (void* p : {grows, gent, gparams, static_cast<void*>(gtok)}) G->Free(p);
+  for (void* p : {grows, gent}) G->Free(p);
   for (void* p : {crows, cent}) C->Free(p);
 }
 
