@@ -302,10 +302,14 @@ grpc::Status GenerationService::ReadRequest(grpc::ServerContext* ctx, Stream* st
   if (!stream->Read(&buffer)) {
     // No message. gRPC ends the call itself when the message is over the
     // receive limit (the client gets RESOURCE_EXHAUSTED from gRPC) and the
-    // context shows it cancelled a moment later (about 1 ms on loopback); a
-    // client that half-closes without sending a message leaves it live. The
-    // wait costs nothing on the normal path.
-    for (int ms = 0; ms < 100 && !ctx->IsCancelled(); ++ms) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    // context shows it cancelled a moment later: about 1 ms on an idle
+    // loopback, but over 100 ms was seen on a loaded 2-core CI machine, which
+    // then counted the refusal as INVALID_ARGUMENT. A client that half-closes
+    // without sending a message leaves the call live; only such a (broken)
+    // client waits out the 2 s bound. The normal path never gets here.
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    while (!ctx->IsCancelled() && std::chrono::steady_clock::now() < give_up)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
     if (!ctx->IsCancelled()) return grpc::Status(grpc::INVALID_ARGUMENT, "request: no message");
     // gRPC does not say why a call was cancelled. A client whose deadline
     // runs out sends a cancel slightly before the server's copy of that

@@ -208,9 +208,9 @@ with harness.Server(tinygpt, ckpt, "--metrics-host=127.0.0.2", "--metrics-reques
             failed += 1
         dt = time.time() - t0
         worst = max(worst, dt)
-        slow += dt > 0.5
+        slow += dt > 1.0
     r.check("metrics: 50 scrapes beside 6 idle connections all succeed", failed == 0, f"{failed} failed")
-    r.check("metrics: every scrape under 0.5 s", slow == 0, f"worst {worst:.3f}s")
+    r.check("metrics: every scrape under 1 s (a held server waits the 2 s timeout)", slow == 0, f"worst {worst:.3f}s")
     time.sleep(2.5)  # past --metrics-request-timeout-ms
     closed = 0
     for k in idle:
