@@ -1,10 +1,10 @@
-// Wakes the RPC threads that wait on event channels, off the scheduler
-// thread. A streaming request's thread sleeps until its channel has new
-// tokens; waking one is a futex system call of a few microseconds, and a step
-// of 256 streams paid 256 of them in a row on the scheduler thread, which the
-// GPU then waited for (streaming ran at half the unary rate). The scheduler
-// hands each step's channels over in one batch instead, and this thread
-// wakes them while the next step runs.
+// Tells the readers of event channels that new tokens are there, off the
+// scheduler thread. A reader is a unary RPC thread waiting on the channel (a
+// futex wake-up of a few microseconds) or a stream reactor, which takes the
+// tokens and starts a write (server/stream_reactor.cc). A step of 256 streams
+// paid 256 of those in a row on the scheduler thread, which the GPU then
+// waited for; the scheduler hands each step's channels over in one batch
+// instead, and this thread serves them while the next step runs.
 #pragma once
 #include <condition_variable>
 #include <memory>

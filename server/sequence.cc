@@ -22,7 +22,20 @@ bool EventChannel::Emit(int index, int32_t token, const std::string& text, Token
   return stream_;  // a unary caller waits for the end only
 }
 
-void EventChannel::Wake() { cv_.notify_all(); }
+void EventChannel::Wake() { Notify(); }
+
+void EventChannel::Notify() {
+  {
+    std::lock_guard<std::mutex> lock(listener_mu_);
+    if (listener_) return listener_();
+  }
+  cv_.notify_all();
+}
+
+void EventChannel::SetListener(std::function<void()> listener) {
+  std::lock_guard<std::mutex> lock(listener_mu_);
+  listener_ = std::move(listener);
+}
 
 void EventChannel::SetPromptLogprobs(std::vector<TokenLogprobs> lps) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -30,20 +43,34 @@ void EventChannel::SetPromptLogprobs(std::vector<TokenLogprobs> lps) {
 }
 
 void EventChannel::Finish(int index, FinishReason reason, absl::Status status, const std::string& text) {
+  if (Record(index, reason, std::move(status), text)) Notify();  // outside mu_: the listener takes the events
+}
+
+bool EventChannel::Record(int index, FinishReason reason, absl::Status status, const std::string& text) {
   std::lock_guard<std::mutex> lock(mu_);
   SequenceEvents& p = pending_[index];
-  if (p.finished) return;
+  if (p.finished) return false;
   p.text += text;
   p.finished = true;
   p.reason = reason;
   p.status = std::move(status);
   fresh_ = true;
-  if (--unfinished_ == 0 || stream_) cv_.notify_all();
+  return --unfinished_ == 0 || stream_;
 }
 
 std::vector<SequenceEvents> EventChannel::Wait(std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lock(mu_);
   cv_.wait_for(lock, timeout, [&] { return (stream_ && fresh_) || unfinished_ == 0; });
+  return TakeLocked();
+}
+
+std::vector<SequenceEvents> EventChannel::Take(bool* any) {
+  std::lock_guard<std::mutex> lock(mu_);
+  *any = fresh_;
+  return TakeLocked();
+}
+
+std::vector<SequenceEvents> EventChannel::TakeLocked() {
   fresh_ = false;
   std::vector<SequenceEvents> out(pending_.size());
   for (size_t i = 0; i < pending_.size(); ++i) {

@@ -1,12 +1,14 @@
 // One generation request as the engine tracks it: n sequences (the request's
 // samples, n = 1 unless asked for more), and the channel through which the
-// engine hands their tokens to the RPC thread that waits on them.
+// engine hands their tokens to the call that serves them (a unary RPC thread
+// waiting on it, or a stream reactor it calls).
 #pragma once
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -38,7 +40,7 @@ struct SequenceRequest {
   bool stream = false;      // the caller wants each token as it comes
 };
 
-// What the RPC thread reads of one sample: new tokens as they come, then the end.
+// What the call reads of one sample: new tokens as they come, then the end.
 struct SequenceEvents {
   std::vector<int32_t> tokens;
   std::string text;  // their text: whole UTF-8 characters only (see Detokenizer)
@@ -65,8 +67,22 @@ class EventChannel {
   // Waits up to `timeout` for events and returns, per sample, what arrived
   // since the last call: new tokens (streaming requests) or the end.
   std::vector<SequenceEvents> Wait(std::chrono::milliseconds timeout);
+  // The same without waiting; `any` says whether anything arrived.
+  std::vector<SequenceEvents> Take(bool* any);
+  // A reader that does not wait in Wait (the stream reactor) is called
+  // instead of woken: from the waker thread for new tokens, from the engine
+  // thread when a sample finishes. It should take the events and return
+  // soon. Setting null returns once a call in progress has returned, so the
+  // listener's owner may then go away.
+  void SetListener(std::function<void()> listener);
 
  private:
+  void Notify();  // wakes the waiting thread, or calls the listener
+  // Finish's bookkeeping; true when the reader needs to hear of it.
+  bool Record(int index, FinishReason reason, absl::Status status, const std::string& text);
+  std::vector<SequenceEvents> TakeLocked();
+  std::mutex listener_mu_;  // held while the listener runs
+  std::function<void()> listener_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<SequenceEvents> pending_;
@@ -128,7 +144,7 @@ class Sequence {
 
   // Publishes a new token with the text it completes (and its logprobs), or
   // the end with the last text held back (engine thread).
-  // Returns whether the RPC thread needs a wake-up (see EventChannel::Emit).
+  // Returns whether the reader needs telling (see EventChannel::Emit).
   bool Emit(int32_t token, const std::string& text, TokenLogprobs* logprobs) {
     if (extras.history) ++history.output_counts[token];
     return channel_->Emit(index, token, text, logprobs);

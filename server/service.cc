@@ -8,6 +8,7 @@
 #include "common/log.h"
 #include "absl/strings/str_cat.h"
 #include "server/request_wire.h"
+#include "server/responses.h"
 
 namespace tinygpt {
 namespace {
@@ -56,16 +57,6 @@ bool ConstantTimeEquals(std::string_view a, std::string_view b) {
   return result == 0;
 }
 
-v1::FinishReason ToProto(FinishReason r) {
-  switch (r) {
-    case FinishReason::kLength: return v1::FINISH_REASON_LENGTH;
-    case FinishReason::kStop: return v1::FINISH_REASON_STOP;
-    case FinishReason::kCancelled: return v1::FINISH_REASON_CANCELLED;
-    case FinishReason::kNone: break;
-  }
-  return v1::FINISH_REASON_UNSPECIFIED;
-}
-
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 }  // namespace
@@ -110,60 +101,8 @@ absl::StatusOr<SequenceRequest> ToSequenceRequest(const v1::GenerateRequest& req
   return r;
 }
 
-// What became of one sample.
-struct ChoiceOutcome {
-  std::vector<int32_t> tokens;
-  std::string text;
-  std::vector<TokenLogprobs> logprobs;
-  FinishReason reason = FinishReason::kNone;
-};
-
-struct GenerationService::Outcome {
-  SubmittedRequest submitted;  // no samples when refused before submission
-  std::string id;
-  int prompt_tokens = 0;
-  std::vector<int32_t> prompt;
-  std::vector<TokenLogprobs> prompt_logprobs;  // sample 0's, when asked for
-  std::vector<ChoiceOutcome> choices;
-  grpc::Status status;
-  Clock::time_point start = Clock::now();
-  int generated() const {
-    int n = 0;
-    for (const auto& c : choices) n += static_cast<int>(c.tokens.size());
-    return n;
-  }
-  const Sequence* first() const { return submitted.samples.empty() ? nullptr : submitted.samples[0].get(); }
-};
-
-namespace {
-
-void ToProto(const TokenLogprobs& lp, int32_t token, v1::TokenLogprob* out) {
-  out->set_token_id(token);
-  out->set_logprob(lp.logprob);
-  for (const auto& [id, v] : lp.top) {
-    auto* t = out->add_top();
-    t->set_token_id(id);
-    t->set_logprob(v);
-  }
-}
-
-template <class Msg>
-void AddLogprobs(const std::vector<int32_t>& tokens, const std::vector<TokenLogprobs>& lps, Msg* m) {
-  for (size_t i = 0; i < lps.size() && i < tokens.size(); ++i) ToProto(lps[i], tokens[i], m->add_logprobs());
-}
-
-// Entry i is the logprob of prompt token i + 1.
-template <class Msg>
-void AddPromptLogprobs(const std::vector<int32_t>& prompt, const std::vector<TokenLogprobs>& lps, Msg* m) {
-  for (size_t i = 0; i < lps.size() && i + 1 < prompt.size(); ++i) ToProto(lps[i], prompt[i + 1], m->add_prompt_logprobs());
-}
-
-}  // namespace
-
-template <class OnOutput>
-GenerationService::Outcome GenerationService::Run(grpc::ServerContext* ctx, const v1::GenerateRequest& req, bool stream,
-                                                  OnOutput on_output) {
-  Outcome o;
+CallOutcome GenerationService::Start(const v1::GenerateRequest& req, bool stream) {
+  CallOutcome o;
   auto sr = ToSequenceRequest(req, opt_.max_request_bytes, stream, opt_.tokenizer);
   if (!sr.ok()) {
     o.status = ToGrpc(sr.status());
@@ -179,55 +118,11 @@ GenerationService::Outcome GenerationService::Run(grpc::ServerContext* ctx, cons
   }
   o.submitted = std::move(*submitted);
   o.choices.resize(o.submitted.samples.size());
-  bool cancel_sent = false;
-  auto cancel = [&] {
-    for (auto& s : o.submitted.samples) engine_->Cancel(s);
-    cancel_sent = true;
-  };
-  for (int unfinished = static_cast<int>(o.choices.size()); unfinished > 0;) {
-    std::vector<SequenceEvents> events = o.submitted.channel->Wait(std::chrono::milliseconds(20));
-    for (size_t i = 0; i < events.size(); ++i) {
-      SequenceEvents& ev = events[i];
-      ChoiceOutcome& c = o.choices[i];
-      if (c.reason != FinishReason::kNone) continue;  // reported already
-      c.tokens.insert(c.tokens.end(), ev.tokens.begin(), ev.tokens.end());
-      c.text += ev.text;
-      c.logprobs.insert(c.logprobs.end(), ev.logprobs.begin(), ev.logprobs.end());
-      if (!ev.prompt_logprobs.empty()) o.prompt_logprobs = ev.prompt_logprobs;
-      if (ev.finished) {
-        c.reason = ev.reason;
-        --unfinished;
-        if (!ev.status.ok() && o.status.ok()) o.status = ToGrpc(ev.status);
-      }
-      if ((!ev.tokens.empty() || !ev.text.empty() || ev.finished) && !cancel_sent && !on_output(static_cast<int>(i), ev, o) &&
-          unfinished > 0)
-        cancel();
-    }
-    // Client gone or deadline passed: free the sequences within one step.
-    if (!cancel_sent && unfinished > 0 && ctx->IsCancelled()) cancel();
-  }
-  if (o.status.ok() && (cancel_sent || ctx->IsCancelled())) {
-    const bool deadline = ctx->deadline() <= std::chrono::system_clock::now();
-    o.status = deadline ? grpc::Status(grpc::DEADLINE_EXCEEDED, "deadline exceeded")
-                        : grpc::Status(grpc::CANCELLED, "cancelled by the client");
-  }
+  o.unfinished = static_cast<int>(o.choices.size());
   return o;
 }
 
-// The fields a unary response and a stream's last message share.
-template <class Msg>
-void GenerationService::FillSummary(const Outcome& o, Msg* m) {
-  m->set_request_id(o.id);
-  m->mutable_usage()->set_prompt_tokens(o.prompt_tokens);
-  m->mutable_usage()->set_generated_tokens(o.generated());
-  auto* t = m->mutable_timings();
-  const Sequence* s = o.first();
-  t->set_queued_seconds(Seconds(s->first_scheduled - s->arrival));
-  t->set_time_to_first_token_seconds(Seconds(s->first_token - s->arrival));
-  t->set_total_seconds(Seconds(Clock::now() - o.start));
-}
-
-void GenerationService::Finish(const Outcome& o) {
+void GenerationService::Finish(const CallOutcome& o) {
   const grpc::Status& status = o.status;
   if (draining_) {
     // A sequence cut off by the drain deadline carries the shutdown message;
@@ -254,7 +149,7 @@ void GenerationService::Finish(const Outcome& o) {
 }
 
 namespace {
-// Counts a call as in flight for its whole handler.
+// Counts a unary call as in flight for its whole handler.
 class InFlight {
  public:
   explicit InFlight(std::atomic<int>& n) : n_(n) { ++n_; }
@@ -274,14 +169,19 @@ GenerationService::GenerationService(Engine* engine, ServerMetrics* metrics, Ser
                             [this](grpc::ServerContext* ctx, grpc::ServerUnaryStreamer<grpc::ByteBuffer, v1::GenerateResponse>* s) {
                               return HandleGenerate(ctx, s);
                             }));
+  // GenerateStream as a raw bidi callback: MarkMethodStreamed makes the
+  // method bidi-streaming on the server side (the client still calls it as
+  // server-streaming), so that, as above, the reactor reads the one message
+  // itself; MarkMethodRawCallback then puts the reactor behind it.
   MarkMethodStreamed(1, new grpc::internal::SplitServerStreamingHandler<grpc::ByteBuffer, v1::GenerateStreamResponse>(
-                            [this](grpc::ServerContext* ctx,
-                                   grpc::ServerSplitStreamer<grpc::ByteBuffer, v1::GenerateStreamResponse>* s) {
-                              return HandleGenerateStream(ctx, s);
+                            [](grpc::ServerContext*, grpc::ServerSplitStreamer<grpc::ByteBuffer, v1::GenerateStreamResponse>*) {
+                              return grpc::Status(grpc::INTERNAL, "replaced below");
                             }));
+  MarkMethodRawCallback(1, new grpc::internal::CallbackBidiHandler<grpc::ByteBuffer, grpc::ByteBuffer>(
+                               [this](grpc::CallbackServerContext* ctx) { return NewStreamReactor(ctx); }));
 }
 
-grpc::Status GenerationService::CheckAuth(const grpc::ServerContext& ctx) const {
+grpc::Status GenerationService::CheckAuth(const grpc::ServerContextBase& ctx) const {
   if (opt_.auth_token.empty()) return grpc::Status::OK;
   const auto& md = ctx.client_metadata();
   const auto it = md.find("authorization");
@@ -295,36 +195,38 @@ grpc::Status GenerationService::CheckAuth(const grpc::ServerContext& ctx) const 
   return grpc::Status(grpc::UNAUTHENTICATED, "missing or wrong bearer token (metadata 'authorization: Bearer <token>')");
 }
 
-template <class Stream>
-grpc::Status GenerationService::ReadRequest(grpc::ServerContext* ctx, Stream* stream, v1::GenerateRequest* req) {
+grpc::Status GenerationService::AwaitNoMessageStatus(const grpc::ServerContextBase& ctx) {
+  // gRPC ends the call itself when the message is over the receive limit
+  // (the client gets RESOURCE_EXHAUSTED from gRPC) and the context shows it
+  // cancelled a moment later: about 1 ms on an idle loopback, but over 100 ms
+  // was seen on a loaded 2-core CI machine. A client that half-closes without
+  // sending a message leaves the call live; only such a (broken) client waits
+  // out the 2 s bound. The normal path never gets here.
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (!ctx.IsCancelled() && std::chrono::steady_clock::now() < give_up)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  if (!ctx.IsCancelled()) return grpc::Status(grpc::INVALID_ARGUMENT, "request: no message");
+  // gRPC does not say why a call was cancelled. A client whose deadline runs
+  // out sends a cancel slightly before the server's copy of that deadline
+  // passes (the server's starts when the headers arrive); a client sends its
+  // message with its headers, so one with no deadline near has not
+  // cancelled: its message was refused.
+  if (ctx.deadline() - std::chrono::system_clock::now() < std::chrono::seconds(1))
+    return grpc::Status(grpc::DEADLINE_EXCEEDED, "deadline exceeded");
+  return grpc::Status(grpc::RESOURCE_EXHAUSTED, "request: message over the receive limit (refused by gRPC)");
+}
+
+grpc::Status GenerationService::ReadRequest(grpc::ServerContext* ctx,
+                                            grpc::ServerUnaryStreamer<grpc::ByteBuffer, v1::GenerateResponse>* stream,
+                                            v1::GenerateRequest* req) {
   if (grpc::Status s = CheckAuth(*ctx); !s.ok()) return s;
   grpc::ByteBuffer buffer;
-  if (!stream->Read(&buffer)) {
-    // No message. gRPC ends the call itself when the message is over the
-    // receive limit (the client gets RESOURCE_EXHAUSTED from gRPC) and the
-    // context shows it cancelled a moment later: about 1 ms on an idle
-    // loopback, but over 100 ms was seen on a loaded 2-core CI machine, which
-    // then counted the refusal as INVALID_ARGUMENT. A client that half-closes
-    // without sending a message leaves the call live; only such a (broken)
-    // client waits out the 2 s bound. The normal path never gets here.
-    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-    while (!ctx->IsCancelled() && std::chrono::steady_clock::now() < give_up)
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    if (!ctx->IsCancelled()) return grpc::Status(grpc::INVALID_ARGUMENT, "request: no message");
-    // gRPC does not say why a call was cancelled. A client whose deadline
-    // runs out sends a cancel slightly before the server's copy of that
-    // deadline passes (the server's starts when the headers arrive); a client
-    // sends its message with its headers, so one with no deadline near has
-    // not cancelled: its message was refused.
-    if (ctx->deadline() - std::chrono::system_clock::now() < std::chrono::seconds(1))
-      return grpc::Status(grpc::DEADLINE_EXCEEDED, "deadline exceeded");
-    return grpc::Status(grpc::RESOURCE_EXHAUSTED, "request: message over the receive limit (refused by gRPC)");
-  }
+  if (!stream->Read(&buffer)) return AwaitNoMessageStatus(*ctx);
   return ParseGenerateRequest(buffer, req);
 }
 
 grpc::Status GenerationService::Refuse(grpc::Status status) {
-  Outcome o;
+  CallOutcome o;
   o.status = std::move(status);
   Finish(o);
   return o.status;
@@ -343,63 +245,17 @@ grpc::Status GenerationService::HandleGenerate(grpc::ServerContext* ctx,
   return s;
 }
 
-grpc::Status GenerationService::HandleGenerateStream(grpc::ServerContext* ctx,
-                                                     grpc::ServerSplitStreamer<grpc::ByteBuffer, v1::GenerateStreamResponse>* stream) {
-  InFlight guard(in_flight_);
-  v1::GenerateRequest req;
-  if (grpc::Status s = ReadRequest(ctx, stream, &req); !s.ok()) return Refuse(s);
-  return GenerateStream(ctx, &req, stream);
-}
-
 grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req, v1::GenerateResponse* resp) {
-  Outcome o = Run(ctx, *req, /*stream=*/false, [](int, const SequenceEvents&, const Outcome&) { return true; });
-  if (o.status.ok()) {
-    const ChoiceOutcome& c0 = o.choices[0];
-    resp->mutable_token_ids()->Add(c0.tokens.begin(), c0.tokens.end());
-    resp->set_text(c0.text);
-    resp->set_finish_reason(ToProto(c0.reason));
-    AddLogprobs(c0.tokens, c0.logprobs, resp);
-    AddPromptLogprobs(o.prompt, o.prompt_logprobs, resp);
-    if (o.choices.size() > 1) {
-      for (size_t i = 0; i < o.choices.size(); ++i) {
-        const ChoiceOutcome& c = o.choices[i];
-        v1::Choice* out = resp->add_choices();
-        out->set_index(static_cast<int>(i));
-        out->mutable_token_ids()->Add(c.tokens.begin(), c.tokens.end());
-        out->set_text(c.text);
-        out->set_finish_reason(ToProto(c.reason));
-        AddLogprobs(c.tokens, c.logprobs, out);
-      }
-    }
-    FillSummary(o, resp);
+  CallOutcome o = Start(*req, /*stream=*/false);
+  // A unary call waits for the end; the 20 ms bound is for noticing a client
+  // that went away (or a deadline that passed) within a step or so.
+  while (o.unfinished > 0) {
+    std::vector<SequenceEvents> events = o.submitted.channel->Wait(std::chrono::milliseconds(20));
+    o.Absorb(events, engine_, [](int, const SequenceEvents&) { return true; });
+    if (o.unfinished > 0 && ctx->IsCancelled()) o.Cancel(engine_);
   }
-  Finish(o);
-  return o.status;
-}
-
-grpc::Status GenerationService::GenerateStream(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
-                                               grpc::ServerSplitStreamer<grpc::ByteBuffer, v1::GenerateStreamResponse>* writer) {
-  // One message per batch of new tokens of a sample. A sample's end is
-  // marked on its last message, except that with n = 1 the end goes on the
-  // stream's last message, which carries the usage and timings.
-  const bool several = req->n() > 1;
-  Outcome o = Run(ctx, *req, /*stream=*/true, [&](int index, const SequenceEvents& ev, const Outcome& run) {
-    if (ev.tokens.empty() && ev.text.empty() && !(several && ev.finished)) return true;
-    v1::GenerateStreamResponse m;
-    m.set_index(index);
-    m.mutable_token_ids()->Add(ev.tokens.begin(), ev.tokens.end());
-    m.set_text(ev.text);
-    AddLogprobs(ev.tokens, ev.logprobs, &m);
-    AddPromptLogprobs(run.prompt, ev.prompt_logprobs, &m);
-    if (several && ev.finished) m.set_finish_reason(ToProto(ev.reason));
-    return writer->Write(m);
-  });
-  if (o.status.ok()) {
-    v1::GenerateStreamResponse last;
-    FillSummary(o, &last);
-    last.set_finish_reason(ToProto(o.choices[0].reason));
-    if (!writer->Write(last)) o.status = grpc::Status(grpc::CANCELLED, "stream closed by the client");
-  }
+  if (!o.submitted.samples.empty()) o.Settle(*ctx);
+  if (o.status.ok()) FillGenerateResponse(o, resp);
   Finish(o);
   return o.status;
 }

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <string>
 
+#include "server/call_outcome.h"
 #include "server/engine.h"
 #include "server/metrics.h"
 #include "tinygpt.grpc.pb.h"
@@ -31,43 +32,41 @@ class GenerationService final : public v1::Generation::Service {
  public:
   // Generate and GenerateStream read their request inside the handler (see
   // server/request_wire.h), so bad and oversized requests are counted too.
+  // Generate runs on gRPC's sync threads (it waits once, for the end);
+  // GenerateStream is a callback reactor (server/stream_reactor.cc), so a
+  // stream costs no thread and its tokens are written as they come, without
+  // a thread switch per message.
   GenerationService(Engine* engine, ServerMetrics* metrics, ServiceOptions opt);
 
-  // The calls once their request is read and parsed (gRPC runs the Handle*
-  // entry points below, which read it).
+  // The unary call once its request is read and parsed (gRPC runs
+  // HandleGenerate, which reads it).
   grpc::Status Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req, v1::GenerateResponse* resp) override;
-  grpc::Status GenerateStream(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
-                              grpc::ServerSplitStreamer<grpc::ByteBuffer, v1::GenerateStreamResponse>* writer);
   grpc::Status GetModelInfo(grpc::ServerContext* ctx, const v1::GetModelInfoRequest* req, v1::ModelInfo* info) override;
-  // Generate/GenerateStream handlers not yet returned (for draining); counted
-  // in HandleGenerate/HandleGenerateStream, the entry points gRPC calls.
+  // Generate/GenerateStream calls not yet ended (for draining).
   int in_flight() const { return in_flight_.load(); }
   // From now on, finished calls are tallied into drain_counts().
   void BeginDrain() { draining_ = true; }
   DrainCounts drain_counts() const { return {drain_finished_.load(), drain_cut_off_.load(), drain_refused_.load()}; }
 
  private:
-  struct Outcome;
-  // Validates, submits and waits for the sequence, calling on_output with each
-  // batch of new tokens and text (return false to cancel, e.g. a failed
-  // stream write).
-  template <class OnOutput>
-  Outcome Run(grpc::ServerContext* ctx, const v1::GenerateRequest& req, bool stream, OnOutput on_output);
-  template <class Msg>
-  static void FillSummary(const Outcome& o, Msg* m);
+  class StreamReactor;  // server/stream_reactor.cc
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* NewStreamReactor(grpc::CallbackServerContext* ctx);
+  // Validates and submits the request; o.status says why not.
+  CallOutcome Start(const v1::GenerateRequest& req, bool stream);
   // Metrics and the one log line of a finished call.
-  void Finish(const Outcome& o);
+  void Finish(const CallOutcome& o);
   // UNAUTHENTICATED unless the call carries the bearer token (when one is set).
-  grpc::Status CheckAuth(const grpc::ServerContext& ctx) const;
+  grpc::Status CheckAuth(const grpc::ServerContextBase& ctx) const;
+  // Why a call ended without its one message (over the receive limit, no
+  // message at all, deadline); may wait up to 2 s for gRPC to say.
+  static grpc::Status AwaitNoMessageStatus(const grpc::ServerContextBase& ctx);
   // Authenticates the call and reads and parses its one request message.
-  template <class Stream>
-  grpc::Status ReadRequest(grpc::ServerContext* ctx, Stream* stream, v1::GenerateRequest* req);
+  grpc::Status ReadRequest(grpc::ServerContext* ctx, grpc::ServerUnaryStreamer<grpc::ByteBuffer, v1::GenerateResponse>* stream,
+                           v1::GenerateRequest* req);
   // Counts and logs a call refused before it reached the engine.
   grpc::Status Refuse(grpc::Status status);
-  // The handlers gRPC runs for Generate and GenerateStream.
+  // The handler gRPC runs for Generate.
   grpc::Status HandleGenerate(grpc::ServerContext* ctx, grpc::ServerUnaryStreamer<grpc::ByteBuffer, v1::GenerateResponse>* stream);
-  grpc::Status HandleGenerateStream(grpc::ServerContext* ctx,
-                                    grpc::ServerSplitStreamer<grpc::ByteBuffer, v1::GenerateStreamResponse>* stream);
 
   Engine* engine_;
   ServerMetrics* metrics_;

@@ -1,0 +1,160 @@
+// GenerateStream as a gRPC callback reactor. A sync handler held a thread per
+// stream that woke for every step's tokens and again for every write it
+// waited on: at 256 streams two thread switches per token per stream, which
+// took more CPU than the model on the CPU and left the GPU idle half the
+// time. Here the engine's channel calls the reactor (from the waker thread,
+// server/channel_waker.h), which takes the new tokens and starts a write;
+// while a write is in flight tokens gather in the channel and go out in the
+// next message, so a slow client gets fewer, larger messages instead of
+// holding anything up.
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "server/request_wire.h"
+#include "server/responses.h"
+#include "server/service.h"
+
+namespace tinygpt {
+
+class GenerationService::StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  StreamReactor(GenerationService* service, grpc::CallbackServerContext* ctx) : service_(service), ctx_(ctx) {
+    ++service_->in_flight_;
+    if (grpc::Status s = service_->CheckAuth(*ctx_); !s.ok()) Refuse(std::move(s));
+    else StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      // No message: over the receive limit, none sent, or the client gave
+      // up. Telling which may take a wait, which is not for gRPC's threads.
+      if (ctx_->IsCancelled()) return Refuse(AwaitNoMessageStatus(*ctx_));
+      std::thread([this] { Refuse(AwaitNoMessageStatus(*ctx_)); }).detach();
+      return;
+    }
+    v1::GenerateRequest req;
+    if (grpc::Status s = ParseGenerateRequest(request_, &req); !s.ok()) return Refuse(std::move(s));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      several_ = req.n() > 1;
+      o_ = service_->Start(req, /*stream=*/true);
+      if (!o_.status.ok()) return EndLocked();
+    }
+    // Tokens that came before the listener are taken by the first pump.
+    o_.submitted.channel->SetListener([this] { OnEvents(); });
+    OnEvents();
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    writing_ = false;
+    if (!ok) {  // the client is gone: stop generating for it
+      write_failed_ = true;
+      queue_.clear();
+      o_.Cancel(service_->engine_);
+    }
+    PumpLocked();
+  }
+
+  void OnCancel() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    // Client gone or deadline passed: the engine frees the samples within a
+    // step and finishes them, which ends the call.
+    if (!o_.submitted.samples.empty() && o_.unfinished > 0) o_.Cancel(service_->engine_);
+  }
+
+  void OnDone() override {
+    // After this no listener call is running or will start.
+    if (o_.submitted.channel) o_.submitted.channel->SetListener(nullptr);
+    { std::lock_guard<std::mutex> lock(mu_); }  // the reaction that called Finish has let go
+    --service_->in_flight_;
+    delete this;
+  }
+
+ private:
+  // New events in the channel (waker or engine thread).
+  void OnEvents() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!writing_ && !ended_) PumpLocked();
+  }
+
+  // Takes what the channel holds into messages and starts the next write;
+  // once every sample has finished and everything is written, sends the last
+  // message and then the status.
+  void PumpLocked() {
+    if (ended_) return;
+    bool any = false;
+    std::vector<SequenceEvents> events = o_.submitted.channel->Take(&any);
+    if (any)
+      o_.Absorb(events, service_->engine_, [&](int index, const SequenceEvents& ev) {
+        if (write_failed_) return false;
+        v1::GenerateStreamResponse m;
+        if (StreamMessage(index, ev, o_, several_, &m)) queue_.push_back(Serialize(m));
+        return true;
+      });
+    if (writing_) return;
+    if (queue_.empty() && o_.unfinished == 0 && !settled_) {
+      settled_ = true;
+      o_.Settle(*ctx_);
+      if (o_.status.ok() && !write_failed_) {
+        v1::GenerateStreamResponse last;
+        StreamSummary(o_, &last);
+        queue_.push_back(Serialize(last));
+      }
+    }
+    if (!queue_.empty()) {
+      out_ = std::move(queue_.front());
+      queue_.pop_front();
+      writing_ = true;
+      StartWrite(&out_);
+      return;
+    }
+    if (settled_) EndLocked();
+  }
+
+  // Counts, logs and ends the call with o_'s status.
+  void EndLocked() {
+    ended_ = true;
+    if (write_failed_ && o_.status.ok()) o_.status = grpc::Status(grpc::CANCELLED, "stream closed by the client");
+    service_->Finish(o_);
+    Finish(o_.status);
+  }
+
+  // A call refused before it reached the engine. Finish comes last: the
+  // reactor may be gone once it has been called.
+  void Refuse(grpc::Status status) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ended_ = true;
+    }
+    service_->Refuse(status);
+    Finish(status);
+  }
+
+  static grpc::ByteBuffer Serialize(const v1::GenerateStreamResponse& m) {
+    grpc::ByteBuffer bb;
+    bool own = false;
+    grpc::SerializationTraits<v1::GenerateStreamResponse>::Serialize(m, &bb, &own);
+    return bb;
+  }
+
+  GenerationService* const service_;
+  grpc::CallbackServerContext* const ctx_;
+  grpc::ByteBuffer request_;
+  std::mutex mu_;  // guards what follows; reactions, the waker and the engine thread all come here
+  CallOutcome o_;
+  bool several_ = false;       // n > 1: each sample's end goes on its own last message
+  bool writing_ = false;       // a write is in flight (one at a time)
+  bool write_failed_ = false;  // the client went away
+  bool settled_ = false;       // every sample finished and the final status is known
+  bool ended_ = false;         // Finish was called
+  std::deque<grpc::ByteBuffer> queue_;
+  grpc::ByteBuffer out_;  // the message being written
+};
+
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* GenerationService::NewStreamReactor(grpc::CallbackServerContext* ctx) {
+  return new StreamReactor(this, ctx);
+}
+
+}  // namespace tinygpt
