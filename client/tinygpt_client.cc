@@ -23,6 +23,7 @@
 #include <google/protobuf/util/json_util.h>
 
 #include "common/flag_args.h"
+#include "client/bench_calls.h"
 #include "common/token_ids.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "tinygpt.grpc.pb.h"
@@ -73,6 +74,11 @@ namespace {
 
 using tinygpt::v1::GenerateRequest;
 using Clock = std::chrono::steady_clock;
+using tinygpt::client::CallDone;
+using tinygpt::client::CallResult;
+using tinygpt::client::PrepareContext;
+using tinygpt::client::StreamCall;
+using tinygpt::client::UnaryCall;
 
 constexpr const char* kUsage =
     "usage: tinygpt-client <generate|stream|info|health|bench> [--target host:port] [flags]";
@@ -419,75 +425,65 @@ int Bench() {
   std::map<std::string, int> errors;
   long generated = 0;
   int ok = 0;
-  auto record = [&](const grpc::Status& s, long tokens, double ttft_s, const std::vector<double>& itls, double e2e_s) {
+  std::condition_variable all_done;
+  int finished = 0;
+  auto record = [&](const CallResult& r) {
     std::lock_guard<std::mutex> lock(mu);
-    if (!s.ok()) {
-      errors[CodeName(s.error_code())]++;
-      return;
+    ++finished;
+    if (!r.status.ok()) {
+      errors[CodeName(r.status.error_code())]++;
+    } else {
+      ++ok;
+      generated += r.tokens;
+      ttft.push_back(r.ttft_s);
+      itl.insert(itl.end(), r.itl_s.begin(), r.itl_s.end());
+      e2e.push_back(r.e2e_s);
     }
-    ++ok;
-    generated += tokens;
-    ttft.push_back(ttft_s);
-    itl.insert(itl.end(), itls.begin(), itls.end());
-    e2e.push_back(e2e_s);
+    if (finished == n) all_done.notify_all();
   };
-  auto run_one = [&](const GenerateRequest& req) {
-    grpc::ClientContext ctx;
-    SetDeadline(&ctx, kBenchDefaultDeadlineMs);
-    AddAuth(&ctx);
-    const auto t0 = Clock::now();
-    if (absl::GetFlag(FLAGS_unary)) {
-      tinygpt::v1::GenerateResponse resp;
-      const grpc::Status s = stub->Generate(&ctx, req, &resp);
-      const double e2e_s = std::chrono::duration<double>(Clock::now() - t0).count();
-      const auto& t = resp.timings();
-      const int n = resp.token_ids_size();
-      std::vector<double> itls;
-      if (n > 1) itls.assign(n - 1, (t.total_seconds() - t.time_to_first_token_seconds()) / (n - 1));
-      record(s, n, t.time_to_first_token_seconds(), itls, e2e_s);
-      return;
-    }
-    auto prev = t0;
-    std::vector<double> my_itl;
-    double my_ttft = -1;
-    long tokens = 0;
-    auto reader = stub->GenerateStream(&ctx, req);
-    tinygpt::v1::GenerateStreamResponse m;
-    bool saw_last = false;
-    while (reader->Read(&m)) {
-      saw_last = m.finish_reason() != tinygpt::v1::FINISH_REASON_UNSPECIFIED;
-      if (m.token_ids_size() == 0) continue;
-      const auto now = Clock::now();
-      if (my_ttft < 0) my_ttft = std::chrono::duration<double>(now - t0).count();
-      else my_itl.push_back(std::chrono::duration<double>(now - prev).count() / m.token_ids_size());
-      prev = now;
-      tokens += m.token_ids_size();
-    }
-    const grpc::Status s = FinishStream(&ctx, reader.get(), saw_last);
-    record(s, tokens, my_ttft, my_itl, std::chrono::duration<double>(Clock::now() - t0).count());
+  const PrepareContext prepare = [](grpc::ClientContext* ctx) {
+    SetDeadline(ctx, kBenchDefaultDeadlineMs);
+    AddAuth(ctx);
+  };
+  const bool unary = absl::GetFlag(FLAGS_unary);
+  // Starts request i; when it ends, `then` runs and then the call is
+  // recorded (the last call's record lets this function return, so nothing
+  // may follow it).
+  auto start_call = [&](int i, std::function<void()> then) {
+    CallDone done = [&record, then = std::move(then)](const CallResult& r) {
+      then();
+      record(r);
+    };
+    if (unary) UnaryCall::Start(stub.get(), reqs[i], prepare, std::move(done));
+    else StreamCall::Start(stub.get(), reqs[i], prepare, std::move(done));
   };
   long prompt_tokens = 0;
   for (const auto& r : reqs) prompt_tokens += r.token_ids().ids_size();
   const double rate = absl::GetFlag(FLAGS_rate);
   const int conc = std::max(1, absl::GetFlag(FLAGS_concurrency));
+  // Closed loop: `conc` calls in flight, each ending call starting the next
+  // request (from a gRPC thread, until Bench returns).
+  std::atomic<int> next{0};
+  std::function<void()> chain = [&] {
+    const int i = next++;
+    if (i < n) start_call(i, chain);
+  };
   const auto start = Clock::now();
-  std::vector<std::thread> threads;
-  if (rate > 0) {  // open loop: Poisson arrivals, one thread per request
+  if (rate > 0) {  // open loop: Poisson arrivals
     std::exponential_distribution<double> gap(rate);
     auto next = start;
     for (int i = 0; i < n; ++i) {
       std::this_thread::sleep_until(next);
-      threads.emplace_back(run_one, std::cref(reqs[i]));
+      start_call(i, [] {});
       next += std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(gap(rng)));
     }
-  } else {  // closed loop: `conc` streams, each sending its next request when one ends
-    std::atomic<int> next{0};
-    for (int c = 0; c < conc; ++c)
-      threads.emplace_back([&] {
-        for (int i; (i = next++) < n;) run_one(reqs[i]);
-      });
+  } else {
+    for (int c = 0; c < conc; ++c) chain();
   }
-  for (auto& t : threads) t.join();
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    all_done.wait(lock, [&] { return finished == n; });
+  }
   const double secs = std::chrono::duration<double>(Clock::now() - start).count();
   nlohmann::json j = {
       {"requests", n}, {"ok", ok}, {"failed", n - ok}, {"concurrency", rate > 0 ? 0 : conc}, {"rate", rate}, {"unary", absl::GetFlag(FLAGS_unary)},

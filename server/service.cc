@@ -148,37 +148,26 @@ void GenerationService::Finish(const CallOutcome& o) {
             << " ttft_s=" << ttft << " total_s=" << total;
 }
 
-namespace {
-// Counts a unary call as in flight for its whole handler.
-class InFlight {
- public:
-  explicit InFlight(std::atomic<int>& n) : n_(n) { ++n_; }
-  ~InFlight() { --n_; }
-
- private:
-  std::atomic<int>& n_;
-};
-}  // namespace
-
 GenerationService::GenerationService(Engine* engine, ServerMetrics* metrics, ServiceOptions opt)
     : engine_(engine), metrics_(metrics), opt_(std::move(opt)) {
-  // Methods 0 and 1 of tinygpt.v1.Generation. A streamed handler gets the call
-  // before its message is read, so a message gRPC refuses (over the receive
-  // limit) or protobuf cannot parse (a non-UTF-8 string) still reaches us.
+  // Methods 0 and 1 of tinygpt.v1.Generation, as raw bidi callbacks:
+  // MarkMethodStreamed makes a method bidi-streaming on the server side (the
+  // client still calls it unary or server-streaming), so that the reactor
+  // reads the one message itself and a message gRPC refuses (over the receive
+  // limit) or protobuf cannot parse (a non-UTF-8 string) still reaches us;
+  // MarkMethodRawCallback then puts the reactor behind it.
   MarkMethodStreamed(0, new grpc::internal::StreamedUnaryHandler<grpc::ByteBuffer, v1::GenerateResponse>(
-                            [this](grpc::ServerContext* ctx, grpc::ServerUnaryStreamer<grpc::ByteBuffer, v1::GenerateResponse>* s) {
-                              return HandleGenerate(ctx, s);
+                            [](grpc::ServerContext*, grpc::ServerUnaryStreamer<grpc::ByteBuffer, v1::GenerateResponse>*) {
+                              return grpc::Status(grpc::INTERNAL, "replaced below");
                             }));
-  // GenerateStream as a raw bidi callback: MarkMethodStreamed makes the
-  // method bidi-streaming on the server side (the client still calls it as
-  // server-streaming), so that, as above, the reactor reads the one message
-  // itself; MarkMethodRawCallback then puts the reactor behind it.
   MarkMethodStreamed(1, new grpc::internal::SplitServerStreamingHandler<grpc::ByteBuffer, v1::GenerateStreamResponse>(
                             [](grpc::ServerContext*, grpc::ServerSplitStreamer<grpc::ByteBuffer, v1::GenerateStreamResponse>*) {
                               return grpc::Status(grpc::INTERNAL, "replaced below");
                             }));
+  MarkMethodRawCallback(0, new grpc::internal::CallbackBidiHandler<grpc::ByteBuffer, grpc::ByteBuffer>(
+                               [this](grpc::CallbackServerContext* ctx) { return NewCallReactor(ctx, /*stream=*/false); }));
   MarkMethodRawCallback(1, new grpc::internal::CallbackBidiHandler<grpc::ByteBuffer, grpc::ByteBuffer>(
-                               [this](grpc::CallbackServerContext* ctx) { return NewStreamReactor(ctx); }));
+                               [this](grpc::CallbackServerContext* ctx) { return NewCallReactor(ctx, /*stream=*/true); }));
 }
 
 grpc::Status GenerationService::CheckAuth(const grpc::ServerContextBase& ctx) const {
@@ -216,46 +205,9 @@ grpc::Status GenerationService::AwaitNoMessageStatus(const grpc::ServerContextBa
   return grpc::Status(grpc::RESOURCE_EXHAUSTED, "request: message over the receive limit (refused by gRPC)");
 }
 
-grpc::Status GenerationService::ReadRequest(grpc::ServerContext* ctx,
-                                            grpc::ServerUnaryStreamer<grpc::ByteBuffer, v1::GenerateResponse>* stream,
-                                            v1::GenerateRequest* req) {
-  if (grpc::Status s = CheckAuth(*ctx); !s.ok()) return s;
-  grpc::ByteBuffer buffer;
-  if (!stream->Read(&buffer)) return AwaitNoMessageStatus(*ctx);
-  return ParseGenerateRequest(buffer, req);
-}
-
 grpc::Status GenerationService::Refuse(grpc::Status status) {
   CallOutcome o;
   o.status = std::move(status);
-  Finish(o);
-  return o.status;
-}
-
-grpc::Status GenerationService::HandleGenerate(grpc::ServerContext* ctx,
-                                               grpc::ServerUnaryStreamer<grpc::ByteBuffer, v1::GenerateResponse>* stream) {
-  InFlight guard(in_flight_);
-  v1::GenerateRequest req;
-  if (grpc::Status s = ReadRequest(ctx, stream, &req); !s.ok()) return Refuse(s);
-  v1::GenerateResponse resp;
-  const grpc::Status s = Generate(ctx, &req, &resp);
-  // A unary call that fails sends no message; the streamed handler requires
-  // one write for an OK status.
-  if (s.ok()) stream->Write(resp);
-  return s;
-}
-
-grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req, v1::GenerateResponse* resp) {
-  CallOutcome o = Start(*req, /*stream=*/false);
-  // A unary call waits for the end; the 20 ms bound is for noticing a client
-  // that went away (or a deadline that passed) within a step or so.
-  while (o.unfinished > 0) {
-    std::vector<SequenceEvents> events = o.submitted.channel->Wait(std::chrono::milliseconds(20));
-    o.Absorb(events, engine_, [](int, const SequenceEvents&) { return true; });
-    if (o.unfinished > 0 && ctx->IsCancelled()) o.Cancel(engine_);
-  }
-  if (!o.submitted.samples.empty()) o.Settle(*ctx);
-  if (o.status.ok()) FillGenerateResponse(o, resp);
   Finish(o);
   return o.status;
 }

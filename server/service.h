@@ -30,17 +30,12 @@ struct DrainCounts {
 
 class GenerationService final : public v1::Generation::Service {
  public:
-  // Generate and GenerateStream read their request inside the handler (see
-  // server/request_wire.h), so bad and oversized requests are counted too.
-  // Generate runs on gRPC's sync threads (it waits once, for the end);
-  // GenerateStream is a callback reactor (server/stream_reactor.cc), so a
-  // stream costs no thread and its tokens are written as they come, without
-  // a thread switch per message.
+  // Generate and GenerateStream are callback reactors (server/call_reactor.cc)
+  // that read their request themselves (server/request_wire.h), so bad and
+  // oversized requests are counted too; a call holds no thread while the
+  // engine works on it.
   GenerationService(Engine* engine, ServerMetrics* metrics, ServiceOptions opt);
 
-  // The unary call once its request is read and parsed (gRPC runs
-  // HandleGenerate, which reads it).
-  grpc::Status Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req, v1::GenerateResponse* resp) override;
   grpc::Status GetModelInfo(grpc::ServerContext* ctx, const v1::GetModelInfoRequest* req, v1::ModelInfo* info) override;
   // Generate/GenerateStream calls not yet ended (for draining).
   int in_flight() const { return in_flight_.load(); }
@@ -49,8 +44,8 @@ class GenerationService final : public v1::Generation::Service {
   DrainCounts drain_counts() const { return {drain_finished_.load(), drain_cut_off_.load(), drain_refused_.load()}; }
 
  private:
-  class StreamReactor;  // server/stream_reactor.cc
-  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* NewStreamReactor(grpc::CallbackServerContext* ctx);
+  class CallReactor;  // server/call_reactor.cc
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* NewCallReactor(grpc::CallbackServerContext* ctx, bool stream);
   // Validates and submits the request; o.status says why not.
   CallOutcome Start(const v1::GenerateRequest& req, bool stream);
   // Metrics and the one log line of a finished call.
@@ -60,13 +55,8 @@ class GenerationService final : public v1::Generation::Service {
   // Why a call ended without its one message (over the receive limit, no
   // message at all, deadline); may wait up to 2 s for gRPC to say.
   static grpc::Status AwaitNoMessageStatus(const grpc::ServerContextBase& ctx);
-  // Authenticates the call and reads and parses its one request message.
-  grpc::Status ReadRequest(grpc::ServerContext* ctx, grpc::ServerUnaryStreamer<grpc::ByteBuffer, v1::GenerateResponse>* stream,
-                           v1::GenerateRequest* req);
   // Counts and logs a call refused before it reached the engine.
   grpc::Status Refuse(grpc::Status status);
-  // The handler gRPC runs for Generate.
-  grpc::Status HandleGenerate(grpc::ServerContext* ctx, grpc::ServerUnaryStreamer<grpc::ByteBuffer, v1::GenerateResponse>* stream);
 
   Engine* engine_;
   ServerMetrics* metrics_;

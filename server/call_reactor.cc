@@ -1,12 +1,14 @@
-// GenerateStream as a gRPC callback reactor. A sync handler held a thread per
-// stream that woke for every step's tokens and again for every write it
-// waited on: at 256 streams two thread switches per token per stream, which
-// took more CPU than the model on the CPU and left the GPU idle half the
-// time. Here the engine's channel calls the reactor (from the waker thread,
-// server/channel_waker.h), which takes the new tokens and starts a write;
-// while a write is in flight tokens gather in the channel and go out in the
-// next message, so a slow client gets fewer, larger messages instead of
-// holding anything up.
+// Generate and GenerateStream as gRPC callback reactors. A sync handler held a
+// thread per call; a stream's woke for every step's tokens and again for
+// every write it waited on: at 256 streams two thread switches per token per
+// stream, which took more CPU than the model on the CPU and left the GPU idle
+// half the time (and 2048 calls needed 2048 threads). Here the engine's
+// channel calls the reactor (from the waker thread, server/channel_waker.h,
+// or the engine thread when a sample ends), which takes the new tokens and
+// starts a write; while a write is in flight tokens gather in the channel and
+// go out in the next message, so a slow client gets fewer, larger messages
+// instead of holding anything up. A unary call hears from its channel once,
+// at the end, and writes its one response.
 #include <deque>
 #include <mutex>
 #include <thread>
@@ -17,9 +19,10 @@
 
 namespace tinygpt {
 
-class GenerationService::StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+class GenerationService::CallReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  StreamReactor(GenerationService* service, grpc::CallbackServerContext* ctx) : service_(service), ctx_(ctx) {
+  CallReactor(GenerationService* service, grpc::CallbackServerContext* ctx, bool stream)
+      : service_(service), ctx_(ctx), stream_(stream) {
     ++service_->in_flight_;
     if (grpc::Status s = service_->CheckAuth(*ctx_); !s.ok()) Refuse(std::move(s));
     else StartRead(&request_);
@@ -38,7 +41,7 @@ class GenerationService::StreamReactor final : public grpc::ServerBidiReactor<gr
     {
       std::lock_guard<std::mutex> lock(mu_);
       several_ = req.n() > 1;
-      o_ = service_->Start(req, /*stream=*/true);
+      o_ = service_->Start(req, stream_);
       if (!o_.status.ok()) return EndLocked();
     }
     // Tokens that came before the listener are taken by the first pump.
@@ -90,17 +93,23 @@ class GenerationService::StreamReactor final : public grpc::ServerBidiReactor<gr
       o_.Absorb(events, service_->engine_, [&](int index, const SequenceEvents& ev) {
         if (write_failed_) return false;
         v1::GenerateStreamResponse m;
-        if (StreamMessage(index, ev, o_, several_, &m)) queue_.push_back(Serialize(m));
+        if (stream_ && StreamMessage(index, ev, o_, several_, &m)) queue_.push_back(Serialize(m));
         return true;
       });
     if (writing_) return;
     if (queue_.empty() && o_.unfinished == 0 && !settled_) {
+      // A stream's last message, or a unary call's one response; a call
+      // that fails sends none.
       settled_ = true;
       o_.Settle(*ctx_);
-      if (o_.status.ok() && !write_failed_) {
+      if (o_.status.ok() && !write_failed_ && stream_) {
         v1::GenerateStreamResponse last;
         StreamSummary(o_, &last);
         queue_.push_back(Serialize(last));
+      } else if (o_.status.ok() && !write_failed_) {
+        v1::GenerateResponse resp;
+        FillGenerateResponse(o_, &resp);
+        queue_.push_back(Serialize(resp));
       }
     }
     if (!queue_.empty()) {
@@ -132,15 +141,17 @@ class GenerationService::StreamReactor final : public grpc::ServerBidiReactor<gr
     Finish(status);
   }
 
-  static grpc::ByteBuffer Serialize(const v1::GenerateStreamResponse& m) {
+  template <class Msg>
+  static grpc::ByteBuffer Serialize(const Msg& m) {
     grpc::ByteBuffer bb;
     bool own = false;
-    grpc::SerializationTraits<v1::GenerateStreamResponse>::Serialize(m, &bb, &own);
+    grpc::SerializationTraits<Msg>::Serialize(m, &bb, &own);
     return bb;
   }
 
   GenerationService* const service_;
   grpc::CallbackServerContext* const ctx_;
+  const bool stream_;  // GenerateStream; else Generate
   grpc::ByteBuffer request_;
   std::mutex mu_;  // guards what follows; reactions, the waker and the engine thread all come here
   CallOutcome o_;
@@ -153,8 +164,9 @@ class GenerationService::StreamReactor final : public grpc::ServerBidiReactor<gr
   grpc::ByteBuffer out_;  // the message being written
 };
 
-grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* GenerationService::NewStreamReactor(grpc::CallbackServerContext* ctx) {
-  return new StreamReactor(this, ctx);
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* GenerationService::NewCallReactor(grpc::CallbackServerContext* ctx,
+                                                                                                bool stream) {
+  return new CallReactor(this, ctx, stream);
 }
 
 }  // namespace tinygpt
