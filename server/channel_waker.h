@@ -51,7 +51,7 @@ class ChannelWaker {
         if (pending_.empty()) return;  // stopping, nothing left to wake
         work.swap(pending_);
       }
-      for (auto& channel : work) channel->Wake();
+      for (auto& channel : work) channel->Notify();
       work.clear();
     }
   }

@@ -27,8 +27,11 @@ Engine::~Engine() {
   }
   cv_.notify_all();
   thread_.join();
-  for (auto& s : running_) s->Finish(FinishReason::kCancelled, absl::UnavailableError(kShutdownMessage));
-  for (auto& s : waiting_) s->Finish(FinishReason::kCancelled, absl::UnavailableError(kShutdownMessage));
+  auto cut_off = [](const std::shared_ptr<Sequence>& s) {
+    if (s->Finish(FinishReason::kCancelled, absl::UnavailableError(kShutdownMessage))) s->channel()->Notify();
+  };
+  for (auto& s : running_) cut_off(s);
+  for (auto& s : waiting_) cut_off(s);
 }
 
 absl::StatusOr<SubmittedRequest> Engine::Submit(SequenceRequest req) {
@@ -128,7 +131,10 @@ void Engine::Retire(const std::shared_ptr<Sequence>& seq, FinishReason reason, a
   // Samples still waiting for this one's prompt compute it themselves.
   for (auto& sib : seq->siblings) sib->waits_for_prompt = false;
   seq->siblings.clear();
-  seq->Finish(reason, std::move(status), seq->detokenizer ? seq->detokenizer->Finish() : std::string());
+  // The call hears of it from the waker thread (its last message and log
+  // line are not the scheduler's work); every caller flushes the waker.
+  if (seq->Finish(reason, std::move(status), seq->detokenizer ? seq->detokenizer->Finish() : std::string()))
+    waker_.Add(seq->channel());
 }
 
 void Engine::Preempt(std::shared_ptr<Sequence> victim) {
@@ -178,6 +184,7 @@ void Engine::RetireCancelled() {
   for (auto& s : cancelled)
     Retire(s, FinishReason::kCancelled,
            cancel_all && !s->cancel_requested ? absl::UnavailableError(kShutdownMessage) : absl::OkStatus());
+  waker_.Flush();
 }
 
 bool Engine::LaunchStep() {
@@ -306,6 +313,7 @@ replan:
   if (!status.ok()) {
     LOG(ERROR) << "step failed: " << status;
     for (auto& s : in_step) Retire(s, FinishReason::kCancelled, status);
+    waker_.Flush();
     return true;
   }
   LaunchedStep launched;
@@ -353,6 +361,7 @@ void Engine::CollectStep() {
     LOG(ERROR) << "collecting a step failed: " << status;
     for (auto& s : step.seqs)
       if (!s->retired) Retire(s, FinishReason::kCancelled, status);
+    waker_.Flush();
     return;
   }
   // Hand out the tokens; retire finished sequences at once.

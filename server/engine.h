@@ -119,7 +119,7 @@ class Engine {
   std::vector<std::shared_ptr<Sequence>> plan_seqs_;
   StepResult result_;
   GraphStats graphs_seen_;
-  ChannelWaker waker_;  // tells streams of their tokens off this thread
+  ChannelWaker waker_;  // tells calls of their tokens and ends, off this thread
   long admitted_counter_ = 0;
   std::thread thread_;
 };

@@ -22,14 +22,9 @@ bool EventChannel::Emit(int index, int32_t token, const std::string& text, Token
   return stream_;  // a unary caller waits for the end only
 }
 
-void EventChannel::Wake() { Notify(); }
-
 void EventChannel::Notify() {
-  {
-    std::lock_guard<std::mutex> lock(listener_mu_);
-    if (listener_) return listener_();
-  }
-  cv_.notify_all();
+  std::lock_guard<std::mutex> lock(listener_mu_);
+  if (listener_) listener_();
 }
 
 void EventChannel::SetListener(std::function<void()> listener) {
@@ -42,11 +37,7 @@ void EventChannel::SetPromptLogprobs(std::vector<TokenLogprobs> lps) {
   pending_[0].prompt_logprobs = std::move(lps);
 }
 
-void EventChannel::Finish(int index, FinishReason reason, absl::Status status, const std::string& text) {
-  if (Record(index, reason, std::move(status), text)) Notify();  // outside mu_: the listener takes the events
-}
-
-bool EventChannel::Record(int index, FinishReason reason, absl::Status status, const std::string& text) {
+bool EventChannel::Finish(int index, FinishReason reason, absl::Status status, const std::string& text) {
   std::lock_guard<std::mutex> lock(mu_);
   SequenceEvents& p = pending_[index];
   if (p.finished) return false;
@@ -58,19 +49,9 @@ bool EventChannel::Record(int index, FinishReason reason, absl::Status status, c
   return --unfinished_ == 0 || stream_;
 }
 
-std::vector<SequenceEvents> EventChannel::Wait(std::chrono::milliseconds timeout) {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, timeout, [&] { return (stream_ && fresh_) || unfinished_ == 0; });
-  return TakeLocked();
-}
-
 std::vector<SequenceEvents> EventChannel::Take(bool* any) {
   std::lock_guard<std::mutex> lock(mu_);
   *any = fresh_;
-  return TakeLocked();
-}
-
-std::vector<SequenceEvents> EventChannel::TakeLocked() {
   fresh_ = false;
   std::vector<SequenceEvents> out(pending_.size());
   for (size_t i = 0; i < pending_.size(); ++i) {

@@ -5,7 +5,6 @@
 #pragma once
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -51,43 +50,39 @@ struct SequenceEvents {
   absl::Status status;  // non-OK if the engine failed the request
 };
 
-// The events of a request's n samples, from the engine thread to the RPC
-// thread.
+// The events of a request's n samples, from the engine thread to the call
+// that serves them (server/call_reactor.cc).
 class EventChannel {
  public:
   EventChannel(int n, bool stream) : pending_(n), unfinished_(n), stream_(stream) {}
-  // Queues a token; true when the waiting thread wants it now (streaming):
-  // then call Wake(), which the engine does from its waker thread
+  // Queues a token; true when the reader wants it now (streaming): then call
+  // Notify(), which the engine does from its waker thread
   // (server/channel_waker.h).
   bool Emit(int index, int32_t token, const std::string& text, TokenLogprobs* logprobs);
   // Hands over the prompt's logprobs (before the first Emit of sample 0).
   void SetPromptLogprobs(std::vector<TokenLogprobs> lps);
-  void Wake();
-  void Finish(int index, FinishReason reason, absl::Status status, const std::string& text);
-  // Waits up to `timeout` for events and returns, per sample, what arrived
-  // since the last call: new tokens (streaming requests) or the end.
-  std::vector<SequenceEvents> Wait(std::chrono::milliseconds timeout);
-  // The same without waiting; `any` says whether anything arrived.
+  // Records a sample's end (and the text held back); true when the reader
+  // needs telling (any sample of a stream, the last of a unary request),
+  // as for Emit.
+  bool Finish(int index, FinishReason reason, absl::Status status, const std::string& text);
+  // Tells the reader that events are there: calls the listener, if set.
+  void Notify();
+  // Returns, per sample, what arrived since the last call: new tokens
+  // (streaming requests) or the end; `any` says whether anything did.
   std::vector<SequenceEvents> Take(bool* any);
-  // A reader that does not wait in Wait (the stream reactor) is called
-  // instead of woken: from the waker thread for new tokens, from the engine
-  // thread when a sample finishes. It should take the events and return
-  // soon. Setting null returns once a call in progress has returned, so the
-  // listener's owner may then go away.
+  // The reader's callback for Notify. It should take the events and return
+  // soon. Events from before it was set are the reader's to take. Setting
+  // null returns once a call in progress has returned, so the listener's
+  // owner may then go away.
   void SetListener(std::function<void()> listener);
 
  private:
-  void Notify();  // wakes the waiting thread, or calls the listener
-  // Finish's bookkeeping; true when the reader needs to hear of it.
-  bool Record(int index, FinishReason reason, absl::Status status, const std::string& text);
-  std::vector<SequenceEvents> TakeLocked();
   std::mutex listener_mu_;  // held while the listener runs
   std::function<void()> listener_;
-  std::mutex mu_;
-  std::condition_variable cv_;
+  std::mutex mu_;  // guards what follows
   std::vector<SequenceEvents> pending_;
   int unfinished_;
-  bool fresh_ = false;  // tokens arrived since the last Wait
+  bool fresh_ = false;  // events arrived since the last Take
   const bool stream_;
 };
 
@@ -150,8 +145,9 @@ class Sequence {
     return channel_->Emit(index, token, text, logprobs);
   }
   const std::shared_ptr<EventChannel>& channel() const { return channel_; }
-  void Finish(FinishReason reason, absl::Status status = absl::OkStatus(), const std::string& text = "") {
-    channel_->Finish(index, reason, std::move(status), text);
+  // Returns whether the reader needs telling (see EventChannel::Finish).
+  bool Finish(FinishReason reason, absl::Status status = absl::OkStatus(), const std::string& text = "") {
+    return channel_->Finish(index, reason, std::move(status), text);
   }
 
  private:
