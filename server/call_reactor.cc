@@ -43,6 +43,8 @@ class GenerationService::CallReactor final : public grpc::ServerBidiReactor<grpc
       several_ = req.n() > 1;
       o_ = service_->Start(req, stream_);
       if (!o_.status.ok()) return EndLocked();
+      // OnCancel may have come first, with nothing to cancel yet.
+      if (ctx_->IsCancelled()) o_.Cancel(service_->engine_);
     }
     // Tokens that came before the listener are taken by the first pump.
     o_.submitted.channel->SetListener([this] { OnEvents(); });
