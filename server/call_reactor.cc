@@ -11,7 +11,6 @@
 // at the end, and writes its one response.
 #include <deque>
 #include <mutex>
-#include <thread>
 
 #include "server/request_wire.h"
 #include "server/responses.h"
@@ -31,9 +30,9 @@ class GenerationService::CallReactor final : public grpc::ServerBidiReactor<grpc
   void OnReadDone(bool ok) override {
     if (!ok) {
       // No message: over the receive limit, none sent, or the client gave
-      // up. Telling which may take a wait, which is not for gRPC's threads.
-      if (ctx_->IsCancelled()) return Refuse(AwaitNoMessageStatus(*ctx_));
-      std::thread([this] { Refuse(AwaitNoMessageStatus(*ctx_)); }).detach();
+      // up. Telling which may take a wait (server/no_message_waiter.h).
+      if (ctx_->IsCancelled()) return Refuse(NoMessageWaiter::StatusOf(*ctx_, /*cancelled=*/true));
+      service_->no_message_waiter_.Add(ctx_, [this](grpc::Status s) { Refuse(std::move(s)); });
       return;
     }
     v1::GenerateRequest req;

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <atomic>
 #include <string_view>
-#include <thread>
 
 #include "common/log.h"
 #include "absl/strings/str_cat.h"
@@ -182,27 +181,6 @@ grpc::Status GenerationService::CheckAuth(const grpc::ServerContextBase& ctx) co
       return grpc::Status::OK;
   }
   return grpc::Status(grpc::UNAUTHENTICATED, "missing or wrong bearer token (metadata 'authorization: Bearer <token>')");
-}
-
-grpc::Status GenerationService::AwaitNoMessageStatus(const grpc::ServerContextBase& ctx) {
-  // gRPC ends the call itself when the message is over the receive limit
-  // (the client gets RESOURCE_EXHAUSTED from gRPC) and the context shows it
-  // cancelled a moment later: about 1 ms on an idle loopback, but over 100 ms
-  // was seen on a loaded 2-core CI machine. A client that half-closes without
-  // sending a message leaves the call live; only such a (broken) client waits
-  // out the 2 s bound. The normal path never gets here.
-  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-  while (!ctx.IsCancelled() && std::chrono::steady_clock::now() < give_up)
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  if (!ctx.IsCancelled()) return grpc::Status(grpc::INVALID_ARGUMENT, "request: no message");
-  // gRPC does not say why a call was cancelled. A client whose deadline runs
-  // out sends a cancel slightly before the server's copy of that deadline
-  // passes (the server's starts when the headers arrive); a client sends its
-  // message with its headers, so one with no deadline near has not
-  // cancelled: its message was refused.
-  if (ctx.deadline() - std::chrono::system_clock::now() < std::chrono::seconds(1))
-    return grpc::Status(grpc::DEADLINE_EXCEEDED, "deadline exceeded");
-  return grpc::Status(grpc::RESOURCE_EXHAUSTED, "request: message over the receive limit (refused by gRPC)");
 }
 
 grpc::Status GenerationService::Refuse(grpc::Status status) {

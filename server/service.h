@@ -7,6 +7,7 @@
 #include "server/call_outcome.h"
 #include "server/engine.h"
 #include "server/metrics.h"
+#include "server/no_message_waiter.h"
 #include "tinygpt.grpc.pb.h"
 
 namespace tinygpt {
@@ -52,9 +53,6 @@ class GenerationService final : public v1::Generation::Service {
   void Finish(const CallOutcome& o);
   // UNAUTHENTICATED unless the call carries the bearer token (when one is set).
   grpc::Status CheckAuth(const grpc::ServerContextBase& ctx) const;
-  // Why a call ended without its one message (over the receive limit, no
-  // message at all, deadline); may wait up to 2 s for gRPC to say.
-  static grpc::Status AwaitNoMessageStatus(const grpc::ServerContextBase& ctx);
   // Counts and logs a call refused before it reached the engine.
   grpc::Status Refuse(grpc::Status status);
 
@@ -64,6 +62,7 @@ class GenerationService final : public v1::Generation::Service {
   std::atomic<int> in_flight_{0};
   std::atomic<bool> draining_{false};
   std::atomic<int> drain_finished_{0}, drain_cut_off_{0}, drain_refused_{0};
+  NoMessageWaiter no_message_waiter_;
 };
 
 // Maps the request's fields onto an engine request, encoding a text prompt

@@ -6,7 +6,7 @@ tinygpt-client), requests gRPC or protobuf would refuse before the handler
 idle connections hold partial requests, and /metrics on its own address.
 Test certificates are made with openssl in a temporary folder.
 usage: security_test.py TINYGPT_BIN SOURCE_DIR CLIENT_BIN"""
-import os, shutil, socket, subprocess, sys, tempfile, time, urllib.request
+import collections, os, re, shutil, socket, subprocess, sys, tempfile, time, urllib.request
 
 import grpc
 import harness
@@ -169,6 +169,19 @@ with harness.Server(tinygpt, ckpt) as s:
                                  response_deserializer=pb.GenerateResponse.FromString)
     c, d = status(lambda: no_message(iter([]), timeout=10))
     r.check("no message at all: INVALID_ARGUMENT", c == grpc.StatusCode.INVALID_ARGUMENT and d == "request: no message", f"{c} {d}")
+    # A flood of such calls: each waits up to 2 s to learn whether gRPC
+    # refused its message; one thread watches them all (a thread each would
+    # add 200 to the server's).
+    def threads():
+        return int(re.search(r"^Threads:\s+(\d+)", open(f"/proc/{s.proc.pid}/status").read(), re.M).group(1))
+    before, peak = threads(), 0
+    calls = [no_message.future(iter([]), timeout=10) for _ in range(200)]
+    while not all(f.done() for f in calls):
+        peak = max(peak, threads())
+        time.sleep(0.05)
+    codes = collections.Counter(f.code() for f in calls)
+    r.check("200 calls without a message at once: each INVALID_ARGUMENT", codes == {grpc.StatusCode.INVALID_ARGUMENT: 200}, str(codes))
+    r.check("... without a thread each", peak - before < 50, f"threads {before} -> peak {peak}")
     c, d = status(lambda: raw_unary(b"\xff\xff\xff", timeout=10))
     r.check("unparseable bytes: INVALID_ARGUMENT", c == grpc.StatusCode.INVALID_ARGUMENT, f"{c} {d}")
     # Valid UTF-8 passes the wire check; the seed model's 64-token vocabulary
@@ -184,9 +197,9 @@ with harness.Server(tinygpt, ckpt) as s:
     r.check("still serving after all that", list(stub.Generate(REQ, timeout=30).token_ids) == [3, 4, 5])
     m = s.metrics()
     v = lambda **l: harness.value(m, "tinygpt_requests_total", **l)
-    r.check("metrics: 6 INVALID_ARGUMENT", v(code="INVALID_ARGUMENT") == 6, str(v(code="INVALID_ARGUMENT")))
+    r.check("metrics: 206 INVALID_ARGUMENT", v(code="INVALID_ARGUMENT") == 206, str(v(code="INVALID_ARGUMENT")))
     r.check("metrics: 2 RESOURCE_EXHAUSTED (over 4 MiB)", v(code="RESOURCE_EXHAUSTED") == 2, str(v(code="RESOURCE_EXHAUSTED")))
-    r.check("metrics: every request counted", v() == 9, str(v()))
+    r.check("metrics: every request counted", v() == 209, str(v()))
     r.check("no INTERNAL anywhere", v(code="INTERNAL") == 0)
 
 # --- /metrics under idle connections, and on its own address ---------------------
