@@ -50,6 +50,8 @@ ABSL_FLAG(int, max_request_bytes, 64 * 1024, "largest request accepted (INVALID_
 ABSL_FLAG(int, debug_step_delay_ms, 0, "testing only: sleep this long in every scheduler step");
 ABSL_FLAG(double, drain_timeout, 30.0, "seconds in-flight requests get to finish on SIGTERM");
 ABSL_FLAG(int, max_n, 16, "most samples (GenerateRequest.n) per request");
+ABSL_FLAG(int, notify_threads, 0,
+          "threads that hand new tokens to the calls (serialize and start each stream's write); 0: one per 4 cores, 1 to 4");
 ABSL_FLAG(bool, prefix_caching, true, "reuse the KV cache blocks of prompt prefixes seen before (--noprefix-caching: off)");
 
 namespace tinygpt {
@@ -199,6 +201,7 @@ int ServeCommand() {
   eo.tokenizer = ck->tokenizer.get();
   eo.prefix_caching = absl::GetFlag(FLAGS_prefix_caching);
   eo.max_n = absl::GetFlag(FLAGS_max_n);
+  eo.notify_threads = absl::GetFlag(FLAGS_notify_threads);
   Engine engine(runner->get(), eo, &metrics);
   GenerationService service(&engine, &metrics,
                             {static_cast<size_t>(absl::GetFlag(FLAGS_max_request_bytes)), path, ConfigToJson(ck->config),

@@ -46,8 +46,10 @@ done
 # the soak's memory check.
 export ASAN_OPTIONS=${SANITIZE_SERVER_ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:quarantine_size_mb=32}
 py=${PYTHON:-/usr/bin/python3}
+# Three notify threads (one on a 2-core machine by default): calls are then
+# told of their tokens from several threads at once.
 if ! "$py" tests/python/soak_test.py "$build/cli/tinygpt" . --seconds "${SANITIZE_SOAK_SECONDS:-30}" --concurrency 16 \
-    >"$build/soak.log" 2>&1; then
+    --server-flag=--notify-threads=3 >"$build/soak.log" 2>&1; then
   echo "sanitize: the server's soak failed under ASan+UBSan:" >&2
   grep -E "^(FAIL|ERROR)|AddressSanitizer|runtime error" -A30 "$build/soak.log" | head -80 >&2
   fail=1

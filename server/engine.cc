@@ -12,7 +12,8 @@ namespace tinygpt {
 Engine::Engine(ModelRunner* runner, const EngineOptions& opt, ServerMetrics* metrics)
     : runner_(runner), opt_(opt), metrics_(metrics),
       kv_(runner->options().num_kv_blocks, runner->options().block_size, opt.prefix_caching),
-      block_size_(runner->options().block_size) {
+      block_size_(runner->options().block_size),
+      waker_(opt.notify_threads > 0 ? opt.notify_threads : ChannelWaker::DefaultThreads()) {
   if (opt_.max_new_tokens_limit <= 0) opt_.max_new_tokens_limit = runner->config().max_seq_len;
   stats_.kv_blocks_total = kv_.num_blocks();
   stats_.kv_blocks_free = kv_.num_free();

@@ -34,6 +34,9 @@ struct EngineOptions {
   // Reuse the KV blocks of cached prompt prefixes (model/kv_cache.h).
   bool prefix_caching = true;
   int max_n = 16;  // samples per request
+  // Threads that tell calls of new tokens (server/channel_waker.h); 0: one
+  // per 4 cores, 1 to 4.
+  int notify_threads = 0;
   // Test hook: sleep this long in every step, so tests can act mid-request.
   std::chrono::microseconds debug_step_delay{0};
 };

@@ -20,7 +20,7 @@ saw (exactly for INVALID_ARGUMENT and RESOURCE_EXHAUSTED; requests that ended
 by deadline or client cancel may be counted OK by the server when they
 finished just before, or missed when they never reached it).
 
-usage: soak_test.py TINYGPT_BIN SOURCE_DIR [--seconds N] [--concurrency N]
+usage: soak_test.py TINYGPT_BIN SOURCE_DIR [--seconds N] [--concurrency N] [--server-flag=--FLAG=V ...]
 TINYGPT_SOAK_SECONDS overrides the default duration (90 s; CI runs that).
 Prints one JSON line of figures at the end (docs/reliability.md quotes it)."""
 import argparse, collections, json, os, random, signal, sys, tempfile, threading, time, urllib.request
@@ -34,6 +34,7 @@ ap.add_argument("source")
 ap.add_argument("--seconds", type=float, default=float(os.environ.get("TINYGPT_SOAK_SECONDS", "90")))
 ap.add_argument("--concurrency", type=int, default=32)
 ap.add_argument("--rss-bound-mb", type=float, default=64)
+ap.add_argument("--server-flag", action="append", default=[], help="an extra flag for tinygpt serve (repeatable)")
 args = ap.parse_args()
 
 pb, pb_grpc = harness.stubs(args.source)
@@ -83,7 +84,7 @@ class Stats:
 stats = Stats()
 stop = threading.Event()
 
-with harness.Server(args.tinygpt, ckpt, "--max-queue=256") as server:
+with harness.Server(args.tinygpt, ckpt, "--max-queue=256", *args.server_flag) as server:
     pid = server.proc.pid
     channel = grpc.insecure_channel(server.address)
     stub = pb_grpc.GenerationStub(channel)
