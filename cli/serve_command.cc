@@ -249,9 +249,9 @@ int ServeCommand() {
   if (!drained()) {
     LOG(WARNING) << "drain timeout: cutting off what is still in flight (UNAVAILABLE)";
     engine.CancelAll();
-    // Let the handlers send that status: the engine retires them at its next
-    // step and each handler notices within its 20 ms wait. The bound only
-    // matters if a step hangs.
+    // Let the calls send that status: the engine retires their sequences at
+    // its next step, which ends each call (server/call_reactor.cc). The bound
+    // only matters if a step hangs.
     const auto grace = std::chrono::steady_clock::now() + std::chrono::seconds(5);
     while (!drained() && std::chrono::steady_clock::now() < grace) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }

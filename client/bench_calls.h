@@ -41,7 +41,10 @@ class StreamCall final : public grpc::ClientReadReactor<v1::GenerateStreamRespon
       // error (already received; cancelling now changes nothing) or a
       // response that did not parse, after which the call could wait for a
       // server that never ends it: cancel.
-      if (!saw_last_) ctx_.TryCancel();
+      if (!saw_last_) {
+        cancelled_ = true;
+        ctx_.TryCancel();
+      }
       return;
     }
     saw_last_ = msg_.finish_reason() != v1::FINISH_REASON_UNSPECIFIED;
@@ -58,11 +61,14 @@ class StreamCall final : public grpc::ClientReadReactor<v1::GenerateStreamRespon
   void OnDone(const grpc::Status& s) override {
     r_.status = s;
     if (!saw_last_ && s.ok()) r_.status = grpc::Status(grpc::StatusCode::INTERNAL, "the stream ended without its last message");
-    else if (!saw_last_ && s.error_code() == grpc::StatusCode::CANCELLED)
+    else if (!saw_last_ && cancelled_ && s.error_code() == grpc::StatusCode::CANCELLED)
       r_.status = grpc::Status(grpc::StatusCode::INTERNAL, "the stream broke off before its last message (a response that did not parse?)");
     r_.e2e_s = Seconds(Clock::now() - t0_);
-    done_(r_);
+    // Gone before the report: the last report lets Bench() return.
+    CallDone done = std::move(done_);
+    const CallResult r = std::move(r_);
     delete this;
+    done(r);
   }
 
  private:
@@ -74,6 +80,7 @@ class StreamCall final : public grpc::ClientReadReactor<v1::GenerateStreamRespon
   grpc::ClientContext ctx_;
   v1::GenerateStreamResponse msg_;
   bool saw_last_ = false;
+  bool cancelled_ = false;  // by OnReadDone, after the stream ended early
   const Clock::time_point t0_ = Clock::now();
   Clock::time_point prev_ = t0_;
   CallResult r_;
@@ -100,8 +107,9 @@ class UnaryCall {
     r.tokens = n;
     r.ttft_s = t.time_to_first_token_seconds();
     if (n > 1) r.itl_s.assign(n - 1, (t.total_seconds() - t.time_to_first_token_seconds()) / (n - 1));
-    done_(r);
-    delete this;
+    CallDone done = std::move(done_);
+    delete this;  // before the report, which may let Bench() return
+    done(r);
   }
 
   CallDone done_;

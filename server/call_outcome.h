@@ -1,7 +1,7 @@
 // What one Generate or GenerateStream call has become so far: the engine's
 // samples, their tokens, text and logprobs as they arrive, and the status.
-// The unary handler and the stream reactor both fold the engine's events into
-// one of these, then build their messages from it (server/responses.h).
+// The call reactor (server/call_reactor.cc) folds the engine's events into
+// one of these and builds its messages from it (server/responses.h).
 #pragma once
 #include <grpcpp/grpcpp.h>
 
@@ -40,7 +40,7 @@ struct CallOutcome {
   }
   const Sequence* first() const { return submitted.samples.empty() ? nullptr : submitted.samples[0].get(); }
 
-  // Folds one batch of the channel's events in (EventChannel::Take/Wait) and
+  // Folds one batch of the channel's events in (EventChannel::Take) and
   // calls on_output(index, events) for each sample with new tokens, text or
   // its end; on_output returns false when the client is gone, which cancels
   // the samples (the engine then finishes them). Nothing is reported after a

@@ -3,9 +3,9 @@
 // every write it waited on: at 256 streams two thread switches per token per
 // stream, which took more CPU than the model on the CPU and left the GPU idle
 // half the time (and 2048 calls needed 2048 threads). Here the engine's
-// channel calls the reactor (from the waker thread, server/channel_waker.h,
-// or the engine thread when a sample ends), which takes the new tokens and
-// starts a write; while a write is in flight tokens gather in the channel and
+// channel calls the reactor from a waker thread (server/channel_waker.h) when
+// tokens come or a sample ends, and the reactor takes them and starts a
+// write; while a write is in flight tokens gather in the channel and
 // go out in the next message, so a slow client gets fewer, larger messages
 // instead of holding anything up. A unary call hears from its channel once,
 // at the end, and writes its one response.
@@ -69,15 +69,18 @@ class GenerationService::CallReactor final : public grpc::ServerBidiReactor<grpc
   }
 
   void OnDone() override {
-    // After this no listener call is running or will start.
+    // After this no listener call is running or will start (a waker thread
+    // that called Finish from the listener has returned from it).
     if (o_.submitted.channel) o_.submitted.channel->SetListener(nullptr);
-    { std::lock_guard<std::mutex> lock(mu_); }  // the reaction that called Finish has let go
+    // Refuse, from the no-message waiter's thread, lets go of mu_ before its
+    // Finish; this makes sure of any other caller that finished under mu_.
+    { std::lock_guard<std::mutex> lock(mu_); }
     --service_->in_flight_;
     delete this;
   }
 
  private:
-  // New events in the channel (waker or engine thread).
+  // New events in the channel (a waker thread, or the engine's destructor).
   void OnEvents() {
     std::lock_guard<std::mutex> lock(mu_);
     if (!writing_ && !ended_) PumpLocked();
@@ -126,7 +129,8 @@ class GenerationService::CallReactor final : public grpc::ServerBidiReactor<grpc
   // Counts, logs and ends the call with o_'s status.
   void EndLocked() {
     ended_ = true;
-    if (write_failed_ && o_.status.ok()) o_.status = grpc::Status(grpc::CANCELLED, "stream closed by the client");
+    if (write_failed_ && o_.status.ok())
+      o_.status = grpc::Status(grpc::CANCELLED, stream_ ? "stream closed by the client" : "client gone before the response was written");
     service_->Finish(o_);
     Finish(o_.status);
   }

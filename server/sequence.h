@@ -1,7 +1,7 @@
 // One generation request as the engine tracks it: n sequences (the request's
 // samples, n = 1 unless asked for more), and the channel through which the
-// engine hands their tokens to the call that serves them (a unary RPC thread
-// waiting on it, or a stream reactor it calls).
+// engine hands their tokens to the call that serves them (the call's reactor,
+// which the channel calls: server/call_reactor.cc).
 #pragma once
 #include <atomic>
 #include <chrono>
