@@ -65,6 +65,9 @@ SMALL = dict(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ff
 TUNED = {
     "seqs256-tok8192": ["--max-seqs=256", "--max-batch-tokens=8192", "--max-queue=4096", "--kv-cache-fraction=0.5"],
     "seqs512-tok16384": ["--max-seqs=512", "--max-batch-tokens=16384", "--max-queue=4096", "--kv-cache-fraction=0.5"],
+    # The default set with one notify thread instead of one per 4 cores: what
+    # the waker threads (server/channel_waker.h) bring to 256 streams.
+    "notify1": ["--notify-threads=1"],
 }
 T0 = time.time()
 
