@@ -778,18 +778,14 @@ def main():
     res.add("inputs", config=a.cfg, parameters=nparams, checkpoint=a.checkpoint, prompts=a.prompts)
     log(f"   checkpoint {nparams / 1e6:.1f}M parameters, {os.path.getsize(a.checkpoint) / 1e6:.0f} MB; prompts {a.prompts}")
     try:
-        if "default" in parts:
-            part(res, "tinygpt, default flags", part_default, a, res)
-        if "tuned" in parts:
-            part(res, "tinygpt, tuned flags", part_tuned, a, res)
-        if "prefix" in parts:
-            part(res, "tinygpt, shared prefix", part_prefix, a, res)
-        if "torch" in parts:
-            part(res, "PyTorch static-graph peer", part_torch_peer, a, res)
-        if "hf" in parts:
-            part(res, "HF generate_batch peer", part_hf_peer, a, res)
-        if "floor" in parts:
-            part(res, "hardware floor", part_floor, a, res)
+        for key, title, run in [("default", "tinygpt, default flags", part_default),
+                                ("tuned", "tinygpt, tuned flags", part_tuned),
+                                ("prefix", "tinygpt, shared prefix", part_prefix),
+                                ("torch", "PyTorch static-graph peer", part_torch_peer),
+                                ("hf", "HF generate_batch peer", part_hf_peer),
+                                ("floor", "hardware floor", part_floor)]:
+            if key in parts:
+                part(res, title, run, a, res)
     finally:
         sw = part(res, "report", write_report, a, res)
         part(res, "plot", plot, a, res, sw)

@@ -13,6 +13,12 @@
 
 namespace tinygpt {
 
+inline grpc::Status ToGrpc(const absl::Status& s) {
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+inline double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
 // What became of one sample.
 struct ChoiceOutcome {
   std::vector<int32_t> tokens;
@@ -58,8 +64,7 @@ struct CallOutcome {
       if (ev.finished) {
         c.reason = ev.reason;
         --unfinished;
-        if (!ev.status.ok() && status.ok()) status = grpc::Status(static_cast<grpc::StatusCode>(ev.status.code()),
-                                                                  std::string(ev.status.message()));
+        if (!ev.status.ok() && status.ok()) status = ToGrpc(ev.status);
       }
       if ((!ev.tokens.empty() || !ev.text.empty() || ev.finished) && !cancel_sent && !on_output(static_cast<int>(i), ev) &&
           unfinished > 0)

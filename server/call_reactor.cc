@@ -39,7 +39,6 @@ class GenerationService::CallReactor final : public grpc::ServerBidiReactor<grpc
     if (grpc::Status s = ParseGenerateRequest(request_, &req); !s.ok()) return Refuse(std::move(s));
     {
       std::lock_guard<std::mutex> lock(mu_);
-      several_ = req.n() > 1;
       o_ = service_->Start(req, stream_);
       if (!o_.status.ok()) return EndLocked();
       // OnCancel may have come first, with nothing to cancel yet.
@@ -97,7 +96,7 @@ class GenerationService::CallReactor final : public grpc::ServerBidiReactor<grpc
       o_.Absorb(events, service_->engine_, [&](int index, const SequenceEvents& ev) {
         if (write_failed_) return false;
         v1::GenerateStreamResponse m;
-        if (stream_ && StreamMessage(index, ev, o_, several_, &m)) queue_.push_back(Serialize(m));
+        if (stream_ && StreamMessage(index, ev, o_, /*several=*/o_.choices.size() > 1, &m)) queue_.push_back(Serialize(m));
         return true;
       });
     if (writing_) return;
@@ -160,7 +159,6 @@ class GenerationService::CallReactor final : public grpc::ServerBidiReactor<grpc
   grpc::ByteBuffer request_;
   std::mutex mu_;  // guards what follows; reactions, the waker and the engine thread all come here
   CallOutcome o_;
-  bool several_ = false;       // n > 1: each sample's end goes on its own last message
   bool writing_ = false;       // a write is in flight (one at a time)
   bool write_failed_ = false;  // the client went away
   bool settled_ = false;       // every sample finished and the final status is known

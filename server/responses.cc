@@ -13,8 +13,6 @@ v1::FinishReason ToProto(FinishReason r) {
   return v1::FINISH_REASON_UNSPECIFIED;
 }
 
-double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
-
 void ToProto(const TokenLogprobs& lp, int32_t token, v1::TokenLogprob* out) {
   out->set_token_id(token);
   out->set_logprob(lp.logprob);

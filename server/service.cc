@@ -14,10 +14,6 @@ namespace {
 
 std::atomic<long> g_request_counter{0};
 
-grpc::Status ToGrpc(const absl::Status& s) {
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
-}
-
 const char* GrpcCodeName(grpc::StatusCode c) {
   switch (c) {
     case grpc::OK: return "OK";
@@ -55,8 +51,6 @@ bool ConstantTimeEquals(std::string_view a, std::string_view b) {
   volatile unsigned char result = diff;
   return result == 0;
 }
-
-double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 }  // namespace
 
