@@ -95,8 +95,9 @@ class GenerationService::CallReactor final : public grpc::ServerBidiReactor<grpc
     if (any)
       o_.Absorb(events, service_->engine_, [&](int index, const SequenceEvents& ev) {
         if (write_failed_) return false;
+        if (!stream_) return true;  // a unary call answers once, at the end
         v1::GenerateStreamResponse m;
-        if (stream_ && StreamMessage(index, ev, o_, /*several=*/o_.choices.size() > 1, &m)) queue_.push_back(Serialize(m));
+        if (StreamMessage(index, ev, o_, /*several=*/o_.choices.size() > 1, &m)) queue_.push_back(Serialize(m));
         return true;
       });
     if (writing_) return;
@@ -105,14 +106,16 @@ class GenerationService::CallReactor final : public grpc::ServerBidiReactor<grpc
       // that fails sends none.
       settled_ = true;
       o_.Settle(*ctx_);
-      if (o_.status.ok() && !write_failed_ && stream_) {
-        v1::GenerateStreamResponse last;
-        StreamSummary(o_, &last);
-        queue_.push_back(Serialize(last));
-      } else if (o_.status.ok() && !write_failed_) {
-        v1::GenerateResponse resp;
-        FillGenerateResponse(o_, &resp);
-        queue_.push_back(Serialize(resp));
+      if (o_.status.ok() && !write_failed_) {
+        if (stream_) {
+          v1::GenerateStreamResponse last;
+          StreamSummary(o_, &last);
+          queue_.push_back(Serialize(last));
+        } else {
+          v1::GenerateResponse resp;
+          FillGenerateResponse(o_, &resp);
+          queue_.push_back(Serialize(resp));
+        }
       }
     }
     if (!queue_.empty()) {
