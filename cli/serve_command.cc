@@ -16,6 +16,7 @@
 #include "absl/flags/flag.h"
 #include "common/log.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "cli/commands.h"
 #include "cli/common_flags.h"
 #include "model/checkpoint.h"
@@ -52,6 +53,13 @@ ABSL_FLAG(double, drain_timeout, 30.0, "seconds in-flight requests get to finish
 ABSL_FLAG(int, max_n, 16, "most samples (GenerateRequest.n) per request");
 ABSL_FLAG(int, notify_threads, 0,
           "threads that hand new tokens to the calls (serialize and start each stream's write); 0: one per 4 cores, 1 to 4");
+ABSL_FLAG(bool, warm_start, true,
+          "before listening, do the one-time work of every step shape the scheduler can plan with these flags (decode graphs "
+          "of every batch and context bucket, GEMM algorithms of every row bucket, workspaces), so that no request pays for "
+          "it (--nowarm-start: skip, for quick tests)");
+ABSL_FLAG(int, stream_interval, 0,
+          "tokens a GenerateStream message gathers after the first one, which is sent at once (as vLLM's --stream-interval); "
+          "0: automatic, 1 while fewer than 64 streams share a step, then one more for every 32 streams, up to 16");
 ABSL_FLAG(bool, prefix_caching, true, "reuse the KV cache blocks of prompt prefixes seen before (--noprefix-caching: off)");
 
 namespace tinygpt {
@@ -193,6 +201,16 @@ int ServeCommand() {
   auto runner = ModelRunner::Create(backend->get(), *ck, ro);
   if (!runner.ok()) return Fail(std::string(runner.status().message()));
   metrics.SetBuildInfo({kVersion, (*backend)->name(), (*backend)->device_name(), PresetName(ck->config)});
+  std::string warmup_note;
+  if (absl::GetFlag(FLAGS_warm_start)) {
+    auto warm = (*runner)->Warmup();
+    if (!warm.ok()) return Fail(absl::StrCat("warm-up: ", warm.status().message()));
+    metrics.SetWarmup(warm->seconds, warm->graphs, warm->gemm_searches);
+    warmup_note = absl::StrFormat("; warmed up in %.1f s (%d steps, %d decode graphs, %ld GEMM algorithm choices)", warm->seconds,
+                                  warm->steps, warm->graphs, warm->gemm_searches);
+    LOG(INFO) << "warm-up: " << warm->steps << " steps, " << warm->graphs << " decode graphs captured, " << warm->gemm_searches
+              << " GEMM algorithm choices, " << warm->workspace_growths << " workspace allocations, in " << warm->seconds << " s";
+  }
 
   EngineOptions eo;
   eo.max_queue = absl::GetFlag(FLAGS_max_queue) > 0 ? absl::GetFlag(FLAGS_max_queue) : gpu ? 16 * ro.max_seqs : 256;
@@ -202,6 +220,8 @@ int ServeCommand() {
   eo.prefix_caching = absl::GetFlag(FLAGS_prefix_caching);
   eo.max_n = absl::GetFlag(FLAGS_max_n);
   eo.notify_threads = absl::GetFlag(FLAGS_notify_threads);
+  eo.stream_interval = absl::GetFlag(FLAGS_stream_interval);
+  if (eo.stream_interval < 0) return Fail("--stream-interval must be >= 0 (0: automatic)");
   Engine engine(runner->get(), eo, &metrics);
   GenerationService service(&engine, &metrics,
                             {static_cast<size_t>(absl::GetFlag(FLAGS_max_request_bytes)), path, ConfigToJson(ck->config),
@@ -226,10 +246,10 @@ int ServeCommand() {
               ck->tokenizer ? absl::StrCat(ck->tokenizer->type(), " tokenizer").c_str() : "no tokenizer: token ids only");
   if (metrics_port >= 0) std::printf("tinygpt serve: metrics on http://%s:%d/metrics\n", metrics_host.c_str(), metrics.port());
   // After the two lines above, which scripts read first.
-  std::printf("tinygpt serve: %d sequences and %d tokens per step, a queue of %d, KV cache of %ld tokens (%.1f GiB)%s\n",
+  std::printf("tinygpt serve: %d sequences and %d tokens per step, a queue of %d, KV cache of %ld tokens (%.1f GiB)%s%s\n",
               ro.max_seqs, ro.max_batch_tokens, eo.max_queue, static_cast<long>(ro.num_kv_blocks) * ro.block_size,
               static_cast<double>(ro.num_kv_blocks) * block_bytes / (1 << 30),
-              (*backend)->SupportsGraphs() ? ", decode steps as graphs" : "");
+              (*backend)->SupportsGraphs() ? ", decode steps as graphs" : "", warmup_note.c_str());
   std::fflush(stdout);
   LOG(INFO) << "serving " << path << " on port " << port << (absl::GetFlag(FLAGS_tls_cert).empty() ? " (plaintext)" : " (TLS)")
             << (absl::GetFlag(FLAGS_tls_client_ca).empty() ? "" : " requiring client certificates")

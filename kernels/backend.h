@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "kernels/attention_args.h"
@@ -116,6 +117,19 @@ class Backend {
   virtual void* EndCapture() { return nullptr; }
   virtual void LaunchGraph(void*) {}
   virtual void DestroyGraph(void*) {}
+  // One-time work a backend does for a new shape (the CUDA backend's cuBLASLt
+  // algorithm choice for a linear layer's row-count bucket, its timing of the
+  // candidates, a larger attention workspace). A server does it all before
+  // it takes traffic (ModelRunner::Warmup) and counts what is left after.
+  struct ShapeCounters {
+    long gemm_searches = 0;         // algorithm choices made (each with a heuristic query, most timed)
+    long workspace_growths = 0;     // device workspaces allocated or enlarged
+  };
+  virtual ShapeCounters shape_counters() const { return {}; }
+  // The row counts at which to run the inference ops once so that every
+  // per-shape choice for 1..max_rows rows is made (kernels/row_buckets.h);
+  // empty when the backend makes none.
+  virtual std::vector<int> WarmupRowCounts(int /*max_rows*/) const { return {}; }
 
   // ---- Training (model/transformer.cc). Activations, their gradients and
   // `w`/`b` are dtype() (on the CPU fp32; on CUDA the compute copy of the fp32

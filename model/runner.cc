@@ -164,6 +164,96 @@ int ModelRunner::GraphBucket(int n) const {
   return it == buckets_.end() ? 0 : *it;
 }
 
+int ModelRunner::ContextBucket(int max_ctx) const {
+  int c = 256;
+  while (c < max_ctx) c *= 2;
+  return std::min(c, cfg_.max_seq_len);
+}
+
+absl::StatusOr<WarmupReport> ModelRunner::Warmup() {
+  if (in_flight() > 0) return absl::FailedPreconditionError("runner: warm-up with a step in flight");
+  const auto t0 = std::chrono::steady_clock::now();
+  const Backend::ShapeCounters before = backend_->shape_counters();
+  const int graphs_before = graph_stats_.captured;
+  WarmupReport report;
+  warming_up_ = true;
+  struct Done {
+    bool* flag;
+    ~Done() { *flag = false; }
+  } done{&warming_up_};
+  // Every synthetic sequence's block table names only the scratch block
+  // (the blocks the cache manager hands out stay untouched), long enough
+  // for a context of max_seq_len.
+  const std::vector<int32_t> table(BlocksFor(cfg_.max_seq_len, opt_.block_size), scratch_block_);
+  const std::vector<int32_t> tokens(std::min(opt_.max_batch_tokens, cfg_.max_seq_len), 0);
+  TokenHistory no_history;
+  SamplingExtras penalized, logprobs;
+  penalized.penalties.repetition = 1.1f;
+  penalized.history = &no_history;
+  logprobs.top_logprobs = 1;
+  StepResult result;
+  auto run = [&](const std::vector<SeqStep>& step) -> absl::Status {
+    if (auto s = Launch(step); !s.ok()) return s;
+    ++report.steps;
+    return Collect(&result);
+  };
+  auto seq = [&](int num_tokens, int start_pos, bool sample, const SamplingExtras* extras = nullptr) {
+    SeqStep q;
+    q.tokens = tokens.data();
+    q.num_tokens = num_tokens;
+    q.start_pos = start_pos;
+    q.block_table = &table;
+    q.sample = sample;
+    q.extras = extras;
+    return q;
+  };
+  std::vector<SeqStep> step;
+  // 1. Prefill and mixed steps of every row bucket up to max_batch_tokens:
+  //    sequences of up to max_seq_len tokens each, all sampling. The largest
+  //    also size the prefill attention's workspace.
+  const int chunk = static_cast<int>(tokens.size());
+  for (int rows : backend_->WarmupRowCounts(opt_.max_batch_tokens)) {
+    if ((rows + chunk - 1) / chunk > opt_.max_seqs) continue;  // no step can have this many tokens
+    step.clear();
+    for (int left = rows; left > 0; left -= chunk) step.push_back(seq(std::min(left, chunk), 0, true));
+    if (auto s = run(step); !s.ok()) return s;
+  }
+  // 2. The vocabulary projection of every row bucket up to max_seqs (one
+  //    sampled row per sequence): one sequence of two tokens keeps the step
+  //    off the decode graphs.
+  for (int rows : backend_->WarmupRowCounts(opt_.max_seqs)) {
+    if (rows + 1 > opt_.max_batch_tokens) continue;
+    step.assign(1, seq(2, 0, true));
+    for (int i = 1; i < rows; ++i) step.push_back(seq(1, 0, true));
+    if (auto s = run(step); !s.ok()) return s;
+  }
+  // 3. The decode graph of every batch bucket and context bucket, with and
+  //    without penalties. A context bucket is reached by a decode token at
+  //    its last position.
+  std::vector<int> contexts;
+  for (int ctx = 1;; ctx = contexts.back() + 1) {
+    contexts.push_back(ContextBucket(ctx));
+    if (contexts.back() >= cfg_.max_seq_len) break;
+  }
+  for (int bucket : buckets_)
+    for (int ctx : contexts)
+      for (const SamplingExtras* extras : {static_cast<const SamplingExtras*>(nullptr), static_cast<const SamplingExtras*>(&penalized)}) {
+        step.assign(bucket, seq(1, ctx - 1, true, extras));
+        if (auto s = run(step); !s.ok()) return s;
+      }
+  // 4. Logprobs: each in-flight slot's pinned buffer for logits rows.
+  for (int i = 0; i < kMaxInFlight; ++i) {
+    step.assign(1, seq(2, 0, true, &logprobs));
+    if (auto s = run(step); !s.ok()) return s;
+  }
+  const Backend::ShapeCounters after = backend_->shape_counters();
+  report.graphs = graph_stats_.captured - graphs_before;
+  report.gemm_searches = after.gemm_searches - before.gemm_searches;
+  report.workspace_growths = after.workspace_growths - before.workspace_growths;
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return report;
+}
+
 void ModelRunner::Forward(int T, int n, int R, int max_q, int max_ctx, bool pending, bool penalties) {
   Backend& b = *backend_;
   const Layout& m = *layout_;
@@ -306,11 +396,8 @@ absl::Status ModelRunner::Launch(const std::vector<SeqStep>& seqs, bool want_log
       tables[static_cast<long>(s) * max_blocks_per_seq_] = scratch_block_;
     }
     shape_n = bucket;
-    // The attention's grid (its key splits) is planned for a context bucket,
-    // a power of two, so one graph serves every context up to it.
-    shape_ctx = 256;
-    while (shape_ctx < max_ctx) shape_ctx *= 2;
-    shape_ctx = std::min(shape_ctx, cfg_.max_seq_len);
+    // The attention's grid (its key splits) is planned for the context bucket.
+    shape_ctx = ContextBucket(max_ctx);
   }
 
   // 3. One copy in, the forward pass, the sampled ids back.
@@ -345,7 +432,8 @@ absl::Status ModelRunner::Launch(const std::vector<SeqStep>& seqs, bool want_log
           const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
           ++graph_stats_.captured;
           graph_stats_.capture_seconds += sec;
-          LOG(INFO) << "captured the decode graph of " << bucket << " sequences, contexts up to " << shape_ctx
+          if (!warming_up_)  // the warm-up reports its captures in one line
+            LOG(INFO) << "captured the decode graph of " << bucket << " sequences, contexts up to " << shape_ctx
                     << (penalties ? ", with penalties" : "") << " in " << sec * 1e3 << " ms";
         }
       }

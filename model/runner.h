@@ -65,6 +65,15 @@ struct GraphStats {
   long replays = 0;
 };
 
+// What ModelRunner::Warmup did.
+struct WarmupReport {
+  double seconds = 0;
+  int steps = 0;            // synthetic steps run
+  int graphs = 0;           // decode graphs captured
+  long gemm_searches = 0;   // backend algorithm choices made (Backend::ShapeCounters)
+  long workspace_growths = 0;
+};
+
 class ModelRunner {
  public:
   static absl::StatusOr<std::unique_ptr<ModelRunner>> Create(Backend* backend, const Checkpoint& ck, const RunnerOptions& opt);
@@ -93,6 +102,17 @@ class ModelRunner {
   absl::Status Step(const std::vector<SeqStep>& seqs, std::vector<int32_t>* sampled, std::vector<float>* logits = nullptr,
                     std::vector<TokenLogprobs>* logprobs = nullptr);
   GraphStats graph_stats() const { return graph_stats_; }
+  // The one-time work of every step shape the engine can plan with these
+  // options, done now instead of inside the first requests that need it:
+  // synthetic steps (their K/V go to the scratch block, their tokens are
+  // dropped) that capture the decode graph of every batch bucket and
+  // context bucket (with and without penalties), make the backend's
+  // per-row-bucket choices (Backend::WarmupRowCounts) for the layers of
+  // prefill and mixed steps and for the vocabulary projection of up to
+  // max_seqs rows, size the attention workspaces for the largest steps, and
+  // allocate the pinned buffers of logprobs. Call it before the first
+  // Launch, with no step in flight. On the CPU backend it does little.
+  absl::StatusOr<WarmupReport> Warmup();
 
  private:
   ModelRunner(Backend* b, const ModelConfig& cfg, const RunnerOptions& opt);
@@ -104,6 +124,10 @@ class ModelRunner {
   // sampling rows) whose inputs are in the device metadata buffer.
   void Forward(int T, int n, int R, int max_q, int max_ctx, bool pending, bool penalties);
   int GraphBucket(int n) const;  // 0: no graph for n sequences
+  // The context bucket a decode graph is planned for (a power of two, at
+  // least 256, at most max_seq_len), so one graph serves every context up
+  // to it.
+  int ContextBucket(int max_ctx) const;
   // The prompt logprobs the step's sequences ask for: the final norm and the
   // head over their rows, max_seqs rows at a time (waits for the device).
   absl::Status PromptLogprobs(const std::vector<SeqStep>& seqs);
@@ -140,6 +164,7 @@ class ModelRunner {
   std::vector<int> buckets_;
   std::map<std::tuple<int, int, bool>, void*> graphs_;  // (bucket, context bucket, penalties) -> graph; null: capture failed
   GraphStats graph_stats_;
+  bool warming_up_ = false;
 };
 
 }  // namespace tinygpt

@@ -91,9 +91,9 @@ class GenerationService::CallReactor final : public grpc::ServerBidiReactor<grpc
   void PumpLocked() {
     if (ended_) return;
     bool any = false;
-    std::vector<SequenceEvents> events = o_.submitted.channel->Take(&any);
+    o_.submitted.channel->Take(&events_, &any);
     if (any)
-      o_.Absorb(events, service_->engine_, [&](int index, const SequenceEvents& ev) {
+      o_.Absorb(events_, service_->engine_, [&](int index, const SequenceEvents& ev) {
         if (write_failed_) return false;
         if (!stream_) return true;  // a unary call answers once, at the end
         v1::GenerateStreamResponse m;
@@ -162,6 +162,7 @@ class GenerationService::CallReactor final : public grpc::ServerBidiReactor<grpc
   grpc::ByteBuffer request_;
   std::mutex mu_;  // guards what follows; reactions, the waker and the engine thread all come here
   CallOutcome o_;
+  std::vector<SequenceEvents> events_;  // reused by every Take
   bool writing_ = false;       // a write is in flight (one at a time)
   bool write_failed_ = false;  // the client went away
   bool settled_ = false;       // every sample finished and the final status is known

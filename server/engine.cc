@@ -15,6 +15,8 @@ Engine::Engine(ModelRunner* runner, const EngineOptions& opt, ServerMetrics* met
       block_size_(runner->options().block_size),
       waker_(opt.notify_threads > 0 ? opt.notify_threads : ChannelWaker::DefaultThreads()) {
   if (opt_.max_new_tokens_limit <= 0) opt_.max_new_tokens_limit = runner->config().max_seq_len;
+  graphs_seen_ = runner_->graph_stats();
+  shapes_seen_ = runner_->backend()->shape_counters();
   stats_.kv_blocks_total = kv_.num_blocks();
   stats_.kv_blocks_free = kv_.num_free();
   PublishGauges();
@@ -357,6 +359,9 @@ void Engine::CollectStep() {
                      result_.graph);
     metrics_->OnGraphCaptures(g.captured - graphs_seen_.captured, g.capture_seconds - graphs_seen_.capture_seconds);
     graphs_seen_ = g;
+    const Backend::ShapeCounters c = runner_->backend()->shape_counters();
+    metrics_->OnShapeSearches(c.gemm_searches - shapes_seen_.gemm_searches, c.workspace_growths - shapes_seen_.workspace_growths);
+    shapes_seen_ = c;
   }
   if (!status.ok()) {
     LOG(ERROR) << "collecting a step failed: " << status;
@@ -366,6 +371,9 @@ void Engine::CollectStep() {
     return;
   }
   // Hand out the tokens; retire finished sequences at once.
+  int streams = 0;
+  for (const auto& s : step.seqs) streams += s->request.stream && !s->retired;
+  const int interval = opt_.stream_interval > 0 ? opt_.stream_interval : StreamIntervalFor(streams);
   for (size_t i = 0; i < step.seqs.size(); ++i) {
     auto& s = step.seqs[i];
     const int row = step.sample_row[i];
@@ -391,7 +399,7 @@ void Engine::CollectStep() {
     kv_.Commit(s->block_table, s->tokens.data(), std::min<int>(s->num_computed, static_cast<int>(s->tokens.size())),
                &s->num_hashed_blocks);
     const std::string text = s->detokenizer ? s->detokenizer->Next(token) : std::string();
-    if (s->Emit(token, text, lp)) waker_.Add(s->channel());
+    if (s->Emit(token, text, lp, interval)) waker_.Add(s->channel());
     if (StopsOn(*s, token, text)) Retire(s, FinishReason::kStop);
     else if (s->num_generated() >= s->request.options.max_new_tokens) Retire(s, FinishReason::kLength);
   }

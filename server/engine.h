@@ -3,6 +3,7 @@
 // prefill) into ONE ModelRunner::Step, i.e. one forward pass and one
 // block-diagonal causal attention call over the paged KV cache.
 #pragma once
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <deque>
@@ -37,11 +38,29 @@ struct EngineOptions {
   // Threads that tell calls of new tokens (server/channel_waker.h); 0: one
   // per 4 cores, 1 to 4.
   int notify_threads = 0;
+  // Tokens a stream's message gathers (after its first token, which goes at
+  // once); 0: automatic, from the number of streams in the step
+  // (StreamIntervalFor).
+  int stream_interval = 0;
   // Test hook: sleep this long in every step, so tests can act mid-request.
   std::chrono::microseconds debug_step_delay{0};
 };
 
 inline constexpr int kMaxTopLogprobs = 20;
+
+// The automatic stream interval: one token per message while few streams
+// share the server, then one message per stream for every
+// kStreamsPerMessageToken streams in the step, at most kMaxAutoStreamInterval
+// tokens. Every message costs the server, the transport and the client a
+// fixed amount of host time whatever it holds (about 3.5 us on the server
+// side alone on the CPU), so at hundreds of streams one token per message
+// costs more host time than the step that made it; a person reading the
+// stream does not see 8 tokens of 1 ms each arrive together.
+inline constexpr int kStreamsPerMessageToken = 32;
+inline constexpr int kMaxAutoStreamInterval = 16;
+inline int StreamIntervalFor(int streams) {
+  return std::clamp(streams / kStreamsPerMessageToken, 1, kMaxAutoStreamInterval);
+}
 
 struct EngineStats {
   int running = 0, waiting = 0;
@@ -121,7 +140,10 @@ class Engine {
   std::vector<SeqStep> plan_steps_;
   std::vector<std::shared_ptr<Sequence>> plan_seqs_;
   StepResult result_;
+  // What the runner and backend had done when the engine started (a
+  // warm-up's captures and searches are not serving's).
   GraphStats graphs_seen_;
+  Backend::ShapeCounters shapes_seen_;
   ChannelWaker waker_;  // tells calls of their tokens and ends, off this thread
   long admitted_counter_ = 0;
   std::thread thread_;

@@ -48,11 +48,20 @@ ServerMetrics::ServerMetrics() : registry_(std::make_shared<prometheus::Registry
   eager_steps_ = &steps.Add({{"mode", "eager"}});
   device_seconds_ = &BuildCounter().Name("tinygpt_step_device_seconds_total")
                          .Help("Device time of engine steps (GPU busy time; 0 on the CPU)").Register(r).Add({});
-  graph_captures_ = &BuildCounter().Name("tinygpt_graph_captures_total").Help("Decode-step graphs captured").Register(r).Add({});
+  graph_captures_ = &BuildCounter().Name("tinygpt_graph_captures_total")
+                         .Help("Decode-step graphs captured while serving (after the warm-up)").Register(r).Add({});
   graph_capture_seconds_ = &BuildCounter().Name("tinygpt_graph_capture_seconds_total")
-                                .Help("Time spent capturing decode-step graphs").Register(r).Add({});
+                                .Help("Time spent capturing decode-step graphs while serving (after the warm-up)").Register(r).Add({});
+  gemm_searches_ = &BuildCounter().Name("tinygpt_gemm_algorithm_searches_total")
+                        .Help("GEMM algorithm choices (heuristic query and timing) made while serving (after the warm-up)")
+                        .Register(r).Add({});
+  workspace_growths_ = &BuildCounter().Name("tinygpt_workspace_allocations_total")
+                            .Help("Device workspaces allocated or enlarged while serving (after the warm-up)").Register(r).Add({});
   step_tokens_ = hist("tinygpt_step_tokens", "Tokens packed into one step", kTokens);
   auto gauge = [&](const char* name, const char* help) { return &BuildGauge().Name(name).Help(help).Register(r).Add({}); };
+  warmup_seconds_ = gauge("tinygpt_warmup_seconds", "Time the warm-up before serving took (0: none)");
+  warmup_graphs_ = gauge("tinygpt_warmup_graphs", "Decode-step graphs the warm-up captured");
+  warmup_gemm_searches_ = gauge("tinygpt_warmup_gemm_algorithm_searches", "GEMM algorithm choices the warm-up made");
   running_ = gauge("tinygpt_running_sequences", "Sequences in the running batch");
   waiting_ = gauge("tinygpt_waiting_sequences", "Sequences waiting to be scheduled");
   kv_used_ = gauge("tinygpt_kv_cache_blocks_used", "KV cache blocks in use");
@@ -110,6 +119,17 @@ void ServerMetrics::OnGraphCaptures(int count, double seconds) {
   if (count <= 0) return;
   graph_captures_->Increment(count);
   graph_capture_seconds_->Increment(seconds);
+}
+
+void ServerMetrics::OnShapeSearches(long gemm_searches, long workspace_growths) {
+  if (gemm_searches > 0) gemm_searches_->Increment(static_cast<double>(gemm_searches));
+  if (workspace_growths > 0) workspace_growths_->Increment(static_cast<double>(workspace_growths));
+}
+
+void ServerMetrics::SetWarmup(double seconds, int graphs, long gemm_searches) {
+  warmup_seconds_->Set(seconds);
+  warmup_graphs_->Set(graphs);
+  warmup_gemm_searches_->Set(static_cast<double>(gemm_searches));
 }
 
 void ServerMetrics::OnInterTokenLatency(double seconds) { itl_->Observe(seconds); }

@@ -45,6 +45,11 @@ class ServerMetrics {
   // tokens, its device time (0 on the CPU) and whether it replayed a graph.
   void OnStep(double host_seconds, int tokens, double device_seconds, bool graph);
   void OnGraphCaptures(int count, double seconds);
+  // One-time backend work done while serving (Backend::ShapeCounters): a
+  // warmed-up server does none for the shapes its scheduler plans.
+  void OnShapeSearches(long gemm_searches, long workspace_growths);
+  // What the warm-up before serving did (ModelRunner::Warmup).
+  void SetWarmup(double seconds, int graphs, long gemm_searches);
   void OnInterTokenLatency(double seconds);
   void OnPreemption();
   // An admitted sequence's tokens looked up in the prefix cache, and how many
@@ -58,6 +63,8 @@ class ServerMetrics {
   prometheus::Family<prometheus::Counter>* requests_;
   prometheus::Counter *prompt_tokens_, *generated_tokens_, *preemptions_, *prefix_queries_, *prefix_hits_;
   prometheus::Counter *graph_steps_, *eager_steps_, *device_seconds_, *graph_captures_, *graph_capture_seconds_;
+  prometheus::Counter *gemm_searches_, *workspace_growths_;
+  prometheus::Gauge *warmup_seconds_, *warmup_graphs_, *warmup_gemm_searches_;
   prometheus::Histogram *e2e_, *queue_, *ttft_, *itl_, *step_seconds_, *step_tokens_;
   prometheus::Gauge *running_, *waiting_, *kv_used_, *kv_total_, *kv_cached_;
 };

@@ -12,14 +12,20 @@ const char* FinishReasonName(FinishReason r) {
   return "none";
 }
 
-bool EventChannel::Emit(int index, int32_t token, const std::string& text, TokenLogprobs* logprobs) {
+bool EventChannel::Emit(int index, int32_t token, const std::string& text, TokenLogprobs* logprobs, int stream_interval) {
   std::lock_guard<std::mutex> lock(mu_);
   SequenceEvents& p = pending_[index];
   p.tokens.push_back(token);
   p.text += text;
   if (logprobs) p.logprobs.push_back(std::move(*logprobs));
-  fresh_ = true;
-  return stream_;  // a unary caller waits for the end only
+  if (!stream_) return false;  // a unary caller waits for the end only
+  // The first token is never held back (time to first token); the reader
+  // was told already if a due batch is still waiting for its Take.
+  const bool first = !started_[index];
+  started_[index] = true;
+  if (due_ || !(first || static_cast<int>(p.tokens.size()) >= stream_interval)) return false;
+  due_ = true;
+  return true;
 }
 
 void EventChannel::Notify() {
@@ -45,26 +51,36 @@ bool EventChannel::Finish(int index, FinishReason reason, absl::Status status, c
   p.finished = true;
   p.reason = reason;
   p.status = std::move(status);
-  fresh_ = true;
-  return --unfinished_ == 0 || stream_;
+  const bool tell = --unfinished_ == 0 || stream_;
+  if (tell) due_ = true;
+  return tell;
 }
 
-std::vector<SequenceEvents> EventChannel::Take(bool* any) {
+void EventChannel::Take(std::vector<SequenceEvents>* out, bool* any) {
+  out->resize(pending_.size());
+  for (SequenceEvents& o : *out) {
+    // Keep the vectors' capacity: the swaps below hand it to the engine's
+    // next Emit, so neither side allocates per message once warm.
+    o.tokens.clear();
+    o.text.clear();
+    o.logprobs.clear();
+    o.prompt_logprobs.clear();
+  }
   std::lock_guard<std::mutex> lock(mu_);
-  *any = fresh_;
-  fresh_ = false;
-  std::vector<SequenceEvents> out(pending_.size());
+  *any = due_;
+  if (!due_) return;
+  due_ = false;
   for (size_t i = 0; i < pending_.size(); ++i) {
     SequenceEvents& p = pending_[i];
-    out[i].tokens.swap(p.tokens);
-    out[i].text.swap(p.text);
-    out[i].logprobs.swap(p.logprobs);
-    out[i].prompt_logprobs.swap(p.prompt_logprobs);
-    out[i].finished = p.finished;
-    out[i].reason = p.reason;
-    out[i].status = p.status;
+    SequenceEvents& o = (*out)[i];
+    o.tokens.swap(p.tokens);
+    o.text.swap(p.text);
+    o.logprobs.swap(p.logprobs);
+    o.prompt_logprobs.swap(p.prompt_logprobs);
+    o.finished = p.finished;
+    o.reason = p.reason;
+    o.status = p.status;
   }
-  return out;
 }
 
 }  // namespace tinygpt

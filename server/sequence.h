@@ -54,11 +54,14 @@ struct SequenceEvents {
 // that serves them (server/call_reactor.cc).
 class EventChannel {
  public:
-  EventChannel(int n, bool stream) : pending_(n), unfinished_(n), stream_(stream) {}
-  // Queues a token; true when the reader wants it now (streaming): then call
-  // Notify(), which the engine does from its waker thread
-  // (server/channel_waker.h).
-  bool Emit(int index, int32_t token, const std::string& text, TokenLogprobs* logprobs);
+  EventChannel(int n, bool stream) : pending_(n), started_(n, false), unfinished_(n), stream_(stream) {}
+  // Queues a token; true when the reader wants it now: then call Notify(),
+  // which the engine does from its waker thread (server/channel_waker.h). A
+  // stream wants a sample's first token at once, later ones once
+  // `stream_interval` of them have gathered (fewer, fuller messages when
+  // many streams share the host: --stream-interval); a unary reader wants
+  // only the end.
+  bool Emit(int index, int32_t token, const std::string& text, TokenLogprobs* logprobs, int stream_interval = 1);
   // Hands over the prompt's logprobs (before the first Emit of sample 0).
   void SetPromptLogprobs(std::vector<TokenLogprobs> lps);
   // Records a sample's end (and the text held back); true when the reader
@@ -67,9 +70,12 @@ class EventChannel {
   bool Finish(int index, FinishReason reason, absl::Status status, const std::string& text);
   // Tells the reader that events are there: calls the listener, if set.
   void Notify();
-  // Returns, per sample, what arrived since the last call: new tokens
-  // (streaming requests) or the end; `any` says whether anything did.
-  std::vector<SequenceEvents> Take(bool* any);
+  // Moves into `out` (one entry per sample) what is due since the last call:
+  // new tokens (streaming requests) and ends. `any` says whether anything was
+  // due; tokens that are not due yet (fewer than the stream interval) stay
+  // for a later call. `out` is reused, so a caller that keeps it allocates
+  // nothing per message.
+  void Take(std::vector<SequenceEvents>* out, bool* any);
   // The reader's callback for Notify. It should take the events and return
   // soon. Events from before it was set are the reader's to take. Setting
   // null returns once a call in progress has returned, so the listener's
@@ -81,8 +87,9 @@ class EventChannel {
   std::function<void()> listener_;
   std::mutex mu_;  // guards what follows
   std::vector<SequenceEvents> pending_;
+  std::vector<bool> started_;  // a sample's first token has been queued
   int unfinished_;
-  bool fresh_ = false;  // events arrived since the last Take
+  bool due_ = false;  // the reader was (or is being) told: Take hands out what is queued
   const bool stream_;
 };
 
@@ -140,9 +147,9 @@ class Sequence {
   // Publishes a new token with the text it completes (and its logprobs), or
   // the end with the last text held back (engine thread).
   // Returns whether the reader needs telling (see EventChannel::Emit).
-  bool Emit(int32_t token, const std::string& text, TokenLogprobs* logprobs) {
+  bool Emit(int32_t token, const std::string& text, TokenLogprobs* logprobs, int stream_interval = 1) {
     if (extras.history) ++history.output_counts[token];
-    return channel_->Emit(index, token, text, logprobs);
+    return channel_->Emit(index, token, text, logprobs, stream_interval);
   }
   const std::shared_ptr<EventChannel>& channel() const { return channel_; }
   // Returns whether the reader needs telling (see EventChannel::Finish).

@@ -23,6 +23,7 @@
 #include "kernels/cuda/gemv_kernel.cuh"
 #include "kernels/cuda/sampling_kernel.cuh"
 #include "kernels/cuda/train_kernels.cuh"
+#include "kernels/row_buckets.h"
 
 namespace tinygpt::cuda {
 namespace {
@@ -141,13 +142,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
     op_times_.Print();
-    auto destroy = [](Plan& plan) {
-      cublasLtMatmulDescDestroy(plan.desc);
-      cublasLtMatrixLayoutDestroy(plan.a);
-      cublasLtMatrixLayoutDestroy(plan.b);
-      cublasLtMatrixLayoutDestroy(plan.c);
-    };
-    for (auto& [key, plan] : gemms_) destroy(plan);
+    for (auto& [key, plan] : gemms_) DestroyPlan(plan);
     for (void* p : {scratch_, static_cast<void*>(ce_loss_), static_cast<void*>(ce_hit_), static_cast<void*>(sumsq_)})
       if (p) cudaFree(p);
     cublasLtDestroy(lt_);
@@ -230,14 +225,11 @@ class CudaBackend final : public Backend {
       }
     }
     // Row-major y[rows,out] = x[rows,in]·w[out,in]^T is, column-major,
-    // y^T[out,rows] = (w viewed [in,out])^T · (x viewed [in,rows]). The
-    // algorithm is timed on first use for the row counts steps take again
-    // and again (the runner's graph buckets, and multiples of 256 such as a
-    // full --max-batch-tokens prefill step); other counts keep cuBLASLt's
-    // first choice rather than pay a tuning for each.
-    const bool tune = rows <= 4 || (rows <= 512 && rows % 8 == 0) || rows % 256 == 0;
-    Gemm({true, false, out, rows, in, in, in, out, CudaType<T>(), b != nullptr}, w, x, y, 0.f, b, nullptr, tune);
+    // y^T[out,rows] = (w viewed [in,out])^T · (x viewed [in,rows]).
+    InferenceGemm({true, false, out, rows, in, in, in, out, CudaType<T>(), b != nullptr}, w, x, y, b);
   }
+  ShapeCounters shape_counters() const override { return counters_; }
+  std::vector<int> WarmupRowCounts(int max_rows) const override { return RowBucketRepresentatives(max_rows); }
   void AddInPlace(void* x, const void* y, size_t n) override {
     OpTimes::Scope timed(&op_times_, "residual add", stream_);
     if (n == 0) return;
@@ -304,6 +296,7 @@ class CudaBackend final : public Backend {
       if (split_workspace_) retired_.push_back(split_workspace_);
       TG_CUDA_CHECK(cudaMalloc(&split_workspace_, need));
       split_bytes_ = need;
+      ++counters_.workspace_growths;
     }
     LaunchPagedAttention(dtype_ == DType::kBF16, plan, d, batch, qkv, static_cast<long>(d.n_heads + 2 * d.n_kv_heads) * d.head_dim, kv,
                          out, static_cast<float*>(split_workspace_), stream_);
@@ -717,15 +710,57 @@ class CudaBackend final : public Backend {
     if (it == gemms_.end()) it = gemms_.emplace(g, MakeGemmPlan(g)).first;
     return it->second;
   }
-  // tune: time the candidate algorithms on first use (see TuneGemm).
-  void Gemm(const GemmShape& g, const void* A, const void* B, void* D, float beta, const void* bias, const void* C = nullptr,
-            bool tune = true) {
+  // Training GEMMs: one plan per exact shape (a training run repeats a few
+  // shapes), its candidates timed on first use (see TuneGemm).
+  void Gemm(const GemmShape& g, const void* A, const void* B, void* D, float beta, const void* bias, const void* C = nullptr) {
     Plan& plan = GemmPlanFor(g);
     if (bias) TG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-    if (!plan.tuned && tune) TuneGemm(g, plan, A, B, D, bias);
+    if (!plan.tuned) TuneGemm(g, plan, A, B, D, bias);
     const float alpha = 1.f;
     TG_CUBLAS_CHECK(cublasLtMatmul(lt_, plan.desc, &alpha, A, plan.a, B, plan.b, &beta, C ? C : D, plan.c, D, plan.c, &plan.algo,
                                    workspace_, kWorkspaceBytes, stream_));
+  }
+
+  // Inference GEMMs (D = op(A)·op(B) + bias, beta 0): serving steps take any
+  // row count n up to --max-batch-tokens (prefill chunks, mixed batches), so
+  // the algorithm is chosen once per row bucket (kernels/row_buckets.h): the
+  // first call in a bucket asks the heuristic and times its candidates on
+  // its own operands; later counts of the bucket get a plan with that
+  // algorithm and no search. ModelRunner::Warmup makes every bucket's
+  // choice before the server takes traffic.
+  void InferenceGemm(const GemmShape& g, const void* A, const void* B, void* D, const void* bias) {
+    auto it = gemms_.find(g);
+    if (it == gemms_.end()) {
+      GemmShape bucket = g;
+      bucket.n = RowBucket(g.n);
+      auto chosen = bucket_algos_.find(bucket);
+      if (chosen == bucket_algos_.end()) {
+        it = gemms_.emplace(g, MakeGemmPlan(g)).first;
+        if (bias) TG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(it->second.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+        TuneGemm(g, it->second, A, B, D, bias);
+        bucket_algos_.emplace(bucket, it->second.algo);
+      } else {
+        Plan plan = MakeGemmLayouts(g);
+        plan.algo = chosen->second;
+        plan.has_algo = plan.tuned = true;
+        it = gemms_.emplace(g, std::move(plan)).first;
+      }
+    }
+    Plan& plan = it->second;
+    if (bias) TG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    const float alpha = 1.f, beta = 0.f;
+    auto run = [&] {
+      return cublasLtMatmul(lt_, plan.desc, &alpha, A, plan.a, B, plan.b, &beta, D, plan.c, D, plan.c, &plan.algo, workspace_,
+                            kWorkspaceBytes, stream_);
+    };
+    if (run() == CUBLAS_STATUS_SUCCESS) return;
+    // The bucket's algorithm does not take this count: the heuristic's own
+    // choice for the exact shape (counted as a search).
+    Plan own = MakeGemmPlan(g);
+    std::swap(plan, own);
+    DestroyPlan(own);
+    if (bias) TG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    TG_CUBLAS_CHECK(run());
   }
 
   // The first call of a training GEMM shape times cuBLASLt's candidate
@@ -768,7 +803,8 @@ class CudaBackend final : public Backend {
     TG_CUDA_CHECK(cudaFree(out));
   }
 
-  Plan MakeGemmPlan(const GemmShape& g) {
+  // The descriptor and layouts of a shape, without an algorithm.
+  Plan MakeGemmLayouts(const GemmShape& g) {
     const cudaDataType_t dt = CudaType<T>();
     Plan plan;
     TG_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -789,6 +825,20 @@ class CudaBackend final : public Backend {
     TG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.a, dt, g.ta ? g.k : g.m, g.ta ? g.m : g.k, g.lda));
     TG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.b, dt, g.tb ? g.n : g.k, g.tb ? g.k : g.n, g.ldb));
     TG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.c, g.d_type, g.m, g.n, g.ldd));
+    return plan;
+  }
+  static void DestroyPlan(Plan& plan) {
+    cublasLtMatrixLayoutDestroy(plan.a);
+    cublasLtMatrixLayoutDestroy(plan.b);
+    cublasLtMatrixLayoutDestroy(plan.c);
+    cublasLtMatmulDescDestroy(plan.desc);
+  }
+
+  // A shape's layouts and the heuristic's candidate algorithms (its first
+  // choice in `algo`): one search.
+  Plan MakeGemmPlan(const GemmShape& g) {
+    Plan plan = MakeGemmLayouts(g);
+    ++counters_.gemm_searches;
     cublasLtMatmulPreference_t pref;
     TG_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     const size_t ws = kWorkspaceBytes;
@@ -824,6 +874,8 @@ class CudaBackend final : public Backend {
   size_t split_bytes_ = 0;
   std::vector<void*> retired_;  // workspaces replaced by larger ones
   std::map<GemmShape, Plan> gemms_;
+  std::map<GemmShape, cublasLtMatmulAlgo_t> bucket_algos_;  // inference GEMMs: the algorithm of each row bucket
+  ShapeCounters counters_;
   OpTimes op_times_;
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
