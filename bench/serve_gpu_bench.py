@@ -42,6 +42,7 @@ import os
 import queue
 import random
 import re
+import resource
 import shutil
 import subprocess
 import signal
@@ -202,7 +203,8 @@ class Server:
         self.lines = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
         self.target = self.metrics_port = None
-        deadline = time.time() + start_timeout
+        t_start = time.time()
+        deadline = t_start + start_timeout
         while self.target is None or self.metrics_port is None:
             try:
                 line = self.lines.get(timeout=max(0.1, deadline - time.time()))
@@ -217,6 +219,7 @@ class Server:
             m = re.search(r":(\d+)/metrics", line)
             if m:
                 self.metrics_port = int(m.group(1))
+        self.start_seconds = time.time() - t_start  # process start to listening (loading, warm-up)
 
     def _pump(self):
         for line in self.proc.stdout:
@@ -255,13 +258,39 @@ def engine_stats(before, after, wall):
     s["eager_steps"] = d('tinygpt_steps_total{mode="eager"}')
     s["graph_captures"] = d("tinygpt_graph_captures_total")
     s["graph_capture_seconds"] = d("tinygpt_graph_capture_seconds_total")
+    # One-time backend work after the warm-up (0 for a warmed-up server on the shapes it plans).
+    s["gemm_searches"] = d("tinygpt_gemm_algorithm_searches_total")
+    s["workspace_allocations"] = d("tinygpt_workspace_allocations_total")
     return s
+
+
+def thread_cpu(pid):
+    """CPU seconds of each thread of process `pid` so far, summed by thread name (/proc/PID/task/*/stat; the
+    engine names its scheduler tg-scheduler and its notify threads tg-notify, gRPC names its own)."""
+    out, hz = {}, os.sysconf("SC_CLK_TCK")
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            st = open(f"/proc/{pid}/task/{tid}/stat").read()
+        except OSError:
+            continue
+        name, fields = st[st.index("(") + 1:st.rindex(")")], st[st.rindex(")") + 2:].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / hz  # utime + stime
+    return out
+
+
+def cpu_delta(before, after):
+    return {k: round(after.get(k, 0.0) - before.get(k, 0.0), 3) for k in after if after.get(k, 0.0) - before.get(k, 0.0) > 0}
 
 
 def client_bench(a, server, name, res, flags, timeout, gpu=False, **extra):
     cmd = [binary(a.bin_dir, "tinygpt-client", "client"), "bench", f"--target={server.target}", "--json", "--ignore-eos",
            "--temperature=0", "--deadline-ms=300000", *flags]
     before = server.metrics()
+    threads0, child0 = thread_cpu(server.proc.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
     sampler = GpuSampler(gpu and a.device == "cuda")
     t = time.time()
     try:
@@ -269,6 +298,9 @@ def client_bench(a, server, name, res, flags, timeout, gpu=False, **extra):
     finally:
         busy, nsamples = sampler.stop()
     wall = time.time() - t
+    threads, child1 = cpu_delta(threads0, thread_cpu(server.proc.pid)), resource.getrusage(resource.RUSAGE_CHILDREN)
+    extra = dict(extra, server_threads_cpu=threads, server_cpu=round(sum(threads.values()), 3),
+                 client_cpu=round(child1.ru_utime + child1.ru_stime - child0.ru_utime - child0.ru_stime, 3))
     after = server.metrics()
     lines = p.stdout.strip().splitlines()
     if not lines:
@@ -344,6 +376,124 @@ def sweep_plan(a, res):
                      + [f"--rate={rate:.3f}", "--seed=7"],
                      int(60 + 3 * n / rate), dict(workload="sweep", api="stream", offered_rate=rate, offered_frac=frac)))
     return plan
+
+
+def part_steady(a, res):
+    """Issue #20: for each flag set of a.steady_sets, a fresh server's first burst right after it listens (cold start:
+    a.n256 streaming requests at once), the same burst again (warm), then at every concurrency of a.concurrencies a
+    warm-up run at that concurrency followed by the measured run of 3x as many requests, streaming and unary (steady
+    state). Prompts come from the client's generator with a seed of their own per run, so no run reuses another's
+    prompts through the prefix cache. Every run records the graph captures and GEMM algorithm searches that happened
+    after the server started (a warmed-up server makes none) and the CPU seconds of each server thread."""
+    seeds = iter(range(1000, 10 ** 6))
+
+    def wl(n, conc, api):
+        return ([f"--requests={n}", f"--concurrency={conc}", f"--prompt-len-min={a.prompt_min}", f"--prompt-len-max={a.prompt_max}",
+                 f"--output-len-min={a.new_tokens}", f"--output-len-max={a.new_tokens}", f"--seed={next(seeds)}"]
+                + (["--unary"] if api == "unary" else []))
+
+    for label, flags in a.steady_sets.items():
+        server = Server(a.bin_dir, a.checkpoint, a.device, flags, a.server_log, a.start_timeout, label)
+        log(f"   {server.banner} (listening {server.start_seconds:.1f} s after start)")
+        try:
+            m = server.metrics()
+            res.add("start", config=label, server_flags=flags, start_seconds=server.start_seconds,
+                    warmup_seconds=m.get("tinygpt_warmup_seconds"), warmup_graphs=m.get("tinygpt_warmup_graphs"),
+                    warmup_gemm_searches=m.get("tinygpt_warmup_gemm_algorithm_searches"))
+            common = dict(server_flags=flags, config=label)
+            for workload in ("cold", "burst"):
+                client_bench(a, server, f"{label}: {workload} burst of {a.n256}", res, wl(a.n256, a.n256, "stream"), 180, gpu=True,
+                             workload=workload, api="stream", concurrency=a.n256, **common)
+            for conc in a.concurrencies:
+                for api in ("stream", "unary"):
+                    client_bench(a, server, f"{label}: warm-up, {conc} {api}", res, wl(max(conc, 4), conc, api), 300, warmup=True,
+                                 workload="warm-up", api=api, concurrency=conc, **common)
+                    client_bench(a, server, f"{label}: {conc} concurrent, {api}", res, wl(3 * conc, conc, api), 300, gpu=True,
+                                 workload="steady", api=api, concurrency=conc, **common)
+        finally:
+            server.stop()
+
+
+def steady_report(a, res, peer):
+    """The report's section of part_steady: one table per flag set, the targets, the top threads."""
+    R = res.rows
+    rows = [r for r in R if r["kind"] == "tinygpt" and r.get("workload") in ("cold", "burst", "steady")]
+    if not rows:
+        return []
+    ms_ = lambda x: f"{1e3 * x:.2f}"
+    L = ["", "## Steady state and cold start, streaming beside unary (issue #20)", "",
+         f"Each flag set: a fresh `tinygpt serve`; its first burst of {a.n256} streaming requests right after it listens "
+         "(**cold**), the same burst again (**warm burst**), then at each concurrency a warm-up run at that concurrency and "
+         "the measured run of 3x as many requests (**steady state**). Prompts of "
+         f"{a.prompt_min}-{a.prompt_max} random ids (a fresh seed per run), {a.new_tokens} new tokens, greedy, end of sequence "
+         "ignored. 'after start' counts graph captures / GEMM algorithm searches / workspace allocations the server made "
+         "during the run (its warm-up made them before it listened)."]
+    for st in [r for r in R if r["kind"] == "start"]:
+        L.append(f"- {st['config']} (`{' '.join(st['server_flags']) or 'default flags'}`): listening {st['start_seconds']:.1f} s after "
+                 f"the process started; warm-up {st['warmup_seconds'] or 0:.1f} s ({st['warmup_graphs'] or 0:.0f} decode graphs, "
+                 f"{st['warmup_gemm_searches'] or 0:.0f} GEMM algorithm choices).")
+    for label in dict.fromkeys(r["config"] for r in rows):
+        mine = [r for r in rows if r["config"] == label]
+        L += ["", f"### {label}", "",
+              "| run | concurrent calls | requests | streaming tok/s | unary tok/s | streaming / unary | vs PyTorch peer (streaming) | "
+              "ITL p50 ms stream / unary | TTFT p50 ms stream / unary | GPU busy stream / unary | server CPU s stream / unary | "
+              "after start (captures / searches / allocations) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in [r for r in mine if r["workload"] in ("cold", "burst")]:
+            e = r["engine"]
+            L.append(f"| {'cold: first burst after start' if r['workload'] == 'cold' else 'warm burst'} | {r['concurrency']} | {r['requests']} | "
+                     f"{r['tokens_per_second']:,.0f} | | | {r['tokens_per_second'] / peer['tokens_per_second']:.2f}x |" if peer else
+                     f"| {'cold: first burst after start' if r['workload'] == 'cold' else 'warm burst'} | {r['concurrency']} | {r['requests']} | "
+                     f"{r['tokens_per_second']:,.0f} | | | n/a |")
+            L[-1] += (f" {ms_(r['inter_token_seconds']['p50'])} / | {ms_(r['ttft_seconds']['p50'])} / | "
+                      f"{'n/a' if r.get('gpu_busy') is None else f'{100 * r[chr(103) + chr(112) + chr(117) + chr(95) + chr(98) + chr(117) + chr(115) + chr(121)]:.0f}%'} / | "
+                      f"{r['server_cpu']:.1f} / | {e.get('graph_captures', 0):.0f} / {e.get('gemm_searches', 0):.0f} / "
+                      f"{e.get('workspace_allocations', 0):.0f} |")
+        for conc in a.concurrencies:
+            pair = {r["api"]: r for r in mine if r["workload"] == "steady" and r["concurrency"] == conc}
+            s_, u_ = pair.get("stream"), pair.get("unary")
+            if not s_ and not u_:
+                continue
+            f = lambda r, key, fmt: "n/a" if r is None or r.get(key) is None else fmt(r)
+            tps = lambda r: f"{r['tokens_per_second']:,.0f}"
+            after = lambda r: (f"{r['engine'].get('graph_captures', 0):.0f} / {r['engine'].get('gemm_searches', 0):.0f} / "
+                               f"{r['engine'].get('workspace_allocations', 0):.0f}")
+            busy = lambda r: f"{100 * r['gpu_busy']:.0f}%"
+            L.append(f"| steady state | {conc} | {(s_ or u_)['requests']} | {f(s_, 'tokens_per_second', tps)} | {f(u_, 'tokens_per_second', tps)} | "
+                     + (f"**{s_['tokens_per_second'] / u_['tokens_per_second']:.2f}**" if s_ and u_ else "n/a") + " | "
+                     + (f"{s_['tokens_per_second'] / peer['tokens_per_second']:.2f}x" if s_ and peer else "n/a") + " | "
+                     f"{f(s_, 'inter_token_seconds', lambda r: ms_(r['inter_token_seconds']['p50']))} / "
+                     f"{f(u_, 'inter_token_seconds', lambda r: ms_(r['inter_token_seconds']['p50']))} | "
+                     f"{f(s_, 'ttft_seconds', lambda r: ms_(r['ttft_seconds']['p50']))} / {f(u_, 'ttft_seconds', lambda r: ms_(r['ttft_seconds']['p50']))} | "
+                     f"{f(s_, 'gpu_busy', busy)} / {f(u_, 'gpu_busy', busy)} | "
+                     f"{f(s_, 'server_cpu', lambda r: f'{r[chr(115) + chr(101) + chr(114) + chr(118) + chr(101) + chr(114) + chr(95) + chr(99) + chr(112) + chr(117)]:.1f}')} / "
+                     f"{f(u_, 'server_cpu', lambda r: f'{r[chr(115) + chr(101) + chr(114) + chr(118) + chr(101) + chr(114) + chr(95) + chr(99) + chr(112) + chr(117)]:.1f}')} | "
+                     f"{after(s_) if s_ else ''}{' ; ' if s_ and u_ else ''}{after(u_) if u_ else ''} |")
+        # Targets and the threads' CPU.
+        get = lambda w, api, conc=None: next((r for r in mine if r["workload"] == w and r["api"] == api
+                                              and (conc is None or r["concurrency"] == conc)), None)
+        L.append("")
+        for conc in (256, 1024) if not a.small else a.concurrencies[-2:]:
+            s_, u_ = get("steady", "stream", conc), get("steady", "unary", conc)
+            if s_ and u_:
+                L.append(f"- streaming / unary at {conc} concurrent calls: **{s_['tokens_per_second'] / u_['tokens_per_second']:.2f}** "
+                         f"(target >= 0.9).")
+        s256 = get("steady", "stream", a.n256)
+        if s256 and peer:
+            L.append(f"- streaming at {a.n256} concurrent calls beside the PyTorch static-graph peer's best "
+                     f"({peer['tokens_per_second']:,.0f} tok/s, batch {peer['batch']}): **{s256['tokens_per_second'] / peer['tokens_per_second']:.2f}x** "
+                     "(target >= 1.6x).")
+        cold, burst = get("cold", "stream"), get("burst", "stream")
+        if cold and burst and s256:
+            L.append(f"- first {a.n256}-request burst after start: {cold['tokens_per_second']:,.0f} tok/s = **{cold['tokens_per_second'] / burst['tokens_per_second']:.2f}** "
+                     f"of the same burst warm ({burst['tokens_per_second']:,.0f}) and {cold['tokens_per_second'] / s256['tokens_per_second']:.2f} of the "
+                     f"steady state at {a.n256} calls (target: within 10%).")
+        for r in (s256, get("steady", "unary", a.n256)):
+            if r and r.get("server_threads_cpu"):
+                top = sorted(r["server_threads_cpu"].items(), key=lambda kv: -kv[1])[:8]
+                L.append(f"- server threads' CPU seconds, {a.n256} {r['api']} calls over {r['seconds']:.2f} s: "
+                         + ", ".join(f"{k} {v:.2f}" for k, v in top) + f"; client process {r['client_cpu']:.2f} s.")
+    return L
 
 
 def part_tuned(a, res):

@@ -8,6 +8,8 @@
 // while the next step runs; a stream whose reactor is still writing when
 // more tokens come sends them together in its next message.
 #pragma once
+#include <pthread.h>
+
 #include <algorithm>
 #include <condition_variable>
 #include <deque>
@@ -54,6 +56,7 @@ class ChannelWaker {
   static constexpr size_t kChunk = 32;  // channels a thread takes at a time
 
   void Run() {
+    pthread_setname_np(pthread_self(), "tg-notify");
     std::vector<std::shared_ptr<EventChannel>> work;
     while (true) {
       {
