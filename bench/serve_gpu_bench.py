@@ -14,6 +14,8 @@ against offered load; needs matplotlib), OUT_DIR/serving.jsonl (every raw
 result, one JSON object a line) and OUT_DIR/servers.log (the servers' stderr). Parts run in this order, each with a time
 limit; a part that fails is reported with its error and the rest go on:
 
+ 0. (steady) issue #20: per flag set, a fresh server's first burst after it listens, the same burst warm, then 1, 16,
+    64, 256 and 1024 concurrent calls, streaming and unary, each warmed up at its concurrency first (part_steady).
  1. checkpoint: PyTorch's TinyGPT at bench-125m size, torch.manual_seed(0),
     saved as safetensors with tinygpt's metadata; prompts.jsonl: 2048 prompts,
     lengths uniform in [16, 512], ids uniform below 32000 (seed 12).
@@ -392,7 +394,7 @@ def part_steady(a, res):
                  f"--output-len-min={a.new_tokens}", f"--output-len-max={a.new_tokens}", f"--seed={next(seeds)}"]
                 + (["--unary"] if api == "unary" else []))
 
-    for label, flags in a.steady_sets.items():
+    for label, (flags, sweep) in a.steady_sets.items():
         server = Server(a.bin_dir, a.checkpoint, a.device, flags, a.server_log, a.start_timeout, label)
         log(f"   {server.banner} (listening {server.start_seconds:.1f} s after start)")
         try:
@@ -403,96 +405,105 @@ def part_steady(a, res):
             common = dict(server_flags=flags, config=label)
             for workload in ("cold", "burst"):
                 client_bench(a, server, f"{label}: {workload} burst of {a.n256}", res, wl(a.n256, a.n256, "stream"), 180, gpu=True,
-                             workload=workload, api="stream", concurrency=a.n256, **common)
-            for conc in a.concurrencies:
+                             workload=workload, api="stream", **common)
+            for conc in a.concurrencies if sweep else []:
                 for api in ("stream", "unary"):
                     client_bench(a, server, f"{label}: warm-up, {conc} {api}", res, wl(max(conc, 4), conc, api), 300, warmup=True,
-                                 workload="warm-up", api=api, concurrency=conc, **common)
+                                 workload="warm-up", api=api, **common)
                     client_bench(a, server, f"{label}: {conc} concurrent, {api}", res, wl(3 * conc, conc, api), 300, gpu=True,
-                                 workload="steady", api=api, concurrency=conc, **common)
+                                 workload="steady", api=api, **common)
         finally:
             server.stop()
 
 
 def steady_report(a, res, peer):
-    """The report's section of part_steady: one table per flag set, the targets, the top threads."""
+    """The report's section of part_steady: one table per flag set, the targets, the server threads' CPU."""
     R = res.rows
     rows = [r for r in R if r["kind"] == "tinygpt" and r.get("workload") in ("cold", "burst", "steady")]
     if not rows:
         return []
-    ms_ = lambda x: f"{1e3 * x:.2f}"
+    na = "n/a"
+
+    def tps(r):
+        return na if r is None else f"{r['tokens_per_second']:,.0f}"
+
+    def p50(r, key):
+        return na if r is None else f"{1e3 * r[key]['p50']:.2f}"
+
+    def busy(r):
+        return na if r is None or r.get("gpu_busy") is None else f"{100 * r['gpu_busy']:.0f}%"
+
+    def cpu(r):
+        return na if r is None else f"{r['server_cpu']:.1f}"
+
+    def after(r):
+        if r is None:
+            return na
+        e = r["engine"]
+        return f"{e.get('graph_captures', 0):.0f} / {e.get('gemm_searches', 0):.0f} / {e.get('workspace_allocations', 0):.0f}"
+
+    def vs_peer(r):
+        return na if r is None or not peer else f"{r['tokens_per_second'] / peer['tokens_per_second']:.2f}x"
+
     L = ["", "## Steady state and cold start, streaming beside unary (issue #20)", "",
          f"Each flag set: a fresh `tinygpt serve`; its first burst of {a.n256} streaming requests right after it listens "
          "(**cold**), the same burst again (**warm burst**), then at each concurrency a warm-up run at that concurrency and "
-         "the measured run of 3x as many requests (**steady state**). Prompts of "
-         f"{a.prompt_min}-{a.prompt_max} random ids (a fresh seed per run), {a.new_tokens} new tokens, greedy, end of sequence "
-         "ignored. 'after start' counts graph captures / GEMM algorithm searches / workspace allocations the server made "
-         "during the run (its warm-up made them before it listened)."]
+         f"the measured run of 3x as many requests (**steady state**). Prompts of {a.prompt_min}-{a.prompt_max} random ids "
+         f"(a fresh seed per run), {a.new_tokens} new tokens, greedy, end of sequence ignored. 'After start' counts the graph "
+         "captures / GEMM algorithm searches / workspace allocations the server made during the run (its warm-up made them "
+         "before it listened).", ""]
     for st in [r for r in R if r["kind"] == "start"]:
-        L.append(f"- {st['config']} (`{' '.join(st['server_flags']) or 'default flags'}`): listening {st['start_seconds']:.1f} s after "
-                 f"the process started; warm-up {st['warmup_seconds'] or 0:.1f} s ({st['warmup_graphs'] or 0:.0f} decode graphs, "
+        flags = " ".join(st["server_flags"]) or "default flags"
+        L.append(f"- {st['config']} (`{flags}`): listening {st['start_seconds']:.1f} s after the process started; warm-up "
+                 f"{st['warmup_seconds'] or 0:.1f} s ({st['warmup_graphs'] or 0:.0f} decode graphs, "
                  f"{st['warmup_gemm_searches'] or 0:.0f} GEMM algorithm choices).")
     for label in dict.fromkeys(r["config"] for r in rows):
         mine = [r for r in rows if r["config"] == label]
+
+        def get(workload, api, conc=None):
+            return next((r for r in mine if r["workload"] == workload and r["api"] == api
+                         and (conc is None or r["concurrency"] == conc)), None)
+
         L += ["", f"### {label}", "",
-              "| run | concurrent calls | requests | streaming tok/s | unary tok/s | streaming / unary | vs PyTorch peer (streaming) | "
+              "| run | concurrent calls | requests | streaming tok/s | unary tok/s | streaming / unary | streaming vs PyTorch peer | "
               "ITL p50 ms stream / unary | TTFT p50 ms stream / unary | GPU busy stream / unary | server CPU s stream / unary | "
-              "after start (captures / searches / allocations) |",
+              "after start, stream ; unary |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in [r for r in mine if r["workload"] in ("cold", "burst")]:
-            e = r["engine"]
-            L.append(f"| {'cold: first burst after start' if r['workload'] == 'cold' else 'warm burst'} | {r['concurrency']} | {r['requests']} | "
-                     f"{r['tokens_per_second']:,.0f} | | | {r['tokens_per_second'] / peer['tokens_per_second']:.2f}x |" if peer else
-                     f"| {'cold: first burst after start' if r['workload'] == 'cold' else 'warm burst'} | {r['concurrency']} | {r['requests']} | "
-                     f"{r['tokens_per_second']:,.0f} | | | n/a |")
-            L[-1] += (f" {ms_(r['inter_token_seconds']['p50'])} / | {ms_(r['ttft_seconds']['p50'])} / | "
-                      f"{'n/a' if r.get('gpu_busy') is None else f'{100 * r[chr(103) + chr(112) + chr(117) + chr(95) + chr(98) + chr(117) + chr(115) + chr(121)]:.0f}%'} / | "
-                      f"{r['server_cpu']:.1f} / | {e.get('graph_captures', 0):.0f} / {e.get('gemm_searches', 0):.0f} / "
-                      f"{e.get('workspace_allocations', 0):.0f} |")
+        for workload, name in (("cold", "cold: first burst after start"), ("burst", "warm burst")):
+            r = get(workload, "stream")
+            if r:
+                L.append(f"| {name} | {r['concurrency']} | {r['requests']} | {tps(r)} | | | {vs_peer(r)} | "
+                         f"{p50(r, 'inter_token_seconds')} | {p50(r, 'ttft_seconds')} | {busy(r)} | {cpu(r)} | {after(r)} |")
         for conc in a.concurrencies:
-            pair = {r["api"]: r for r in mine if r["workload"] == "steady" and r["concurrency"] == conc}
-            s_, u_ = pair.get("stream"), pair.get("unary")
+            s_, u_ = get("steady", "stream", conc), get("steady", "unary", conc)
             if not s_ and not u_:
                 continue
-            f = lambda r, key, fmt: "n/a" if r is None or r.get(key) is None else fmt(r)
-            tps = lambda r: f"{r['tokens_per_second']:,.0f}"
-            after = lambda r: (f"{r['engine'].get('graph_captures', 0):.0f} / {r['engine'].get('gemm_searches', 0):.0f} / "
-                               f"{r['engine'].get('workspace_allocations', 0):.0f}")
-            busy = lambda r: f"{100 * r['gpu_busy']:.0f}%"
-            L.append(f"| steady state | {conc} | {(s_ or u_)['requests']} | {f(s_, 'tokens_per_second', tps)} | {f(u_, 'tokens_per_second', tps)} | "
-                     + (f"**{s_['tokens_per_second'] / u_['tokens_per_second']:.2f}**" if s_ and u_ else "n/a") + " | "
-                     + (f"{s_['tokens_per_second'] / peer['tokens_per_second']:.2f}x" if s_ and peer else "n/a") + " | "
-                     f"{f(s_, 'inter_token_seconds', lambda r: ms_(r['inter_token_seconds']['p50']))} / "
-                     f"{f(u_, 'inter_token_seconds', lambda r: ms_(r['inter_token_seconds']['p50']))} | "
-                     f"{f(s_, 'ttft_seconds', lambda r: ms_(r['ttft_seconds']['p50']))} / {f(u_, 'ttft_seconds', lambda r: ms_(r['ttft_seconds']['p50']))} | "
-                     f"{f(s_, 'gpu_busy', busy)} / {f(u_, 'gpu_busy', busy)} | "
-                     f"{f(s_, 'server_cpu', lambda r: f'{r[chr(115) + chr(101) + chr(114) + chr(118) + chr(101) + chr(114) + chr(95) + chr(99) + chr(112) + chr(117)]:.1f}')} / "
-                     f"{f(u_, 'server_cpu', lambda r: f'{r[chr(115) + chr(101) + chr(114) + chr(118) + chr(101) + chr(114) + chr(95) + chr(99) + chr(112) + chr(117)]:.1f}')} | "
-                     f"{after(s_) if s_ else ''}{' ; ' if s_ and u_ else ''}{after(u_) if u_ else ''} |")
-        # Targets and the threads' CPU.
-        get = lambda w, api, conc=None: next((r for r in mine if r["workload"] == w and r["api"] == api
-                                              and (conc is None or r["concurrency"] == conc)), None)
+            ratio = f"**{s_['tokens_per_second'] / u_['tokens_per_second']:.2f}**" if s_ and u_ else na
+            L.append(f"| steady state | {conc} | {(s_ or u_)['requests']} | {tps(s_)} | {tps(u_)} | {ratio} | {vs_peer(s_)} | "
+                     f"{p50(s_, 'inter_token_seconds')} / {p50(u_, 'inter_token_seconds')} | "
+                     f"{p50(s_, 'ttft_seconds')} / {p50(u_, 'ttft_seconds')} | {busy(s_)} / {busy(u_)} | {cpu(s_)} / {cpu(u_)} | "
+                     f"{after(s_)} ; {after(u_)} |")
         L.append("")
         for conc in (256, 1024) if not a.small else a.concurrencies[-2:]:
             s_, u_ = get("steady", "stream", conc), get("steady", "unary", conc)
             if s_ and u_:
-                L.append(f"- streaming / unary at {conc} concurrent calls: **{s_['tokens_per_second'] / u_['tokens_per_second']:.2f}** "
-                         f"(target >= 0.9).")
+                L.append(f"- streaming / unary at {conc} concurrent calls: "
+                         f"**{s_['tokens_per_second'] / u_['tokens_per_second']:.2f}** (target >= 0.9).")
         s256 = get("steady", "stream", a.n256)
         if s256 and peer:
             L.append(f"- streaming at {a.n256} concurrent calls beside the PyTorch static-graph peer's best "
-                     f"({peer['tokens_per_second']:,.0f} tok/s, batch {peer['batch']}): **{s256['tokens_per_second'] / peer['tokens_per_second']:.2f}x** "
-                     "(target >= 1.6x).")
+                     f"({peer['tokens_per_second']:,.0f} tok/s, batch {peer['batch']}): **{vs_peer(s256)}** (target >= 1.6x).")
         cold, burst = get("cold", "stream"), get("burst", "stream")
         if cold and burst and s256:
-            L.append(f"- first {a.n256}-request burst after start: {cold['tokens_per_second']:,.0f} tok/s = **{cold['tokens_per_second'] / burst['tokens_per_second']:.2f}** "
-                     f"of the same burst warm ({burst['tokens_per_second']:,.0f}) and {cold['tokens_per_second'] / s256['tokens_per_second']:.2f} of the "
-                     f"steady state at {a.n256} calls (target: within 10%).")
+            L.append(f"- the first {a.n256}-request burst after start: {tps(cold)} tok/s = "
+                     f"**{cold['tokens_per_second'] / burst['tokens_per_second']:.2f}** of the same burst warm ({tps(burst)}) and "
+                     f"{cold['tokens_per_second'] / s256['tokens_per_second']:.2f} of the steady state at {a.n256} calls "
+                     "(target: within 10%).")
         for r in (s256, get("steady", "unary", a.n256)):
             if r and r.get("server_threads_cpu"):
                 top = sorted(r["server_threads_cpu"].items(), key=lambda kv: -kv[1])[:8]
                 L.append(f"- server threads' CPU seconds, {a.n256} {r['api']} calls over {r['seconds']:.2f} s: "
-                         + ", ".join(f"{k} {v:.2f}" for k, v in top) + f"; client process {r['client_cpu']:.2f} s.")
+                         + ", ".join(f"{k} {v:.2f}" for k, v in top) + f"; the client process {r['client_cpu']:.2f} s.")
     return L
 
 
@@ -811,6 +822,7 @@ def write_report(a, res):
             on, off = pf[True], pf[False]
             L.append(f"\nOn/off: throughput {on['tokens_per_second'] / off['tokens_per_second']:.2f}x, TTFT p50 "
                      f"{off['ttft_seconds']['p50'] / max(1e-9, on['ttft_seconds']['p50']):.2f}x lower.")
+    L += steady_report(a, res, peer)
     errs = [r for r in R if r["kind"] == "error"]
     if errs:
         L += ["", "## Errors", ""] + [f"- {r['part']}: {r['error'][:500]}" for r in errs]
@@ -873,7 +885,7 @@ def main():
     ap.add_argument("--small", action="store_true", help="a tiny model and few requests (CPU test of the script)")
     ap.add_argument("--total-seconds", type=float, default=540, dest="total_s",
                     help="the peers' time limits are cut so that the whole run ends by then")
-    ap.add_argument("--parts", default="default,tuned,prefix,torch,hf,floor",
+    ap.add_argument("--parts", default="steady,default,tuned,prefix,torch,hf,floor",
                     help="which parts to run (default includes 1-at-a-time and the Poisson sweep)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
@@ -887,6 +899,10 @@ def main():
     a.prefix_len = 100 if a.small else 400
     a.compare = 3 if a.small else 8
     a.tuned = dict(TUNED)
+    # Issue #20's sets: (server flags, whether the concurrency sweep runs after the cold and warm bursts).
+    a.steady_sets = {"default": ([], True), "one token per message": (["--stream-interval=1"], True),
+                     "no warm start": (["--nowarm-start"], False)}
+    a.concurrencies = [1, 16, 64, 256, 1024]
     a.sweep_fracs = [0.25, 0.5, 0.75, 0.9, 1.1]
     a.sweep_seconds, a.sweep_min_requests, a.sweep_max_requests, a.sweep_fallback_rate = 6, 64, 768, 100.0
     a.peer_batches = "64,128,256"
@@ -901,6 +917,7 @@ def main():
         a.hf_batch_tokens = [0]
         a.budget_s = 0
     if a.small:
+        a.concurrencies = [1, 4, 16]
         a.tuned = {"seqs16-tok1024": ["--max-seqs=16", "--max-batch-tokens=1024", "--max-queue=4096"]}
         a.sweep_fracs = [0.5, 1.0]
         a.sweep_seconds, a.sweep_min_requests, a.sweep_max_requests, a.sweep_fallback_rate = 2, 8, 24, 20.0
@@ -928,7 +945,8 @@ def main():
     res.add("inputs", config=a.cfg, parameters=nparams, checkpoint=a.checkpoint, prompts=a.prompts)
     log(f"   checkpoint {nparams / 1e6:.1f}M parameters, {os.path.getsize(a.checkpoint) / 1e6:.0f} MB; prompts {a.prompts}")
     try:
-        for key, title, run in [("default", "tinygpt, default flags", part_default),
+        for key, title, run in [("steady", "tinygpt, steady state and cold start", part_steady),
+                                ("default", "tinygpt, default flags", part_default),
                                 ("tuned", "tinygpt, tuned flags", part_tuned),
                                 ("prefix", "tinygpt, shared prefix", part_prefix),
                                 ("torch", "PyTorch static-graph peer", part_torch_peer),

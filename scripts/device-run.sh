@@ -7,7 +7,7 @@
 # most 8 files come back: log.txt, backend_ops_{bf16,f16}.txt,
 # server_test_cuda.txt, attention_ours.jsonl, attention.md,
 # attention_memory.png, cpu.md; `ncu` mode writes ncu.txt).
-# usage: scripts/device-run.sh [checks|bench|cpu|checks+cpu|ncu|features|serve|serve-quick|serve-checks|profile|all]   (default all: checks, bench, cpu)
+# usage: scripts/device-run.sh [checks|bench|cpu|checks+cpu|ncu|features|serve|serve-quick|serve-checks|warm-stream|profile|all]   (default all: checks, bench, cpu)
 #        features: logprobs, penalties, n and prefix caching served on CUDA beside the CPU (features_{bf16,f16}.txt)
 #        TRAIN_THREADS=1,16 picks the thread counts of the CPU training comparison.
 #        serve: the serving benchmark of issues #12/#14 (bench/serve_gpu_bench.py: tinygpt serve --device cuda with a random
@@ -15,6 +15,8 @@
 #        serving.png, serving.jsonl, servers.log and serve_log.txt. serve-quick: its shorter variant (--quick).
 #        serve-checks: the bf16 backend-ops check and server_test on CUDA, then serve-quick. SERVE_SECONDS (540)
 #        is the serving bench's own time budget.
+#        warm-stream: issue #20 (warm start, streaming beside unary, steady state and cold start): the bf16 backend-ops
+#        check, then bench/serve_gpu_bench.py --parts steady,torch,floor (SERVE_PARTS overrides; SERVE_SECONDS 330).
 set -uo pipefail
 what=${1:-all}
 S=$PWD/device-stage
@@ -112,6 +114,20 @@ if [[ $what == serve-checks ]]; then
   TINYGPT_BIN=$S/bin/tinygpt TINYGPT_TEST_SERVER_FLAGS=--device=cuda \
     step "server_test --device=cuda" 200 "$S/bin/server_test" > "$OUT/server_test_cuda.txt" 2>&1
   grep -E "^\[  |Failure|error|Expected|Which is" "$OUT/server_test_cuda.txt" | head -40 | tee -a "$log"
+fi
+if [[ $what == warm-stream ]]; then
+  # Issue #20 in one call: the bf16 op/runner checks (the bucketed GEMM
+  # algorithms, non-finite logits), then the steady-state / cold-start
+  # serving bench (bench/serve_gpu_bench.py --parts steady) beside the
+  # PyTorch static-graph peer and the floor. SERVE_SECONDS (330) is the
+  # bench's own budget.
+  step "backend ops bf16" 150 "$S/bin/tinygpt_backend_ops" --dtype=bf16 "$S/seed.safetensors" > "$OUT/backend_ops_bf16.txt" 2>&1
+  grep -E "^FAIL|passed|error|CUDA|runner|nonfinite|non-finite" "$OUT/backend_ops_bf16.txt" | head -20 | tee -a "$log"
+  total=${SERVE_SECONDS:-330}
+  PYTHONUNBUFFERED=1 step "serving bench steady" $((total + 40)) python3 -u bench/serve_gpu_bench.py "$S/bin" "$OUT" \
+    --parts "${SERVE_PARTS:-steady,torch,floor}" --total-seconds=$total > "$OUT/serve_log.txt" 2>&1
+  grep -E "^\[|!!" "$OUT/serve_log.txt" | tail -80 >> "$log"
+  sed -n '/Steady state and cold start/,$p' "$OUT/serving.md" 2>/dev/null || tail -40 "$OUT/serve_log.txt"
 fi
 if [[ $what == serve || $what == serve-quick || $what == serve-checks ]]; then
   # One call within the device tool's 10 minutes: the script budgets itself to ~7 (serve-quick: ~4).
