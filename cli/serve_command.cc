@@ -202,6 +202,7 @@ int ServeCommand() {
   eo.prefix_caching = absl::GetFlag(FLAGS_prefix_caching);
   eo.max_n = absl::GetFlag(FLAGS_max_n);
   eo.notify_threads = absl::GetFlag(FLAGS_notify_threads);
+  eo.model_name = path;
   Engine engine(runner->get(), eo, &metrics);
   GenerationService service(&engine, &metrics,
                             {static_cast<size_t>(absl::GetFlag(FLAGS_max_request_bytes)), path, ConfigToJson(ck->config),

@@ -47,6 +47,8 @@ class ServerMetrics {
   void OnGraphCaptures(int count, double seconds);
   void OnInterTokenLatency(double seconds);
   void OnPreemption();
+  // A sample ended INTERNAL because its logits held a NaN or an infinity.
+  void OnNonFiniteLogits();
   // An admitted sequence's tokens looked up in the prefix cache, and how many
   // of them were found (vLLM's prefix_cache_queries / prefix_cache_hits).
   void OnPrefixCacheQuery(int tokens, int hits);
@@ -56,7 +58,7 @@ class ServerMetrics {
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   prometheus::Family<prometheus::Counter>* requests_;
-  prometheus::Counter *prompt_tokens_, *generated_tokens_, *preemptions_, *prefix_queries_, *prefix_hits_;
+  prometheus::Counter *prompt_tokens_, *generated_tokens_, *preemptions_, *prefix_queries_, *prefix_hits_, *nonfinite_;
   prometheus::Counter *graph_steps_, *eager_steps_, *device_seconds_, *graph_captures_, *graph_capture_seconds_;
   prometheus::Histogram *e2e_, *queue_, *ttft_, *itl_, *step_seconds_, *step_tokens_;
   prometheus::Gauge *running_, *waiting_, *kv_used_, *kv_total_, *kv_cached_;
