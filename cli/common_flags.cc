@@ -8,7 +8,9 @@ ABSL_FLAG(std::string, checkpoint, "tinygpt.safetensors", "checkpoint to load");
 ABSL_FLAG(std::string, device, "auto", "auto | cpu | cuda");
 ABSL_FLAG(std::string, dtype, "bf16", "CUDA weights/activations: bf16 | f16 (the CPU backend is f32)");
 ABSL_FLAG(int, threads, 0, "CPU threads for the model's ops (0: OMP_NUM_THREADS, else one per core)");
-ABSL_FLAG(bool, allow_nonfinite_weights, false, "load a checkpoint with NaN/Inf weights, warning per tensor (refused otherwise)");
+ABSL_FLAG(bool, allow_bad_weights, false,
+          "load a checkpoint whose weights hold NaN/Inf or magnitudes above 1e4, warning per tensor (refused otherwise)");
+ABSL_FLAG(bool, allow_nonfinite_weights, false, "the former name of --allow-bad-weights (same effect)");
 
 namespace tinygpt {
 absl::StatusOr<std::unique_ptr<Backend>> BackendFromFlags() {
@@ -17,7 +19,7 @@ absl::StatusOr<std::unique_ptr<Backend>> BackendFromFlags() {
 
 absl::StatusOr<Checkpoint> LoadCheckpointFromFlags(const std::string& path) {
   LoadOptions options;
-  options.allow_nonfinite = absl::GetFlag(FLAGS_allow_nonfinite_weights);
+  options.allow_bad_weights = absl::GetFlag(FLAGS_allow_bad_weights) || absl::GetFlag(FLAGS_allow_nonfinite_weights);
   auto ck = LoadCheckpoint(path, options);
   if (ck.ok())
     for (const std::string& w : ck->warnings) TINYGPT_LOG_WARNING << w;

@@ -222,6 +222,7 @@ int ServeCommand() {
   eo.notify_threads = absl::GetFlag(FLAGS_notify_threads);
   eo.stream_interval = absl::GetFlag(FLAGS_stream_interval);
   if (eo.stream_interval < 0) return Fail("--stream-interval must be >= 0 (0: automatic)");
+  eo.model_name = path;
   Engine engine(runner->get(), eo, &metrics);
   GenerationService service(&engine, &metrics,
                             {static_cast<size_t>(absl::GetFlag(FLAGS_max_request_bytes)), path, ConfigToJson(ck->config),

@@ -38,13 +38,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* bytes, size_t size) {
   }
   for (bool allow : {false, true}) {
     tinygpt::LoadOptions options;
-    options.allow_nonfinite = allow;
+    options.allow_bad_weights = allow;
     auto ck = tinygpt::ParseCheckpoint(data, "fuzz", options);
     if (!ck.ok()) continue;
     Require(view.ok(), "a checkpoint loaded from a file the parser refused");
     Require(ck->params.size() == tinygpt::ParamLayout(ck->config).total(), "params do not match the layout");
     Require(ck->params.size() * sizeof(float) <= 2 * size, "params larger than twice the file");
-    Require(allow || ck->warnings.empty(), "warnings without --allow-nonfinite-weights");
+    Require(allow || ck->warnings.empty(), "warnings without --allow-bad-weights");
   }
   // The config parser on its own, with the input as its JSON text.
   auto config = tinygpt::ConfigFromJson(std::string(data));

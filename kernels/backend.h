@@ -77,7 +77,8 @@ class Backend {
                               void* out) = 0;
   // One token per logits row. params and tokens are backend memory, and the
   // op is enqueued like any other (no wait for the result), so that a
-  // captured graph can hold it.
+  // captured graph can hold it. A row holding a NaN or an infinity gets
+  // kNonFiniteLogits instead of a token.
   virtual void Sample(const void* logits, int rows, int vocab, const SamplingParams* params, int32_t* tokens) = 0;
   // out = logits with each row's penalties applied (kernels/sampling_args.h);
   // rows/entries are backend memory. Rows without penalties are copied.
@@ -85,7 +86,8 @@ class Backend {
                               const PenaltyEntry* entries) = 0;
   // tokens[i] < 0 means "the token sampled in row -tokens[i]-1 of the
   // previous step" (a decode step planned before that step's result came
-  // back): replaced by sampled[-tokens[i]-1].
+  // back): replaced by sampled[-tokens[i]-1], or by 0 where that row was
+  // kNonFiniteLogits (the sequence is ended; the token's result is dropped).
   virtual void FillPendingTokens(int32_t* tokens, int n, const int32_t* sampled) = 0;
   virtual void Synchronize() {}
 

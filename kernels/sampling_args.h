@@ -7,6 +7,14 @@
 
 namespace tinygpt {
 
+// What a backend's Sample op writes instead of a token for a row whose logits
+// hold a NaN or an infinity (a bad checkpoint, an fp16 overflow, a kernel
+// bug): the flag travels in the sampled-ids buffer that each step copies back
+// anyway, so detecting it costs no extra copy or sync. Negative, so that no
+// caller can mistake it for a token; FillPendingTokens turns it into token 0
+// for a decode step launched before the flag was seen (its result is dropped).
+inline constexpr int32_t kNonFiniteLogits = -1;
+
 struct SamplingParams {
   float temperature = 0.f;  // 0: greedy (argmax, lowest index on ties)
   int top_k = 0;            // 0: no limit

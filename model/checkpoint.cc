@@ -50,14 +50,24 @@ absl::StatusOr<Checkpoint> ParseCheckpoint(std::string_view data, const std::str
   for (const auto& t : layout.tensors()) {
     float* dst = ck.params.data() + t.offset;
     file->tensors.at(t.name).ToFloat(dst);
-    // Non-finite weights would load silently and turn every logit into NaN.
-    size_t bad = 0, first = 0;
-    for (size_t i = 0; i < t.numel(); ++i)
-      if (!std::isfinite(dst[i]) && bad++ == 0) first = i;
-    if (bad == 0) continue;
-    const std::string what = absl::StrCat("tensor ", t.name, " has ", bad, " non-finite value", bad > 1 ? "s" : "", " (the first, ", dst[first],
-                                          ", at element ", first, ")");
-    if (!options.allow_nonfinite) return err(what, "; --allow-nonfinite-weights loads it anyway");
+    // Non-finite weights, or finite ones too large for any trained model,
+    // would load silently and turn every logit into NaN.
+    size_t nonfinite = 0, huge = 0, first_nonfinite = 0, first_huge = 0;
+    for (size_t i = 0; i < t.numel(); ++i) {
+      if (!std::isfinite(dst[i])) {
+        if (nonfinite++ == 0) first_nonfinite = i;
+      } else if (std::abs(dst[i]) > kMaxWeightMagnitude && huge++ == 0) {
+        first_huge = i;
+      }
+    }
+    if (nonfinite == 0 && huge == 0) continue;
+    const std::string what =
+        nonfinite > 0 ? absl::StrCat("tensor ", t.name, " has ", nonfinite, " non-finite value", nonfinite > 1 ? "s" : "", " (the first, ",
+                                     dst[first_nonfinite], ", at element ", first_nonfinite, ")")
+                      : absl::StrCat("tensor ", t.name, " has ", huge, " value", huge > 1 ? "s" : "", " of magnitude above ",
+                                     kMaxWeightMagnitude, " (the first, ", dst[first_huge], ", at element ", first_huge,
+                                     "), more than any trained weight");
+    if (!options.allow_bad_weights) return err(what, "; --allow-bad-weights loads it anyway");
     ck.warnings.push_back(absl::StrCat(name, ": ", what));
   }
   return ck;

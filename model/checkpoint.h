@@ -19,17 +19,24 @@ struct Checkpoint {
   ModelConfig config;
   std::vector<float> params;  // ParamLayout(config) order
   std::map<std::string, std::string> metadata;  // every metadata entry of the file, the config's included
-  // Non-finite weights let through by LoadOptions::allow_nonfinite, one line per tensor.
+  // Bad weights let through by LoadOptions::allow_bad_weights, one line per tensor.
   std::vector<std::string> warnings;
   // From the `tinygpt.tokenizer` metadata; null when the checkpoint has none
   // (it then serves token ids only).
   std::shared_ptr<const Tokenizer> tokenizer;
 };
 
+// Weights of larger magnitude than this (after the file's dtype is converted
+// to fp32) are refused like NaN and Inf: no trained TinyGPT weight comes near
+// it, and one such value (a corrupt file, a diverged run) is finite enough to
+// pass a NaN check yet overflows the activations into NaN logits.
+inline constexpr float kMaxWeightMagnitude = 1e4f;
+
 struct LoadOptions {
-  // NaN or Inf in a weight is an error naming the tensor; with this set it is
-  // only a warning (e.g. to inspect a diverged run).
-  bool allow_nonfinite = false;
+  // NaN, Inf or a magnitude above kMaxWeightMagnitude in a weight is an error
+  // naming the tensor; with this set it is only a warning (e.g. to inspect a
+  // diverged run). `--allow-bad-weights` on the command line.
+  bool allow_bad_weights = false;
 };
 
 // Loads (memory-mapped) and validates the file, then the config and every

@@ -27,6 +27,10 @@ absl::Status ValidateGenerateRequest(const ModelConfig& cfg, const std::vector<i
   return absl::OkStatus();
 }
 
+absl::Status NonFiniteLogitsError(int position) {
+  return absl::InternalError(absl::StrCat("the model produced non-finite logits at position ", position));
+}
+
 absl::StatusOr<GenerateResult> Generate(ModelRunner& runner, const std::vector<int32_t>& prompt, const GenerateOptions& o) {
   if (auto s = ValidateGenerateRequest(runner.config(), prompt, o); !s.ok()) return s;
   const int bs = runner.options().block_size;
@@ -51,6 +55,7 @@ absl::StatusOr<GenerateResult> Generate(ModelRunner& runner, const std::vector<i
     pending.erase(pending.begin(), pending.begin() + chunk);
     if (!step.sample) continue;
     const int32_t tok = sampled[0];
+    if (tok == kNonFiniteLogits) return NonFiniteLogitsError(static_cast<int>(prompt.size() + result.output_ids.size()));
     result.output_ids.push_back(tok);
     if (std::find(o.stop_ids.begin(), o.stop_ids.end(), tok) != o.stop_ids.end()) {
       result.finish_reason = "stop";

@@ -28,6 +28,13 @@ struct GenerateResult {
 // Checks a prompt and limits against the model; shared with the server.
 absl::Status ValidateGenerateRequest(const ModelConfig& cfg, const std::vector<int32_t>& prompt, const GenerateOptions& o);
 
+// INTERNAL "the model produced non-finite logits at position N": the logits
+// that were to give the token at `position` (0-based, the prompt's tokens
+// first) held a NaN or an infinity. Never an answer with status OK: such
+// output is garbage (see kNonFiniteLogits).
+absl::Status NonFiniteLogitsError(int position);
+
+// Fails with NonFiniteLogitsError when the model's logits are not finite.
 absl::StatusOr<GenerateResult> Generate(ModelRunner& runner, const std::vector<int32_t>& prompt, const GenerateOptions& o);
 
 // The RNG stream of a sequence: one uniform draw per generated token.

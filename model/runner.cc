@@ -533,6 +533,7 @@ absl::Status ModelRunner::Collect(StepResult* out) {
     out->logprobs.resize(slot.rows);
     std::vector<float> row(V);
     for (const auto& [r, top] : slot.logprob_rows) {
+      if (out->sampled[r] == kNonFiniteLogits) continue;  // no token to score; the caller ends the sequence
       b.HostToFloats(slot.logits + r * row_bytes, row.data(), V);
       out->logprobs[r] = ComputeLogprobs(row.data(), V, out->sampled[r], top);
     }

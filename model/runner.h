@@ -52,7 +52,8 @@ struct SeqStep {
 
 // What a collected step produced.
 struct StepResult {
-  std::vector<int32_t> sampled;         // one token per sampling row, in order
+  std::vector<int32_t> sampled;         // one token per sampling row, in order; kNonFiniteLogits
+                                        // for a row whose logits held a NaN or an infinity
   std::vector<TokenLogprobs> logprobs;  // per sampling row; filled for rows whose extras ask
   std::vector<float> logits;            // fp32 logits of the sampling rows, if Launch asked
   double device_seconds = 0;            // the step's time on the device (0 on the CPU)

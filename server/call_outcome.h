@@ -64,7 +64,12 @@ struct CallOutcome {
       if (ev.finished) {
         c.reason = ev.reason;
         --unfinished;
-        if (!ev.status.ok() && status.ok()) status = ToGrpc(ev.status);
+        if (!ev.status.ok() && status.ok()) {
+          status = ToGrpc(ev.status);
+          // The call has failed (e.g. one sample's logits were not finite):
+          // its other samples need not run on.
+          if (unfinished > 0) Cancel(engine);
+        }
       }
       if ((!ev.tokens.empty() || !ev.text.empty() || ev.finished) && !cancel_sent && !on_output(static_cast<int>(i), ev) &&
           unfinished > 0)

@@ -383,9 +383,25 @@ void Engine::CollectStep() {
     if (row >= 0) --s->unreceived;
     if (s->retired) continue;  // cancelled, or stopped while this step was in flight
     if (row < 0) continue;
+    const int32_t token = result_.sampled[row];
+    if (token == kNonFiniteLogits) {
+      // Garbage must not reach the client as an answer: this sample ends
+      // INTERNAL (its siblings compute the prompt themselves, and fail or not
+      // on their own); the rest of the batch goes on. Logged once, since a bad
+      // checkpoint does this to every request.
+      const int position = static_cast<int>(s->tokens.size());
+      if (metrics_) metrics_->OnNonFiniteLogits();
+      if (!nonfinite_logged_) {
+        nonfinite_logged_ = true;
+        LOG(ERROR) << "the model " << (opt_.model_name.empty() ? "" : opt_.model_name + " ")
+                   << "produced non-finite logits (request " << s->request.id << ", position " << position
+                   << "): such samples end INTERNAL and are counted in tinygpt_nonfinite_logits_total; logged once";
+      }
+      Retire(s, FinishReason::kCancelled, NonFiniteLogitsError(position));
+      continue;
+    }
     if (!s->siblings.empty()) SharePrompt(*s);
     TokenLogprobs* lp = s->extras.wants_logprobs() ? &result_.logprobs[row] : nullptr;
-    const int32_t token = result_.sampled[row];
     s->tokens.push_back(token);
     if (s->num_generated() == 1) {
       s->first_token = t1;

@@ -9,6 +9,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -35,6 +36,9 @@ struct EngineOptions {
   // Reuse the KV blocks of cached prompt prefixes (model/kv_cache.h).
   bool prefix_caching = true;
   int max_n = 16;  // samples per request
+  // The checkpoint's name (its path), for the log line that reports
+  // non-finite logits.
+  std::string model_name;
   // Threads that tell calls of new tokens (server/channel_waker.h); 0: one
   // per 4 cores, 1 to 4.
   int notify_threads = 0;
@@ -146,6 +150,7 @@ class Engine {
   Backend::ShapeCounters shapes_seen_;
   ChannelWaker waker_;  // tells calls of their tokens and ends, off this thread
   long admitted_counter_ = 0;
+  bool nonfinite_logged_ = false;  // the first non-finite logits are logged; the rest only counted
   std::thread thread_;
 };
 

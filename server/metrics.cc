@@ -34,6 +34,8 @@ ServerMetrics::ServerMetrics() : registry_(std::make_shared<prometheus::Registry
                          .Help("Tokens of admitted sequences looked up in the prefix cache").Register(r).Add({});
   prefix_hits_ = &BuildCounter().Name("tinygpt_prefix_cache_hits_total")
                       .Help("Tokens found in the prefix cache (their KV blocks reused, not computed)").Register(r).Add({});
+  nonfinite_ = &BuildCounter().Name("tinygpt_nonfinite_logits_total")
+                    .Help("Samples ended INTERNAL because the model's logits held a NaN or an infinity").Register(r).Add({});
   auto hist = [&](const char* name, const char* help, const Histogram::BucketBoundaries& b) {
     return &BuildHistogram().Name(name).Help(help).Register(r).Add({}, b);
   };
@@ -134,6 +136,8 @@ void ServerMetrics::SetWarmup(double seconds, int graphs, long gemm_searches) {
 
 void ServerMetrics::OnInterTokenLatency(double seconds) { itl_->Observe(seconds); }
 void ServerMetrics::OnPreemption() { preemptions_->Increment(); }
+
+void ServerMetrics::OnNonFiniteLogits() { nonfinite_->Increment(); }
 
 void ServerMetrics::OnPrefixCacheQuery(int tokens, int hits) {
   prefix_queries_->Increment(tokens);

@@ -52,6 +52,8 @@ class ServerMetrics {
   void SetWarmup(double seconds, int graphs, long gemm_searches);
   void OnInterTokenLatency(double seconds);
   void OnPreemption();
+  // A sample ended INTERNAL because its logits held a NaN or an infinity.
+  void OnNonFiniteLogits();
   // An admitted sequence's tokens looked up in the prefix cache, and how many
   // of them were found (vLLM's prefix_cache_queries / prefix_cache_hits).
   void OnPrefixCacheQuery(int tokens, int hits);
@@ -61,7 +63,7 @@ class ServerMetrics {
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   prometheus::Family<prometheus::Counter>* requests_;
-  prometheus::Counter *prompt_tokens_, *generated_tokens_, *preemptions_, *prefix_queries_, *prefix_hits_;
+  prometheus::Counter *prompt_tokens_, *generated_tokens_, *preemptions_, *prefix_queries_, *prefix_hits_, *nonfinite_;
   prometheus::Counter *graph_steps_, *eager_steps_, *device_seconds_, *graph_captures_, *graph_capture_seconds_;
   prometheus::Counter *gemm_searches_, *workspace_growths_;
   prometheus::Gauge *warmup_seconds_, *warmup_graphs_, *warmup_gemm_searches_;

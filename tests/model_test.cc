@@ -19,6 +19,7 @@
 #include "model/checkpoint.h"
 #include "model/generate.h"
 #include "model/runner.h"
+#include "model/params.h"
 #include "model/safetensors.h"
 #include "model/transformer.h"
 #include "tests/support/reference.h"
@@ -341,12 +342,105 @@ TEST_F(HostileCheckpoint, NonFiniteWeightsAreRefusedUnlessAllowed) {
     const std::string d = SerializeSafetensors(f);
     ExpectRefused(d, "tensor blocks.1.proj.weight has 1 non-finite value");
     LoadOptions allow;
-    allow.allow_nonfinite = true;
+    allow.allow_bad_weights = true;
     auto ck = ParseCheckpoint(d, "ck", allow);
     ASSERT_TRUE(ck.ok()) << ck.status();
     ASSERT_EQ(ck->warnings.size(), 1u);
     EXPECT_NE(ck->warnings[0].find("blocks.1.proj.weight"), std::string::npos) << ck->warnings[0];
     EXPECT_NE(ck->warnings[0].find("at element 5"), std::string::npos) << ck->warnings[0];
+  }
+}
+
+// The corrupted checkpoint: one weight of blocks.1.n1.weight set to
+// 3.4e38, a valid float that passes a NaN check. Refused with the tensor's
+// name unless allowed (old flag name included, via LoadOptions).
+TEST_F(HostileCheckpoint, ImplausiblyLargeWeightsAreRefusedUnlessAllowed) {
+  for (float bad : {3.4e38f, -2e4f}) {
+    StFile f = good_;
+    std::memcpy(f.tensors["blocks.1.n1.weight"].bytes.data() + 4 * 3, &bad, 4);
+    const std::string d = SerializeSafetensors(f);
+    ExpectRefused(d, "tensor blocks.1.n1.weight has 1 value of magnitude above 10000");
+    ExpectRefused(d, "at element 3");
+    ExpectRefused(d, "--allow-bad-weights");
+    LoadOptions allow;
+    allow.allow_bad_weights = true;
+    auto ck = ParseCheckpoint(d, "ck", allow);
+    ASSERT_TRUE(ck.ok()) << ck.status();
+    ASSERT_EQ(ck->warnings.size(), 1u);
+    EXPECT_NE(ck->warnings[0].find("blocks.1.n1.weight"), std::string::npos) << ck->warnings[0];
+  }
+  // The limit itself loads: only larger magnitudes are refused.
+  StFile f = good_;
+  const float edge = kMaxWeightMagnitude;
+  std::memcpy(f.tensors["blocks.1.n1.weight"].bytes.data(), &edge, 4);
+  EXPECT_TRUE(ParseCheckpoint(SerializeSafetensors(f), "ck").ok());
+}
+
+// Non-finite logits end the sample with INTERNAL (generate) or flag the row
+// (the runner's sampled id), never a token: the checkpoint gave
+// 0,0,0,... with status OK. Greedy and sampled rows alike.
+TEST(NonFiniteLogits, RunnerFlagsTheRowAndGenerateFails) {
+  const ModelConfig c = SmallConfig(false, 2);
+  Transformer m(c);
+  m.InitParams(8);
+  Checkpoint ck{c, m.params()};
+  const ParamLayout layout(c);
+  for (const auto& t : layout.tensors())
+    if (t.name == "blocks.1.n1.weight") ck.params[t.offset + 3] = 3.4e38f;
+  auto backend = CreateCpuBackend();
+  RunnerOptions o;
+  o.block_size = 4; o.num_kv_blocks = 16; o.max_batch_tokens = 64; o.max_seqs = 4;
+  auto runner = ModelRunner::Create(backend.get(), ck, o);
+  ASSERT_TRUE(runner.ok()) << runner.status();
+  for (float temperature : {0.f, 0.8f}) {
+    GenerateOptions g;
+    g.max_new_tokens = 4;
+    g.temperature = temperature;
+    auto r = Generate(**runner, {1, 2, 3}, g);
+    ASSERT_FALSE(r.ok()) << "generated " << r->output_ids.size() << " tokens with status OK";
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInternal);
+    EXPECT_EQ(r.status().message(), "the model produced non-finite logits at position 3");
+  }
+  // The clean model is untouched by the check.
+  auto clean = ModelRunner::Create(backend.get(), Checkpoint{c, m.params()}, o);
+  ASSERT_TRUE(clean.ok());
+  GenerateOptions g;
+  g.max_new_tokens = 4;
+  auto r = Generate(**clean, {1, 2, 3}, g);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->output_ids.size(), 4u);
+}
+
+// The CPU sampler flags a row with NaN, +Inf or -Inf anywhere, greedy or
+// sampled; a pending token taken from a flagged row becomes token 0 (in the
+// vocabulary); a huge repetition penalty on finite logits stays finite.
+TEST(NonFiniteLogits, SamplerFlagsRowsAndPenaltiesDoNotOverflow) {
+  auto b = CreateCpuBackend();
+  const int V = 50, R = 8;
+  std::vector<float> logits(R * V);
+  std::mt19937 rng(3);
+  std::normal_distribution<float> d(0.f, 2.f);
+  for (auto& x : logits) x = d(rng);
+  const float bad[] = {std::nanf(""), std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()};
+  for (int r = 1; r < R; r += 2) logits[r * V + (7 * r) % V] = bad[(r / 2) % 3];
+  std::vector<SamplingParams> params(R);
+  for (int r = 0; r < R; ++r) params[r] = {r % 4 < 2 ? 0.f : 0.9f, r % 3 ? 0 : 10, 0.9f, 0.5f};
+  std::vector<int32_t> tokens(R);
+  b->Sample(logits.data(), R, V, params.data(), tokens.data());
+  for (int r = 0; r < R; ++r) {
+    if (r % 2) EXPECT_EQ(tokens[r], kNonFiniteLogits) << "row " << r;
+    else EXPECT_TRUE(tokens[r] >= 0 && tokens[r] < V) << "row " << r << ": " << tokens[r];
+  }
+  std::vector<int32_t> pending{-2, 5, -1};
+  b->FillPendingTokens(pending.data(), 3, tokens.data());
+  EXPECT_EQ(pending, (std::vector<int32_t>{0, 5, tokens[0]}));
+  std::vector<float> row{-3e38f, 2e10f, -1.f, 1e-30f};  // overflow under each penalty
+  std::vector<PenaltyEntry> seen{{0, 1}, {1, 0}, {2, 2}, {3, 0}};
+  for (float repetition : {1e38f, 1e-38f}) {
+    PenaltyRow pr{repetition, 2.f, 2.f, 0, 4};
+    std::vector<float> out(4);
+    b->ApplyPenalties(row.data(), out.data(), 1, 4, &pr, seen.data());
+    for (float v : out) EXPECT_TRUE(std::isfinite(v)) << "repetition " << repetition << " gave " << v;
   }
 }
 

@@ -3,6 +3,7 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -76,7 +77,7 @@ class CpuBackend final : public Backend {
   }
   void FillPendingTokens(int32_t* tokens, int n, const int32_t* sampled) override {
     for (int i = 0; i < n; ++i)
-      if (tokens[i] < 0) tokens[i] = sampled[-tokens[i] - 1];
+      if (tokens[i] < 0) tokens[i] = std::max(sampled[-tokens[i] - 1], 0);  // kNonFiniteLogits: see sampling_args.h
   }
   void HostToFloats(const void* src, float* dst, size_t n) override { std::memcpy(dst, src, n * sizeof(float)); }
 

@@ -1,6 +1,7 @@
 #include "kernels/cpu/sampling.h"
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <numeric>
 #include <vector>
@@ -8,6 +9,10 @@
 namespace tinygpt::cpu {
 
 int SampleToken(const float* logits, int vocab, const SamplingParams& p) {
+  // NaN compares false with everything, so max_element and the thresholds
+  // below would quietly pick some token from such a row: flag it instead.
+  for (int i = 0; i < vocab; ++i)
+    if (!std::isfinite(logits[i])) return kNonFiniteLogits;
   if (p.temperature <= 0.f) return static_cast<int>(std::max_element(logits, logits + vocab) - logits);
   // The kept set is every token whose logit reaches a threshold: the k-th
   // largest logit (top-k), then the logit at which the most likely tokens
@@ -51,9 +56,13 @@ void ApplyPenalties(const float* logits, float* out, int rows, int vocab, const 
     for (int32_t e = p.begin; e < p.end; ++e) {
       const PenaltyEntry& t = entries[e];
       if (t.token < 0 || t.token >= vocab) continue;
-      float v = o[t.token];
+      const float raw = o[t.token];
+      float v = raw;
       if (p.repetition != 1.f) v = v > 0.f ? v / p.repetition : v * p.repetition;
       if (t.output_count > 0) v -= p.frequency * static_cast<float>(t.output_count) + p.presence;
+      // A large repetition penalty must not overflow a finite logit into the
+      // infinity that sampling reports as the model's fault (kNonFiniteLogits).
+      if (std::isfinite(raw)) v = std::clamp(v, -FLT_MAX, FLT_MAX);
       o[t.token] = v;
     }
   }

@@ -5,6 +5,7 @@ namespace tinygpt::cpu {
 // Picks a token from one row of logits: greedy at temperature 0, else softmax
 // at the temperature, restricted to the top_k most likely and then to the
 // smallest set whose mass reaches top_p, sampled by inverse CDF at `uniform`.
+// kNonFiniteLogits when the row holds a NaN or an infinity.
 int SampleToken(const float* logits, int vocab, const SamplingParams& p);
 // out = logits with each row's penalties applied to its seen tokens: the
 // repetition penalty divides a positive logit and multiplies a negative one

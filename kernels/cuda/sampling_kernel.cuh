@@ -41,9 +41,20 @@ __global__ void __launch_bounds__(kSampleThreads) SampleKernel(const T* logits, 
   const T* l = logits + static_cast<long>(blockIdx.x) * vocab;
   const SamplingParams p = params[blockIdx.x];
   const int tid = threadIdx.x;
-  // Max, and for greedy the lowest index holding it.
+  // Max, and for greedy the lowest index holding it. fmaxf drops NaN, so a
+  // row with a NaN or an infinity is flagged here (kNonFiniteLogits) rather
+  // than sampled; the flag goes back in the ids buffer, with no extra copy.
   float mx = -FLT_MAX;
-  for (int i = tid; i < vocab; i += kSampleThreads) mx = fmaxf(mx, ToFloat(l[i]));
+  int bad = 0;
+  for (int i = tid; i < vocab; i += kSampleThreads) {
+    const float v = ToFloat(l[i]);
+    mx = fmaxf(mx, v);
+    bad |= !isfinite(v);
+  }
+  if (__syncthreads_or(bad)) {
+    if (tid == 0) out[blockIdx.x] = kNonFiniteLogits;
+    return;
+  }
   mx = BlockMax(mx, scratch);
   if (p.temperature <= 0.f) {
     if (tid == 0) chosen = vocab;
@@ -127,6 +138,12 @@ __global__ void __launch_bounds__(kSampleThreads) SampleKernel(const T* logits, 
   }
 }
 
+// The largest finite value of T, as a float that converts to it exactly.
+template <class T> __device__ __forceinline__ float MaxFinite();
+template <> __device__ __forceinline__ float MaxFinite<__half>() { return 65504.f; }
+template <> __device__ __forceinline__ float MaxFinite<__nv_bfloat16>() { return 3.38953139e38f; }  // 0x7f7f
+template <> __device__ __forceinline__ float MaxFinite<float>() { return FLT_MAX; }
+
 // out = logits with row blockIdx.x's penalties applied (the rule of
 // kernels/cpu/sampling.cc, in fp32, rounded back to T once): the row is
 // copied, then one thread per seen token adjusts it (entries are unique per
@@ -140,17 +157,23 @@ __global__ void ApplyPenaltiesKernel(const T* logits, T* out, int vocab, const P
   for (int e = p.begin + threadIdx.x; e < p.end; e += blockDim.x) {
     const PenaltyEntry t = entries[e];
     if (t.token < 0 || t.token >= vocab) continue;
-    float v = ToFloat(logits[base + t.token]);
+    const float raw = ToFloat(logits[base + t.token]);
+    float v = raw;
     if (p.repetition != 1.f) v = v > 0.f ? v / p.repetition : v * p.repetition;
     if (t.output_count > 0) v -= p.frequency * static_cast<float>(t.output_count) + p.presence;
+    // A large repetition penalty must not overflow a finite logit (fp16 ends
+    // at 65504) into the infinity that sampling reports as the model's fault.
+    if (isfinite(raw)) v = fminf(fmaxf(v, -MaxFinite<T>()), MaxFinite<T>());
     out[base + t.token] = FromFloat<T>(v);
   }
 }
 
-// tokens[i] < 0: the token sampled in row -tokens[i]-1 of the previous step.
+// tokens[i] < 0: the token sampled in row -tokens[i]-1 of the previous step
+// (0 where that row was flagged non-finite: the sequence ends, and an
+// out-of-range id must not reach the embedding).
 __global__ void FillPendingTokensKernel(int32_t* tokens, int n, const int32_t* sampled) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < n && tokens[i] < 0) tokens[i] = sampled[-tokens[i] - 1];
+  if (i < n && tokens[i] < 0) tokens[i] = max(sampled[-tokens[i] - 1], 0);  // kNonFiniteLogits -> 0 (sampling_args.h)
 }
 
 }  // namespace tinygpt::cuda

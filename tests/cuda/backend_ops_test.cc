@@ -4,8 +4,9 @@
 // passes. Then the whole model: CUDA logits against CPU fp32 logits on a
 // checkpoint, and greedy generations compared.
 //
-// usage: tinygpt_backend_ops [--dtype bf16|f16|f32] [--perf] [CHECKPOINT]   (f32: the training ops only;
-//        --perf: time single training ops at bench-125m shapes instead of checking)
+// usage: tinygpt_backend_ops [--dtype bf16|f16|f32] [--perf] [--only=nonfinite] [CHECKPOINT]   (f32: the training ops only;
+//        --perf: time single training ops at bench-125m shapes instead of checking; --only=nonfinite: only
+//        the non-finite-logits cases, with the runner case when CHECKPOINT is given)
 // Prints one line per case and a final "N passed, N failed". Exits 77 (skip)
 // when no CUDA device or module is available.
 #include <algorithm>
@@ -23,6 +24,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "model/checkpoint.h"
 #include "model/generate.h"
+#include "model/params.h"
 #include "model/runner.h"
 #include "model/safetensors.h"
 #include "model/transformer.h"
@@ -368,6 +370,150 @@ void TestPenaltiesAndPendingTokens(Backend* G, Backend* C, double tol) {
   (right == 300 ? passed : failed)++;
   for (void* p : {grows, gent}) G->Free(p);
   for (void* p : {crows, cent}) C->Free(p);
+}
+
+// Non-finite logits (issue 19): a row with a NaN, +Inf or -Inf anywhere is
+// flagged kNonFiniteLogits by the sampler, greedy or sampled, in the ids
+// buffer (no extra copy); clean rows beside them sample as on the CPU; a
+// pending token taken from a flagged row becomes token 0; a huge repetition
+// penalty on finite logits (fp16 ends at 65504) stays finite, not flagged.
+void TestNonFinite(Backend* G, Backend* C) {
+  for (int V : {64, 32000}) {
+    const int R = 24;
+    Pair logits(G, C, static_cast<size_t>(R) * V);
+    std::vector<float> v = Random(logits.n, 3.f);
+    const float bad[] = {NAN, INFINITY, -INFINITY};
+    for (int r = 1; r < R; r += 2) v[static_cast<size_t>(r) * V + (rng() % V)] = bad[(r / 2) % 3];
+    v[static_cast<size_t>(R - 1) * V + V - 1] = NAN;  // the last element of the last row
+    logits.Set(v);
+    std::vector<SamplingParams> params(R);
+    for (int r = 0; r < R; ++r)
+      params[r] = {r % 4 < 2 ? 0.f : 0.8f, r % 3 ? 0 : 20, r % 5 ? 0.9f : 1.f, std::uniform_real_distribution<float>(0, 1)(rng)};
+    std::vector<int32_t> c(R);
+    C->Sample(logits.c, R, V, params.data(), c.data());
+    const std::vector<int32_t> g = GpuSample(G, logits.g, R, V, params);
+    int flagged = 0, cpu_flagged = 0;
+    std::vector<int32_t> gc, cc;  // the clean rows
+    for (int r = 0; r < R; ++r) {
+      const bool want = r % 2 == 1 || r == R - 1;
+      flagged += want ? g[r] == kNonFiniteLogits : g[r] != kNonFiniteLogits;
+      cpu_flagged += want ? c[r] == kNonFiniteLogits : c[r] != kNonFiniteLogits;
+      if (!want) {
+        gc.push_back(g[r]);
+        cc.push_back(c[r]);
+      }
+    }
+    const std::string name = "nonfinite: sampler flags NaN/+Inf/-Inf rows, V=" + std::to_string(V);
+    const bool ok = flagged == R && cpu_flagged == R;
+    std::printf("%s %-72s GPU %d/%d, CPU %d/%d right\n", ok ? "PASS" : "FAIL", name.c_str(), flagged, R, cpu_flagged, R);
+    (ok ? passed : failed)++;
+    ReportSameTokens("nonfinite: the clean rows beside them, V=" + std::to_string(V), gc, cc);
+  }
+  {  // pending tokens from flagged rows
+    std::vector<int32_t> sampled{7, kNonFiniteLogits, 9}, tokens{-1, -2, -3, 5};
+    Ints gt(G, C, tokens), gs(G, C, sampled);
+    G->FillPendingTokens(gt.g, 4, gs.g);
+    std::vector<int32_t> filled(4);
+    G->CopyToHost(filled.data(), gt.g, 4 * 4);
+    const bool ok = filled == std::vector<int32_t>{7, 0, 9, 5};
+    std::printf("%s %-72s %d,%d,%d,%d\n", ok ? "PASS" : "FAIL", "nonfinite: a pending token from a flagged row becomes 0",
+                filled[0], filled[1], filled[2], filled[3]);
+    (ok ? passed : failed)++;
+  }
+  {  // penalties that would overflow the dtype
+    const int V = 256, R = 2;
+    Pair logits(G, C, static_cast<size_t>(R) * V), out(G, C, static_cast<size_t>(R) * V);
+    std::vector<float> v = Random(logits.n, 3.f);
+    v[0] = -60000.f;  // near fp16's end: times 1e4 overflows every dtype but fp32
+    logits.Set(v);
+    std::vector<PenaltyRow> rows{{1e4f, 2.f, 2.f, 0, 0}, {1e-30f, -2.f, -2.f, 0, 0}};
+    std::vector<PenaltyEntry> entries;
+    for (int r = 0; r < R; ++r) {
+      rows[r].begin = static_cast<int32_t>(entries.size());
+      for (int t = 0; t < V; t += 3) entries.push_back({t, t % 2});
+      rows[r].end = static_cast<int32_t>(entries.size());
+    }
+    void* grows = Upload(G, rows.data(), rows.size() * sizeof(PenaltyRow));
+    void* gent = Upload(G, entries.data(), entries.size() * sizeof(PenaltyEntry));
+    G->ApplyPenalties(logits.g, out.g, R, V, static_cast<PenaltyRow*>(grows), static_cast<PenaltyEntry*>(gent));
+    const std::vector<float> o = out.Gpu();
+    int finite = 0;
+    for (float x : o) finite += std::isfinite(x);
+    std::vector<SamplingParams> params{{0.f, 0, 1.f, 0.f}, {0.8f, 10, 1.f, 0.5f}};
+    const std::vector<int32_t> g = GpuSample(G, out.g, R, V, params);
+    const bool ok = finite == static_cast<int>(o.size()) && g[0] >= 0 && g[1] >= 0;
+    std::printf("%s %-72s %d/%zu finite, tokens %d %d\n", ok ? "PASS" : "FAIL",
+                "nonfinite: repetition 1e4 / 1e-30 on finite logits stays finite", finite, o.size(), g[0], g[1]);
+    (ok ? passed : failed)++;
+    G->Free(grows);
+    G->Free(gent);
+  }
+}
+
+// The issue's checkpoint on the GPU runner: one element of
+// blocks.1.n1.weight set to 3.4e38. Every row of a prefill step, then of
+// overlapped decode steps replayed as graphs (their tokens pending on the
+// flagged rows), comes back kNonFiniteLogits, and the device stays healthy
+// (a CUDA error aborts the test).
+void TestNonFiniteRunner(Backend* G, const std::string& path) {
+  auto ck = LoadCheckpoint(path);
+  if (!ck.ok()) return;
+  const ParamLayout layout(ck->config);
+  for (const auto& t : layout.tensors())
+    if (t.name == "blocks.1.n1.weight") ck->params[t.offset + 5] = 3.4e38f;
+  RunnerOptions o;
+  o.num_kv_blocks = 64;
+  o.max_seqs = 8;
+  o.max_batch_tokens = 128;
+  auto r = ModelRunner::Create(G, *ck, o);
+  if (!r.ok()) {
+    std::printf("FAIL %-72s %s\n", "nonfinite: runner", std::string(r.status().message()).c_str());
+    ++failed;
+    return;
+  }
+  const int n = 3, bs = o.block_size, per = (ck->config.max_seq_len + bs - 1) / bs;
+  std::vector<std::vector<int32_t>> prompts(n), tables(n);
+  for (int i = 0; i < n; ++i) {
+    for (int t = 0; t < 3 + i; ++t) prompts[i].push_back((7 * i + t) % ck->config.vocab_size);
+    for (int k = 0; k < per; ++k) tables[i].push_back(i * per + k);
+  }
+  int flagged = 0, rows = 0;
+  StepResult res;
+  std::vector<int> pos(n);
+  for (int step = 0; step < 8; ++step) {
+    std::vector<SeqStep> st;
+    for (int i = 0; i < n; ++i) {
+      SeqStep q;
+      q.block_table = &tables[i];
+      q.sample = true;
+      q.sampling = SamplingParams{i == 2 ? 0.9f : 0.f, 0, 1.f, 0.4f};
+      q.start_pos = pos[i];
+      if (step == 0) {
+        q.tokens = prompts[i].data();
+        q.num_tokens = static_cast<int>(prompts[i].size());
+      } else {
+        q.num_tokens = 1;
+        q.pending_row = i;
+      }
+      pos[i] += q.num_tokens;
+      st.push_back(q);
+    }
+    if (!r.value()->Launch(st).ok()) break;
+    auto count = [&] {
+      for (int32_t t : res.sampled) {
+        flagged += t == kNonFiniteLogits;
+        ++rows;
+      }
+    };
+    if (r.value()->in_flight() > 1 && r.value()->Collect(&res).ok()) count();
+    if (step == 7)
+      while (r.value()->in_flight() > 0 && r.value()->Collect(&res).ok()) count();
+  }
+  const GraphStats gs = r.value()->graph_stats();
+  const bool ok = rows == 8 * n && flagged == rows && (gs.replays > 0 || !G->SupportsGraphs());
+  std::printf("%s %-72s %d/%d rows flagged, %ld graph replays\n", ok ? "PASS" : "FAIL",
+              "nonfinite: 3.4e38 in blocks.1.n1.weight, runner with graphs and overlap", flagged, rows, gs.replays);
+  (ok ? passed : failed)++;
 }
 
 // The runner as the engine drives it: step N+1 launched (its decode tokens
@@ -905,11 +1051,12 @@ void PerfTrainingOps(Backend* G) {
 }  // namespace tinygpt
 
 int main(int argc, char** argv) {
-  std::string dtype = "bf16", checkpoint;
+  std::string dtype = "bf16", checkpoint, only;  // --only=nonfinite: just the non-finite-logits cases
   bool perf = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a.rfind("--dtype=", 0) == 0) dtype = a.substr(8);
+    else if (a.rfind("--only=", 0) == 0) only = a.substr(7);
     else if (a == "--perf") perf = true;
     else checkpoint = a;
   }
@@ -931,6 +1078,12 @@ int main(int argc, char** argv) {
     tinygpt::PerfTrainingOps(gpu->get());
     return 0;
   }
+  if (only == "nonfinite" && dtype != "f32") {
+    tinygpt::TestNonFinite(gpu->get(), cpu.get());
+    if (!checkpoint.empty()) tinygpt::TestNonFiniteRunner(gpu->get(), checkpoint);
+    std::printf("%d passed, %d failed\n", tinygpt::passed, tinygpt::failed);
+    return tinygpt::failed ? 1 : 0;
+  }
   // Training ops (fp32 too: the --precision fp32 reference).
   tinygpt::TestTrainDense(gpu->get(), cpu.get(), tol);
   tinygpt::TestLayerNormBackwardManyRows(gpu->get(), cpu.get(), tol);
@@ -948,7 +1101,9 @@ int main(int argc, char** argv) {
   tinygpt::TestSampling(gpu->get(), cpu.get());
   tinygpt::TestKvAppend(gpu->get(), cpu.get(), tol);
   tinygpt::TestPenaltiesAndPendingTokens(gpu->get(), cpu.get(), tol);
+  tinygpt::TestNonFinite(gpu->get(), cpu.get());
   if (!checkpoint.empty()) {
+    tinygpt::TestNonFiniteRunner(gpu->get(), checkpoint);
     tinygpt::TestModel(gpu->get(), cpu.get(), checkpoint, dtype == "bf16" ? 1.5e-2 : 3e-3);
     tinygpt::TestRunnerGraphsAndOverlap(gpu->get(), cpu.get(), checkpoint, dtype == "bf16" ? 1.5e-2 : 3e-3);
   }
