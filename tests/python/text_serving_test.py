@@ -70,6 +70,26 @@ def raw_generate(address, raw):
     return call(raw, timeout=30)
 
 
+def messages_split_ok(msgs):
+    """Message by message, the text is what an incremental UTF-8 decoder has
+    completed by then: a character is never split over two messages. The
+    U+FFFD for the character left unfinished at the end comes with the last
+    token's message or a later one (a message may carry text only)."""
+    dec = codecs.getincrementaldecoder("utf-8")("replace")
+    expected = [dec.decode(bytes(m.token_ids)) for m in msgs]
+    tail = dec.decode(b"", final=True)
+    placed, seen = False, 0
+    for m, want in zip(msgs, expected):
+        seen += len(m.token_ids)
+        if m.text == want:
+            continue
+        if not placed and seen == len(SCRIPT) and m.text == want + tail:
+            placed = True
+            continue
+        return False, f"{bytes(m.token_ids)!r} gave {m.text!r}, expected {want!r}"
+    return placed or not tail, "the unfinished character's U+FFFD never came"
+
+
 # --- 1. byte-level, scripted output -----------------------------------------------------------
 byte_ckpt = os.path.join(work, "bytes.safetensors")
 scripted_byte_model(byte_ckpt)
@@ -86,23 +106,7 @@ with harness.Server(tinygpt, byte_ckpt) as server:
             f"{resp.text!r} vs {want!r}")
     msgs, text, ids = stream(stub, req)
     r.check("byte model: stream texts concatenate to the unary text", text == resp.text and bytes(ids) == SCRIPT, repr(text))
-    # Message by message, the text is what an incremental UTF-8 decoder has
-    # completed by then: a character is never split over two messages. The
-    # U+FFFD for the character left unfinished at the end comes with the last
-    # token's message or a later one (a message may carry text only).
-    dec = codecs.getincrementaldecoder("utf-8")("replace")
-    expected = [dec.decode(bytes(m.token_ids)) for m in msgs]
-    tail = dec.decode(b"", final=True)
-    split_ok, placed, seen, detail = True, False, 0, ""
-    for m, want in zip(msgs, expected):
-        seen += len(m.token_ids)
-        if m.text == want:
-            continue
-        if not placed and seen == len(SCRIPT) and m.text == want + tail:
-            placed = True
-            continue
-        split_ok, detail = False, f"{bytes(m.token_ids)!r} gave {m.text!r}, expected {want!r}"
-    split_ok &= placed or not tail
+    split_ok, detail = messages_split_ok(msgs)
     r.check("byte model: each stream message carries the characters its tokens completed", split_ok, detail)
     r.check("byte model: the unfinished last character became U+FFFD", text.endswith(" end\ufffd"), repr(text[-6:]))
 
@@ -123,6 +127,34 @@ with harness.Server(tinygpt, byte_ckpt) as server:
             r.check(f"byte model: a text prompt with {name} gets INVALID_ARGUMENT", e.code() == grpc.StatusCode.INVALID_ARGUMENT,
                     f"{e.code()} {e.details()}")
     r.check("byte model: still serving", bytes(stub.Generate(req, timeout=60).token_ids) == SCRIPT)
+
+# A stream interval (--stream-interval: tokens a message gathers) changes how
+# the tokens are grouped into messages, nothing else: the first token comes
+# alone, later messages carry at least the interval (the last one the rest),
+# the texts still follow the characters, and stream == unary. Steps of 10 ms
+# keep the reactor ahead of the engine here (a reactor that falls behind
+# sends what gathered meanwhile in one message, which would blur the sizes).
+for interval in (3, 16):
+    with harness.Server(tinygpt, byte_ckpt, f"--stream-interval={interval}", "--debug-step-delay-ms=10") as server:
+        stub = pb_grpc.GenerationStub(grpc.insecure_channel(server.address))
+        req = pb.GenerateRequest(token_ids=pb.TokenIds(ids=[1, 2, 3, 4]), max_new_tokens=len(SCRIPT))
+        unary = stub.Generate(req, timeout=60)
+        msgs, text, ids = stream(stub, req)
+        r.check(f"interval {interval}: stream == unary (tokens and text)", bytes(ids) == SCRIPT and text == unary.text == want,
+                repr(text))
+        sizes = [len(m.token_ids) for m in msgs if m.token_ids]
+        r.check(f"interval {interval}: the first token alone, then messages of >= {interval} tokens",
+                sizes[0] == 1 and all(n >= interval for n in sizes[1:-1]) and len(sizes) <= 2 + (len(SCRIPT) - 1) // interval,
+                str(sizes))
+        split_ok, detail = messages_split_ok(msgs)
+        r.check(f"interval {interval}: each message carries the characters its tokens completed", split_ok, detail)
+        stop = stub.Generate(pb.GenerateRequest(token_ids=pb.TokenIds(ids=[9, 9, 9, 9]), max_new_tokens=len(SCRIPT),
+                                                stop=["\U0001F600"]), timeout=60)
+        smsgs, stext, sids = stream(stub, pb.GenerateRequest(token_ids=pb.TokenIds(ids=[9, 9, 9, 9]), max_new_tokens=len(SCRIPT),
+                                                             stop=["\U0001F600"]))
+        r.check(f"interval {interval}: a stop string ends the stream where it ends the unary call",
+                sids == list(stop.token_ids) and stext == stop.text and smsgs[-1].finish_reason == pb.FINISH_REASON_STOP,
+                f"{stext!r} vs {stop.text!r}")
 
 # --- 2. 32000 tokens, without and with a tokenizer ---------------------------------------------
 random.seed(0)
