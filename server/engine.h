@@ -52,14 +52,16 @@ struct EngineOptions {
 
 inline constexpr int kMaxTopLogprobs = 20;
 
-// The automatic stream interval: one token per message while few streams
-// share the server, then one message per stream for every
-// kStreamsPerMessageToken streams in the step, at most kMaxAutoStreamInterval
-// tokens. Every message costs the server, the transport and the client a
-// fixed amount of host time whatever it holds (about 3.5 us on the server
-// side alone on the CPU), so at hundreds of streams one token per message
-// costs more host time than the step that made it; a person reading the
-// stream does not see 8 tokens of 1 ms each arrive together.
+// The automatic stream interval: one token per message below 64 streams in
+// a step, then one token more per message for every kStreamsPerMessageToken
+// streams, at most kMaxAutoStreamInterval. Every message costs the server,
+// gRPC and the client a fixed amount of host time whatever it holds (on the
+// H200 host, 256 streams at one token per message: about 16 us of the
+// server's threads and 19 us of the client's per message, and streaming ran
+// at 0.68x unary; at this interval, 0.98x: docs/benchmarks.md), so at
+// hundreds of streams one token per message costs more host time than the
+// step that made it, while a person reading the stream does not see 8
+// tokens of 1 ms each arrive together.
 inline constexpr int kStreamsPerMessageToken = 32;
 inline constexpr int kMaxAutoStreamInterval = 16;
 inline int StreamIntervalFor(int streams) {
