@@ -414,6 +414,18 @@ def part_steady(a, res):
                                  workload="steady", api=api, **common)
         finally:
             server.stop()
+        # The check of the warm start: a warm-started server does no one-time work after it listens.
+        if "--nowarm-start" not in flags:
+            left = [(r["name"], r["engine"].get("graph_captures", 0), r["engine"].get("gemm_searches", 0),
+                     r["engine"].get("workspace_allocations", 0)) for r in res.rows
+                    if r["kind"] == "tinygpt" and r.get("config") == label and any(r["engine"].get(k, 0) > 0 for k in
+                                                                                  ("graph_captures", "gemm_searches", "workspace_allocations"))]
+            if left:
+                res.add("error", part=f"{label}: warm start", error="one-time work after start (run, captures, searches, allocations): "
+                        + "; ".join(map(str, left)))
+                log(f"!! {label}: one-time work after the warm start: {left}")
+            else:
+                log(f"   {label}: no graph capture, GEMM algorithm search or workspace allocation after start")
 
 
 def steady_report(a, res, peer):
