@@ -50,6 +50,10 @@ ABSL_FLAG(int, max_request_bytes, 64 * 1024, "largest request accepted (INVALID_
 ABSL_FLAG(int, debug_step_delay_ms, 0, "testing only: sleep this long in every scheduler step");
 ABSL_FLAG(double, drain_timeout, 30.0, "seconds in-flight requests get to finish on SIGTERM");
 ABSL_FLAG(int, max_n, 16, "most samples (GenerateRequest.n) per request");
+ABSL_FLAG(int, max_stop_strings, 16, "most stop strings per request (INVALID_ARGUMENT beyond)");
+ABSL_FLAG(int, max_stop_bytes, 4096, "most bytes of stop strings per request, all of them together (INVALID_ARGUMENT beyond)");
+ABSL_FLAG(int, max_total_new_tokens, 8192, "largest n x max_new_tokens per request (INVALID_ARGUMENT beyond)");
+ABSL_FLAG(int, max_total_top_logprobs, 80, "largest n x top_logprobs per request (INVALID_ARGUMENT beyond)");
 ABSL_FLAG(int, notify_threads, 0,
           "threads that hand new tokens to the calls (serialize and start each stream's write); 0: one per 4 cores, 1 to 4");
 ABSL_FLAG(bool, prefix_caching, true, "reuse the KV cache blocks of prompt prefixes seen before (--noprefix-caching: off)");
@@ -203,6 +207,10 @@ int ServeCommand() {
   eo.max_n = absl::GetFlag(FLAGS_max_n);
   eo.notify_threads = absl::GetFlag(FLAGS_notify_threads);
   eo.model_name = path;
+  eo.max_stop_strings = absl::GetFlag(FLAGS_max_stop_strings);
+  eo.max_stop_bytes = absl::GetFlag(FLAGS_max_stop_bytes);
+  eo.max_total_new_tokens = absl::GetFlag(FLAGS_max_total_new_tokens);
+  eo.max_total_top_logprobs = absl::GetFlag(FLAGS_max_total_top_logprobs);
   Engine engine(runner->get(), eo, &metrics);
   GenerationService service(&engine, &metrics,
                             {static_cast<size_t>(absl::GetFlag(FLAGS_max_request_bytes)), path, ConfigToJson(ck->config),
