@@ -17,6 +17,7 @@
 #include "common/log.h"
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
+#include "cli/stop_signals.h"
 #include "cli/common_flags.h"
 #include "model/checkpoint.h"
 #include "server/engine.h"
@@ -124,13 +125,8 @@ absl::StatusOr<std::string> AuthTokenFromFlags() {
 }  // namespace
 
 int ServeCommand() {
-  // Block the stop signals in every thread; main waits for them with sigwait.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-
+  // SIGTERM/SIGINT exit at once (143/130) until the model is loaded, then
+  // start the drain (cli/stop_signals.h).
   // Security settings first: a typo in them must stop the server before it
   // loads anything or listens.
   auto credentials = ServerCredentialsFromFlags();
@@ -196,6 +192,7 @@ int ServeCommand() {
   if (ro.num_kv_blocks <= 0) return Fail("the KV cache would hold no block; raise --kv-cache-tokens or --kv-cache-fraction");
   auto runner = ModelRunner::Create(backend->get(), *ck, ro);
   if (!runner.ok()) return Fail(std::string(runner.status().message()));
+  DrainOnStopSignals();  // the model is loaded: a stop signal from now on drains (at once if nothing is in flight)
   metrics.SetBuildInfo({kVersion, (*backend)->name(), (*backend)->device_name(), PresetName(ck->config)});
 
   EngineOptions eo;
@@ -244,8 +241,7 @@ int ServeCommand() {
             << (absl::GetFlag(FLAGS_tls_client_ca).empty() ? "" : " requiring client certificates")
             << (auth_token->empty() ? "" : ", bearer token required");
 
-  int sig = 0;
-  sigwait(&stop_signals, &sig);
+  const int sig = WaitForStopSignal();
   LOG(INFO) << "signal " << sig << ": draining";
   health->SetServingStatus(false);
   health->SetServingStatus(service_name, false);
