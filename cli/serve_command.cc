@@ -57,6 +57,7 @@ ABSL_FLAG(int, max_total_new_tokens, 8192, "largest n x max_new_tokens per reque
 ABSL_FLAG(int, max_total_top_logprobs, 80, "largest n x top_logprobs per request (INVALID_ARGUMENT beyond)");
 ABSL_FLAG(int, notify_threads, 0,
           "threads that hand new tokens to the calls (serialize and start each stream's write); 0: one per 4 cores, 1 to 4");
+ABSL_FLAG(bool, log_requests, true, "log one INFO line per finished request (--nolog-requests: off; counts stay in /metrics)");
 ABSL_FLAG(bool, prefix_caching, true, "reuse the KV cache blocks of prompt prefixes seen before (--noprefix-caching: off)");
 
 namespace tinygpt {
@@ -211,7 +212,7 @@ int ServeCommand() {
   Engine engine(runner->get(), eo, &metrics);
   GenerationService service(&engine, &metrics,
                             {static_cast<size_t>(absl::GetFlag(FLAGS_max_request_bytes)), path, ConfigToJson(ck->config),
-                             ck->tokenizer.get(), *auth_token});
+                             ck->tokenizer.get(), *auth_token, absl::GetFlag(FLAGS_log_requests)});
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
