@@ -32,8 +32,7 @@ int BenchCommand() {
   o.untimed_steps = 3;
   o.steps = o.untimed_steps + absl::GetFlag(FLAGS_bench_steps);
   auto r = Train(cfg, *data, o);
-  std::remove(o.out.c_str());
-  std::remove((o.out + ".optim").c_str());
+  RemoveTrainingCheckpoint(o.out);
   if (!r.ok()) {
     std::fprintf(stderr, "tinygpt bench: %s\n", std::string(r.status().message()).c_str());
     return 1;

@@ -14,6 +14,7 @@ ABSL_DECLARE_FLAG(std::string, checkpoint);
 ABSL_DECLARE_FLAG(std::string, device);
 ABSL_DECLARE_FLAG(std::string, dtype);
 ABSL_DECLARE_FLAG(int, threads);
+ABSL_DECLARE_FLAG(int, minloglevel);
 ABSL_DECLARE_FLAG(bool, allow_bad_weights);
 ABSL_DECLARE_FLAG(bool, allow_nonfinite_weights);
 

@@ -17,6 +17,7 @@
 #include "cli/commands.h"
 #include "cli/common_flags.h"
 #include "common/flag_args.h"
+#include "common/log.h"
 #include "kernels/cpu/blas_core.h"
 #include "kernels/cpu/cpu_backend.h"
 
@@ -103,6 +104,7 @@ int main(int argc, char** argv) {
   std::vector<char*> ptrs;
   for (auto& a : args) ptrs.push_back(a.data());
   absl::ParseCommandLine(static_cast<int>(ptrs.size()), ptrs.data());
+  tinygpt::log_internal::SetMinLogLevel(absl::GetFlag(FLAGS_minloglevel));
   tinygpt::SetCpuThreads(absl::GetFlag(FLAGS_threads));
   return cmd->run();
 }

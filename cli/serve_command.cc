@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cli/commands.h"
+#include "cli/stop_signals.h"
 #include "cli/common_flags.h"
 #include "model/checkpoint.h"
 #include "server/engine.h"
@@ -51,6 +52,10 @@ ABSL_FLAG(int, max_request_bytes, 64 * 1024, "largest request accepted (INVALID_
 ABSL_FLAG(int, debug_step_delay_ms, 0, "testing only: sleep this long in every scheduler step");
 ABSL_FLAG(double, drain_timeout, 30.0, "seconds in-flight requests get to finish on SIGTERM");
 ABSL_FLAG(int, max_n, 16, "most samples (GenerateRequest.n) per request");
+ABSL_FLAG(int, max_stop_strings, 16, "most stop strings per request (INVALID_ARGUMENT beyond)");
+ABSL_FLAG(int, max_stop_bytes, 4096, "most bytes of stop strings per request, all of them together (INVALID_ARGUMENT beyond)");
+ABSL_FLAG(int, max_total_new_tokens, 8192, "largest n x max_new_tokens per request (INVALID_ARGUMENT beyond)");
+ABSL_FLAG(int, max_total_top_logprobs, 80, "largest n x top_logprobs per request (INVALID_ARGUMENT beyond)");
 ABSL_FLAG(int, notify_threads, 0,
           "threads that hand new tokens to the calls (serialize and start each stream's write); 0: one per 4 cores, 1 to 4");
 ABSL_FLAG(bool, warm_start, true,
@@ -60,6 +65,7 @@ ABSL_FLAG(bool, warm_start, true,
 ABSL_FLAG(int, stream_interval, 0,
           "tokens a GenerateStream message gathers after the first one, which is sent at once (as vLLM's --stream-interval); "
           "0: automatic, 1 while fewer than 64 streams share a step, then one more for every 32 streams, up to 16");
+ABSL_FLAG(bool, log_requests, true, "log one INFO line per finished request (--nolog-requests: off; counts stay in /metrics)");
 ABSL_FLAG(bool, prefix_caching, true, "reuse the KV cache blocks of prompt prefixes seen before (--noprefix-caching: off)");
 
 namespace tinygpt {
@@ -128,13 +134,8 @@ absl::StatusOr<std::string> AuthTokenFromFlags() {
 }  // namespace
 
 int ServeCommand() {
-  // Block the stop signals in every thread; main waits for them with sigwait.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-
+  // SIGTERM/SIGINT exit at once (143/130) until the model is loaded, then
+  // start the drain (cli/stop_signals.h).
   // Security settings first: a typo in them must stop the server before it
   // loads anything or listens.
   auto credentials = ServerCredentialsFromFlags();
@@ -200,6 +201,7 @@ int ServeCommand() {
   if (ro.num_kv_blocks <= 0) return Fail("the KV cache would hold no block; raise --kv-cache-tokens or --kv-cache-fraction");
   auto runner = ModelRunner::Create(backend->get(), *ck, ro);
   if (!runner.ok()) return Fail(std::string(runner.status().message()));
+  DrainOnStopSignals();  // the model is loaded: a stop signal from now on drains (at once if nothing is in flight)
   metrics.SetBuildInfo({kVersion, (*backend)->name(), (*backend)->device_name(), PresetName(ck->config)});
   std::string warmup_note;
   if (absl::GetFlag(FLAGS_warm_start)) {
@@ -223,10 +225,14 @@ int ServeCommand() {
   eo.stream_interval = absl::GetFlag(FLAGS_stream_interval);
   if (eo.stream_interval < 0) return Fail("--stream-interval must be >= 0 (0: automatic)");
   eo.model_name = path;
+  eo.max_stop_strings = absl::GetFlag(FLAGS_max_stop_strings);
+  eo.max_stop_bytes = absl::GetFlag(FLAGS_max_stop_bytes);
+  eo.max_total_new_tokens = absl::GetFlag(FLAGS_max_total_new_tokens);
+  eo.max_total_top_logprobs = absl::GetFlag(FLAGS_max_total_top_logprobs);
   Engine engine(runner->get(), eo, &metrics);
   GenerationService service(&engine, &metrics,
                             {static_cast<size_t>(absl::GetFlag(FLAGS_max_request_bytes)), path, ConfigToJson(ck->config),
-                             ck->tokenizer.get(), *auth_token});
+                             ck->tokenizer.get(), *auth_token, absl::GetFlag(FLAGS_log_requests)});
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -256,8 +262,7 @@ int ServeCommand() {
             << (absl::GetFlag(FLAGS_tls_client_ca).empty() ? "" : " requiring client certificates")
             << (auth_token->empty() ? "" : ", bearer token required");
 
-  int sig = 0;
-  sigwait(&stop_signals, &sig);
+  const int sig = WaitForStopSignal();
   LOG(INFO) << "signal " << sig << ": draining";
   health->SetServingStatus(false);
   health->SetServingStatus(service_name, false);

@@ -1,14 +1,28 @@
 // Minimal leveled logging to stderr, one line per message with a UTC
 // timestamp. Debian 12's Abseil (20220623) predates absl/log, so this stands
-// in for LOG(INFO)/LOG(WARNING)/LOG(ERROR) with the same call syntax.
+// in for LOG(INFO)/LOG(WARNING)/LOG(ERROR) with the same call syntax, and for
+// absl/log's --minloglevel: messages below the level (0 INFO, 1 WARNING,
+// 2 ERROR) are dropped, their arguments not even evaluated. (absl's
+// --stderrthreshold picks what also goes to stderr beside the log files;
+// everything here goes to stderr only, so --minloglevel is the one level.)
 #pragma once
 #include <sys/time.h>
 
+#include <atomic>
 #include <cstdio>
 #include <ctime>
 #include <sstream>
 
 namespace tinygpt::log_internal {
+
+inline std::atomic<int> min_level{0};
+inline void SetMinLogLevel(int level) { min_level.store(level); }
+inline bool Enabled(int level) { return level >= min_level.load(std::memory_order_relaxed); }
+// Lets `cond ? (void)0 : Voidify() & stream << ...` type-check (& binds
+// looser than <<).
+struct Voidify {
+  void operator&(std::ostream&) {}
+};
 
 class Line {
  public:
@@ -37,7 +51,11 @@ class Line {
 
 }  // namespace tinygpt::log_internal
 
-#define TINYGPT_LOG_INFO ::tinygpt::log_internal::Line('I', __FILE__, __LINE__).stream()
-#define TINYGPT_LOG_WARNING ::tinygpt::log_internal::Line('W', __FILE__, __LINE__).stream()
-#define TINYGPT_LOG_ERROR ::tinygpt::log_internal::Line('E', __FILE__, __LINE__).stream()
+#define TINYGPT_LOG_AT(level, letter)                                    \
+  !::tinygpt::log_internal::Enabled(level) ? (void)0                      \
+                                           : ::tinygpt::log_internal::Voidify() & \
+                                                 ::tinygpt::log_internal::Line(letter, __FILE__, __LINE__).stream()
+#define TINYGPT_LOG_INFO TINYGPT_LOG_AT(0, 'I')
+#define TINYGPT_LOG_WARNING TINYGPT_LOG_AT(1, 'W')
+#define TINYGPT_LOG_ERROR TINYGPT_LOG_AT(2, 'E')
 #define LOG(severity) TINYGPT_LOG_##severity

@@ -82,14 +82,15 @@ absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& path, const LoadOpt
 }
 
 absl::Status SaveCheckpoint(const std::string& path, const ModelConfig& config, const float* params,
-                            const Tokenizer* tokenizer, const std::map<std::string, std::string>& extra_metadata) {
+                            const Tokenizer* tokenizer, const std::map<std::string, std::string>& extra_metadata,
+                            WritePointHook hook) {
   ParamLayout layout(config);
   StFile file;
   file.metadata = extra_metadata;
   file.metadata[kConfigMetadataKey] = ConfigToJson(config);
   if (tokenizer) file.metadata[kTokenizerMetadataKey] = tokenizer->ToMetadata();
   for (const auto& t : layout.tensors()) file.tensors.emplace(t.name, F32Tensor(t.shape, params + t.offset));
-  return WriteFileAtomically(path, SerializeSafetensors(file));
+  return WriteFileAtomically(path, SerializeSafetensors(file), hook);
 }
 
 }  // namespace tinygpt

@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "model/config.h"
+#include "model/safetensors.h"
 #include "model/tokenizer.h"
 
 namespace tinygpt {
@@ -51,8 +52,9 @@ absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& path, const LoadOpt
 absl::StatusOr<Checkpoint> ParseCheckpoint(std::string_view data, const std::string& name, const LoadOptions& options = {});
 // Writes atomically (temporary file + rename), with the tokenizer (if any) and
 // `extra_metadata` beside the config.
+// `hook`: see WriteFileAtomically.
 absl::Status SaveCheckpoint(const std::string& path, const ModelConfig& config, const float* params,
                             const Tokenizer* tokenizer = nullptr,
-                            const std::map<std::string, std::string>& extra_metadata = {});
+                            const std::map<std::string, std::string>& extra_metadata = {}, WritePointHook hook = nullptr);
 
 }  // namespace tinygpt

@@ -341,38 +341,68 @@ int RemoveStaleTempFiles(const std::string& path) {
     if (!absl::SimpleAtoi(std::string(name.substr(prefix.size())), &pid) || pid <= 0 || pid == getpid()) continue;
     // A writer that still runs may be about to rename its file: leave it. A
     // PID reused by an unrelated process keeps a stale file until that exits.
-    if (::kill(pid, 0) == 0 || errno != ESRCH) continue;
+    if (!ProcessIsGone(pid)) continue;
     if (::unlink(absl::StrCat(dir, "/", std::string(name)).c_str()) == 0) ++removed;
   }
   ::closedir(d);
   return removed;
 }
 
-absl::Status WriteFileAtomically(const std::string& path, const std::string& contents) {
+bool ProcessIsGone(int pid) { return ::kill(pid, 0) != 0 && errno == ESRCH; }
+
+absl::Status SyncParentDir(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return absl::InternalError(absl::StrCat("cannot open the folder ", dir, ": ", std::strerror(errno)));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) return absl::InternalError(absl::StrCat("cannot fsync the folder ", dir, ": ", std::strerror(err)));
+  return absl::OkStatus();
+}
+
+absl::Status WriteFileAtomically(const std::string& path, const std::string& contents, WritePointHook hook) {
   const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return absl::InternalError(absl::StrCat("cannot create ", tmp, ": ", std::strerror(errno)));
   size_t done = 0;
-  while (done < contents.size()) {
-    ssize_t w = ::write(fd, contents.data() + done, contents.size() - done);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      const int err = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      return absl::InternalError(absl::StrCat("cannot write ", tmp, ": ", std::strerror(err)));
+  auto write_to = [&](size_t end) {
+    while (done < end) {
+      ssize_t w = ::write(fd, contents.data() + done, end - done);
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) return false;
+      done += static_cast<size_t>(w);
     }
-    done += static_cast<size_t>(w);
+    return true;
+  };
+  // With a hook, the first half goes out alone, so that a test can stop the
+  // process with a partial file on disk.
+  bool ok = true;
+  if (hook) {
+    ok = write_to(contents.size() / 2);
+    if (ok) hook("written half");
   }
+  if (!ok || !write_to(contents.size())) {
+    const int err = errno;
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return absl::InternalError(absl::StrCat("cannot write ", tmp, ": ", std::strerror(err)));
+  }
+  if (hook) hook("written");
   if (::fsync(fd) != 0 || ::close(fd) != 0) {
     ::unlink(tmp.c_str());
     return absl::InternalError(absl::StrCat("cannot flush ", tmp));
   }
+  if (hook) hook("fsynced");
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     const int err = errno;
     ::unlink(tmp.c_str());
     return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", path, ": ", std::strerror(err)));
   }
+  // The rename itself lasts through a power loss only once the folder is synced.
+  if (auto s = SyncParentDir(path); !s.ok()) return s;
+  if (hook) hook("renamed");
   RemoveStaleTempFiles(path);
   return absl::OkStatus();
 }

@@ -90,11 +90,21 @@ absl::StatusOr<StFile> ReadSafetensors(const std::string& path);
 
 // Serializes tensors (sorted by name, as safetensors does) with metadata.
 std::string SerializeSafetensors(const StFile& file);
-// Writes to a temporary file `path.tmp.PID` in the same folder, fsyncs it and
-// renames it over `path`, so a crash never leaves a half-written file under
-// that name. After a successful write, temporary files of `path` left by
-// earlier writers that were killed (their PID no longer runs) are removed.
-absl::Status WriteFileAtomically(const std::string& path, const std::string& contents);
+// Called at each point of a write where a crash leaves a different state on
+// disk (crash-consistency tests kill the process there): "written half",
+// "written", "fsynced", "renamed" (the rename made durable by an fsync of the
+// folder). Null: no hook.
+using WritePointHook = void (*)(const char* point);
+// Writes to a temporary file `path.tmp.PID` in the same folder, fsyncs it,
+// renames it over `path` and fsyncs the folder, so a crash (or power loss)
+// never leaves a half-written file under that name. After a successful write,
+// temporary files of `path` left by earlier writers that were killed (their
+// PID no longer runs) are removed.
+absl::Status WriteFileAtomically(const std::string& path, const std::string& contents, WritePointHook hook = nullptr);
+// fsyncs the folder holding `path`, so that a rename or unlink in it lasts.
+absl::Status SyncParentDir(const std::string& path);
+// Whether the process `pid` is gone (so a temporary file it left is stale).
+bool ProcessIsGone(int pid);
 // Removes `path.tmp.PID` files whose PID no longer runs; returns how many.
 int RemoveStaleTempFiles(const std::string& path);
 

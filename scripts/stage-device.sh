@@ -14,5 +14,5 @@ cp build/cli/tinygpt build/cli/libtinygpt_cuda.so build/cli/libtinygpt_sentencep
 # Libraries travel compressed (OpenBLAS alone is 35 MB; the carry limit is 64 MiB).
 tar -C $stage -cJf $stage/lib.tar.xz lib && rm -rf $stage/lib
 [[ -f $stage/seed.safetensors ]] || build/cli/tinygpt train --preset seed --steps 400 --batch 64 --out $stage/seed.safetensors
-rm -f $stage/seed.safetensors.optim
+rm -f $stage/seed.safetensors.optim $stage/seed.safetensors.step*.optim  # the optimizer state: not needed to serve
 du -sh $stage

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "server/engine.h"
+#include "server/no_message_waiter.h"
 #include "server/sequence.h"
 
 namespace tinygpt {
@@ -86,12 +87,14 @@ struct CallOutcome {
 
   // Once every sample has finished: a call its client cancelled, or whose
   // deadline passed, ends CANCELLED or DEADLINE_EXCEEDED, whatever the engine
-  // reported.
+  // reported. A cancel within kDeadlineSlack of the server's copy of the
+  // deadline is the client's deadline (server/no_message_waiter.h): a queued
+  // call whose deadline passed was logged "cancelled by the client" when the
+  // engine retired it before the server's copy ran out.
   void Settle(const grpc::ServerContextBase& ctx) {
     if (!status.ok() || !(cancel_sent || ctx.IsCancelled())) return;
-    const bool deadline = ctx.deadline() <= std::chrono::system_clock::now();
-    status = deadline ? grpc::Status(grpc::DEADLINE_EXCEEDED, "deadline exceeded")
-                      : grpc::Status(grpc::CANCELLED, "cancelled by the client");
+    status = NearDeadline(ctx, std::chrono::system_clock::now()) ? grpc::Status(grpc::DEADLINE_EXCEEDED, "deadline exceeded")
+                                                                : grpc::Status(grpc::CANCELLED, "cancelled by the client");
   }
 };
 

@@ -31,8 +31,9 @@ class GenerationService::CallReactor final : public grpc::ServerBidiReactor<grpc
     if (!ok) {
       // No message: over the receive limit, none sent, or the client gave
       // up. Telling which may take a wait (server/no_message_waiter.h).
-      if (ctx_->IsCancelled()) return Refuse(NoMessageWaiter::StatusOf(*ctx_, /*cancelled=*/true));
-      service_->no_message_waiter_.Add(ctx_, [this](grpc::Status s) { Refuse(std::move(s)); });
+      const auto failed = std::chrono::system_clock::now();
+      if (ctx_->IsCancelled()) return Refuse(NoMessageWaiter::StatusOf(*ctx_, /*cancelled=*/true, failed));
+      service_->no_message_waiter_.Add(ctx_, failed, [this](grpc::Status s) { Refuse(std::move(s)); });
       return;
     }
     v1::GenerateRequest req;

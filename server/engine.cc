@@ -42,6 +42,20 @@ Engine::~Engine() {
 absl::StatusOr<SubmittedRequest> Engine::Submit(SequenceRequest req) {
   const ModelConfig& cfg = runner_->config();
   if (auto s = ValidateGenerateRequest(cfg, req.prompt, req.options); !s.ok()) return s;
+  // Per-request work is bounded, so that one request cannot slow the engine
+  // thread for everyone (INVALID_ARGUMENT naming the flag): stop strings
+  // (matched on every token's text by an automaton built per sample, checked
+  // first since they dominate a large request), then below n x
+  // max_new_tokens and n x top_logprobs (each sample's tokens and logprobs
+  // are computed, copied and sent).
+  if (static_cast<long>(req.stop_strings.size()) > opt_.max_stop_strings)
+    return absl::InvalidArgumentError(absl::StrCat("stop: ", req.stop_strings.size(), " stop strings, more than the server's limit of ",
+                                                   opt_.max_stop_strings, " (--max-stop-strings)"));
+  size_t stop_bytes = 0;
+  for (const std::string& s : req.stop_strings) stop_bytes += s.size();
+  if (stop_bytes > static_cast<size_t>(std::max(0, opt_.max_stop_bytes)))
+    return absl::InvalidArgumentError(absl::StrCat("stop: ", stop_bytes, " bytes of stop strings, more than the server's limit of ",
+                                                   opt_.max_stop_bytes, " (--max-stop-bytes)"));
   if (req.options.max_new_tokens > opt_.max_new_tokens_limit)
     return absl::InvalidArgumentError(absl::StrCat("max_new_tokens: ", req.options.max_new_tokens, " exceeds the server limit of ",
                                                    opt_.max_new_tokens_limit));
@@ -56,6 +70,19 @@ absl::StatusOr<SubmittedRequest> Engine::Submit(SequenceRequest req) {
     return absl::InvalidArgumentError(absl::StrCat("top_logprobs: must be in [0, ", kMaxTopLogprobs, "]"));
   if (req.n < 1 || req.n > opt_.max_n)
     return absl::InvalidArgumentError(absl::StrCat("n: must be in [1, ", opt_.max_n, "] (the server's --max-n)"));
+  // (n is in range here.)
+  if (static_cast<long>(req.n) * req.options.max_new_tokens > opt_.max_total_new_tokens)
+    return absl::InvalidArgumentError(absl::StrCat("max_new_tokens: n (", req.n, ") x max_new_tokens (", req.options.max_new_tokens,
+                                                   ") = ", static_cast<long>(req.n) * req.options.max_new_tokens,
+                                                   " tokens, more than the server's limit of ", opt_.max_total_new_tokens,
+                                                   " per request (--max-total-new-tokens)"));
+  if (req.top_logprobs > 0 && static_cast<long>(req.n) * req.top_logprobs > opt_.max_total_top_logprobs)
+    return absl::InvalidArgumentError(absl::StrCat("top_logprobs: n (", req.n, ") x top_logprobs (", req.top_logprobs, ") = ",
+                                                   static_cast<long>(req.n) * req.top_logprobs, ", more than the server's limit of ",
+                                                   opt_.max_total_top_logprobs, " per request (--max-total-top-logprobs)"));
+  // Looked up for every token: sorted, so a long list costs a binary search.
+  std::sort(req.options.stop_ids.begin(), req.options.stop_ids.end());
+  req.options.stop_ids.erase(std::unique(req.options.stop_ids.begin(), req.options.stop_ids.end()), req.options.stop_ids.end());
   const int need = BlocksFor(static_cast<int>(req.prompt.size()) + req.options.max_new_tokens, block_size_);
   if (need > kv_.num_blocks())
     return absl::InvalidArgumentError(absl::StrCat("max_new_tokens: prompt + max_new_tokens need ", need,
@@ -162,7 +189,7 @@ void Engine::Preempt(std::shared_ptr<Sequence> victim) {
 
 bool Engine::StopsOn(Sequence& seq, int32_t token, const std::string& text) const {
   const auto& ids = seq.request.options.stop_ids;
-  if (std::find(ids.begin(), ids.end(), token) != ids.end()) return true;
+  if (std::binary_search(ids.begin(), ids.end(), token)) return true;  // sorted by Submit
   if (opt_.tokenizer && token == opt_.tokenizer->eos_id() && !seq.request.ignore_eos) return true;
   return seq.stop_strings.Push(text);
 }

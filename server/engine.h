@@ -36,6 +36,13 @@ struct EngineOptions {
   // Reuse the KV blocks of cached prompt prefixes (model/kv_cache.h).
   bool prefix_caching = true;
   int max_n = 16;  // samples per request
+  // Bounds on the work one request may ask for (INVALID_ARGUMENT beyond):
+  // stop strings (their number and total bytes), tokens over all samples
+  // (n x max_new_tokens), and top logprobs over all samples (n x top_logprobs).
+  int max_stop_strings = 16;
+  int max_stop_bytes = 4096;
+  int max_total_new_tokens = 8192;
+  int max_total_top_logprobs = 80;
   // The checkpoint's name (its path), for the log line that reports
   // non-finite logits.
   std::string model_name;

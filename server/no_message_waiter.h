@@ -18,6 +18,19 @@
 
 namespace tinygpt {
 
+// gRPC does not tell a server why a call was cancelled: a client whose
+// deadline ran out sends the same cancel as one that gave up. The server's
+// copy of the deadline starts when it reads the headers, so the client's
+// cancel reaches it a little before that copy passes: by the one-way latency,
+// and by however much later the server read the headers than the cancel
+// (hundreds of milliseconds on a loaded 2-core machine). A cancel that comes
+// this close to the server's deadline, or after it, is taken for the
+// deadline; one earlier for the client's own.
+inline constexpr std::chrono::milliseconds kDeadlineSlack{250};
+inline bool NearDeadline(const grpc::ServerContextBase& ctx, std::chrono::system_clock::time_point at) {
+  return ctx.deadline() - at < kDeadlineSlack;
+}
+
 class NoMessageWaiter {
  public:
   using Done = std::function<void(grpc::Status)>;
@@ -34,31 +47,35 @@ class NoMessageWaiter {
   }
 
   // Calls done(status) once the call shows cancelled or kWait has passed (on
-  // this class's thread); ctx must stay valid until then.
-  void Add(const grpc::ServerContextBase* ctx, Done done) {
+  // this class's thread); ctx must stay valid until then. `read_failed`: when
+  // the read of the message failed.
+  void Add(const grpc::ServerContextBase* ctx, std::chrono::system_clock::time_point read_failed, Done done) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      pending_.push_back({ctx, std::chrono::steady_clock::now() + kWait, std::move(done)});
+      pending_.push_back({ctx, read_failed, std::chrono::steady_clock::now() + kWait, std::move(done)});
     }
     cv_.notify_one();
   }
 
-  // Why a call ended without its message, given whether it shows cancelled.
-  static grpc::Status StatusOf(const grpc::ServerContextBase& ctx, bool cancelled) {
+  // Why a call ended without its message, given whether it shows cancelled
+  // and when its read failed. A client sends its message with its headers,
+  // so a read that failed with no deadline near was not the client giving up
+  // on its deadline: gRPC refused the message (over the receive limit). The
+  // time of the failed read decides, not the time the cancel shows (up to
+  // kWait later, past a short deadline: a 4 MiB + 1 request with a 0.5 s
+  // deadline was counted DEADLINE_EXCEEDED while its client got
+  // RESOURCE_EXHAUSTED).
+  static grpc::Status StatusOf(const grpc::ServerContextBase& ctx, bool cancelled,
+                               std::chrono::system_clock::time_point read_failed) {
     if (!cancelled) return grpc::Status(grpc::INVALID_ARGUMENT, "request: no message");
-    // gRPC does not say why a call was cancelled. A client whose deadline
-    // runs out sends a cancel slightly before the server's copy of that
-    // deadline passes (the server's starts when the headers arrive); a
-    // client sends its message with its headers, so one with no deadline
-    // near has not cancelled: its message was refused.
-    if (ctx.deadline() - std::chrono::system_clock::now() < std::chrono::seconds(1))
-      return grpc::Status(grpc::DEADLINE_EXCEEDED, "deadline exceeded");
+    if (NearDeadline(ctx, read_failed)) return grpc::Status(grpc::DEADLINE_EXCEEDED, "deadline exceeded");
     return grpc::Status(grpc::RESOURCE_EXHAUSTED, "request: message over the receive limit (refused by gRPC)");
   }
 
  private:
   struct Entry {
     const grpc::ServerContextBase* ctx;
+    std::chrono::system_clock::time_point read_failed;
     std::chrono::steady_clock::time_point give_up;
     Done done;
   };
@@ -75,7 +92,7 @@ class NoMessageWaiter {
       for (auto it = pending_.begin(); it != pending_.end();) {
         const bool cancelled = it->ctx->IsCancelled();
         if (cancelled || now >= it->give_up) {
-          ready.emplace_back(std::move(it->done), StatusOf(*it->ctx, cancelled));
+          ready.emplace_back(std::move(it->done), StatusOf(*it->ctx, cancelled, it->read_failed));
           it = pending_.erase(it);
         } else {
           ++it;

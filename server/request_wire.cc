@@ -9,12 +9,28 @@
 
 namespace tinygpt {
 
-grpc::Status ParseGenerateRequest(const grpc::ByteBuffer& buffer, v1::GenerateRequest* req) {
+namespace {
+bool Bytes(const grpc::ByteBuffer& buffer, std::string* bytes) {
   std::vector<grpc::Slice> slices;
-  if (!buffer.Dump(&slices).ok()) return grpc::Status(grpc::INTERNAL, "request: cannot read the message");
+  if (!buffer.Dump(&slices).ok()) return false;
+  bytes->reserve(buffer.Length());
+  for (const auto& s : slices) bytes->append(reinterpret_cast<const char*>(s.begin()), s.size());
+  return true;
+}
+}  // namespace
+
+grpc::Status ParseGetModelInfoRequest(const grpc::ByteBuffer& buffer) {
   std::string bytes;
-  bytes.reserve(buffer.Length());
-  for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  if (!Bytes(buffer, &bytes)) return grpc::Status(grpc::INTERNAL, "request: cannot read the message");
+  v1::GetModelInfoRequest req;
+  if (!req.ParseFromString(bytes))
+    return grpc::Status(grpc::INVALID_ARGUMENT, "request: not a valid tinygpt.v1.GetModelInfoRequest message");
+  return grpc::Status::OK;
+}
+
+grpc::Status ParseGenerateRequest(const grpc::ByteBuffer& buffer, v1::GenerateRequest* req) {
+  std::string bytes;
+  if (!Bytes(buffer, &bytes)) return grpc::Status(grpc::INTERNAL, "request: cannot read the message");
   if (req->ParseFromString(bytes)) {
     // Protobuf refuses a proto3 string that is not UTF-8 when it checks them
     // (the default); a build without the check would let one through.

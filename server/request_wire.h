@@ -13,5 +13,7 @@ namespace tinygpt {
 // field's name when a string field (text, stop, request_id) is not valid
 // UTF-8 ("text: not valid UTF-8"), or when the bytes are no GenerateRequest.
 grpc::Status ParseGenerateRequest(const grpc::ByteBuffer& buffer, v1::GenerateRequest* req);
+// INVALID_ARGUMENT when the bytes are no tinygpt.v1.GetModelInfoRequest.
+grpc::Status ParseGetModelInfoRequest(const grpc::ByteBuffer& buffer);
 
 }  // namespace tinygpt

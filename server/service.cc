@@ -135,6 +135,7 @@ void GenerationService::Finish(const CallOutcome& o) {
   // Token counters count what reached the engine; refused requests add none.
   if (metrics_)
     metrics_->OnRequestDone(code, FinishReasonName(reason), first ? o.prompt_tokens : 0, o.generated(), total, queued, ttft);
+  if (!opt_.log_requests) return;
   LOG(INFO) << "request " << (o.id.empty() ? "-" : o.id) << " status=" << code
             << (status.ok() ? "" : absl::StrCat(" (", status.error_message(), ")")) << " finish=" << FinishReasonName(reason)
             << " n=" << std::max<size_t>(1, o.choices.size()) << " prompt_tokens=" << o.prompt_tokens << " generated=" << o.generated() << " queued_s=" << queued
@@ -161,6 +162,21 @@ GenerationService::GenerationService(Engine* engine, ServerMetrics* metrics, Ser
                                [this](grpc::CallbackServerContext* ctx) { return NewCallReactor(ctx, /*stream=*/false); }));
   MarkMethodRawCallback(1, new grpc::internal::CallbackBidiHandler<grpc::ByteBuffer, grpc::ByteBuffer>(
                                [this](grpc::CallbackServerContext* ctx) { return NewCallReactor(ctx, /*stream=*/true); }));
+  // GetModelInfo reads its request itself too: gRPC's generated code answers
+  // bytes that are no GetModelInfoRequest with INTERNAL and no message.
+  MarkMethodRawCallback(2, new grpc::internal::CallbackUnaryHandler<grpc::ByteBuffer, grpc::ByteBuffer>(
+                               [this](grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
+                                 grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+                                 v1::ModelInfo info;
+                                 grpc::Status s = ParseGetModelInfoRequest(*request);
+                                 if (s.ok()) s = ModelInfoFor(*ctx, &info);
+                                 if (s.ok()) {
+                                   bool own = false;
+                                   s = grpc::SerializationTraits<v1::ModelInfo>::Serialize(info, response, &own);
+                                 }
+                                 reactor->Finish(s);
+                                 return reactor;
+                               }));
 }
 
 grpc::Status GenerationService::CheckAuth(const grpc::ServerContextBase& ctx) const {
@@ -185,7 +201,11 @@ grpc::Status GenerationService::Refuse(grpc::Status status) {
 }
 
 grpc::Status GenerationService::GetModelInfo(grpc::ServerContext* ctx, const v1::GetModelInfoRequest*, v1::ModelInfo* info) {
-  if (grpc::Status s = CheckAuth(*ctx); !s.ok()) return s;
+  return ModelInfoFor(*ctx, info);
+}
+
+grpc::Status GenerationService::ModelInfoFor(const grpc::ServerContextBase& ctx, v1::ModelInfo* info) {
+  if (grpc::Status s = CheckAuth(ctx); !s.ok()) return s;
   const ModelRunner& r = engine_->runner();
   const EngineStats s = engine_->Stats();
   info->set_config_json(opt_.config_json);

@@ -20,6 +20,7 @@ struct ServiceOptions {
   // Non-empty: every Generation call must carry `authorization: Bearer <token>`
   // metadata (UNAUTHENTICATED otherwise). Health and reflection stay open.
   std::string auth_token;
+  bool log_requests = true;  // one INFO line per finished Generate/GenerateStream call
 };
 
 // What became of the requests the server held when it began to drain.
@@ -37,6 +38,7 @@ class GenerationService final : public v1::Generation::Service {
   // engine works on it.
   GenerationService(Engine* engine, ServerMetrics* metrics, ServiceOptions opt);
 
+  // Served by a raw callback (see the constructor), which calls ModelInfoFor.
   grpc::Status GetModelInfo(grpc::ServerContext* ctx, const v1::GetModelInfoRequest* req, v1::ModelInfo* info) override;
   // Generate/GenerateStream calls not yet ended (for draining).
   int in_flight() const { return in_flight_.load(); }
@@ -51,6 +53,8 @@ class GenerationService final : public v1::Generation::Service {
   CallOutcome Start(const v1::GenerateRequest& req, bool stream);
   // Metrics and the one log line of a finished call.
   void Finish(const CallOutcome& o);
+  // The model, limits and engine state (UNAUTHENTICATED without the token).
+  grpc::Status ModelInfoFor(const grpc::ServerContextBase& ctx, v1::ModelInfo* info);
   // UNAUTHENTICATED unless the call carries the bearer token (when one is set).
   grpc::Status CheckAuth(const grpc::ServerContextBase& ctx) const;
   // Counts and logs a call refused before it reached the engine.

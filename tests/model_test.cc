@@ -548,8 +548,7 @@ TEST(Training, LearnsTheCountingTask) {
   auto out = Generate(**runner, {60, 61, 62, 63, 0, 1}, g);
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_EQ(out->output_ids, (std::vector<int32_t>{2, 3, 4, 5, 6, 7, 8, 9, 10, 11}));
-  std::remove(o.out.c_str());
-  std::remove((o.out + ".optim").c_str());
+  RemoveTrainingCheckpoint(o.out);
 }
 
 }  // namespace
@@ -592,13 +591,13 @@ TEST(Training, PacksTextDocumentsWithoutPaddingAndLearns) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_LT(r->final_loss, 1.5f);  // uniform over 256 bytes is 5.5
   std::remove(path.c_str());
-  std::remove(o.out.c_str());
-  std::remove((o.out + ".optim").c_str());
+  RemoveTrainingCheckpoint(o.out);
   EXPECT_FALSE(ReadDocuments(TempPath("missing.txt")).ok());
 }
 
-// The weights and optimizer state of one step: a save interrupted between
-// the two files leaves a pair that --resume must refuse.
+// The weights and optimizer state of one step: OUT names its optimizer file
+// by step and commit; an older version's OUT.optim still resumes when its
+// stamps match and is refused when a torn save left another step's.
 class TrainingCheckpoint : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -608,13 +607,26 @@ class TrainingCheckpoint : public ::testing::Test {
     opt_.steps = 2;
   }
   void TearDown() override {
-    for (const std::string& suffix : {"", ".optim", ".step4", ".step4.optim"}) std::remove((opt_.out + suffix).c_str());
+    RemoveTrainingCheckpoint(opt_.out);
+    for (const std::string& suffix : {".step4", ".step4.optim"}) std::remove((opt_.out + suffix).c_str());
   }
   absl::StatusOr<TrainResult> TrainTo(long steps, bool resume) {
     TrainOptions o = opt_;
     o.steps = steps;
     if (resume) o.resume = o.out;
     return Train(cfg_, *data_, o);
+  }
+  // The optimizer files beside OUT (OUT.step<N>-<commit>.optim; not the test's OUT.step4.optim).
+  std::vector<std::string> OptimizerFiles() const {
+    std::vector<std::string> out;
+    const std::filesystem::path p(opt_.out);
+    for (const auto& e : std::filesystem::directory_iterator(p.parent_path())) {
+      const std::string name = e.path().filename().string(), base = p.filename().string() + ".step";
+      if (name.rfind(base, 0) == 0 && name.find('-', base.size()) != std::string::npos && name.size() > 6 &&
+          name.substr(name.size() - 6) == ".optim")
+        out.push_back(e.path().string());
+    }
+    return out;
   }
   static void Copy(const std::string& from, const std::string& to) {
     std::ifstream in(from, std::ios::binary);
@@ -625,15 +637,40 @@ class TrainingCheckpoint : public ::testing::Test {
   TrainOptions opt_;
 };
 
-TEST_F(TrainingCheckpoint, ResumeRefusesWeightsAndOptimizerStateOfDifferentSteps) {
+TEST_F(TrainingCheckpoint, ResumeFindsTheOptimizerStateItsStampNames) {
   ASSERT_TRUE(TrainTo(4, false).ok());
+  auto files = OptimizerFiles();
+  ASSERT_EQ(files.size(), 1u);
+  EXPECT_NE(files[0].find(".step4-"), std::string::npos) << files[0];
   Copy(opt_.out, opt_.out + ".step4");
-  Copy(opt_.out + ".optim", opt_.out + ".step4.optim");
-  auto more = TrainTo(6, true);  // a matching pair resumes
+  auto more = TrainTo(6, true);
   ASSERT_TRUE(more.ok()) << more.status();
   EXPECT_EQ(more->steps_run, 2);
-  // A save of step 6 killed after OUT.optim was renamed into place but
-  // before OUT was: step-4 weights beside step-6 optimizer state.
+  files = OptimizerFiles();  // the step-4 file went once OUT named step 6's
+  ASSERT_EQ(files.size(), 1u);
+  EXPECT_NE(files[0].find(".step6-"), std::string::npos) << files[0];
+  // An old copy of OUT whose optimizer file is gone: refused, naming the file.
+  Copy(opt_.out + ".step4", opt_.out);
+  auto r = TrainTo(8, true);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("needs the optimizer state"), std::string::npos) << r.status();
+  EXPECT_NE(r.status().message().find(opt_.out + ".step4-"), std::string::npos) << r.status();
+}
+
+TEST_F(TrainingCheckpoint, OlderVersionsPairsResumeOnlyWhenTheirStampsMatch) {
+  // An older version's layout: the optimizer state in OUT.optim.
+  ASSERT_TRUE(TrainTo(4, false).ok());
+  ASSERT_EQ(OptimizerFiles().size(), 1u);
+  std::filesystem::rename(OptimizerFiles()[0], opt_.out + ".optim");
+  Copy(opt_.out, opt_.out + ".step4");
+  Copy(opt_.out + ".optim", opt_.out + ".step4.optim");
+  auto more = TrainTo(6, true);
+  ASSERT_TRUE(more.ok()) << more.status();
+  EXPECT_EQ(more->steps_run, 2);
+  EXPECT_NE(access((opt_.out + ".optim").c_str(), F_OK), 0) << "the old-style file outlived the first new save";
+  // A save of step 6 by the older version killed after OUT.optim was renamed
+  // into place but before OUT was: step-4 weights beside step-6 state.
+  std::filesystem::rename(OptimizerFiles()[0], opt_.out + ".optim");
   Copy(opt_.out + ".step4", opt_.out);
   auto r = TrainTo(8, true);
   ASSERT_FALSE(r.ok());
@@ -641,13 +678,14 @@ TEST_F(TrainingCheckpoint, ResumeRefusesWeightsAndOptimizerStateOfDifferentSteps
   EXPECT_NE(r.status().message().find("cannot resume"), std::string::npos) << r.status();
   EXPECT_NE(r.status().message().find(opt_.out + " is step 4"), std::string::npos) << r.status();
   EXPECT_NE(r.status().message().find(opt_.out + ".optim is step 6"), std::string::npos) << r.status();
-  // Nor the other way round, nor a pair of the same step from two saves.
+  // Nor a pair of the same step from two saves.
   ASSERT_TRUE(TrainTo(4, false).ok());  // a fresh run: step 4 again, another commit
+  for (const auto& f : OptimizerFiles()) std::remove(f.c_str());
   Copy(opt_.out + ".step4.optim", opt_.out + ".optim");
   r = TrainTo(8, true);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("not saved together"), std::string::npos) << r.status();
-  // Without its optimizer state a checkpoint cannot be resumed.
+  // Without any optimizer state a checkpoint cannot be resumed.
   std::remove((opt_.out + ".optim").c_str());
   r = TrainTo(8, true);
   ASSERT_FALSE(r.ok());
@@ -659,12 +697,16 @@ TEST_F(TrainingCheckpoint, StaleTempFilesOfKilledWritesAreRemoved) {
   if (dead == 0) _exit(0);
   ASSERT_GT(dead, 0);
   ASSERT_EQ(waitpid(dead, nullptr, 0), dead);
-  const std::vector<std::string> stale = {absl::StrCat(opt_.out, ".tmp.", dead), absl::StrCat(opt_.out, ".optim.tmp.", dead)};
+  const std::vector<std::string> stale = {absl::StrCat(opt_.out, ".tmp.", dead), absl::StrCat(opt_.out, ".optim.tmp.", dead),
+                                          absl::StrCat(opt_.out, ".step7-0123456789abcdef.optim.tmp.", dead),
+                                          opt_.out + ".step7-0123456789abcdef.optim"};  // named by no OUT (there is none)
   // Another writer still running (our parent) and files that only look alike stay.
   const std::vector<std::string> kept = {absl::StrCat(opt_.out, ".tmp.", getppid()), opt_.out + ".tmp.x12",
-                                         absl::StrCat(opt_.out, "x.tmp.", dead)};
+                                         absl::StrCat(opt_.out, "x.tmp.", dead), opt_.out + ".step7-xyz.optim"};
   for (const auto& p : stale) std::ofstream(p) << "half a checkpoint";
   for (const auto& p : kept) std::ofstream(p) << "not ours";
+  // (That this happens at the start, before the run's first save, is
+  // tests/train_kill_test.sh's check.)
   ASSERT_TRUE(TrainTo(1, false).ok());
   for (const auto& p : stale) EXPECT_NE(access(p.c_str(), F_OK), 0) << p << " was left behind";
   for (const auto& p : kept) {

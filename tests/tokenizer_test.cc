@@ -181,5 +181,39 @@ TEST(StopStrings, MatchAcrossPiecesWithoutRescanning) {
   EXPECT_FALSE(none.Push("anything"));
 }
 
+// The automaton against the plain definition (some stop string occurs in the
+// text so far), on random texts over a small alphabet cut into random pieces,
+// with overlapping strings, strings that are suffixes or prefixes of others,
+// and multi-byte UTF-8.
+TEST(StopStrings, AgreesWithSearchingTheWholeText) {
+  std::mt19937 rng(7);
+  const std::string alphabet[] = {"a", "b", "c", "\xC3\xA9", "\n"};
+  auto random_text = [&](int pieces) {
+    std::string t;
+    for (int i = 0; i < pieces; ++i) t += alphabet[rng() % 5];
+    return t;
+  };
+  for (int trial = 0; trial < 2000; ++trial) {
+    std::vector<std::string> stops;
+    const int k = 1 + static_cast<int>(rng() % 6);
+    for (int i = 0; i < k; ++i) stops.push_back(random_text(1 + static_cast<int>(rng() % 5)));
+    if (trial % 7 == 0) stops.push_back(stops[0].substr(1));  // a suffix of another
+    const std::string text = random_text(40);
+    StopStringMatcher m(stops);
+    std::string so_far;
+    size_t at = 0;
+    while (at < text.size()) {
+      const size_t len = std::min(text.size() - at, static_cast<size_t>(rng() % 6));
+      const std::string piece = text.substr(at, len);
+      at += len;
+      so_far += piece;
+      bool want = false;
+      for (const auto& s : stops) want |= !s.empty() && so_far.find(s) != std::string::npos;
+      ASSERT_EQ(m.Push(piece), want) << "trial " << trial << " text so far '" << so_far << "'";
+      if (want) break;  // the engine stops at the first match
+    }
+  }
+}
+
 }  // namespace
 }  // namespace tinygpt

@@ -1,14 +1,19 @@
 #include "train/trainer.h"
 
+#include <dirent.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <map>
 #include <random>
+#include <string_view>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -20,63 +25,165 @@
 namespace tinygpt {
 namespace {
 
-// A training checkpoint is two files: OUT (the weights, which serve and
-// generate load) and OUT.optim (the AdamW moments). Each save stamps both with
-// the step and a random commit id, and writes OUT.optim first and OUT last:
-// a save killed in between leaves a new OUT.optim beside the previous OUT,
-// which --resume refuses (the stamps differ) instead of continuing from old
-// weights with newer optimizer state and step count.
+// A training checkpoint is two files: OUT (the weights, a plain safetensors
+// checkpoint that serve, generate and PyTorch load) and its optimizer state,
+// OUT.step<STEP>-<COMMIT>.optim (the AdamW moments). Each save stamps both
+// with the step and a random commit id, which also name the optimizer file,
+// so that no save ever overwrites a file the current OUT needs:
+//   1. the new optimizer file is written in full, fsynced and renamed into
+//      place (its name is new: OUT still names the previous one);
+//   2. OUT is written the same way: its rename is the one instant at which the
+//      save takes effect;
+//   3. only then are the previous optimizer file (and any orphan) removed.
+// A kill at any instant thus leaves OUT beside the optimizer file its stamp
+// names: the previous pair before OUT's rename, the new one after; --resume
+// finds it from OUT's stamp, and the next run removes what the kill left
+// (temporary files, an optimizer file no OUT names).
+// Older versions wrote OUT.optim; such a pair still resumes when its stamps
+// match, and is refused when they do not (a save torn between the two files).
 constexpr const char* kStepKey = "tinygpt.step";
 constexpr const char* kCommitKey = "tinygpt.commit";
+
+std::string OptimizerPath(const std::string& checkpoint, long step, const std::string& commit) {
+  return absl::StrCat(checkpoint, ".step", step, "-", commit, ".optim");
+}
+
+// Test hook of the crash-consistency test (tests/train_kill_test.sh):
+// TINYGPT_TEST_KILL_AT_SAVE_POINT=K makes the trainer SIGKILL itself at the
+// K-th point, counted from 1 over the whole run, at which a save changes
+// what is on disk; each save has 9 of them (4 per file, see WritePointHook,
+// then "previous optimizer state: removed").
+long g_kill_at_point = 0, g_save_points = 0;
+const char* g_saving = "";  // which file the points are about
+void SavePoint(const char* point) {
+  if (++g_save_points != g_kill_at_point) return;
+  std::fprintf(stderr, "train: test hook: SIGKILL at save point %ld (%s: %s)\n", g_save_points, g_saving, point);
+  std::fflush(stderr);
+  ::raise(SIGKILL);
+}
+WritePointHook SaveHook() { return g_kill_at_point > 0 ? &SavePoint : nullptr; }
+
+struct Stamp {
+  std::string step = "(none)", commit = "(none)";
+  bool present() const { return commit != "(none)"; }
+};
+Stamp StampOf(const std::map<std::string, std::string>& meta) {
+  Stamp s;
+  if (auto it = meta.find(kStepKey); it != meta.end()) s.step = it->second;
+  if (auto it = meta.find(kCommitKey); it != meta.end()) s.commit = it->second;
+  return s;
+}
+// The stamp in a checkpoint's header (its tensors are not read).
+absl::StatusOr<Stamp> ReadStamp(const std::string& checkpoint) {
+  auto file = MappedFile::Open(checkpoint);
+  if (!file.ok()) return file.status();
+  auto st = ParseSafetensorsView((*file)->data());
+  if (!st.ok()) return absl::Status(st.status().code(), absl::StrCat(checkpoint, ": ", st.status().message()));
+  return StampOf(st->metadata);
+}
+
+// Removes, beside `out`, what killed saves left: temporary files of writers
+// that no longer run and, with `orphans`, optimizer files other than `keep`
+// (the one OUT names; empty: none is kept). `old_style` also removes
+// OUT.optim (once a new save no longer needs it). Returns how many went.
+int RemoveCheckpointLeftovers(const std::string& out, const std::string& keep, bool orphans, bool old_style) {
+  const size_t slash = out.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : out.substr(0, slash));
+  const std::string base = slash == std::string::npos ? out : out.substr(slash + 1);
+  const std::string keep_name = keep.substr(keep.rfind('/') == std::string::npos ? 0 : keep.rfind('/') + 1);
+  auto digits = [](std::string_view v) { return !v.empty() && std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; }); };
+  // ".step<STEP>-<16 hex>.optim"
+  auto optimizer_suffix = [&](std::string_view v) {
+    if (v.substr(0, 5) != ".step" || v.size() < 5 + 1 + 1 + 16 + 6 || v.substr(v.size() - 6) != ".optim") return false;
+    const std::string_view mid = v.substr(5, v.size() - 11);  // STEP-COMMIT
+    const size_t dash = mid.find('-');
+    if (dash == std::string_view::npos || !digits(mid.substr(0, dash)) || mid.size() - dash - 1 != 16) return false;
+    return std::all_of(mid.begin() + dash + 1, mid.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); });
+  };
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return 0;
+  std::vector<std::string> doomed;
+  while (const dirent* e = ::readdir(d)) {
+    const std::string_view name = e->d_name;
+    if (name.size() <= base.size() || name.substr(0, base.size()) != base) continue;
+    std::string_view rest = name.substr(base.size());
+    if (const size_t tmp = rest.rfind(".tmp."); tmp != std::string_view::npos) {
+      // OUT.tmp.PID, OUT.optim.tmp.PID (older versions), OUT.step..optim.tmp.PID
+      const std::string_view target = rest.substr(0, tmp), pid = rest.substr(tmp + 5);
+      int p = 0;
+      if ((target.empty() || target == ".optim" || optimizer_suffix(target)) && digits(pid) && absl::SimpleAtoi(std::string(pid), &p) && p > 0 &&
+          p != getpid() && ProcessIsGone(p))
+        doomed.emplace_back(name);
+    } else if ((orphans && optimizer_suffix(rest) && (keep.empty() || name != keep_name)) || (old_style && rest == ".optim")) {
+      doomed.emplace_back(name);
+    }
+  }
+  ::closedir(d);
+  int removed = 0;
+  for (const std::string& name : doomed) removed += ::unlink(absl::StrCat(dir, "/", name).c_str()) == 0;
+  return removed;
+}
 
 absl::Status SaveTrainingState(const std::string& out, const ModelConfig& cfg, const float* params, const Tokenizer* tokenizer,
                                const std::vector<float>& m, const std::vector<float>& v, long step) {
   std::random_device rd;
   const uint64_t id = (static_cast<uint64_t>(rd()) << 32) ^ rd() ^
                       static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-  const std::map<std::string, std::string> stamp = {{kStepKey, std::to_string(step)}, {kCommitKey, absl::StrCat(absl::Hex(id, absl::kZeroPad16))}};
+  const std::string commit = absl::StrCat(absl::Hex(id, absl::kZeroPad16));
+  const std::map<std::string, std::string> stamp = {{kStepKey, std::to_string(step)}, {kCommitKey, commit}};
   StFile f;
   f.metadata = stamp;
   f.tensors.emplace("adamw.m", F32Tensor({static_cast<long>(m.size())}, m.data()));
   f.tensors.emplace("adamw.v", F32Tensor({static_cast<long>(v.size())}, v.data()));
-  if (auto s = WriteFileAtomically(out + ".optim", SerializeSafetensors(f)); !s.ok()) return s;
-  return SaveCheckpoint(out, cfg, params, tokenizer, stamp);
+  const std::string optimizer = OptimizerPath(out, step, commit);
+  g_saving = "optimizer state";
+  if (auto s = WriteFileAtomically(optimizer, SerializeSafetensors(f), SaveHook()); !s.ok()) return s;
+  g_saving = "weights";
+  if (auto s = SaveCheckpoint(out, cfg, params, tokenizer, stamp, SaveHook()); !s.ok()) return s;
+  // OUT names the new optimizer file now: the previous one can go.
+  RemoveCheckpointLeftovers(out, optimizer, /*orphans=*/true, /*old_style=*/true);
+  if (auto s = SyncParentDir(out); !s.ok()) return s;
+  g_saving = "previous optimizer state";
+  if (g_kill_at_point > 0) SavePoint("removed");
+  return absl::OkStatus();
 }
 
-// Loads `checkpoint`.optim into m and v (sized for the model) and the step,
-// after checking that it was saved together with `checkpoint`.
+// Loads the optimizer state saved with `checkpoint` into m and v (sized for
+// the model) and the step: the file its stamp names, or an older version's
+// checkpoint.optim whose stamp matches.
 absl::Status LoadOptimizer(const std::string& checkpoint, std::vector<float>* m, std::vector<float>* v, long* step) {
-  const std::string path = checkpoint + ".optim";
-  auto ck_file = MappedFile::Open(checkpoint);
-  if (!ck_file.ok()) return ck_file.status();
-  auto ck = ParseSafetensorsView((*ck_file)->data());  // the header only is read: the weights are loaded already
-  if (!ck.ok()) return absl::Status(ck.status().code(), absl::StrCat(checkpoint, ": ", ck.status().message()));
+  auto ck_stamp = ReadStamp(checkpoint);
+  if (!ck_stamp.ok()) return ck_stamp.status();
+  long ck_step = -1;
+  std::string path = checkpoint + ".optim";
+  if (ck_stamp->present() && absl::SimpleAtoi(ck_stamp->step, &ck_step) && ck_step >= 0 &&
+      access(OptimizerPath(checkpoint, ck_step, ck_stamp->commit).c_str(), F_OK) == 0)
+    path = OptimizerPath(checkpoint, ck_step, ck_stamp->commit);
   auto opt_file = MappedFile::Open(path);
-  if (!opt_file.ok())
-    return absl::Status(opt_file.status().code(), absl::StrCat("train: --resume needs the optimizer state beside the checkpoint: ",
-                                                                opt_file.status().message()));
+  if (!opt_file.ok()) {
+    const std::string wanted = ck_stamp->present() ? OptimizerPath(checkpoint, ck_step, ck_stamp->commit) : path;
+    return absl::Status(opt_file.status().code(),
+                        absl::StrCat("train: --resume needs the optimizer state beside the checkpoint: ", wanted,
+                                     " (named by its step and commit stamp) is not there", ck_stamp->present() ? ", nor " + path : "",
+                                     ": ", opt_file.status().message()));
+  }
   auto f = ParseSafetensorsView((*opt_file)->data());
   if (!f.ok()) return absl::Status(f.status().code(), absl::StrCat(path, ": ", f.status().message()));
-  auto stamp = [](const std::map<std::string, std::string>& meta, const char* key) {
-    auto it = meta.find(key);
-    return it == meta.end() ? std::string("(none)") : it->second;
-  };
-  const std::string ck_step = stamp(ck->metadata, kStepKey), ck_commit = stamp(ck->metadata, kCommitKey);
-  const std::string opt_step = stamp(f->metadata, kStepKey), opt_commit = stamp(f->metadata, kCommitKey);
-  if (ck_commit == "(none)" && opt_commit == "(none)") {
+  const Stamp opt_stamp = StampOf(f->metadata);
+  if (!ck_stamp->present() && !opt_stamp.present()) {
     // Written before commit stamps existed: the pair cannot be checked.
     std::fprintf(stderr, "train: warning: %s and %s carry no commit stamp (an older tinygpt wrote them); resuming unchecked\n",
                  checkpoint.c_str(), path.c_str());
-  } else if (ck_commit != opt_commit || ck_step != opt_step) {
+  } else if (ck_stamp->commit != opt_stamp.commit || ck_stamp->step != opt_stamp.step) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "train: cannot resume: ", checkpoint, " is step ", ck_step, " (commit ", ck_commit, ") but ", path, " is step ", opt_step,
-        " (commit ", opt_commit, "); they were not saved together (a save was interrupted between the two files), "
-        "and resuming would pair these weights with another step's optimizer state"));
+        "train: cannot resume: ", checkpoint, " is step ", ck_stamp->step, " (commit ", ck_stamp->commit, ") but ", path, " is step ",
+        opt_stamp.step, " (commit ", opt_stamp.commit, "); they were not saved together (a save of an older tinygpt was interrupted "
+        "between the two files), and resuming would pair these weights with another step's optimizer state"));
   }
   auto mi = f->tensors.find("adamw.m"), vi = f->tensors.find("adamw.v");
   long parsed_step = -1;
-  if (!absl::SimpleAtoi(opt_step, &parsed_step) || parsed_step < 0)
-    return absl::InvalidArgumentError(absl::StrCat(path, ": ", kStepKey, " is '", opt_step.substr(0, 40), "', not a step count"));
+  if (!absl::SimpleAtoi(opt_stamp.step, &parsed_step) || parsed_step < 0)
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", kStepKey, " is '", opt_stamp.step.substr(0, 40), "', not a step count"));
   if (mi == f->tensors.end() || vi == f->tensors.end() || mi->second.numel != m->size() || vi->second.numel != v->size())
     return absl::InvalidArgumentError(absl::StrCat(path, ": optimizer state does not match the model (adamw.m and adamw.v of ",
                                                    m->size(), " values each)"));
@@ -93,6 +200,11 @@ bool IsDecayed(const ParamTensor& t) {
 }
 
 }  // namespace
+
+void RemoveTrainingCheckpoint(const std::string& out) {
+  RemoveCheckpointLeftovers(out, "", /*orphans=*/true, /*old_style=*/true);
+  std::remove(out.c_str());
+}
 
 float LearningRate(const TrainOptions& o, long step) {
   if (step < o.warmup) return o.lr * static_cast<float>(step + 1) / static_cast<float>(o.warmup);
@@ -216,6 +328,25 @@ absl::StatusOr<TrainResult> Train(const ModelConfig& cfg_in, DataSource& data, c
     if (auto s = LoadOptimizer(opt.resume, &adam.host_m(), &adam.host_v(), &step); !s.ok()) return s;
     adam.ToDevice();
   }
+  // What a killed save left beside OUT goes now, before this run's first save:
+  // temporary files, and optimizer files that OUT does not name (only when
+  // OUT's stamp can be read: a file it might name is never guessed away).
+  {
+    std::string keep;
+    bool orphans = access(opt.out.c_str(), F_OK) != 0;  // no OUT: it names no optimizer file
+    if (!orphans) {
+      auto stamp = ReadStamp(opt.out);
+      long s = -1;
+      if (stamp.ok() && stamp->present() && absl::SimpleAtoi(stamp->step, &s)) {
+        keep = OptimizerPath(opt.out, s, stamp->commit);
+        orphans = true;
+      }
+    }
+    const int removed = RemoveCheckpointLeftovers(opt.out, keep, orphans, /*old_style=*/false);
+    if (removed > 0 && !opt.quiet)
+      std::fprintf(stderr, "train: removed %d file(s) left beside %s by an interrupted save\n", removed, opt.out.c_str());
+  }
+  if (const char* k = std::getenv("TINYGPT_TEST_KILL_AT_SAVE_POINT")) g_kill_at_point = std::atol(k);
   const bool tty = isatty(fileno(stderr));
   auto save = [&](long done) -> absl::Status {
     model->ParamsToHost();

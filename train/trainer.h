@@ -22,8 +22,8 @@ struct TrainOptions {
   float clip = 1.0f;
   uint64_t seed = 0;
   long save_every = 0;     // 0: only at the end
-  std::string out;         // checkpoint path; optimizer state goes to out + ".optim"
-  std::string resume;      // checkpoint to continue from (its .optim beside it)
+  std::string out;         // checkpoint path; optimizer state goes to out + ".step<STEP>-<COMMIT>.optim"
+  std::string resume;      // checkpoint to continue from (the optimizer state its stamp names beside it)
   // Saved in the checkpoint so it serves text; with --resume, null keeps the
   // resumed checkpoint's own.
   std::shared_ptr<const Tokenizer> tokenizer;
@@ -61,6 +61,10 @@ struct TrainResult {
 };
 
 absl::StatusOr<TrainResult> Train(const ModelConfig& cfg, DataSource& data, const TrainOptions& opt);
+
+// Removes a training checkpoint: OUT, its optimizer files (any step, and an
+// older version's OUT.optim) and temporary files of dead writers.
+void RemoveTrainingCheckpoint(const std::string& out);
 
 // Learning rate at `step` (0-based): linear warmup, then cosine to min_lr_ratio·lr.
 float LearningRate(const TrainOptions& opt, long step);

@@ -1,6 +1,7 @@
 #include "kernels/cpu/blas_core.h"
 
 #include <cblas.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -34,7 +35,16 @@ void ReexecWithBetterBlasKernels(char** argv) {
   std::fprintf(stderr, "tinygpt: OpenBLAS does not know this CPU and picked its %s kernels; restarting with OPENBLAS_CORETYPE=%s\n",
                picked.c_str(), core.c_str());
   setenv("OPENBLAS_CORETYPE", core.c_str(), 1);
+  // The new image starts with the default action for SIGTERM/SIGINT until
+  // its handlers are installed (cli/stop_signals.cc, which unblocks them):
+  // blocked across the exec, a signal waits for them instead of killing it.
+  sigset_t stop, old;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGTERM);
+  sigaddset(&stop, SIGINT);
+  sigprocmask(SIG_BLOCK, &stop, &old);
   execv("/proc/self/exe", argv);
+  sigprocmask(SIG_SETMASK, &old, nullptr);
   std::fprintf(stderr, "tinygpt: re-exec failed (%s); continuing with the %s kernels\n", std::strerror(errno), picked.c_str());
 }
 

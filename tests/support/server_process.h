@@ -14,6 +14,8 @@
 #include <thread>
 #include <vector>
 
+#include "train/trainer.h"
+
 namespace tinygpt::testing {
 
 // TINYGPT_BIN (environment) overrides the binary built beside the tests.
@@ -50,8 +52,7 @@ inline const std::string& SharedCheckpoint() {
       if (std::system(cmd.c_str()) != 0) throw std::runtime_error("training the test checkpoint failed: " + cmd);
     }
     ~Trained() {
-      std::remove(path.c_str());
-      std::remove((path + ".optim").c_str());
+      RemoveTrainingCheckpoint(path);
     }
   };
   static const Trained trained;
