@@ -16,7 +16,8 @@
 #        serve-checks: the bf16 backend-ops check and server_test on CUDA, then serve-quick. SERVE_SECONDS (540)
 #        is the serving bench's own time budget.
 #        warm-stream: issue #20 (warm start, streaming beside unary, steady state and cold start): the bf16 backend-ops
-#        check, then bench/serve_gpu_bench.py --parts steady,torch,floor (SERVE_PARTS overrides; SERVE_SECONDS 330).
+#        check, the f16 non-finite cases, server_test on CUDA (SERVER_TEST=0 skips it), then bench/serve_gpu_bench.py
+#        --parts steady,torch,floor (SERVE_PARTS overrides; SERVE_SECONDS 330).
 set -uo pipefail
 what=${1:-all}
 S=$PWD/device-stage
@@ -123,6 +124,12 @@ if [[ $what == warm-stream ]]; then
   # bench's own budget.
   step "backend ops bf16" 150 "$S/bin/tinygpt_backend_ops" --dtype=bf16 "$S/seed.safetensors" > "$OUT/backend_ops_bf16.txt" 2>&1
   grep -E "^FAIL|passed|error|CUDA|runner|nonfinite|non-finite" "$OUT/backend_ops_bf16.txt" | head -20 | tee -a "$log"
+  step "backend ops f16 nonfinite" 60 "$S/bin/tinygpt_backend_ops" --dtype=f16 --only=nonfinite "$S/seed.safetensors" >> "$log" 2>&1
+  if [[ ${SERVER_TEST:-1} == 1 ]]; then
+    TINYGPT_BIN=$S/bin/tinygpt TINYGPT_TEST_SERVER_FLAGS=--device=cuda \
+      step "server_test --device=cuda" 200 "$S/bin/server_test" > "$OUT/server_test_cuda.txt" 2>&1
+    grep -E "^\[  |Failure|error|Expected|Which is" "$OUT/server_test_cuda.txt" | head -40 | tee -a "$log"
+  fi
   total=${SERVE_SECONDS:-330}
   PYTHONUNBUFFERED=1 step "serving bench steady" $((total + 40)) python3 -u bench/serve_gpu_bench.py "$S/bin" "$OUT" \
     --parts "${SERVE_PARTS:-steady,torch,floor}" --total-seconds=$total > "$OUT/serve_log.txt" 2>&1
