@@ -40,7 +40,7 @@ RUN --mount=type=cache,target=/ccache,id=tinygpt-ccache \
       -DTINYGPT_CUDA=$([ "$VARIANT" = cpu ] && echo OFF || echo ON) \
     && cmake --build /src/build-image -j"$(nproc)" --target tinygpt tinygpt-client tinygpt_sentencepiece \
     && if [ "$VARIANT" != cpu ]; then cmake --build /src/build-image -j"$(nproc)" --target tinygpt_cuda; fi \
-    && ccache --show-stats | grep -E 'Hits|Misses' || true
+    && (ccache --show-stats | grep -E 'Hits|Misses' || true)
 # Stage the binaries, the dlopen()ed modules (SentencePiece; CUDA if built) beside
 # them, and every shared library they need that is not glibc's or the CUDA
 # runtime's (the runtime image has those).
