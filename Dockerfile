@@ -35,7 +35,7 @@ COPY . .
 # relative paths whichever variant, and whichever copy of the tree, compiles.
 RUN --mount=type=cache,target=/ccache,id=tinygpt-ccache \
     export CCACHE_DIR=/ccache CCACHE_BASEDIR=/src CCACHE_COMPILERCHECK=content CCACHE_MAXSIZE=5G \
-    && cmake -S . -B /src/build-image -DCMAKE_BUILD_TYPE=Release -DTINYGPT_BUILD_TESTS=OFF \
+    && ccache --zero-stats >/dev/null && cmake -S . -B /src/build-image -DCMAKE_BUILD_TYPE=Release -DTINYGPT_BUILD_TESTS=OFF \
       -DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache \
       -DTINYGPT_CUDA=$([ "$VARIANT" = cpu ] && echo OFF || echo ON) \
     && cmake --build /src/build-image -j"$(nproc)" --target tinygpt tinygpt-client tinygpt_sentencepiece \

@@ -2,6 +2,7 @@
 # Installs every Debian package that building and testing tinygpt needs.
 # Idempotent; run as root on a fresh Debian 12 machine.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 pkgs=(
   build-essential cmake pkg-config git
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
@@ -13,13 +14,5 @@ pkgs=(
   clang libclang-rt-14-dev libomp-dev llvm  # fuzz/ (libFuzzer, clang's OpenMP, llvm-symbolizer for reports)
   bible-kjv  # the public-domain corpus (King James Bible) of the README's text walk-through
 )
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+scripts/apt-install-missing.sh "${pkgs[@]}" >/dev/null
 echo "install-deps: all ${#pkgs[@]} packages present"
