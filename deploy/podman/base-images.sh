@@ -29,7 +29,7 @@ else
     "deb http://deb.debian.org/debian-security bookworm-security main"
   # An imported image has no environment: give it the standard PATH, which the
   # Dockerfile's `ENV PATH=/opt/tinygpt/bin:$PATH` extends.
-  podman import --change "ENV PATH=$std_path" --change 'CMD ["/bin/bash"]' "$tmp/rootfs.tar" "$debian" >/dev/null
+  podman import --quiet --change "ENV PATH=$std_path" --change 'CMD ["/bin/bash"]' "$tmp/rootfs.tar" "$debian" >/dev/null
   rm -rf "$tmp"
   trap - EXIT
   echo "base-images: built $debian with mmdebstrap in $((SECONDS - start)) s"
