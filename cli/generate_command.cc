@@ -79,6 +79,7 @@ int GenerateCommand() {
     for (int32_t id : r->output_ids) ids += (ids.empty() ? "" : ",") + std::to_string(id);
     std::printf("output_ids: %s\n", ids.c_str());
     if (tok) std::printf("text: %s\n", text.c_str());
+    else std::printf("(token ids only: the checkpoint has no tokenizer)\n");
     std::printf("finish_reason: %s\n", r->finish_reason.c_str());
   }
   return 0;

@@ -20,6 +20,7 @@
 #include "cli/commands.h"
 #include "cli/stop_signals.h"
 #include "cli/common_flags.h"
+#include "common/address_file.h"
 #include "model/checkpoint.h"
 #include "server/engine.h"
 #include "server/metrics.h"
@@ -261,6 +262,8 @@ int ServeCommand() {
   LOG(INFO) << "serving " << path << " on port " << port << (absl::GetFlag(FLAGS_tls_cert).empty() ? " (plaintext)" : " (TLS)")
             << (absl::GetFlag(FLAGS_tls_client_ca).empty() ? "" : " requiring client certificates")
             << (auth_token->empty() ? "" : ", bearer token required");
+  // For the container image's HEALTHCHECK: where a local client reaches us.
+  const std::string address_file = WriteAddressFile(absl::GetFlag(FLAGS_host), port);
 
   const int sig = WaitForStopSignal();
   LOG(INFO) << "signal " << sig << ": draining";
@@ -287,6 +290,7 @@ int ServeCommand() {
             << counts.refused << " refused while draining";
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
   LOG(INFO) << "stopped";
+  if (!address_file.empty()) std::remove(address_file.c_str());
   return 0;
 }
 

@@ -14,21 +14,27 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <set>
 #include <thread>
 #include <vector>
 
+#include "absl/flags/commandlineflag.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/match.h"
 #include <google/protobuf/util/json_util.h>
 
+#include "common/address_file.h"
 #include "common/flag_args.h"
 #include "client/bench_calls.h"
 #include "common/token_ids.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "tinygpt.grpc.pb.h"
 
-ABSL_FLAG(std::string, target, "127.0.0.1:50051", "server host:port");
+ABSL_FLAG(std::string, target, "127.0.0.1:50051",
+          "server host:port (when not given: the address a local tinygpt serve wrote to $TINYGPT_ADDRESS_FILE, if any)");
 ABSL_FLAG(std::string, prompt, "", "prompt text");
 ABSL_FLAG(std::string, prompt_ids, "", "prompt token ids, comma separated");
 ABSL_FLAG(int, max_new_tokens, 16, "tokens to generate");
@@ -81,7 +87,84 @@ using tinygpt::client::StreamCall;
 using tinygpt::client::UnaryCall;
 
 constexpr const char* kUsage =
-    "usage: tinygpt-client <generate|stream|info|health|bench> [--target host:port] [flags]";
+    "usage: tinygpt-client <command> [--target host:port] [flags]\n"
+    "  generate  one Generate call; prints the output ids (and text)\n"
+    "  stream    one GenerateStream call; prints tokens as they arrive\n"
+    "  info      GetModelInfo: model, backend, limits, KV cache use (JSON)\n"
+    "  health    the standard gRPC health check: SERVING (exit 0) or NOT_SERVING (exit 1)\n"
+    "  bench     drive load (closed loop or Poisson arrivals) and print throughput and latency\n"
+    "Run `tinygpt-client <command> --help` for its flags.";
+
+// `tinygpt-client CMD --help`: the flags CMD uses, in groups, with their
+// defaults. (Abseil's own --help filters flags by the program's file name,
+// which no file here has: it printed "No flags matched".) A flag of this file
+// that no group names is listed under "other flags" for every command, so a
+// new flag is never hidden.
+struct FlagGroup {
+  const char* title;
+  std::vector<const char*> flags;
+};
+struct Subcommand {
+  const char* name;
+  const char* summary;
+  std::vector<FlagGroup> groups;
+};
+
+const std::vector<Subcommand>& Subcommands() {
+  static const std::vector<Subcommand> subs = [] {
+    const std::vector<const char*> tls = {"tls_ca", "tls_cert", "tls_key", "tls_server_name"};
+    auto cat = [](std::vector<const char*> a, const std::vector<const char*>& b) {
+      a.insert(a.end(), b.begin(), b.end());
+      return a;
+    };
+    const FlagGroup connection{"connection", cat({"target", "deadline_ms", "auth_token_file"}, tls)};
+    const FlagGroup request{"request", {"prompt", "prompt_ids", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop",
+                                        "ignore_eos", "logprobs", "top_logprobs", "prompt_logprobs", "repetition_penalty",
+                                        "frequency_penalty", "presence_penalty", "n"}};
+    return std::vector<Subcommand>{
+        {"generate", "one Generate call; prints the output ids (and text)", {connection, request, {"output", {"json"}}}},
+        {"stream", "one GenerateStream call; prints tokens as they arrive", {connection, request}},
+        {"info", "GetModelInfo: model, backend, limits, KV cache use (JSON)", {connection}},
+        {"health", "the standard gRPC health check: SERVING (exit 0) or NOT_SERVING (exit 1); 3 s deadline",
+         {{"connection", cat({"target"}, tls)}, {"health", {"service"}}}},
+        {"bench", "drive load and print throughput and latency (exit 0 only if every request succeeded)",
+         {connection,
+          {"bench", {"requests", "concurrency", "rate", "unary", "prompt_len_min", "prompt_len_max", "shared_prefix_len",
+                     "prompts_file", "output_len_min", "output_len_max", "json"}},
+          {"request (every bench request)", {"temperature", "ignore_eos", "seed"}}}},
+    };
+  }();
+  return subs;
+}
+
+bool IsHelpArg(const std::string& a) { return a == "--help" || a == "-help" || a == "-h" || a == "--helpshort"; }
+
+void PrintFlag(const absl::CommandLineFlag& flag) {
+  std::string dashed(flag.Name());
+  std::replace(dashed.begin(), dashed.end(), '_', '-');  // both spellings parse; the README uses dashes
+  std::string def = flag.DefaultValue();
+  if (def.empty()) def = "\"\"";
+  std::printf("  --%s (default: %s)\n      %s\n", dashed.c_str(), def.c_str(), flag.Help().c_str());
+}
+
+void PrintSubcommandHelp(const Subcommand& sub) {
+  std::printf("usage: tinygpt-client %s [flags]\n  %s\n", sub.name, sub.summary);
+  std::set<std::string> grouped;
+  for (const auto& s : Subcommands())
+    for (const auto& g : s.groups) grouped.insert(g.flags.begin(), g.flags.end());
+  for (const auto& g : sub.groups) {
+    std::printf("\n%s flags:\n", g.title);
+    for (const char* name : g.flags)
+      if (const absl::CommandLineFlag* f = absl::FindCommandLineFlag(name)) PrintFlag(*f);
+  }
+  std::vector<const absl::CommandLineFlag*> other;
+  for (const auto& [name, flag] : absl::GetAllFlags())
+    if (absl::EndsWith(flag->Filename(), "client/tinygpt_client.cc") && !grouped.count(std::string(name))) other.push_back(flag);
+  if (other.empty()) return;
+  std::sort(other.begin(), other.end(), [](auto* a, auto* b) { return a->Name() < b->Name(); });
+  std::printf("\nother flags:\n");
+  for (const auto* f : other) PrintFlag(*f);
+}
 
 // A whole file; exits the program with a message naming the flag otherwise
 // (the client's flags are read once, before any request).
@@ -94,10 +177,22 @@ std::string ReadFileOrDie(const std::string& path, const char* flag) {
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
+// --target, or when it was not given the address a local server wrote to
+// $TINYGPT_ADDRESS_FILE (the container image's HEALTHCHECK relies on this).
+bool target_given = false;  // set by main from the command line
+
+std::string Target() {
+  if (!target_given) {
+    const std::string local = tinygpt::ReadAddressFile();
+    if (!local.empty()) return local;
+  }
+  return absl::GetFlag(FLAGS_target);
+}
+
 std::shared_ptr<grpc::Channel> Channel() {
   const std::string ca = absl::GetFlag(FLAGS_tls_ca), cert = absl::GetFlag(FLAGS_tls_cert), key = absl::GetFlag(FLAGS_tls_key);
   if (ca.empty() && cert.empty() && key.empty())
-    return grpc::CreateChannel(absl::GetFlag(FLAGS_target), grpc::InsecureChannelCredentials());
+    return grpc::CreateChannel(Target(), grpc::InsecureChannelCredentials());
   if (cert.empty() != key.empty()) {
     std::fprintf(stderr, "--tls-cert and --tls-key go together\n");
     std::exit(2);
@@ -111,7 +206,7 @@ std::shared_ptr<grpc::Channel> Channel() {
   grpc::ChannelArguments args;
   if (!absl::GetFlag(FLAGS_tls_server_name).empty())
     args.SetString(GRPC_SSL_TARGET_NAME_OVERRIDE_ARG, absl::GetFlag(FLAGS_tls_server_name));
-  return grpc::CreateCustomChannel(absl::GetFlag(FLAGS_target), grpc::SslCredentials(opts), args);
+  return grpc::CreateCustomChannel(Target(), grpc::SslCredentials(opts), args);
 }
 
 // The bearer token, read once; empty without --auth-token-file.
@@ -268,12 +363,25 @@ int Generate() {
     std::printf("%s\n", j.dump().c_str());
     return 0;
   }
+  // No text at all for a token-id prompt: ask whether the model has a
+  // tokenizer, so that a model without one (the counting task) does not
+  // print an empty `text:` line that looks like a failure.
+  bool ids_only = false;
+  if (req.has_token_ids() && std::all_of(choices.begin(), choices.end(), [](const auto& c) { return c.text().empty(); })) {
+    grpc::ClientContext info_ctx;
+    SetDeadline(&info_ctx);
+    AddAuth(&info_ctx);
+    tinygpt::v1::ModelInfo info;
+    ids_only = stub->GetModelInfo(&info_ctx, {}, &info).ok() && info.tokenizer().empty();
+  }
   for (const auto& c : choices) {
     std::string ids;
     for (int32_t t : c.token_ids()) ids += (ids.empty() ? "" : ",") + std::to_string(t);
     if (choices.size() > 1) std::printf("[choice %d]\n", c.index());
-    std::printf("output_ids: %s\ntext: %s\nfinish_reason: %s\n", ids.c_str(), c.text().c_str(),
-                tinygpt::v1::FinishReason_Name(c.finish_reason()).c_str());
+    std::printf("output_ids: %s\n", ids.c_str());
+    if (ids_only) std::printf("(token ids only: the model has no tokenizer)\n");
+    else std::printf("text: %s\n", c.text().c_str());
+    std::printf("finish_reason: %s\n", tinygpt::v1::FinishReason_Name(c.finish_reason()).c_str());
     PrintLogprobs(c.logprobs());
   }
   if (resp.prompt_logprobs_size() > 0) {
@@ -509,9 +617,21 @@ int Bench() {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(kUsage);
+  if (argc >= 2 && IsHelpArg(argv[1])) return std::printf("%s\n", kUsage), 0;
   if (argc < 2 || argv[1][0] == '-') return std::fprintf(stderr, "%s\n", kUsage), 2;
   const std::string cmd = argv[1];
   std::vector<std::string> args = tinygpt::SubcommandArgs(argc, argv);
+  const Subcommand* sub = nullptr;
+  for (const auto& s : Subcommands())
+    if (cmd == s.name) sub = &s;
+  if (sub == nullptr) return std::fprintf(stderr, "unknown command %s\n%s\n", cmd.c_str(), kUsage), 2;
+  target_given = std::any_of(args.begin() + 1, args.end(), [](const std::string& a) {
+    return a == "--target" || a.rfind("--target=", 0) == 0 || a == "-target" || a.rfind("-target=", 0) == 0;
+  });
+  if (std::any_of(args.begin() + 1, args.end(), IsHelpArg)) {
+    PrintSubcommandHelp(*sub);
+    return 0;
+  }
   std::vector<char*> ptrs;
   for (auto& a : args) ptrs.push_back(a.data());
   absl::ParseCommandLine(static_cast<int>(ptrs.size()), ptrs.data());

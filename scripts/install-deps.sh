@@ -2,6 +2,7 @@
 # Installs every Debian package that building and testing tinygpt needs.
 # Idempotent; run as root on a fresh Debian 12 machine.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 pkgs=(
   build-essential cmake pkg-config git
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
@@ -9,17 +10,9 @@ pkgs=(
   nlohmann-json3-dev libopenblas-dev libsentencepiece-dev
   python3 python3-torch python3-numpy python3-grpcio python3-grpc-tools python3-sentencepiece
   python3-requests
-  prometheus docker-compose nginx curl
+  prometheus docker-compose haproxy curl
   clang libclang-rt-14-dev libomp-dev llvm  # fuzz/ (libFuzzer, clang's OpenMP, llvm-symbolizer for reports)
   bible-kjv  # the public-domain corpus (King James Bible) of the README's text walk-through
 )
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+scripts/apt-install-missing.sh "${pkgs[@]}" >/dev/null
 echo "install-deps: all ${#pkgs[@]} packages present"

@@ -63,6 +63,14 @@ struct Qkv {
   }
 };
 
+// GoogleTest prints a failing case's parameter with this (instead of its raw bytes).
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << "{sequence lengths {";
+  for (size_t i = 0; i < c.lens.size(); ++i) *os << (i ? ", " : "") << c.lens[i];
+  *os << "}, " << c.H << " query heads, " << c.Hkv << " KV heads, head dim " << c.D << (c.alibi ? ", ALiBi" : ", no ALiBi")
+      << "}";
+}
+
 std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
   std::string name = "len";
   for (int l : info.param.lens) name += "_" + std::to_string(l);

@@ -110,7 +110,11 @@ TEST_P(ModelVariants, KvCacheInferenceEqualsFullForward) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, ModelVariants,
-                         ::testing::Values(std::tuple{false, 4}, std::tuple{true, 4}, std::tuple{false, 2}, std::tuple{true, 1}));
+                         ::testing::Values(std::tuple{false, 4}, std::tuple{true, 4}, std::tuple{false, 2}, std::tuple{true, 1}),
+                         [](const ::testing::TestParamInfo<std::tuple<bool, int>>& info) {  // e.g. alibi_kv1
+                           return std::string(std::get<0>(info.param) ? "alibi" : "learned_pos") + "_kv" +
+                                  std::to_string(std::get<1>(info.param));
+                         });
 
 TEST(Checkpoint, RoundTrip) {
   const ModelConfig c = SmallConfig(false, 2);
