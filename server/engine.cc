@@ -37,7 +37,11 @@ Engine::~Engine() {
 
 absl::StatusOr<SubmittedRequest> Engine::Submit(SequenceRequest req) {
   const ModelConfig& cfg = runner_->config();
-  if (auto s = ValidateGenerateRequest(cfg, req.prompt, req.options); !s.ok()) return s;
+  // max_new_tokens 0 with prompt_logprobs scores a prompt (what evaluation
+  // harnesses ask for): only the prompt is computed, for its logprobs.
+  GenerateOptions checked = req.options;
+  if (checked.max_new_tokens == 0 && req.prompt_logprobs >= 0) checked.max_new_tokens = 1;
+  if (auto s = ValidateGenerateRequest(cfg, req.prompt, checked); !s.ok()) return s;
   if (req.options.max_new_tokens > opt_.max_new_tokens_limit)
     return absl::InvalidArgumentError(absl::StrCat("max_new_tokens: ", req.options.max_new_tokens, " exceeds the server limit of ",
                                                    opt_.max_new_tokens_limit));
@@ -373,6 +377,14 @@ void Engine::CollectStep() {
     if (s->retired) continue;  // cancelled, or stopped while this step was in flight
     if (row < 0) continue;
     if (!s->siblings.empty()) SharePrompt(*s);
+    if (s->request.options.max_new_tokens == 0) {  // a scoring request: the prompt's logprobs, no token
+      if (s->request.prompt_logprobs >= 0 && s->index == 0) {
+        s->prompt_logprobs.resize(std::max<size_t>(s->request.prompt.size(), 1) - 1);
+        s->channel()->SetPromptLogprobs(std::move(s->prompt_logprobs));
+      }
+      Retire(s, FinishReason::kLength);
+      continue;
+    }
     TokenLogprobs* lp = s->extras.wants_logprobs() ? &result_.logprobs[row] : nullptr;
     const int32_t token = result_.sampled[row];
     s->tokens.push_back(token);
