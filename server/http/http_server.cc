@@ -103,8 +103,16 @@ class ExchangeImpl final : public Exchange, public std::enable_shared_from_this<
   void OnGone(std::function<void()> gone) override {
     net::post(s_->executor(), [self = this->shared_from_this(), gone = std::move(gone)]() mutable {
       if (self->gone_) gone();
-      else self->on_gone_ = std::move(gone);
+      else if (!self->done_) self->on_gone_ = std::move(gone);  // once the response is out, never
     });
+  }
+
+  // The whole response is queued: the client can no longer be gone for it.
+  // (Dropping the callback also frees whatever it holds, often the caller
+  // that holds this exchange.)
+  void MarkDone() {
+    done_ = true;
+    on_gone_ = nullptr;
   }
 
   // The client went away before the response was complete (strand only).
@@ -163,7 +171,7 @@ class Session final : public detail::SessionBase, public std::enable_shared_from
 
   void SendReply(const std::shared_ptr<X>& x, Response r) {
     if (closed_ || x->done_ || x->gone_ || x != exchange_) return;
-    x->done_ = true;
+    x->MarkDone();
     auto res = std::make_shared<bhttp::response<bhttp::string_body>>(static_cast<bhttp::status>(r.status), x->req_.version());
     Fill(r, res.get());
     res->body() = std::move(r.body);
@@ -177,7 +185,7 @@ class Session final : public detail::SessionBase, public std::enable_shared_from
 
   void SendChunk(const std::shared_ptr<X>& x, std::string data, bool last, std::function<void(bool)> done) {
     if (closed_ || x->done_ || x->gone_ || x != exchange_) return done(false);
-    if (last) x->done_ = true;
+    if (last) x->MarkDone();
     if (!x->header_sent_) {
       x->header_sent_ = true;
       auto head = std::make_shared<bhttp::response<bhttp::empty_body>>(static_cast<bhttp::status>(x->head_.status), x->req_.version());

@@ -98,7 +98,7 @@ with harness.Server(tinygpt, ckpt, f"--tls-cert={P('server.crt')}", f"--tls-key=
     r.check("mTLS: tinygpt-client without a certificate fails", out.returncode != 0)
 
 # A half-configured TLS is refused at start-up, before anything listens.
-bad = subprocess.run([tinygpt, "serve", f"--checkpoint={ckpt}", "--port=0", "--metrics-port=-1", f"--tls-cert={P('server.crt')}"],
+bad = subprocess.run([tinygpt, "serve", f"--checkpoint={ckpt}", "--port=0", "--metrics-port=-1", "--http-port=-1", f"--tls-cert={P('server.crt')}"],
                      capture_output=True, text=True, timeout=60)
 r.check("serve: --tls-cert without --tls-key exits 1", bad.returncode == 1 and "--tls-key" in bad.stderr, bad.stderr[-200:])
 
