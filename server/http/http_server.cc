@@ -69,10 +69,8 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
 namespace {
 
 // Bytes read at a time while a response is under way (to notice the client
-// closing), and the most kept for a pipelined next request before reading
-// stops until the response is done.
+// closing).
 constexpr size_t kWatchBytes = 4096;
-constexpr size_t kMaxBuffered = 64 * 1024;
 
 template <class Stream>
 class Session;
@@ -295,9 +293,9 @@ class Session final : public detail::SessionBase, public std::enable_shared_from
 
   // While a response is under way, a read that tells when the client goes
   // away (a streaming or long request is then cancelled). Bytes it gets are
-  // the start of a pipelined next request and are kept.
+  // the start of the next request and are kept.
   void StartWatch() {
-    if (watching_ || closed_ || buffer_.size() >= kMaxBuffered) return;
+    if (watching_ || closed_ || buffer_.size() > 0) return;
     watching_ = true;
     tcp().expires_never();
     stream_.async_read_some(buffer_.prepare(kWatchBytes), [self = this->shared_from_this()](beast::error_code ec, size_t n) {
@@ -309,7 +307,12 @@ class Session final : public detail::SessionBase, public std::enable_shared_from
     watching_ = false;
     if (ec) return Close();
     buffer_.commit(n);
-    if (exchange_) return StartWatch();
+    // The next request has begun while this one's response is still going
+    // out (the client has its answer but the last write has not completed
+    // here, or it pipelines): stop watching, so that nothing reads but the
+    // next request's own read, which starts with these bytes. A client that
+    // sends its next request is still there; a write error tells otherwise.
+    if (exchange_) return;
     // Idle between requests, and the next one has begun.
     idle_timer_.cancel();
     tcp().expires_after(srv_->opt.request_timeout);
