@@ -18,6 +18,9 @@ missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node and npm for the OpenAI SDK test (tests/node/); a Node of another origin
+# (NodeSource's bundles npm) is kept as it is.
+command -v node > /dev/null && command -v npm > /dev/null || missing+=(nodejs npm)
 if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
