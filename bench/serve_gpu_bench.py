@@ -197,11 +197,11 @@ class Server:
         with open(log_path, "a") as f:  # one log for every server of the run, each under its own header
             f.write(f"\n===== [{time.time() - T0:.1f}s] {label}: tinygpt serve {' '.join(flags)}\n")
         self.proc = subprocess.Popen([binary(bin_dir, "tinygpt", "cli"), "serve", f"--checkpoint={checkpoint}", f"--device={device}",
-                                      "--port=0", "--metrics-port=0", *flags],
+                                      "--port=0", "--metrics-port=0", "--http-port=0", *flags],
                                      stdout=subprocess.PIPE, stderr=open(log_path, "a"), text=True)
         self.lines = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
-        self.target = self.metrics_port = None
+        self.target = self.metrics_port = self.http_target = None
         deadline = time.time() + start_timeout
         while self.target is None or self.metrics_port is None:
             try:
@@ -217,6 +217,9 @@ class Server:
             m = re.search(r":(\d+)/metrics", line)
             if m:
                 self.metrics_port = int(m.group(1))
+            m = re.search(r"OpenAI API on http://[^:]+:(\d+)", line)  # the line after these two
+            if m:
+                self.http_target = f"127.0.0.1:{m.group(1)}"
 
     def _pump(self):
         for line in self.proc.stdout:
@@ -259,7 +262,9 @@ def engine_stats(before, after, wall):
 
 
 def client_bench(a, server, name, res, flags, timeout, gpu=False, **extra):
-    cmd = [binary(a.bin_dir, "tinygpt-client", "client"), "bench", f"--target={server.target}", "--json", "--ignore-eos",
+    # --api=openai drives the same server's HTTP API (the OpenAI part).
+    target = server.http_target if "--api=openai" in flags else server.target
+    cmd = [binary(a.bin_dir, "tinygpt-client", "client"), "bench", f"--target={target}", "--json", "--ignore-eos",
            "--temperature=0", "--deadline-ms=300000", *flags]
     before = server.metrics()
     sampler = GpuSampler(gpu and a.device == "cuda")
@@ -344,6 +349,18 @@ def sweep_plan(a, res):
                      + [f"--rate={rate:.3f}", "--seed=7"],
                      int(60 + 3 * n / rate), dict(workload="sweep", api="stream", offered_rate=rate, offered_frac=frac)))
     return plan
+
+
+def part_openai(a, res):
+    """HTTP (OpenAI API, SSE) streaming beside gRPC streaming at 64 and 256 concurrent streams, on one server with
+    default flags; each run with prompts of its own (the prefix cache would favour the second of two runs)."""
+    plan = []
+    for conc in (64, a.n256):
+        for api in ("grpc", "openai"):
+            plan.append((f"{a.n256} requests, {conc} at once, {api} streaming",
+                         workload_flags(a, a.n256, conc, fresh_prompts(a, f"{api}-{conc}"), a.new_tokens) + [f"--api={api}"], 180,
+                         dict(workload=f"api-{conc}", api=f"{api}-stream", gpu=True)))
+    run_server_set(a, res, "default (HTTP vs gRPC)", [], plan)
 
 
 def part_tuned(a, res):
@@ -724,7 +741,7 @@ def main():
     ap.add_argument("--total-seconds", type=float, default=540, dest="total_s",
                     help="the peers' time limits are cut so that the whole run ends by then")
     ap.add_argument("--parts", default="default,tuned,prefix,torch,hf,floor",
-                    help="which parts to run (default includes 1-at-a-time and the Poisson sweep)")
+                    help="which parts to run (default includes 1-at-a-time and the Poisson sweep; openai: HTTP vs gRPC streaming)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     a.out = os.path.abspath(a.out)
@@ -780,6 +797,7 @@ def main():
     try:
         for key, title, run in [("default", "tinygpt, default flags", part_default),
                                 ("tuned", "tinygpt, tuned flags", part_tuned),
+                                ("openai", "tinygpt, HTTP (OpenAI API) vs gRPC streaming", part_openai),
                                 ("prefix", "tinygpt, shared prefix", part_prefix),
                                 ("torch", "PyTorch static-graph peer", part_torch_peer),
                                 ("hf", "HF generate_batch peer", part_hf_peer),
