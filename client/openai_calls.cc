@@ -44,6 +44,44 @@ grpc::Status StatusOfError(const beast::error_code& ec) {
   return grpc::Status(grpc::StatusCode::UNAVAILABLE, ec.message());
 }
 
+// Counts the token ids in an event's choices without building the JSON (on a
+// machine the client shares with the server, its own cost is taken from the
+// server's), and notes an "error" member.
+struct TokenCounter : nlohmann::json_sax<nlohmann::json> {
+  long tokens = 0;
+  bool error = false;
+  int depth = 0, ids_depth = -1;
+  bool ids_key = false;  // the last key was "token_ids"
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return Count(); }
+  bool number_unsigned(number_unsigned_t) override { return Count(); }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override { return ++depth, true; }
+  bool end_object() override { return --depth, true; }
+  bool key(string_t& k) override {
+    ids_key = k == "token_ids";
+    error = error || (depth == 1 && k == "error");
+    return true;
+  }
+  bool start_array(std::size_t) override {
+    ++depth;
+    if (ids_key) ids_depth = depth;
+    return true;
+  }
+  bool end_array() override {
+    if (depth == ids_depth) ids_depth = -1;
+    return --depth, true;
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override { return false; }
+  bool Count() {
+    tokens += depth == ids_depth;
+    return true;
+  }
+};
+
 }  // namespace
 
 struct OpenAiCalls::Impl : std::enable_shared_from_this<OpenAiCalls::Impl> {
@@ -139,16 +177,16 @@ struct OpenAiCalls::Impl : std::enable_shared_from_this<OpenAiCalls::Impl> {
           saw_done = true;
           continue;
         }
-        const nlohmann::json j = nlohmann::json::parse(event, nullptr, false);
-        if (!j.is_object()) {
+        TokenCounter counter;
+        if (!nlohmann::json::sax_parse(event.begin(), event.end(), &counter)) {
           error = "an event that did not parse";
           continue;
         }
-        if (j.contains("error")) error = j["error"].value("message", "error event");
-        long tokens = 0;
-        if (j.contains("choices") && j["choices"].is_array())
-          for (const auto& c : j["choices"])
-            if (c.contains("token_ids") && c["token_ids"].is_array()) tokens += static_cast<long>(c["token_ids"].size());
+        if (counter.error) {
+          const nlohmann::json j = nlohmann::json::parse(event);
+          error = j["error"].is_object() ? j["error"].value("message", "an error event") : "an error event";
+        }
+        const long tokens = counter.tokens;
         if (tokens == 0) continue;
         const auto now = Clock::now();
         if (r.ttft_s < 0) r.ttft_s = Seconds(now - t0);

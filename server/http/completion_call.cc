@@ -14,7 +14,7 @@ using nlohmann::json;
 class CompletionCall final : public std::enable_shared_from_this<CompletionCall> {
  public:
   CompletionCall(const CompletionContext& ctx, std::shared_ptr<Exchange> x, CompletionRequest req, CompletionMeta meta)
-      : ctx_(ctx), x_(std::move(x)), req_(std::move(req)), meta_(std::move(meta)) {
+      : ctx_(ctx), x_(std::move(x)), req_(std::move(req)), meta_(std::move(meta)), chunks_(meta_, req_.include_usage) {
     ++*ctx_.in_flight;
   }
   ~CompletionCall() { --*ctx_.in_flight; }
@@ -195,9 +195,7 @@ class CompletionCall final : public std::enable_shared_from_this<CompletionCall>
     if (text.empty() && ev.tokens.empty() && finish.is_null()) return "";
     json choice = ChoiceJson(k * req_.n + i, std::move(text), std::move(logprobs), finish);
     if (req_.return_token_ids) choice["token_ids"] = ev.tokens;
-    json chunk = CompletionJson(meta_, json::array({std::move(choice)}));
-    if (req_.include_usage) chunk["usage"] = nullptr;  // as OpenAI: null on every chunk but the last
-    return SseEvent(chunk);
+    return chunks_.Event(choice);
   }
 
   json WholeResponse() const {
@@ -235,6 +233,7 @@ class CompletionCall final : public std::enable_shared_from_this<CompletionCall>
   const std::shared_ptr<Exchange> x_;
   CompletionRequest req_;
   const CompletionMeta meta_;
+  const ChunkWriter chunks_;
   std::mutex mu_;  // guards what follows: waker threads, io threads and Begin all come here
   std::vector<CallOutcome> outcomes_;  // one per prompt
   std::vector<std::string> echo_;      // each prompt's text, when echoed

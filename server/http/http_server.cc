@@ -32,8 +32,10 @@ class SessionBase {
   virtual ~SessionBase() = default;
   // Closes the connection if it is still waiting for a request (any thread).
   virtual void Evict() = 0;
-  // Its place in Server::Impl::waiting; guarded by Server::Impl::mu.
-  std::list<std::weak_ptr<SessionBase>>::iterator waiting_it;
+  // Closes it now (only while no io thread runs: Server::Stop).
+  virtual void CloseNow() = 0;
+  // Its places in Server::Impl::waiting and ::all; guarded by Server::Impl::mu.
+  std::list<std::weak_ptr<SessionBase>>::iterator waiting_it, all_it;
   bool in_waiting = false;
 };
 
@@ -61,8 +63,9 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   std::vector<std::thread> threads;
   std::atomic<int> connections{0};
   std::atomic<bool> stopped{false};
-  std::mutex mu;  // guards waiting and the sessions' in_waiting/waiting_it
+  std::mutex mu;  // guards waiting, all and the sessions' places in them
   std::list<std::weak_ptr<detail::SessionBase>> waiting;  // longest waiting first
+  std::list<std::weak_ptr<detail::SessionBase>> all;      // every open session, for Stop
   int port = 0;
 };
 
@@ -140,11 +143,21 @@ class Session final : public detail::SessionBase, public std::enable_shared_from
 
   template <class... Args>
   Session(std::shared_ptr<Server::Impl> srv, Args&&... args) : srv_(std::move(srv)), stream_(std::forward<Args>(args)...), idle_timer_(stream_.get_executor()) {}
-  ~Session() override { --srv_->connections; }
+  ~Session() override {
+    {
+      std::lock_guard<std::mutex> lock(srv_->mu);
+      srv_->all.erase(all_it);
+    }
+    --srv_->connections;
+  }
 
   auto executor() { return stream_.get_executor(); }
 
   void Run() {
+    {
+      std::lock_guard<std::mutex> lock(srv_->mu);
+      all_it = srv_->all.insert(srv_->all.end(), this->weak_from_this());
+    }
     srv_->SetWaiting(this->shared_from_this(), true);
     net::dispatch(executor(), [self = this->shared_from_this()] {
       self->tcp().expires_after(self->srv_->opt.request_timeout);
@@ -158,6 +171,8 @@ class Session final : public detail::SessionBase, public std::enable_shared_from
       }
     });
   }
+
+  void CloseNow() override { Close(); }
 
   void Evict() override {
     net::post(executor(), [self = this->shared_from_this()] {
@@ -490,6 +505,22 @@ void Server::Stop() {
   impl_->ioc.stop();
   for (auto& t : impl_->threads) t.join();
   impl_->threads.clear();
+  // With no io thread left, close every connection and run what that aborts
+  // here: the sessions' pending handlers hold them (and they the server), so
+  // left queued they would never be freed.
+  std::vector<std::shared_ptr<detail::SessionBase>> open;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    for (auto& w : impl_->all)
+      if (auto s = w.lock()) open.push_back(std::move(s));
+  }
+  beast::error_code ignored;
+  impl_->acceptor.close(ignored);
+  impl_->accept_retry.cancel();
+  for (auto& s : open) s->CloseNow();
+  open.clear();
+  impl_->ioc.restart();
+  impl_->ioc.poll();
 }
 
 Server::~Server() { Stop(); }

@@ -128,6 +128,15 @@ std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_hand
 
 std::string SseEvent(const json& j) { return absl::StrCat("data: ", Dump(j), "\n\n"); }
 
+ChunkWriter::ChunkWriter(const CompletionMeta& m, bool include_usage) {
+  json envelope = CompletionJson(m, json::array());
+  envelope.erase("choices");
+  if (include_usage) envelope["usage"] = nullptr;  // as OpenAI: null on every chunk but the last
+  rest_ = Dump(envelope).substr(1);  // a non-empty object: "{...}"
+}
+
+std::string ChunkWriter::Event(const json& choice) const { return absl::StrCat("data: {\"choices\":[", Dump(choice), "],", rest_, "\n\n"); }
+
 json ModelJson(const std::string& id, long created, int max_model_len) {
   return {{"id", id}, {"object", "model"}, {"created", created}, {"owned_by", "tinygpt"}, {"root", id}, {"max_model_len", max_model_len}};
 }

@@ -55,6 +55,22 @@ nlohmann::json UsageJson(long prompt_tokens, long completion_tokens);
 nlohmann::json CompletionJson(const CompletionMeta& m, nlohmann::json choices);
 // One Server-Sent Event: "data: {json}\n\n".
 std::string SseEvent(const nlohmann::json& j);
+
+// The stream chunks of one completion, which differ only in their choice:
+// the other fields are dumped once, and each chunk is that dump with the
+// choice's dump put in (every byte of it nlohmann's), which halves the JSON
+// work per token of a stream.
+class ChunkWriter {
+ public:
+  // include_usage: every chunk carries "usage": null (the last one, made by
+  // CompletionJson, has the usage).
+  ChunkWriter(const CompletionMeta& m, bool include_usage);
+  // "data: {...a text_completion chunk with this one choice...}\n\n"
+  std::string Event(const nlohmann::json& choice) const;
+
+ private:
+  std::string rest_;  // the envelope's dump without its opening brace
+};
 inline constexpr const char* kSseDone = "data: [DONE]\n\n";
 // JSON text (invalid UTF-8, which should never reach here, replaced).
 std::string Dump(const nlohmann::json& j);
