@@ -40,7 +40,6 @@ class CompletionCall final : public std::enable_shared_from_this<CompletionCall>
         channels.push_back(o.submitted.channel);
         outcomes_.push_back(std::move(o));
       }
-      recorded_.assign(outcomes_.size(), false);
       choices_.resize(outcomes_.size() * req_.n);
       if (!error_.ok()) {
         for (auto& o : outcomes_) o.Cancel(ctx_.engine);
@@ -106,8 +105,10 @@ class CompletionCall final : public std::enable_shared_from_this<CompletionCall>
   }
 
   // Takes the channels' events into the outcomes (and, streaming, into SSE
-  // chunks), records each prompt once its samples have ended, and sends
-  // what there is. *release takes the call's hold on itself once all is done.
+  // chunks) and sends what there is; once every sample has ended and the
+  // response is out (or the client gone), records each prompt, as the gRPC
+  // reactor does after its last write. *release then takes the call's hold
+  // on itself.
   void PumpLocked(std::shared_ptr<CompletionCall>* release) {
     for (size_t k = 0; k < outcomes_.size(); ++k) {
       CallOutcome& o = outcomes_[k];
@@ -120,34 +121,36 @@ class CompletionCall final : public std::enable_shared_from_this<CompletionCall>
           return true;
         });
       // An engine failure (not our own cancel) fails the whole request.
-      if (!o.status.ok() && error_.ok() && !recorded_[k]) {
+      if (!o.status.ok() && error_.ok()) {
         error_ = o.status;
         for (auto& other : outcomes_) other.Cancel(ctx_.engine);
       }
-      if (o.unfinished == 0 && !recorded_[k]) {
-        recorded_[k] = true;
-        if (o.status.ok() && o.cancel_sent)
-          o.status = grpc::Status(grpc::CANCELLED, gone_ ? "client closed the connection" : "cancelled: another prompt of the request failed");
-        ctx_.service->Finish(o);
-      }
     }
-    bool all_recorded = true;
-    for (bool r : recorded_) all_recorded = all_recorded && r;
+    bool all_finished = true;
+    for (const auto& o : outcomes_) all_finished = all_finished && o.unfinished == 0;
     if (!gone_ && !response_done_) {
-      if (req_.stream) SendStreamLocked(all_recorded);
-      else if (all_recorded) {
+      if (req_.stream) SendStreamLocked(all_finished);
+      else if (all_finished) {
         Response r = error_.ok() ? Response{200, "application/json", Dump(WholeResponse()), {}} : ErrorFromStatus(error_);
         x_->Reply(std::move(r));
         response_done_ = true;
       }
     }
-    if (all_recorded && (response_done_ || gone_) && !writing_) *release = std::move(self_);
+    if (!all_finished || !(response_done_ || gone_) || writing_ || recorded_) return;
+    recorded_ = true;
+    for (auto& o : outcomes_) {
+      if (o.status.ok() && (o.cancel_sent || gone_))
+        o.status = grpc::Status(grpc::CANCELLED, gone_ ? "client went away before the response was complete"
+                                                       : "cancelled: another prompt of the request failed");
+      ctx_.service->Finish(o);
+    }
+    *release = std::move(self_);
   }
 
-  void SendStreamLocked(bool all_recorded) {
+  void SendStreamLocked(bool all_finished) {
     if (writing_) return;
     bool last = false;
-    if (all_recorded) {
+    if (all_finished) {
       last = true;
       if (!error_.ok()) pending_ += SseEvent(json::parse(ErrorFromStatus(error_).body));
       else if (req_.include_usage) {
@@ -237,7 +240,7 @@ class CompletionCall final : public std::enable_shared_from_this<CompletionCall>
   std::mutex mu_;  // guards what follows: waker threads, io threads and Begin all come here
   std::vector<CallOutcome> outcomes_;  // one per prompt
   std::vector<std::string> echo_;      // each prompt's text, when echoed
-  std::vector<bool> recorded_;         // its samples have ended and it was counted
+  bool recorded_ = false;              // every prompt counted and logged
   std::vector<ChoiceState> choices_;   // prompt k's sample i at k * n + i
   grpc::Status error_;                 // the request's failure, if any
   std::string pending_;                // SSE bytes not yet handed to a write

@@ -324,4 +324,28 @@ with harness.Server(tinygpt, text_ckpt, "--served-model-name=bytes-test") as s:
     r.check("a list of text prompts", [c["index"] for c in h["choices"]] == [0, 1] and h["usage"]["prompt_tokens"] == 4)
     status, h = post(port, {"prompt": [72, 105], "max_tokens": 0, "echo": True})
     r.check("token id prompt with echo: the prompt's text", status == 200 and h["choices"][0]["text"] == "Hi", str(h)[:200])
+# --- A reader that stops reading ------------------------------------------------------
+with harness.Server(tinygpt, text_ckpt, "--http-write-timeout-ms=1000", "--max-n=16", "--max-queue=1000") as s:
+    port = s.http_port
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)  # fills after a few chunks
+    slow.connect(("127.0.0.1", port))
+    # 8 prompts x 16 samples x 120 tokens with logprobs: about 6 MB of events, more than the kernel buffers hold.
+    body = json.dumps({"prompt": [[1 + i] for i in range(8)], "max_tokens": 120, "n": 16, "stream": True, "ignore_eos": True,
+                       "logprobs": 5, "return_token_ids": True}).encode()
+    slow.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    t0 = time.time()
+    times = []
+    for _ in range(5):  # meanwhile others are served as usual
+        t = time.time()
+        ok = post(port, {"prompt": "ab", "max_tokens": 20})[0] == 200
+        times.append(time.time() - t if ok else 99)
+    r.check("a client that stops reading holds no one else up", max(times) < 5, f"worst {max(times):.2f}s")
+    harness.wait_for(lambda: harness.value(s.metrics(), "tinygpt_requests_total", api="openai", code="CANCELLED") == 8, timeout=60,
+                     what="the stalled stream cancelled")
+    m = s.metrics()
+    r.check("it is dropped at the write timeout and cancelled, every KV block back",
+            harness.value(m, "tinygpt_kv_cache_blocks_used") == 0 and time.time() - t0 < 60, f"{time.time() - t0:.1f}s")
+    slow.close()
+
 r.finish()
