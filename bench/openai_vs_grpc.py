@@ -3,7 +3,9 @@
 `tinygpt-client bench --api openai` and `--api grpc` with the same workload
 at 64 and 256 concurrent streams, alternated over --rounds rounds (so that
 drift in the machine's load hits both alike); prints the median of each and
-the ratio HTTP / gRPC. Both APIs go to the same `tinygpt serve` process.
+the ratio HTTP / gRPC, and the server's CPU time per 1000 generated tokens
+(from /proc, steadier than throughput on a busy machine). Both APIs go to
+the same `tinygpt serve` process.
 usage: openai_vs_grpc.py BUILD_DIR CHECKPOINT [--device cpu|cuda] [--requests N] [--rounds R] [--server-arg=...]
 BUILD_DIR is a build tree or a flat folder of binaries (device-stage/bin)."""
 import argparse, json, os, re, statistics, subprocess
@@ -31,6 +33,13 @@ lo, hi = a.output_len.split(",")
 print(f"cores {len(os.sched_getaffinity(0))}; device {a.device}; server flags: {' '.join(a.server_arg) or 'defaults'}; "
       f"{a.rounds} rounds, new tokens {lo}-{hi}, ignore_eos")
 results = {}
+
+
+def server_cpu_seconds():
+    fields = open(f"/proc/{server.pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 try:
     for c in [int(x) for x in a.concurrency.split(",")]:
         n = a.requests or 8 * c
@@ -39,15 +48,17 @@ try:
                 cmd = [binary(a.build_dir, "tinygpt-client", "client"), "bench", f"--api={api}", f"--target={target}",
                        f"--requests={n}", f"--concurrency={c}", "--prompt-len-min=4", "--prompt-len-max=32",
                        f"--output-len-min={lo}", f"--output-len-max={hi}", "--ignore-eos", f"--seed={rnd + 1}", "--json"]
+                cpu0 = server_cpu_seconds()
                 out = subprocess.run(cmd, capture_output=True, text=True)
                 j = json.loads(out.stdout)
+                j["server_cpu_ms_per_1k_tokens"] = 1e6 * (server_cpu_seconds() - cpu0) / max(1, j["generated_tokens"])
                 results.setdefault((c, api), []).append(j)
 finally:
     server.terminate()
     server.wait()
 
-print("| concurrent streams | API | generated tok/s (median; runs) | TTFT p50 / p99 ms | inter-token p50 / p99 ms | errors | HTTP / gRPC |")
-print("|---|---|---|---|---|---|---|")
+print("| concurrent streams | API | generated tok/s (median; runs) | server CPU ms / 1k tokens (median) | TTFT p50 / p99 ms | inter-token p50 / p99 ms | errors | HTTP / gRPC tok/s |")
+print("|---|---|---|---|---|---|---|---|")
 for c in sorted({c for c, _ in results}):
     med = {}
     for api in ("grpc", "openai"):
@@ -57,6 +68,7 @@ for c in sorted({c for c, _ in results}):
         errors = sum(r["failed"] for r in runs)
         ratio = f"{med['openai'] / med['grpc']:.2f}x" if api == "openai" else ""
         each = ", ".join(f"{r['tokens_per_second']:,.0f}" for r in runs)
-        print(f"| {c} | {'HTTP (SSE)' if api == 'openai' else 'gRPC'} | {med[api]:,.0f} ({each}) | "
+        cpu = statistics.median(r["server_cpu_ms_per_1k_tokens"] for r in runs)
+        print(f"| {c} | {'HTTP (SSE)' if api == 'openai' else 'gRPC'} | {med[api]:,.0f} ({each}) | {cpu:.0f} | "
               f"{1e3 * mid['ttft_seconds']['p50']:.1f} / {1e3 * mid['ttft_seconds']['p99']:.1f} | "
               f"{1e3 * mid['inter_token_seconds']['p50']:.2f} / {1e3 * mid['inter_token_seconds']['p99']:.2f} | {errors or 'none'} | {ratio} |")
