@@ -203,7 +203,7 @@ class Server:
         threading.Thread(target=self._pump, daemon=True).start()
         self.target = self.metrics_port = self.http_target = None
         deadline = time.time() + start_timeout
-        while self.target is None or self.metrics_port is None:
+        while self.target is None or self.metrics_port is None or self.http_target is None:
             try:
                 line = self.lines.get(timeout=max(0.1, deadline - time.time()))
             except queue.Empty:

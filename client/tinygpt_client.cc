@@ -517,7 +517,7 @@ int Bench() {
   }
   const double secs = std::chrono::duration<double>(Clock::now() - start).count();
   nlohmann::json j = {
-      {"requests", n}, {"ok", ok}, {"failed", n - ok}, {"concurrency", rate > 0 ? 0 : conc}, {"rate", rate}, {"unary", absl::GetFlag(FLAGS_unary)}, {"api", api},
+      {"requests", n}, {"ok", ok}, {"failed", n - ok}, {"concurrency", rate > 0 ? 0 : conc}, {"rate", rate}, {"unary", absl::GetFlag(FLAGS_unary)}, {"client_api", api},
       {"prompt_tokens", prompt_tokens}, {"prompts_file", absl::GetFlag(FLAGS_prompts_file)},
       {"seconds", secs},
       {"generated_tokens", generated}, {"tokens_per_second", generated / secs}, {"requests_per_second", ok / secs},
