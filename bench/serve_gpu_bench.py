@@ -575,6 +575,17 @@ def write_report(a, res):
         L.append(f"| tinygpt{' (' + r['workload'] + ' requests)' if r['workload'] == '2048' else ''} | {r['config']} | {r['api']} | "
                  f"{r['tokens_per_second']:,.0f} | {ratio(r['tokens_per_second'])} | {ms(r['ttft_seconds']['p50'])} / {ms(r['ttft_seconds']['p99'])} | "
                  f"{ms(r['inter_token_seconds']['p50'])} / {ms(r['inter_token_seconds']['p99'])} | {steps} | {r['failed']} |")
+    api_rows = {(r["workload"], r["api"]): r for r in tiny if str(r.get("workload", "")).startswith("api-")}
+    if api_rows:  # the openai part: HTTP (SSE) beside gRPC streaming
+        L += ["", "## HTTP (OpenAI API, SSE) vs gRPC streaming", "",
+              "| concurrent streams | API | generated tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | failed | HTTP / gRPC |", "|---|---|---|---|---|---|---|"]
+        for (w, api), r in sorted(api_rows.items()):
+            g = api_rows.get((w, "grpc-stream"))
+            vs = f"{r['tokens_per_second'] / g['tokens_per_second']:.2f}x" if api == "openai-stream" and g else ""
+            L.append(f"| {w[4:]} | {api} | {r['tokens_per_second']:,.0f} | {ms(r['ttft_seconds']['p50'])} / {ms(r['ttft_seconds']['p99'])} | "
+                     f"{ms(r['inter_token_seconds']['p50'])} / {ms(r['inter_token_seconds']['p99'])} | {r['failed']} | {vs} |")
+        L += ["", "| system | flags | API | generated tok/s | vs PyTorch static graph | TTFT p50 / p99 ms | ITL p50 / p99 ms | engine steps x ms, tok/step | failed |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in torch_rows:
         L.append(f"| PyTorch {r['torch']} static batches, {'CUDA-graphed decode' if r.get('cuda_graph') else 'eager decode (no graph)'}, {r['dtype']} | "
                  f"batch {r['batch']} | in-process | {r['tokens_per_second']:,.0f} | {ratio(r['tokens_per_second'])} | "
