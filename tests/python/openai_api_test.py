@@ -150,6 +150,17 @@ with harness.Server(tinygpt, ckpt, "--max-n=4", "--max-queue=1000") as s:
         ok = ok and abs(lp["token_logprobs"][i + 1] - glp.logprob) < 1e-6 and \
             set(lp["top_logprobs"][i + 1]) == {f"token_id:{t.token_id}" for t in glp.top} | {f"token_id:{ids[i + 1]}"}
     r.check("echo + logprobs + max_tokens 0: the prompt's logprobs (gRPC's), the first null, no completion", ok, str(h)[:300])
+    # The engine's scoring request, over gRPC: max_new_tokens 0 takes prompt_logprobs; without them it stays refused.
+    try:
+        grpc_generate(stub, ids, max_new_tokens=0)
+        refused = False
+    except grpc.RpcError as e:
+        refused = e.code() == grpc.StatusCode.INVALID_ARGUMENT
+    scored = grpc_generate(stub, ids, max_new_tokens=0, prompt_logprobs=2)
+    r.check("gRPC: max_new_tokens 0 with prompt_logprobs scores the prompt (no token); without, INVALID_ARGUMENT",
+            refused and list(scored.token_ids) == [] and len(scored.prompt_logprobs) == len(ids) - 1 and
+            [p.logprob for p in scored.prompt_logprobs] == [p.logprob for p in g.prompt_logprobs] and
+            scored.timings.time_to_first_token_seconds == 0)
     status, h = post(port, {"prompt": ids, "max_tokens": 0})
     r.check("max_tokens 0 without echo: an empty completion", status == 200 and h["choices"][0]["text"] == "" and
             h["choices"][0]["logprobs"] is None and h["usage"]["completion_tokens"] == 0, str(h)[:200])
