@@ -24,7 +24,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update && apt-get install -y --no-install-recommends \
       build-essential cmake pkg-config ccache \
       libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc \
-      libabsl-dev prometheus-cpp-dev nlohmann-json3-dev libopenblas-dev libsentencepiece-dev \
+      libabsl-dev prometheus-cpp-dev nlohmann-json3-dev libopenblas-dev libsentencepiece-dev libboost-dev libssl-dev \
     && rm -rf /var/lib/apt/lists/*
 
 FROM deps AS build
@@ -63,7 +63,7 @@ COPY --from=build /out/lib/ /opt/tinygpt/lib/
 ENV PATH=/opt/tinygpt/bin:$PATH LD_LIBRARY_PATH=/opt/tinygpt/lib TINYGPT_ADDRESS_FILE=/tmp/tinygpt-serve.address
 USER tinygpt
 WORKDIR /models
-EXPOSE 50051 9464
+EXPOSE 50051 8000 9464
 # The standard gRPC health service: healthy once the model is loaded and
 # serving; NOT_SERVING (unhealthy) while draining.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \

@@ -20,7 +20,7 @@ tinygpt, client = binary(build_dir, "tinygpt", "cli"), binary(build_dir, "tinygp
 
 def run(caching):
     flags = [] if caching else ["--noprefix-caching"]
-    p = subprocess.Popen([tinygpt, "serve", f"--checkpoint={ckpt}", "--port=0", "--metrics-port=0", *server_args, *flags],
+    p = subprocess.Popen([tinygpt, "serve", f"--checkpoint={ckpt}", "--port=0", "--metrics-port=0", "--http-port=-1", *server_args, *flags],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         target = p.stdout.readline().split("listening on ")[1].split()[0]

@@ -16,7 +16,7 @@ ap.add_argument("--server-arg", action="append", default=[], help="extra `tinygp
 a = ap.parse_args()
 
 server = subprocess.Popen([binary(a.build_dir, "tinygpt", "cli"), "serve", f"--checkpoint={a.checkpoint}", "--device=cpu", "--port=0",
-                           "--metrics-port=-1", *a.server_arg], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                           "--metrics-port=-1", "--http-port=-1", *a.server_arg], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 target = server.stdout.readline().split("listening on ")[1].split()[0]
 print(f"cores {len(os.sched_getaffinity(0))}; server flags: {' '.join(a.server_arg) or 'defaults'}")
 rows = []

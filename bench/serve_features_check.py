@@ -22,7 +22,7 @@ REQUESTS = [
 
 
 def run(flags):
-    p = subprocess.Popen([tinygpt, "serve", f"--checkpoint={ckpt}", "--port=0", "--metrics-port=-1", *flags],
+    p = subprocess.Popen([tinygpt, "serve", f"--checkpoint={ckpt}", "--port=0", "--metrics-port=-1", "--http-port=-1", *flags],
                          stdout=subprocess.PIPE, text=True)
     target = p.stdout.readline().split("listening on ")[1].split()[0]
     try:

@@ -200,14 +200,14 @@ class Server:
         with open(log_path, "a") as f:  # one log for every server of the run, each under its own header
             f.write(f"\n===== [{time.time() - T0:.1f}s] {label}: tinygpt serve {' '.join(flags)}\n")
         self.proc = subprocess.Popen([binary(bin_dir, "tinygpt", "cli"), "serve", f"--checkpoint={checkpoint}", f"--device={device}",
-                                      "--port=0", "--metrics-port=0", *flags],
+                                      "--port=0", "--metrics-port=0", "--http-port=0", *flags],
                                      stdout=subprocess.PIPE, stderr=open(log_path, "a"), text=True)
         self.lines = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
-        self.target = self.metrics_port = None
+        self.target = self.metrics_port = self.http_target = None
         t_start = time.time()
         deadline = t_start + start_timeout
-        while self.target is None or self.metrics_port is None:
+        while self.target is None or self.metrics_port is None or self.http_target is None:
             try:
                 line = self.lines.get(timeout=max(0.1, deadline - time.time()))
             except queue.Empty:
@@ -221,6 +221,9 @@ class Server:
             m = re.search(r":(\d+)/metrics", line)
             if m:
                 self.metrics_port = int(m.group(1))
+            m = re.search(r"OpenAI API on http://[^:]+:(\d+)", line)  # the line after these two
+            if m:
+                self.http_target = f"127.0.0.1:{m.group(1)}"
         self.start_seconds = time.time() - t_start  # process start to listening (loading, warm-up)
 
     def _pump(self):
@@ -289,7 +292,9 @@ def cpu_delta(before, after):
 
 
 def client_bench(a, server, name, res, flags, timeout, gpu=False, **extra):
-    cmd = [binary(a.bin_dir, "tinygpt-client", "client"), "bench", f"--target={server.target}", "--json", "--ignore-eos",
+    # --api=openai drives the same server's HTTP API (the OpenAI part).
+    target = server.http_target if "--api=openai" in flags else server.target
+    cmd = [binary(a.bin_dir, "tinygpt-client", "client"), "bench", f"--target={target}", "--json", "--ignore-eos",
            "--temperature=0", "--deadline-ms=300000", *flags]
     before = server.metrics()
     threads0, child0 = thread_cpu(server.proc.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -519,6 +524,18 @@ def steady_report(a, res, peer):
     return L
 
 
+def part_openai(a, res):
+    """HTTP (OpenAI API, SSE) streaming beside gRPC streaming at 64 and 256 concurrent streams, on one server with
+    default flags; each run with prompts of its own (the prefix cache would favour the second of two runs)."""
+    plan = []
+    for conc in (64, a.n256):
+        for api in ("grpc", "openai"):
+            plan.append((f"{a.n256} requests, {conc} at once, {api} streaming",
+                         workload_flags(a, a.n256, conc, fresh_prompts(a, f"{api}-{conc}"), a.new_tokens) + [f"--api={api}"], 180,
+                         dict(workload=f"api-{conc}", api=f"{api}-stream", gpu=True)))
+    run_server_set(a, res, "default (HTTP vs gRPC)", [], plan)
+
+
 def part_tuned(a, res):
     for label, flags in a.tuned.items():
         run_server_set(a, res, label, flags, headline_plan(a))
@@ -731,6 +748,17 @@ def write_report(a, res):
         L.append(f"| tinygpt{' (' + r['workload'] + ' requests)' if r['workload'] == '2048' else ''} | {r['config']} | {r['api']} | "
                  f"{r['tokens_per_second']:,.0f} | {ratio(r['tokens_per_second'])} | {ms(r['ttft_seconds']['p50'])} / {ms(r['ttft_seconds']['p99'])} | "
                  f"{ms(r['inter_token_seconds']['p50'])} / {ms(r['inter_token_seconds']['p99'])} | {steps} | {r['failed']} |")
+    api_rows = {(r["workload"], r["api"]): r for r in tiny if str(r.get("workload", "")).startswith("api-")}
+    if api_rows:  # the openai part: HTTP (SSE) beside gRPC streaming
+        L += ["", "## HTTP (OpenAI API, SSE) vs gRPC streaming", "",
+              "| concurrent streams | API | generated tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | failed | HTTP / gRPC |", "|---|---|---|---|---|---|---|"]
+        for (w, api), r in sorted(api_rows.items()):
+            g = api_rows.get((w, "grpc-stream"))
+            vs = f"{r['tokens_per_second'] / g['tokens_per_second']:.2f}x" if api == "openai-stream" and g else ""
+            L.append(f"| {w[4:]} | {api} | {r['tokens_per_second']:,.0f} | {ms(r['ttft_seconds']['p50'])} / {ms(r['ttft_seconds']['p99'])} | "
+                     f"{ms(r['inter_token_seconds']['p50'])} / {ms(r['inter_token_seconds']['p99'])} | {r['failed']} | {vs} |")
+        L += ["", "| system | flags | API | generated tok/s | vs PyTorch static graph | TTFT p50 / p99 ms | ITL p50 / p99 ms | engine steps x ms, tok/step | failed |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in torch_rows:
         L.append(f"| PyTorch {r['torch']} static batches, {'CUDA-graphed decode' if r.get('cuda_graph') else 'eager decode (no graph)'}, {r['dtype']} | "
                  f"batch {r['batch']} | in-process | {r['tokens_per_second']:,.0f} | {ratio(r['tokens_per_second'])} | "
@@ -898,7 +926,7 @@ def main():
     ap.add_argument("--total-seconds", type=float, default=540, dest="total_s",
                     help="the peers' time limits are cut so that the whole run ends by then")
     ap.add_argument("--parts", default="steady,default,tuned,prefix,torch,hf,floor",
-                    help="which parts to run (default includes 1-at-a-time and the Poisson sweep)")
+                    help="which parts to run (default includes 1-at-a-time and the Poisson sweep; openai: HTTP vs gRPC streaming)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     a.out = os.path.abspath(a.out)
@@ -960,6 +988,7 @@ def main():
         for key, title, run in [("steady", "tinygpt, steady state and cold start", part_steady),
                                 ("default", "tinygpt, default flags", part_default),
                                 ("tuned", "tinygpt, tuned flags", part_tuned),
+                                ("openai", "tinygpt, HTTP (OpenAI API) vs gRPC streaming", part_openai),
                                 ("prefix", "tinygpt, shared prefix", part_prefix),
                                 ("torch", "PyTorch static-graph peer", part_torch_peer),
                                 ("hf", "HF generate_batch peer", part_hf_peer),

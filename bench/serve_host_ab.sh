@@ -14,7 +14,7 @@ load=(--target "localhost:$port" --concurrency 256 --prompt-len-min 4 --prompt-l
       --output-len-max 40 --ignore-eos)
 run() {  # label build [--unary]
   local label=$1 bin=$2 mode=${3:-}
-  "$bin/cli/tinygpt" serve --checkpoint "$ck" --port "$port" --metrics-port -1 --max-seqs 256 --max-batch-tokens 2048 \
+  "$bin/cli/tinygpt" serve --checkpoint "$ck" --port "$port" --metrics-port -1 --http-port -1 --max-seqs 256 --max-batch-tokens 2048 \
     --max-queue 4096 >"$work/serve.log" 2>&1 &
   local sp=$!
   sleep 1.5

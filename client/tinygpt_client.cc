@@ -29,6 +29,7 @@
 #include "common/address_file.h"
 #include "common/flag_args.h"
 #include "client/bench_calls.h"
+#include "client/openai_calls.h"
 #include "common/token_ids.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "tinygpt.grpc.pb.h"
@@ -65,6 +66,9 @@ ABSL_FLAG(int, output_len_max, 32, "bench: most new tokens");
 ABSL_FLAG(std::string, prompts_file, "",
           "bench: JSONL file, one JSON array of token ids per line; request i sends line i mod N (after any "
           "--shared-prefix-len tokens) instead of random tokens (--prompt-len-min/max are then unused)");
+ABSL_FLAG(std::string, api, "grpc",
+          "bench: grpc (GenerateStream, or Generate with --unary) or openai (POST /v1/completions with SSE streaming, "
+          "or whole with --unary; --target is then the HTTP API's host:port)");
 ABSL_FLAG(bool, unary, false, "bench: unary Generate calls (TTFT and inter-token latency from the server's timings)");
 ABSL_FLAG(bool, ignore_eos, false, "keep generating past the model's end token");
 ABSL_FLAG(bool, logprobs, false, "return each generated token's log-probability");
@@ -129,7 +133,7 @@ const std::vector<Subcommand>& Subcommands() {
          {{"connection", cat({"target"}, tls)}, {"health", {"service"}}}},
         {"bench", "drive load and print throughput and latency (exit 0 only if every request succeeded)",
          {connection,
-          {"bench", {"requests", "concurrency", "rate", "unary", "prompt_len_min", "prompt_len_max", "shared_prefix_len",
+          {"bench", {"api", "requests", "concurrency", "rate", "unary", "prompt_len_min", "prompt_len_max", "shared_prefix_len",
                      "prompts_file", "output_len_min", "output_len_max", "json"}},
           {"request (every bench request)", {"temperature", "ignore_eos", "seed"}}}},
     };
@@ -490,7 +494,25 @@ int Bench() {
   auto channel = Channel();
   auto stub = tinygpt::v1::Generation::NewStub(channel);
   tinygpt::v1::ModelInfo info;
-  {
+  const std::string api = absl::GetFlag(FLAGS_api);
+  if (api != "grpc" && api != "openai") return std::fprintf(stderr, "--api must be grpc or openai\n"), 2;
+  std::unique_ptr<tinygpt::client::OpenAiCalls> http;
+  if (api == "openai") {
+    // The model's context and vocabulary from /v1/models (its vocab_size is
+    // tinygpt's addition, for clients that send token ids).
+    const std::string target = absl::GetFlag(FLAGS_target);
+    const size_t colon = target.rfind(':');
+    if (colon == std::string::npos) return std::fprintf(stderr, "--target must be host:port\n"), 2;
+    const int ms = absl::GetFlag(FLAGS_deadline_ms) > 0 ? absl::GetFlag(FLAGS_deadline_ms) : kBenchDefaultDeadlineMs;
+    http = std::make_unique<tinygpt::client::OpenAiCalls>(target.substr(0, colon), target.substr(colon + 1), AuthToken(), ms);
+    std::string body;
+    if (grpc::Status s = http->Get("/v1/models", &body); !s.ok()) return PrintError(s);
+    const nlohmann::json models = nlohmann::json::parse(body, nullptr, false);
+    if (!models.is_object() || !models.contains("data") || models["data"].empty() || !models["data"][0].contains("vocab_size"))
+      return std::fprintf(stderr, "bench: /v1/models did not list a tinygpt model: %s\n", body.c_str()), 1;
+    info.set_max_seq_len(models["data"][0].value("max_model_len", 0));
+    info.set_vocab_size(models["data"][0].value("vocab_size", 0));
+  } else {
     grpc::ClientContext ctx;
     AddAuth(&ctx);
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
@@ -562,8 +584,17 @@ int Bench() {
       then();
       record(r);
     };
-    if (unary) UnaryCall::Start(stub.get(), reqs[i], prepare, std::move(done));
-    else StreamCall::Start(stub.get(), reqs[i], prepare, std::move(done));
+    if (http) {
+      const GenerateRequest& r = reqs[i];
+      const nlohmann::json body = {{"prompt", Ids(r.token_ids().ids())}, {"max_tokens", r.max_new_tokens()},
+                                   {"temperature", r.temperature()}, {"ignore_eos", r.ignore_eos()}, {"seed", r.seed()},
+                                   {"stream", !unary}, {"return_token_ids", true}};
+      http->Start(body.dump(), !unary, std::move(done));
+    } else if (unary) {
+      UnaryCall::Start(stub.get(), reqs[i], prepare, std::move(done));
+    } else {
+      StreamCall::Start(stub.get(), reqs[i], prepare, std::move(done));
+    }
   };
   long prompt_tokens = 0;
   for (const auto& r : reqs) prompt_tokens += r.token_ids().ids_size();
@@ -594,7 +625,7 @@ int Bench() {
   }
   const double secs = std::chrono::duration<double>(Clock::now() - start).count();
   nlohmann::json j = {
-      {"requests", n}, {"ok", ok}, {"failed", n - ok}, {"concurrency", rate > 0 ? 0 : conc}, {"rate", rate}, {"unary", absl::GetFlag(FLAGS_unary)},
+      {"requests", n}, {"ok", ok}, {"failed", n - ok}, {"concurrency", rate > 0 ? 0 : conc}, {"rate", rate}, {"unary", absl::GetFlag(FLAGS_unary)}, {"client_api", api},
       {"prompt_tokens", prompt_tokens}, {"prompts_file", absl::GetFlag(FLAGS_prompts_file)},
       {"seconds", secs},
       {"generated_tokens", generated}, {"tokens_per_second", generated / secs}, {"requests_per_second", ok / secs},

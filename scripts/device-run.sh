@@ -14,7 +14,8 @@
 #        bench-125m checkpoint beside a PyTorch static-graph decoder and HF generate_batch); writes serving.md,
 #        serving.png, serving.jsonl, servers.log and serve_log.txt. serve-quick: its shorter variant (--quick).
 #        serve-checks: the bf16 backend-ops check and server_test on CUDA, then serve-quick. SERVE_SECONDS (540)
-#        is the serving bench's own time budget.
+#        is the serving bench's own time budget; SERVE_PARTS picks its parts (e.g. SERVE_PARTS=openai: HTTP vs
+#        gRPC streaming at 64 and 256 concurrent streams).
 #        warm-stream: issue #20 (warm start, streaming beside unary, steady state and cold start): the bf16 backend-ops
 #        check, the f16 non-finite cases, server_test on CUDA (SERVER_TEST=0 skips it), then bench/serve_gpu_bench.py
 #        --parts steady,torch,floor (SERVE_PARTS overrides; SERVE_SECONDS 330).
@@ -141,7 +142,7 @@ if [[ $what == serve || $what == serve-quick || $what == serve-checks ]]; then
   quick=; [[ $what != serve ]] && quick=--quick
   total=${SERVE_SECONDS:-540}
   PYTHONUNBUFFERED=1 step "serving bench $quick" $((total + 30)) python3 -u bench/serve_gpu_bench.py "$S/bin" "$OUT" $quick \
-    --total-seconds=$total > "$OUT/serve_log.txt" 2>&1
+    --total-seconds=$total ${SERVE_PARTS:+--parts=$SERVE_PARTS} > "$OUT/serve_log.txt" 2>&1
   grep -E "^\[|!!" "$OUT/serve_log.txt" | tail -60 >> "$log"
   cat "$OUT/serving.md" 2>/dev/null || tail -40 "$OUT/serve_log.txt"
 fi

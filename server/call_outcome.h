@@ -39,6 +39,7 @@ struct CallOutcome {
   bool cancel_sent = false;  // the engine was told to cancel the samples
   grpc::Status status;
   Clock::time_point start = Clock::now();
+  const char* api = "grpc";  // the API it came through, for the metrics ("grpc" or "openai")
 
   int generated() const {
     int n = 0;

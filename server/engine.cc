@@ -41,7 +41,11 @@ Engine::~Engine() {
 
 absl::StatusOr<SubmittedRequest> Engine::Submit(SequenceRequest req) {
   const ModelConfig& cfg = runner_->config();
-  if (auto s = ValidateGenerateRequest(cfg, req.prompt, req.options); !s.ok()) return s;
+  // max_new_tokens 0 with prompt_logprobs scores a prompt (what evaluation
+  // harnesses ask for): only the prompt is computed, for its logprobs.
+  GenerateOptions checked = req.options;
+  if (checked.max_new_tokens == 0 && req.prompt_logprobs >= 0) checked.max_new_tokens = 1;
+  if (auto s = ValidateGenerateRequest(cfg, req.prompt, checked); !s.ok()) return s;
   // Per-request work is bounded, so that one request cannot slow the engine
   // thread for everyone (INVALID_ARGUMENT naming the flag): stop strings
   // (matched on every token's text by an automaton built per sample, checked
@@ -428,6 +432,14 @@ void Engine::CollectStep() {
       continue;
     }
     if (!s->siblings.empty()) SharePrompt(*s);
+    if (s->request.options.max_new_tokens == 0) {  // a scoring request: the prompt's logprobs, no token
+      if (s->request.prompt_logprobs >= 0 && s->index == 0) {
+        s->prompt_logprobs.resize(std::max<size_t>(s->request.prompt.size(), 1) - 1);
+        s->channel()->SetPromptLogprobs(std::move(s->prompt_logprobs));
+      }
+      Retire(s, FinishReason::kLength);
+      continue;
+    }
     TokenLogprobs* lp = s->extras.wants_logprobs() ? &result_.logprobs[row] : nullptr;
     s->tokens.push_back(token);
     if (s->num_generated() == 1) {

@@ -1,7 +1,6 @@
 #include "server/metrics.h"
 
 #include <prometheus/counter.h>
-#include <prometheus/exposer.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
@@ -25,7 +24,7 @@ const Histogram::BucketBoundaries kTokens{1, 2, 4, 8, 16, 32, 64, 128, 256, 512,
 
 ServerMetrics::ServerMetrics() : registry_(std::make_shared<prometheus::Registry>()) {
   auto& r = *registry_;
-  requests_ = &BuildCounter().Name("tinygpt_requests_total").Help("Finished Generate RPCs by final gRPC status and finish reason").Register(r);
+  requests_ = &BuildCounter().Name("tinygpt_requests_total").Help("Finished requests by final status (gRPC's names), finish reason and API (grpc or openai)").Register(r);
   auto& tokens = BuildCounter().Name("tinygpt_tokens_total").Help("Tokens processed, by kind (prompt or generated)").Register(r);
   prompt_tokens_ = &tokens.Add({{"kind", "prompt"}});
   generated_tokens_ = &tokens.Add({{"kind", "generated"}});
@@ -39,9 +38,14 @@ ServerMetrics::ServerMetrics() : registry_(std::make_shared<prometheus::Registry
   auto hist = [&](const char* name, const char* help, const Histogram::BucketBoundaries& b) {
     return &BuildHistogram().Name(name).Help(help).Register(r).Add({}, b);
   };
-  e2e_ = hist("tinygpt_request_duration_seconds", "End-to-end latency of Generate RPCs", kLatency);
+  e2e_family_ = &BuildHistogram().Name("tinygpt_request_duration_seconds").Help("End-to-end latency of requests, by API").Register(r);
   queue_ = hist("tinygpt_queue_duration_seconds", "Time from arrival to the first scheduled step", kLatency);
-  ttft_ = hist("tinygpt_time_to_first_token_seconds", "Time from arrival to the first generated token", kLatency);
+  ttft_family_ = &BuildHistogram().Name("tinygpt_time_to_first_token_seconds")
+                      .Help("Time from arrival to the first generated token, by API").Register(r);
+  for (const char* api : {"grpc", "openai"}) {  // both series from the start, at 0
+    e2e_family_->Add({{"api", api}}, kLatency);
+    ttft_family_->Add({{"api", api}}, kLatency);
+  }
   itl_ = hist("tinygpt_inter_token_latency_seconds", "Time between consecutive tokens of a sequence", kToken);
   step_seconds_ = hist("tinygpt_step_duration_seconds",
                        "Duration of one batched forward step (its device time on a GPU, its wall time on the CPU)", kToken);
@@ -82,32 +86,14 @@ void ServerMetrics::SetBuildInfo(const BuildInfo& info) {
 
 ServerMetrics::~ServerMetrics() = default;
 
-void ServerMetrics::Expose(const std::string& host_port, int threads, int request_timeout_ms) {
-  // civetweb options. Keep-alive stays off (its default): a scraper opens one
-  // connection per scrape, and an idle kept-alive connection pins a worker.
-  exposer_ = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
-      "listening_ports", host_port,
-      "num_threads", std::to_string(threads),
-      "request_timeout_ms", std::to_string(request_timeout_ms),
-      "enable_keep_alive", "no",
-  });
-  exposer_->RegisterCollectable(registry_);
-}
-
-int ServerMetrics::port() const {
-  if (!exposer_) return -1;
-  auto ports = exposer_->GetListeningPorts();
-  return ports.empty() ? -1 : ports.front();
-}
-
 void ServerMetrics::OnRequestDone(const std::string& grpc_code, const std::string& finish_reason, int prompt_tokens,
-                                  int generated_tokens, double e2e, double queue, double ttft) {
-  requests_->Add({{"code", grpc_code}, {"finish_reason", finish_reason}}).Increment();
+                                  int generated_tokens, double e2e, double queue, double ttft, const char* api) {
+  requests_->Add({{"code", grpc_code}, {"finish_reason", finish_reason}, {"api", api}}).Increment();
   prompt_tokens_->Increment(prompt_tokens);
   generated_tokens_->Increment(generated_tokens);
-  e2e_->Observe(e2e);
+  e2e_family_->Add({{"api", api}}, kLatency).Observe(e2e);
   if (queue >= 0) queue_->Observe(queue);
-  if (ttft >= 0) ttft_->Observe(ttft);
+  if (ttft >= 0) ttft_family_->Add({{"api", api}}, kLatency).Observe(ttft);
 }
 
 void ServerMetrics::OnStep(double host_seconds, int tokens, double device_seconds, bool graph) {

@@ -1,4 +1,5 @@
-// Prometheus metrics of the server (prometheus-cpp, pulled from /metrics).
+// Prometheus metrics of the server (prometheus-cpp's registry; /metrics is
+// served by server/http/metrics_endpoint.h).
 // Names follow Prometheus conventions: tinygpt_ prefix, base units,
 // _total for counters, _seconds for durations.
 #pragma once
@@ -7,7 +8,6 @@
 
 namespace prometheus {
 class Registry;
-class Exposer;
 template <typename T> class Family;
 class Counter;
 class Gauge;
@@ -25,22 +25,14 @@ class ServerMetrics {
   ServerMetrics();
   ~ServerMetrics();
 
-  // Serves /metrics on host:port (a civetweb thread pool). Call it before the
-  // CUDA module is loaded: cuBLASLt's large static TLS would not fit the
-  // small stacks civetweb gives its threads.
-  // `threads` workers serve scrapes; a connection that sends no complete
-  // request within `request_timeout_ms` is dropped, so slow or idle clients
-  // cannot hold every worker (civetweb gives each connection one thread).
-  void Expose(const std::string& host_port, int threads = 8, int request_timeout_ms = 5000);
   // The tinygpt_build_info gauge, once the backend is known.
   void SetBuildInfo(const BuildInfo& info);
-  // The port /metrics listens on (after Expose), e.g. when asked for port 0.
-  int port() const;
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
-  // One finished RPC: its final gRPC status name (e.g. "OK") and finish reason.
+  // One finished request: its final status name (gRPC's, e.g. "OK"), finish
+  // reason, and the API it came through ("grpc" or "openai").
   void OnRequestDone(const std::string& grpc_code, const std::string& finish_reason, int prompt_tokens, int generated_tokens,
-                     double e2e_seconds, double queue_seconds, double ttft_seconds);
+                     double e2e_seconds, double queue_seconds, double ttft_seconds, const char* api = "grpc");
   // A collected step: its host time (launch + wait for the result), its
   // tokens, its device time (0 on the CPU) and whether it replayed a graph.
   void OnStep(double host_seconds, int tokens, double device_seconds, bool graph);
@@ -61,13 +53,13 @@ class ServerMetrics {
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
   prometheus::Family<prometheus::Counter>* requests_;
+  prometheus::Family<prometheus::Histogram> *e2e_family_, *ttft_family_;  // by api
   prometheus::Counter *prompt_tokens_, *generated_tokens_, *preemptions_, *prefix_queries_, *prefix_hits_, *nonfinite_;
   prometheus::Counter *graph_steps_, *eager_steps_, *device_seconds_, *graph_captures_, *graph_capture_seconds_;
   prometheus::Counter *gemm_searches_, *workspace_growths_;
   prometheus::Gauge *warmup_seconds_, *warmup_graphs_, *warmup_gemm_searches_;
-  prometheus::Histogram *e2e_, *queue_, *ttft_, *itl_, *step_seconds_, *step_tokens_;
+  prometheus::Histogram *queue_, *itl_, *step_seconds_, *step_tokens_;
   prometheus::Gauge *running_, *waiting_, *kv_used_, *kv_total_, *kv_cached_;
 };
 

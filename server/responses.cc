@@ -43,7 +43,8 @@ void FillSummary(const CallOutcome& o, Msg* m) {
   auto* t = m->mutable_timings();
   const Sequence* s = o.first();
   t->set_queued_seconds(Seconds(s->first_scheduled - s->arrival));
-  t->set_time_to_first_token_seconds(Seconds(s->first_token - s->arrival));
+  // A scoring request (max_new_tokens 0) has no first token.
+  if (s->num_generated() > 0) t->set_time_to_first_token_seconds(Seconds(s->first_token - s->arrival));
   t->set_total_seconds(Seconds(Clock::now() - o.start));
 }
 

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <string_view>
 
+#include "common/bearer_token.h"
 #include "common/log.h"
 #include "absl/strings/str_cat.h"
 #include "server/request_wire.h"
@@ -35,21 +36,6 @@ const char* GrpcCodeName(grpc::StatusCode c) {
     case grpc::DATA_LOSS: return "DATA_LOSS";
     default: return "UNKNOWN";
   }
-}
-
-// Equal strings, in time that depends on their lengths only, so a caller
-// cannot find the token byte by byte from response times.
-bool ConstantTimeEquals(std::string_view a, std::string_view b) {
-  const size_t n = std::max(a.size(), b.size());
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  for (size_t i = 0; i < n; ++i) {
-    const unsigned char x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0;
-    const unsigned char y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
-    diff |= x ^ y;
-  }
-  // volatile: keep the compiler from turning the loop into an early exit.
-  volatile unsigned char result = diff;
-  return result == 0;
 }
 
 }  // namespace
@@ -134,7 +120,7 @@ void GenerationService::Finish(const CallOutcome& o) {
   const char* code = GrpcCodeName(status.error_code());
   // Token counters count what reached the engine; refused requests add none.
   if (metrics_)
-    metrics_->OnRequestDone(code, FinishReasonName(reason), first ? o.prompt_tokens : 0, o.generated(), total, queued, ttft);
+    metrics_->OnRequestDone(code, FinishReasonName(reason), first ? o.prompt_tokens : 0, o.generated(), total, queued, ttft, o.api);
   if (!opt_.log_requests) return;
   LOG(INFO) << "request " << (o.id.empty() ? "-" : o.id) << " status=" << code
             << (status.ok() ? "" : absl::StrCat(" (", status.error_message(), ")")) << " finish=" << FinishReasonName(reason)
@@ -183,13 +169,8 @@ grpc::Status GenerationService::CheckAuth(const grpc::ServerContextBase& ctx) co
   if (opt_.auth_token.empty()) return grpc::Status::OK;
   const auto& md = ctx.client_metadata();
   const auto it = md.find("authorization");
-  const std::string_view want = "Bearer ";
-  if (it != md.end()) {
-    const std::string_view got(it->second.data(), it->second.size());
-    if (got.size() > want.size() && got.substr(0, want.size()) == want &&
-        ConstantTimeEquals(got.substr(want.size()), opt_.auth_token))
-      return grpc::Status::OK;
-  }
+  if (it != md.end() && BearerTokenMatches(std::string_view(it->second.data(), it->second.size()), opt_.auth_token))
+    return grpc::Status::OK;
   return grpc::Status(grpc::UNAUTHENTICATED, "missing or wrong bearer token (metadata 'authorization: Bearer <token>')");
 }
 

@@ -46,13 +46,16 @@ class GenerationService final : public v1::Generation::Service {
   void BeginDrain() { draining_ = true; }
   DrainCounts drain_counts() const { return {drain_finished_.load(), drain_cut_off_.load(), drain_refused_.load()}; }
 
- private:
-  class CallReactor;  // server/call_reactor.cc
-  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* NewCallReactor(grpc::CallbackServerContext* ctx, bool stream);
+  // Also the OpenAI front end's way in (server/http/), so that both APIs
+  // validate, count, log and drain alike.
   // Validates and submits the request; o.status says why not.
   CallOutcome Start(const v1::GenerateRequest& req, bool stream);
   // Metrics and the one log line of a finished call.
   void Finish(const CallOutcome& o);
+
+ private:
+  class CallReactor;  // server/call_reactor.cc
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* NewCallReactor(grpc::CallbackServerContext* ctx, bool stream);
   // The model, limits and engine state (UNAUTHENTICATED without the token).
   grpc::Status ModelInfoFor(const grpc::ServerContextBase& ctx, v1::ModelInfo* info);
   // UNAUTHENTICATED unless the call carries the bearer token (when one is set).

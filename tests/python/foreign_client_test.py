@@ -18,7 +18,7 @@ import tinygpt_pb2_grpc as pb_grpc
 
 ckpt = os.path.join(work, "seed.safetensors")
 subprocess.run([tinygpt, "train", "--steps=60", "--batch=16", f"--out={ckpt}"], check=True, capture_output=True)
-server = subprocess.Popen([tinygpt, "serve", f"--checkpoint={ckpt}", "--port=0", "--metrics-port=-1"],
+server = subprocess.Popen([tinygpt, "serve", f"--checkpoint={ckpt}", "--port=0", "--metrics-port=-1", "--http-port=-1"],
                           stdout=subprocess.PIPE, text=True)
 try:
     line = server.stdout.readline()

@@ -32,13 +32,17 @@ def train(tinygpt, workdir, steps=60):
 
 
 class Server:
-    """`tinygpt serve` on a free gRPC port and a free metrics port."""
+    """`tinygpt serve` on a free gRPC port, a free metrics port and a free
+    HTTP (OpenAI API) port."""
 
     def __init__(self, tinygpt, checkpoint, *flags):
-        self.proc = subprocess.Popen([tinygpt, "serve", f"--checkpoint={checkpoint}", "--port=0", "--metrics-port=0", *flags],
-                                     stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([tinygpt, "serve", f"--checkpoint={checkpoint}", "--port=0", "--metrics-port=0", "--http-port=0",
+                                      *flags], stdout=subprocess.PIPE, text=True)
         self.address = self.proc.stdout.readline().split("listening on ")[1].split()[0]
         self.metrics_port = int(re.search(r":(\d+)/metrics", self.proc.stdout.readline()).group(1))
+        m = re.search(r"OpenAI API on (https?)://[^:]+:(\d+)/v1", self.proc.stdout.readline())
+        self.http_port = int(m.group(2)) if m else None  # None with --http-port=-1
+        self.http_url = f"{m.group(1)}://127.0.0.1:{self.http_port}" if m else None
 
     def metrics(self):
         return parse_metrics(urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode())

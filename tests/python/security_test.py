@@ -6,7 +6,7 @@ tinygpt-client), requests gRPC or protobuf would refuse before the handler
 idle connections hold partial requests, and /metrics on its own address.
 Test certificates are made with openssl in a temporary folder.
 usage: security_test.py TINYGPT_BIN SOURCE_DIR CLIENT_BIN"""
-import collections, os, re, shutil, socket, subprocess, sys, tempfile, time, urllib.request
+import collections, http.client, json, os, re, shutil, socket, ssl, subprocess, sys, tempfile, time, urllib.error, urllib.request
 
 import grpc
 import harness
@@ -71,6 +71,20 @@ with harness.Server(tinygpt, ckpt, f"--tls-cert={P('server.crt')}", f"--tls-key=
     r.check("TLS: tinygpt-client --tls-ca", out.returncode == 0 and "output_ids: 3,4,5" in out.stdout, out.stderr[-300:])
     out = run_client("generate", f"--target={s.address}", "--prompt-ids=1,2", "--max-new-tokens=3")
     r.check("TLS: tinygpt-client without --tls-ca fails", out.returncode != 0)
+    # The HTTP API on the same certificate: HTTPS.
+    ctx = ssl.create_default_context(cafile=P("ca.crt"))
+    body = json.dumps({"prompt": [1, 2], "max_tokens": 3, "return_token_ids": True}).encode()
+    got = json.loads(urllib.request.urlopen(urllib.request.Request(f"{s.http_url}/v1/completions", data=body), context=ctx, timeout=30).read())
+    r.check("TLS: the HTTP API is HTTPS with the same certificate", s.http_url.startswith("https://") and
+            got["choices"][0]["token_ids"] == [3, 4, 5])
+    refused = 0
+    for url, c in [(f"http://127.0.0.1:{s.http_port}/health", None),
+                   (f"{s.http_url}/health", ssl.create_default_context(cafile=P("other-ca.crt")))]:
+        try:
+            urllib.request.urlopen(url, context=c, timeout=5)
+        except (OSError, urllib.error.URLError, http.client.HTTPException):
+            refused += 1
+    r.check("TLS: plain HTTP and a client trusting another CA get nothing from the HTTPS port", refused == 2)
 
 with harness.Server(tinygpt, ckpt, f"--tls-cert={P('renamed.crt')}", f"--tls-key={P('renamed.key')}") as s:
     out = run_client("generate", f"--target={s.address}", f"--tls-ca={P('ca.crt')}", "--prompt-ids=1,2", "--max-new-tokens=3")
@@ -98,7 +112,7 @@ with harness.Server(tinygpt, ckpt, f"--tls-cert={P('server.crt')}", f"--tls-key=
     r.check("mTLS: tinygpt-client without a certificate fails", out.returncode != 0)
 
 # A half-configured TLS is refused at start-up, before anything listens.
-bad = subprocess.run([tinygpt, "serve", f"--checkpoint={ckpt}", "--port=0", "--metrics-port=-1", f"--tls-cert={P('server.crt')}"],
+bad = subprocess.run([tinygpt, "serve", f"--checkpoint={ckpt}", "--port=0", "--metrics-port=-1", "--http-port=-1", f"--tls-cert={P('server.crt')}"],
                      capture_output=True, text=True, timeout=60)
 r.check("serve: --tls-cert without --tls-key exits 1", bad.returncode == 1 and "--tls-key" in bad.stderr, bad.stderr[-200:])
 
@@ -107,6 +121,18 @@ token = "s3cret-" + os.urandom(8).hex()
 open(P("token"), "w").write(token + "\n")
 open(P("wrong-token"), "w").write(token[:-1] + "x\n")
 with harness.Server(tinygpt, ckpt, f"--auth-token-file={P('token')}") as s:
+    # The HTTP API takes the same token (Authorization: Bearer); /health stays open.
+    def http_status(path, auth=None, body=None):
+        req = urllib.request.Request(f"{s.http_url}{path}", data=body, headers={"Authorization": auth} if auth else {})
+        try:
+            return urllib.request.urlopen(req, timeout=30).status
+        except urllib.error.HTTPError as e:
+            return e.code
+    completion = json.dumps({"prompt": [1, 2], "max_tokens": 3}).encode()
+    http_codes = [http_status("/v1/completions", a, completion) for a in (None, f"Bearer {token[:-1]}x", token, f"Bearer {token}")]
+    http_codes += [http_status("/v1/models"), http_status("/v1/models", f"Bearer {token}"), http_status("/health")]
+    r.check("auth: HTTP API 401 without the right bearer token, 200 with it; /health open",
+            http_codes == [401, 401, 401, 200, 401, 200, 200], str(http_codes))
     ch = grpc.insecure_channel(s.address)
     stub = pb_grpc.GenerationStub(ch)
     md = lambda t: [("authorization", f"Bearer {t}")]
@@ -133,9 +159,12 @@ with harness.Server(tinygpt, ckpt, f"--auth-token-file={P('token')}") as s:
     r.check("auth: tinygpt-client with a wrong token fails with UNAUTHENTICATED", out.returncode != 0 and "UNAUTHENTICATED" in out.stderr,
             out.stderr[-200:])
     m = s.metrics()
-    got = harness.value(m, "tinygpt_requests_total", code="UNAUTHENTICATED")
+    got = harness.value(m, "tinygpt_requests_total", code="UNAUTHENTICATED", api="grpc")
     r.check("auth: refusals counted as UNAUTHENTICATED", got == unauth, f"{got} vs {unauth}")
-    r.check("auth: served requests counted as OK", harness.value(m, "tinygpt_requests_total", code="OK") == 3)
+    r.check("auth: served requests counted as OK", harness.value(m, "tinygpt_requests_total", code="OK", api="grpc") == 3)
+    r.check("auth: HTTP completions refused and served counted under api=openai",
+            harness.value(m, "tinygpt_requests_total", code="UNAUTHENTICATED", api="openai") == 3 and
+            harness.value(m, "tinygpt_requests_total", code="OK", api="openai") == 1)
 
 # --- requests refused before the handler in gRPC's generated code -------------
 with harness.Server(tinygpt, ckpt) as s:

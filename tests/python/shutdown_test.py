@@ -22,7 +22,7 @@ log_path = os.path.join(work, "serve.log")
 with open(log_path, "w") as log:
     # 40 ms steps: 60 tokens take 2.4 s or more, 3 tokens about 0.12 s, and
     # the drain deadline is 1 s.
-    proc = subprocess.Popen([tinygpt, "serve", f"--checkpoint={ckpt}", "--port=0", "--metrics-port=0", "--debug-step-delay-ms=40",
+    proc = subprocess.Popen([tinygpt, "serve", f"--checkpoint={ckpt}", "--port=0", "--metrics-port=0", "--http-port=-1", "--debug-step-delay-ms=40",
                              "--drain-timeout=1"], stdout=subprocess.PIPE, stderr=log, text=True)
     address = proc.stdout.readline().split("listening on ")[1].split()[0]
     proc.stdout.readline()

@@ -69,7 +69,8 @@ class ServerProcess {
     if (pid_ == 0) {
       dup2(out[1], STDOUT_FILENO);
       close(out[0]);
-      std::vector<std::string> args{TinygptBinary(), "serve", "--checkpoint=" + checkpoint, "--port=0", "--metrics-port=0"};
+      std::vector<std::string> args{TinygptBinary(), "serve", "--checkpoint=" + checkpoint, "--port=0", "--metrics-port=0",
+                                     "--http-port=-1"};
       args.insert(args.end(), flags.begin(), flags.end());
       for (auto& f : ExtraServerFlags()) args.push_back(f);
       std::vector<char*> argv;
