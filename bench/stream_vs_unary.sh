@@ -27,7 +27,7 @@ run() {  # run FLAGSET MODE(stream|unary) -> one table row
   [[ $mode == unary ]] && extra=(--unary)
   local flags=()
   [[ -n $set ]] && IFS=, read -r -a flags <<< "$set"
-  "$bin/cli/tinygpt" serve --checkpoint "$ck" --port 0 --metrics-port -1 "${common[@]}" "${flags[@]}" >"$work/serve.out" 2>"$work/serve.log" &
+  "$bin/cli/tinygpt" serve --checkpoint "$ck" --port 0 --metrics-port -1 --http-port -1 "${common[@]}" "${flags[@]}" >"$work/serve.out" 2>"$work/serve.log" &
   local sp=$! target=
   for _ in $(seq 200); do
     target=$(grep -o 'listening on [^ ]*' "$work/serve.out" 2>/dev/null | awk '{print $3}') && [[ -n $target ]] && break

@@ -17,7 +17,9 @@ port=${PORT:-50051}
 # The server writes the address it listens on here; the client reads it (so PORT=0 works).
 TINYGPT_ADDRESS_FILE=$(mktemp -u "${TMPDIR:-/tmp}/tinygpt-demo.XXXXXX")
 export TINYGPT_ADDRESS_FILE
-"$build/cli/tinygpt" serve --checkpoint "$ckpt" --port "$port" --metrics-port -1 &
+# The demo answers over gRPC; HTTP_PORT=8000 also serves the OpenAI-compatible HTTP API (off here, so that
+# a demo beside a running server, or the test suite, finds no port taken).
+"$build/cli/tinygpt" serve --checkpoint "$ckpt" --port "$port" --metrics-port -1 --http-port "${HTTP_PORT:--1}" &
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -f "$TINYGPT_ADDRESS_FILE"' EXIT
 for _ in $(seq 300); do

@@ -45,7 +45,7 @@ class LoggedServer(harness.Server):
     def __init__(self, checkpoint, *flags):
         self.log_path = P(f"serve-{time.monotonic_ns()}.log")
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([tinygpt, "serve", f"--checkpoint={checkpoint}", "--port=0", "--metrics-port=0", *flags],
+        self.proc = subprocess.Popen([tinygpt, "serve", f"--checkpoint={checkpoint}", "--port=0", "--metrics-port=0", "--http-port=-1", *flags],
                                      stdout=subprocess.PIPE, stderr=self.log, text=True)
         self.address = self.proc.stdout.readline().split("listening on ")[1].split()[0]
         self.metrics_port = int(re.search(r":(\d+)/metrics", self.proc.stdout.readline()).group(1))

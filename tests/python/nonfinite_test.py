@@ -93,7 +93,7 @@ r.check("the clean model's outputs for the clean prompts avoid token 40", all(40
 nan40 = poisoned("nan40.safetensors", "tok.weight", 40 * d_model() + 7, math.nan)
 log_path = os.path.join(work, "serve.log")
 with open(log_path, "w") as log:
-    proc = subprocess.Popen([tinygpt, "serve", f"--checkpoint={nan40}", "--port=0", "--metrics-port=0", "--allow-bad-weights",
+    proc = subprocess.Popen([tinygpt, "serve", f"--checkpoint={nan40}", "--port=0", "--metrics-port=0", "--http-port=-1", "--allow-bad-weights",
                              "--debug-step-delay-ms=10"], stdout=subprocess.PIPE, stderr=log, text=True)
     address = proc.stdout.readline().split("listening on ")[1].split()[0]
     metrics_port = int(proc.stdout.readline().rsplit(":", 1)[1].split("/")[0])
