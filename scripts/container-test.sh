@@ -112,8 +112,15 @@ failed_with() {  # rc, output, text: a non-zero exit whose output has the text
   echo "$2" | tail -5
   return 1
 }
-metric() {  # url, metric name with labels as printed: its value (0 when absent)
-  curl -sf --max-time 5 "$1" | awk -v m="$2" 'index($0, m) == 1 {print $2; found = 1} END {if (!found) print 0}' | head -1
+metric() {  # url, metric name, label="value"...: the sum of its series that carry every label given (0 when none)
+  local url=$1 name=$2; shift 2
+  curl -sf --max-time 5 "$url" | awk -v name="$name" -v want="$*" '
+    BEGIN { n = split(want, w, " ") }
+    index($0, name "{") == 1 || index($0, name " ") == 1 {
+      ok = 1; for (i = 1; i <= n; i++) if (index($0, w[i]) == 0) ok = 0
+      if (ok) total += $NF
+    }
+    END { printf "%d\n", total }'
 }
 
 # ------------------------------------------------------------ 2. base images
@@ -145,7 +152,7 @@ if [[ $with_cuda == 1 ]]; then
   build cuda -v "$cuda_home:/usr/local/cuda:ro" --build-arg VARIANT=cuda --build-arg BUILD_IMAGE=$base \
     --build-arg RUNTIME_IMAGE=localhost/tinygpt-cuda-runtime:13.0 -t localhost/tinygpt:cuda .
 fi
-podman image prune -f >/dev/null  # dangling intermediate images of earlier builds (the layer cache keeps what is reused)
+podman image prune -f >/dev/null 2>&1 || true  # dangling intermediate images of earlier builds (the layer cache keeps what is reused)
 
 # ---------------------------------------------------- 4. the main job in containers
 phase "main job in containers (train, serve, health, drain)"
@@ -174,8 +181,8 @@ check "... because it follows the port: without the address file the check asks 
 check "the server runs as uid 10001, not root" test "$(podman exec $prefix-serve id -u)" = 10001
 check "a request answered over gRPC from outside the container" answer_ok 127.0.0.1:$gport
 check "/metrics scraped from outside: the request counted" \
-  test "$(metric "http://127.0.0.1:$mport/metrics" 'tinygpt_requests_total{code="OK",finish_reason="length"}')" = 1
-check "/metrics has tinygpt_build_info" test "$(metric "http://127.0.0.1:$mport/metrics" 'tinygpt_build_info{')" = 1
+  test "$(metric "http://127.0.0.1:$mport/metrics" tinygpt_requests_total 'code="OK"' 'finish_reason="length"')" = 1
+check "/metrics has tinygpt_build_info" test "$(metric "http://127.0.0.1:$mport/metrics" tinygpt_build_info)" = 1
 "$client" stream --target 127.0.0.1:$gport --prompt-ids 1,2,3 --max-new-tokens 60 --deadline-ms 60000 >"$work/stream.out" 2>&1 &
 streamer=$!
 for _ in $(seq 100); do [[ -s $work/stream.out ]] && break; sleep 0.05; done
@@ -257,7 +264,7 @@ check "compose: 24 more calls through the balancer (bench, one connection) all s
 served=()
 for i in 1 2; do
   mp=$(compose port --index=$i server-cpu 9464 | sed 's/.*://')
-  served+=("$(metric "http://127.0.0.1:$mp/metrics" 'tinygpt_requests_total{code="OK"' | cut -d. -f1)")
+  served+=("$(metric "http://127.0.0.1:$mp/metrics" tinygpt_requests_total 'code="OK"')")
 done
 check "compose: both replicas served calls through the balancer (their metrics: ${served[*]})" \
   bash -c "[[ ${served[0]:-0} -gt 0 && ${served[1]:-0} -gt 0 && $((${served[0]:-0} + ${served[1]:-0})) -ge 25 ]]"
@@ -340,7 +347,7 @@ for _ in $(seq 120); do answer_ok 127.0.0.1:$gport >/dev/null 2>&1 && ok=1 && br
 check "kube: the Deployment's pod answers over gRPC" test $ok = 1
 check "kube: the health service says SERVING (what its readiness/liveness probes ask)" \
   bash -c "[[ \$('$client' health --target 127.0.0.1:$gport) == SERVING ]]"
-check "kube: /metrics on the annotated port" test "$(metric "http://127.0.0.1:$mport/metrics" 'tinygpt_build_info{')" = 1
+check "kube: /metrics on the annotated port" test "$(metric "http://127.0.0.1:$mport/metrics" tinygpt_build_info)" = 1
 check "kube: read-only root filesystem, non-root" \
   bash -c "[[ \$(podman inspect -f '{{.HostConfig.ReadonlyRootfs}}' $server_ctr) == true ]] &&
            [[ \$(podman exec $server_ctr id -u) == 10001 ]] && ! podman exec $server_ctr touch /opt/x 2>/dev/null"
