@@ -112,6 +112,8 @@ struct Problem {
 void Run(const Problem& pr) {
   // TINYGPT_BENCH_ONLY=LABEL times that shape alone (for a profiler run).
   if (const char* only = std::getenv("TINYGPT_BENCH_ONLY"); only && pr.label != only) return;
+  // TINYGPT_BENCH_KIND=decode times only that kind (the decode mode of scripts/device-run.sh).
+  if (const char* kind = std::getenv("TINYGPT_BENCH_KIND"); kind && pr.kind != kind) return;
   using T = __half;  // the tutorial's and the peers' fp16
   const int n = static_cast<int>(pr.q_lens.size());
   int total_q = 0, max_q = 0, max_ctx = 0;
@@ -229,5 +231,11 @@ int main() {
     for (int C : {256, 1024, 4096, 8192})
       Run({"decode", "decode B" + std::to_string(B) + " ctx" + std::to_string(C), std::vector<int>(B, 1), std::vector<int>(B, C), 32, 8,
            128, 16, (B == 8 || B == 64 || B == 256) && C == 4096});
+  // Decode at bench-125m's shape (12q/4kv heads, D=64, the server's 16-token
+  // blocks), the serving benchmarks' model.
+  for (int B : {1, 8, 64, 256})
+    for (int C : {330, 1024, 4096})
+      Run({"decode", "decode 12q/4kv D64 B" + std::to_string(B) + " ctx" + std::to_string(C), std::vector<int>(B, 1),
+           std::vector<int>(B, C), 12, 4, 64, 16});
   return 0;
 }

@@ -2,9 +2,12 @@
 // B sequences, each one new token over a `--ctx`-token context, launched back
 // to back as the engine does (step N+1's tokens pending on step N's samples).
 // Separates the runner's cost from the serving stack's.
-// usage: tinygpt_engine_bench CHECKPOINT [--device=cpu|cuda] [--batches=1,8,64] [--ctx=40] [--graphs=0|1]
+// usage: tinygpt_engine_bench CHECKPOINT [--device=cpu|cuda] [--batches=1,8,64] [--ctx=40] [--graphs=0|1] [--reps=N]
 // With TINYGPT_CUDA_OP_TIMES=1 (and --graphs=0) the CUDA backend prints where
-// the GPU time went, op by op, at exit.
+// the GPU time went, op by op, at exit. The backend is synchronized once per
+// batch size between the warm-up and the timed steps: with
+// TINYGPT_CUDA_PROFILE_FROM_SYNC=1 a profiler (ncu --profile-from-start off)
+// then sees the first batch size's timed steps only (--reps of them).
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -20,15 +23,17 @@ int main(int argc, char** argv) {
   std::string path, device = "cpu", batches = "1,8,64";
   int ctx = 40;
   bool graphs = true;
+  int reps = 0;  // 0: 200 steps on the CPU, 1000 on a GPU
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a.rfind("--device=", 0) == 0) device = a.substr(9);
     else if (a.rfind("--batches=", 0) == 0) batches = a.substr(10);
     else if (a.rfind("--ctx=", 0) == 0) ctx = std::atoi(a.c_str() + 6);
     else if (a.rfind("--graphs=", 0) == 0) graphs = a.substr(9) != "0";
+    else if (a.rfind("--reps=", 0) == 0) reps = std::max(1, std::atoi(a.c_str() + 7));
     else path = a;
   }
-  if (path.empty()) return std::fprintf(stderr, "usage: %s CHECKPOINT [--device=cpu|cuda] [--batches=1,8,64] [--ctx=40] [--graphs=0|1]\n", argv[0]), 2;
+  if (path.empty()) return std::fprintf(stderr, "usage: %s CHECKPOINT [--device=cpu|cuda] [--batches=1,8,64] [--ctx=40] [--graphs=0|1] [--reps=N]\n", argv[0]), 2;
   auto ck = tinygpt::LoadCheckpoint(path);
   if (!ck.ok()) return std::fprintf(stderr, "%s\n", std::string(ck.status().message()).c_str()), 1;
   auto backend = tinygpt::CreateBackend(device, "bf16");
@@ -75,10 +80,11 @@ int main(int argc, char** argv) {
       return r.Collect(&out).ok();
     };
     if (!run(20)) return std::fprintf(stderr, "step failed\n"), 1;
-    const int reps = device == "cpu" ? 200 : 1000;
+    (*backend)->Synchronize();
+    const int steps = reps > 0 ? reps : device == "cpu" ? 200 : 1000;
     const auto t0 = std::chrono::steady_clock::now();
-    if (!run(reps)) return 1;
-    const double us = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() * 1e6 / reps;
+    if (!run(steps)) return 1;
+    const double us = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() * 1e6 / steps;
     const double tps = n / us * 1e6;
     if (base == 0) base = tps;
     std::printf("| %d | %.1f | %.0f | %.2fx |\n", n, us, tps, tps / base);

@@ -71,6 +71,13 @@ class Backend {
   // Writes each token's K and V (from its fused qkv row) into its cache slot.
   virtual void KvAppend(const void* qkv, int T, const int32_t* slot_mapping, const AttentionDims& dims, void* k_cache,
                         void* v_cache) = 0;
+  // qkv[T, qkv_dim] = x · w^T + b (the fused QKV projection), then KvAppend
+  // of its rows: one kernel where a backend fuses them (CUDA, at few rows).
+  virtual void LinearKvAppend(const void* x, const void* w, const void* b, void* qkv, int T, int in, int qkv_dim,
+                              const int32_t* slot_mapping, const AttentionDims& dims, void* k_cache, void* v_cache) {
+    Linear(x, w, b, qkv, T, in, qkv_dim);
+    KvAppend(qkv, T, slot_mapping, dims, k_cache, v_cache);
+  }
   // Block-diagonal causal attention with offset over the paged cache; the
   // queries are the first n_heads*head_dim columns of the fused qkv rows.
   virtual void PagedAttention(const AttentionDims& dims, const AttentionBatch& batch, const void* qkv, const PagedKv& kv,

@@ -268,8 +268,7 @@ void ModelRunner::Forward(int T, int n, int R, int max_q, int max_ctx, bool pend
   for (int l = 0; l < cfg_.n_layers; ++l) {
     const LayerWeights& lw = layers_[l];
     // ln_ holds norm1(x) here.
-    b.Linear(ln_, lw.qkv_w, lw.qkv_b, qkv_, T, d, qkv_dim);
-    b.KvAppend(qkv_, T, i32(m.slots), dims, k_cache_[l], v_cache_[l]);
+    b.LinearKvAppend(ln_, lw.qkv_w, lw.qkv_b, qkv_, T, d, qkv_dim, i32(m.slots), dims, k_cache_[l], v_cache_[l]);
     const PagedKv kv{k_cache_[l], v_cache_[l], opt_.block_size, i32(m.tables), max_blocks_per_seq_};
     b.PagedAttention(dims, batch, qkv_, kv, att_);
     b.Linear(att_, lw.proj_w, lw.proj_b, tmp_, T, d, d);

@@ -7,7 +7,7 @@
 # most 8 files come back: log.txt, backend_ops_{bf16,f16}.txt,
 # server_test_cuda.txt, attention_ours.jsonl, attention.md,
 # attention_memory.png, cpu.md; `ncu` mode writes ncu.txt).
-# usage: scripts/device-run.sh [checks|bench|cpu|checks+cpu|ncu|features|serve|serve-quick|serve-checks|warm-stream|profile|all]   (default all: checks, bench, cpu)
+# usage: scripts/device-run.sh [checks|bench|cpu|checks+cpu|ncu|features|serve|serve-quick|serve-checks|warm-stream|profile|decode|all]   (default all: checks, bench, cpu)
 #        features: logprobs, penalties, n and prefix caching served on CUDA beside the CPU (features_{bf16,f16}.txt)
 #        TRAIN_THREADS=1,16 picks the thread counts of the CPU training comparison.
 #        serve: the serving benchmark of issues #12/#14 (bench/serve_gpu_bench.py: tinygpt serve --device cuda with a random
@@ -107,6 +107,64 @@ if [[ $what == profile ]]; then
     TINYGPT_CUDA_OP_TIMES=1 step "op times $n" 120 "$S/bin/tinygpt_engine_bench" "$ck" --device=cuda --batches=$n --ctx=330 --graphs=0 >> "$prof" 2>&1
   done
   cat "$prof"
+fi
+if [[ $what == decode ]]; then
+  # Issue #23 (the decode step) in one call: the bf16 op/runner checks (every
+  # decode kernel against the CPU backend; DECODE_CHECKS=0 skips them), then
+  # decode steps of the runner alone on a random bench-125m checkpoint at
+  # position 330 for each configuration in DECODE_AB (";"-separated sets of
+  # environment assignments, "base" for none), decode attention beside
+  # PyTorch SDPA, and Nsight Compute's per-kernel times of one step at 1 and
+  # 256 sequences (kernel count, each kernel's time, DRAM bytes). DECODE_NCU=0
+  # skips the profiles; DECODE_ATTN_AB=1 runs the attention bench once per
+  # configuration (JSON lines only).
+  if [[ ${DECODE_CHECKS:-1} == 1 ]]; then
+    step "backend ops bf16" 150 "$S/bin/tinygpt_backend_ops" --dtype=bf16 "$S/seed.safetensors" > "$OUT/backend_ops_bf16.txt" 2>&1
+    grep -E "^FAIL|passed|error|CUDA" "$OUT/backend_ops_bf16.txt" | head -20 | tee -a "$log"
+    if ! grep -q " 0 failed" "$OUT/backend_ops_bf16.txt"; then  # which part: the same checks without programmatic launch
+      TINYGPT_PDL=0 step "backend ops bf16, TINYGPT_PDL=0" 150 "$S/bin/tinygpt_backend_ops" --dtype=bf16 --only=inference \
+        "$S/seed.safetensors" 2>&1 | grep -E "^FAIL|passed|error|CUDA" | head -20 | tee -a "$log"
+    fi
+    step "backend ops f16" 150 "$S/bin/tinygpt_backend_ops" --dtype=f16 --only=inference "$S/seed.safetensors" > "$OUT/backend_ops_f16.txt" 2>&1
+    grep -E "^FAIL|passed|error|CUDA" "$OUT/backend_ops_f16.txt" | head -20 | tee -a "$log"
+  fi
+  ck=/tmp/bench-125m.safetensors
+  step "bench-125m checkpoint" 120 python3 -c "import sys; sys.path.insert(0, 'bench'); import serve_gpu_bench as b; b.make_checkpoint('$ck', b.BENCH_125M)" >> "$log" 2>&1
+  prof=$OUT/decode_profile.txt
+  IFS=';' read -ra configs <<< "${DECODE_AB:-base}"
+  for round in 1 2; do  # each configuration twice, interleaved: the spread between rounds is the noise
+    for c in "${configs[@]}"; do
+      echo "engine steps (graphs on), round $round, config: $c" >> "$prof"
+      vars=(); [[ $c != base ]] && read -ra vars <<< "$c"
+      step "engine bench [$c] round $round" 120 env "${vars[@]}" "$S/bin/tinygpt_engine_bench" "$ck" --device=cuda --batches=1,8,64,256 \
+        --ctx=330 --graphs=1 >> "$prof" 2>&1
+    done
+  done
+  if [[ ${DECODE_ATTN_AB:-0} == 1 ]]; then  # the decode attention bench per configuration (JSON lines, no report)
+    for c in "${configs[@]}"; do
+      vars=(); [[ $c != base ]] && read -ra vars <<< "$c"
+      echo "{\"kind\":\"config\",\"label\":\"$c\"}" >> "$OUT/attention_ours.jsonl"
+      TINYGPT_BENCH_KIND=decode step "decode attention bench [$c]" 150 env "${vars[@]}" "$S/bin/tinygpt_attention_bench" \
+        >> "$OUT/attention_ours.jsonl" 2>> "$log"
+    done
+  else
+    TINYGPT_BENCH_KIND=decode step "decode attention bench" 150 "$S/bin/tinygpt_attention_bench" > "$OUT/attention_ours.jsonl" 2>> "$log"
+    step "decode attention report" 200 python3 bench/decode_attention_report.py "$OUT/attention_ours.jsonl" "$OUT" >> "$log" 2>&1
+  fi
+  if [[ ${DECODE_NCU:-1} == 1 ]] && command -v ncu > /dev/null; then
+    for n in 1 256; do
+      TINYGPT_CUDA_PROFILE_FROM_SYNC=1 step "ncu step kernels n=$n" 180 ncu --profile-from-start off --cache-control none \
+        --clock-control none --csv --page raw --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size \
+        "$S/bin/tinygpt_engine_bench" "$ck" --device=cuda --batches=$n --ctx=330 --graphs=0 --reps=3 > "$OUT/ncu_n$n.csv" 2>> "$log"
+      python3 bench/ncu_step_summary.py "$OUT/ncu_n$n.csv" 3 "$n sequences at position 330" >> "$OUT/ncu_kernels.md" 2>> "$log"
+      rm -f "$OUT/ncu_n$n.csv"
+    done
+    TINYGPT_CUDA_PROFILE_FROM_SYNC=1 step "ncu decode attention n=256" 120 ncu --profile-from-start off -k regex:Attention \
+      --launch-count 1 --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section MemoryWorkloadAnalysis "$S/bin/tinygpt_engine_bench" "$ck" --device=cuda --batches=256 --ctx=330 --graphs=0 --reps=1 \
+      > "$OUT/ncu_attention.txt" 2>&1
+  fi
+  cat "$prof" "$OUT/decode_attention.md" "$OUT/ncu_kernels.md" 2>/dev/null
 fi
 if [[ $what == serve-checks ]]; then
   # The engine's GPU path checked before it is timed, in the same call: the

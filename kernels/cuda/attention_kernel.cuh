@@ -115,12 +115,18 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) PagedFlashAttentionKernel(con
   int32_t* sTable = reinterpret_cast<int32_t*>(sV + S * Tr::kKVElems);  // [kStages][kBlockN]
 
   const int s = blockIdx.y / p.n_kv_heads, kvh = blockIdx.y % p.n_kv_heads;
+  // The step's metadata (cu_q, ctx_len, block tables) is a host upload, no
+  // kernel's output: read before PdlWait, as are the cached keys before the
+  // step's new tokens (only those are the predecessor's writes).
   const int q0 = p.cu_q[s], q_len = p.cu_q[s + 1] - q0, ctx = p.ctx_len[s], offset = ctx - q_len;
   const int G = p.group, rows = q_len * G;
   // Causal: later query tiles see more keys. Scheduling them first shortens
   // the tail of the grid.
   const int m0 = (gridDim.x - 1 - blockIdx.x) * BM;
-  if (m0 >= rows) return;
+  if (m0 >= rows) {
+    PdlWait();
+    return;
+  }
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
 
   // Keys this tile can see: up to the position of its last token.
@@ -143,13 +149,6 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) PagedFlashAttentionKernel(con
     return t < t_end && x < tile_entries && e <= last_entry ? table[e] : 0;
   };
 
-  // --- Q tile (rows past the end are zero-filled) ---
-  for (int c = tid; c < BM * Tr::kChunks; c += Tr::kThreads) {
-    const int r = c / Tr::kChunks, ch = c % Tr::kChunks, gr = m0 + r;
-    const bool valid = gr < rows;
-    const int token = valid ? gr / G : 0, head = kvh * G + (valid ? gr % G : 0);
-    CpAsync16(sQ + Tr::Offset(r, ch * 8), q_base + (q0 + token) * p.q_stride + head * D + ch * 8, valid);
-  }
   // --- K/V tile t into a stage, gathered through the block table (a
   // thread keeps one 16-byte column chunk and walks rows) ---
   auto load_kv = [&](int t, int stage) {
@@ -171,12 +170,27 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) PagedFlashAttentionKernel(con
   // Prologue: the table entries of the first kStages tiles, then the first
   // kStages-1 tiles in flight (one commit group each, empty where the split
   // has fewer tiles, so the group count stays fixed).
+  // Tiles wholly before the new tokens (keys < offset) are issued before
+  // PdlWait, into the first commit group; the rest after it, one group each.
   for (int i = 0; i < S; ++i)
     for (int x = tid; x < tile_entries; x += Tr::kThreads) sTable[i * BN + x] = fetch_entry(t_begin + i, x / Tr::kThreads);
   __syncthreads();
+  auto cached = [&](int t) { return (t + 1) * BN <= offset; };
+#pragma unroll
+  for (int i = 0; i < S - 1; ++i)
+    if (t_begin + i < t_end && cached(t_begin + i)) load_kv(t_begin + i, i);
+  PdlWait();  // Q and the new tokens' K/V are the predecessor's output (common.cuh)
+  PdlLaunchDependents();
+  // --- Q tile (rows past the end are zero-filled) ---
+  for (int c = tid; c < BM * Tr::kChunks; c += Tr::kThreads) {
+    const int r = c / Tr::kChunks, ch = c % Tr::kChunks, gr = m0 + r;
+    const bool valid = gr < rows;
+    const int token = valid ? gr / G : 0, head = kvh * G + (valid ? gr % G : 0);
+    CpAsync16(sQ + Tr::Offset(r, ch * 8), q_base + (q0 + token) * p.q_stride + head * D + ch * 8, valid);
+  }
 #pragma unroll
   for (int i = 0; i < S - 1; ++i) {
-    if (t_begin + i < t_end) load_kv(t_begin + i, i);
+    if (t_begin + i < t_end && !cached(t_begin + i)) load_kv(t_begin + i, i);
     CpAsyncCommit();
   }
 
@@ -407,6 +421,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) PagedFlashAttentionKernel(con
 template <class T>
 __global__ void AttentionCombineKernel(const float* partial_out, const float* partial_lse, T* out, int num_splits,
                                        int total_q, int n_heads, int head_dim) {
+  PdlWait();  // launched with programmatic dependent launch (common.cuh)
+  PdlLaunchDependents();
   const long row = blockIdx.x;  // token * n_heads + head
   const long stride = static_cast<long>(total_q) * n_heads;
   float mx = -FLT_MAX;

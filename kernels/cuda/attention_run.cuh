@@ -42,10 +42,18 @@ void PlanFor(const AttentionDims& dims, const AttentionBatch& batch, int num_sms
   const long blocks = static_cast<long>(grid.x) * grid.y;
   const int key_tiles = (batch.max_ctx_len + Tr::kBlockN - 1) / Tr::kBlockN;
   // Aim for about four waves of resident blocks, so the last, partial wave
-  // costs little; each split keeps at least two key tiles.
-  const long target = 4L * num_sms * BlocksPerSm<Tr>();
+  // costs little; each split keeps at least two key tiles. The A/B of
+  // scripts/device-run.sh decode sets other values: TINYGPT_DECODE_WAVES,
+  // TINYGPT_DECODE_MIN_SPLIT_TILES.
+  auto env = [](const char* name, long fallback) {
+    const char* v = std::getenv(name);
+    return v ? std::max(1L, std::atol(v)) : fallback;
+  };
+  static const long waves = env("TINYGPT_DECODE_WAVES", 4), min_tiles = env("TINYGPT_DECODE_MIN_SPLIT_TILES", 2);
+  const long target = waves * num_sms * BlocksPerSm<Tr>();
   int splits = 1;
-  if (blocks < target && key_tiles >= 4) splits = static_cast<int>(std::min<long>({(target + blocks - 1) / blocks, key_tiles / 2, 64}));
+  if (blocks < target && key_tiles >= 2 * min_tiles)
+    splits = static_cast<int>(std::min<long>({(target + blocks - 1) / blocks, key_tiles / min_tiles, 64}));
   plan->num_splits = std::max(1, splits);
   plan->partial_floats =
       plan->num_splits > 1 ? static_cast<size_t>(plan->num_splits) * batch.total_q * dims.n_heads * (dims.head_dim + 1) : 0;
@@ -55,14 +63,13 @@ template <class Tr>
 void LaunchFor(const AttentionDims& dims, const AttentionBatch& batch, const AttentionParams& p, cudaStream_t stream) {
   BlocksPerSm<Tr>();  // raises the kernels' shared-memory limit once
   const dim3 grid = Grid<Tr>(dims, batch, p.num_splits);
-  if (p.alibi) PagedFlashAttentionKernel<Tr, true><<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
-  else PagedFlashAttentionKernel<Tr, false><<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
-  TG_CUDA_LAUNCH_CHECK();
+  // Programmatic dependent launch where the backend has it on (common.cuh).
+  if (p.alibi) LaunchKernel(true, PagedFlashAttentionKernel<Tr, true>, grid, Tr::kThreads, Tr::kSmemBytes, stream, p);
+  else LaunchKernel(true, PagedFlashAttentionKernel<Tr, false>, grid, Tr::kThreads, Tr::kSmemBytes, stream, p);
   if (p.num_splits > 1) {
     using T = typename Tr::T;
-    AttentionCombineKernel<T><<<batch.total_q * dims.n_heads, std::min(Tr::kHeadDim, 128), 0, stream>>>(
-        p.partial_out, p.partial_lse, static_cast<T*>(p.out), p.num_splits, batch.total_q, dims.n_heads, Tr::kHeadDim);
-    TG_CUDA_LAUNCH_CHECK();
+    LaunchKernel(true, AttentionCombineKernel<T>, batch.total_q * dims.n_heads, std::min(Tr::kHeadDim, 128), 0, stream,
+                 p.partial_out, p.partial_lse, static_cast<T*>(p.out), p.num_splits, batch.total_q, dims.n_heads, Tr::kHeadDim);
   }
 }
 

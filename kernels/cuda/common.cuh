@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <utility>
 
 namespace tinygpt::cuda {
 
@@ -66,6 +67,58 @@ __device__ __forceinline__ Vec16<T> LoadVec(const T* p) {
 template <class T>
 __device__ __forceinline__ void StoreVec(T* p, const Vec16<T>& v) {
   *reinterpret_cast<Vec16<T>*>(p) = v;
+}
+
+// Programmatic dependent launch (sm_90+). A decode step is ~100 small
+// kernels whose own work is a few microseconds; launched in plain stream
+// order each one starts only after its predecessor has drained, and its
+// first loads then wait a full memory latency. Launched with
+// LaunchKernel(..., pdl = true), a kernel's blocks start while its
+// predecessor finishes: what does not depend on the predecessor (weights,
+// block tables, cached K/V) is loaded first, then PdlWait() blocks until
+// the predecessor has completed and its writes are visible. Rules for a
+// kernel launched so: every global read of a predecessor's output and every
+// global write come after PdlWait(), and at least one thread of the grid
+// calls it (so that the grid completes after its predecessor: the kernel
+// after it relies on that). PdlLaunchDependents() right after the wait lets
+// the next kernel's blocks start early in turn (after the wait, so that
+// waiting blocks chain at most one kernel ahead). Both are no-ops for a
+// kernel launched without the attribute.
+__device__ __forceinline__ void PdlWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void PdlLaunchDependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+// Whether inference kernels are launched with programmatic dependent launch:
+// on for compute capability 9.0+, off with TINYGPT_PDL=0 (the A/B of
+// scripts/device-run.sh decode). Set once by the backend.
+inline bool& PdlEnabled() {
+  static bool on = false;
+  return on;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), with the programmatic
+// stream serialization attribute when `pdl` and PdlEnabled().
+template <class... KernelArgs, class... Args>
+void LaunchKernel(bool pdl, void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                  Args&&... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attr;
+  config.numAttrs = pdl && PdlEnabled() ? 1 : 0;
+  TG_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
 }
 
 }  // namespace tinygpt::cuda

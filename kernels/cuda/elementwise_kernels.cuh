@@ -8,6 +8,8 @@ namespace tinygpt::cuda {
 
 template <class T>
 __global__ void EmbeddingKernel(const int32_t* tokens, const int32_t* positions, const T* tok, const T* pos, T* out, int C) {
+  PdlWait();  // launched with programmatic dependent launch (common.cuh)
+  PdlLaunchDependents();
   const int t = blockIdx.x;
   const T* te = tok + static_cast<long>(tokens[t]) * C;
   const T* pe = pos ? pos + static_cast<long>(positions[t]) * C : nullptr;
@@ -18,6 +20,8 @@ __global__ void EmbeddingKernel(const int32_t* tokens, const int32_t* positions,
 // One warp per row; two passes over the row (mean, then variance) from L1.
 template <class T>
 __global__ void LayerNormKernel(const T* x, const T* w, const T* b, T* y, int rows, int C, float eps) {
+  PdlWait();  // launched with programmatic dependent launch (common.cuh)
+  PdlLaunchDependents();
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
   if (row >= rows) return;
   const T* xr = x + static_cast<long>(row) * C;
@@ -50,8 +54,18 @@ __global__ void LayerNormVecKernel(T* __restrict__ x, const T* __restrict__ r, c
                                    float* __restrict__ rstd, int rows, int C, float eps) {
   constexpr int V = Vec16<T>::N;
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
-  if (row >= rows) return;
   const int nvec = C / V;
+  // The weights are no predecessor's output: loaded before PdlWait, they
+  // arrive while the kernel before this one finishes.
+  Vec16<T> wv[kChunks], bv[kChunks];
+#pragma unroll
+  for (int k = 0; k < kChunks; ++k) {
+    const int cv = k * 32 + lane;
+    if (cv < nvec) wv[k] = LoadVec(w + cv * V), bv[k] = LoadVec(b + cv * V);
+  }
+  PdlWait();
+  PdlLaunchDependents();
+  if (row >= rows) return;
   const long base = static_cast<long>(row) * C;
   Vec16<T> xv[kChunks];
   float sum = 0.f;
@@ -87,10 +101,9 @@ __global__ void LayerNormVecKernel(T* __restrict__ x, const T* __restrict__ r, c
   for (int k = 0; k < kChunks; ++k) {
     const int cv = k * 32 + lane;
     if (cv < nvec) {
-      const Vec16<T> wv = LoadVec(w + cv * V), bv = LoadVec(b + cv * V);
       Vec16<T> o;
 #pragma unroll
-      for (int i = 0; i < V; ++i) o.v[i] = FromFloat<T>((ToFloat(xv[k].v[i]) - m) * rs * ToFloat(wv.v[i]) + ToFloat(bv.v[i]));
+      for (int i = 0; i < V; ++i) o.v[i] = FromFloat<T>((ToFloat(xv[k].v[i]) - m) * rs * ToFloat(wv[k].v[i]) + ToFloat(bv[k].v[i]));
       StoreVec(y + base + cv * V, o);
     }
   }
@@ -99,12 +112,16 @@ __global__ void LayerNormVecKernel(T* __restrict__ x, const T* __restrict__ r, c
 
 template <class T>
 __global__ void AddKernel(T* x, const T* y, long n) {
+  PdlWait();  // launched with programmatic dependent launch (common.cuh)
+  PdlLaunchDependents();
   for (long i = blockIdx.x * static_cast<long>(blockDim.x) + threadIdx.x; i < n; i += static_cast<long>(gridDim.x) * blockDim.x)
     x[i] = FromFloat<T>(ToFloat(x[i]) + ToFloat(y[i]));
 }
 
 template <class T>
 __global__ void SwiGLUKernel(const T* h, T* out, int rows, int F) {
+  PdlWait();  // launched with programmatic dependent launch (common.cuh)
+  PdlLaunchDependents();
   const long n = static_cast<long>(rows) * F;
   for (long i = blockIdx.x * static_cast<long>(blockDim.x) + threadIdx.x; i < n; i += static_cast<long>(gridDim.x) * blockDim.x) {
     const long t = i / F, f = i % F;
@@ -115,6 +132,8 @@ __global__ void SwiGLUKernel(const T* h, T* out, int rows, int F) {
 
 template <class T>
 __global__ void GatherRowsKernel(const T* src, const int32_t* rows, T* dst, int C) {
+  PdlWait();  // launched with programmatic dependent launch (common.cuh)
+  PdlLaunchDependents();
   const T* s = src + static_cast<long>(rows[blockIdx.x]) * C;
   for (int c = threadIdx.x; c < C; c += blockDim.x) dst[static_cast<long>(blockIdx.x) * C + c] = s[c];
 }
@@ -122,6 +141,8 @@ __global__ void GatherRowsKernel(const T* src, const int32_t* rows, T* dst, int 
 // One block per token: its K and V rows (from the fused qkv row) into its slot.
 template <class T>
 __global__ void KvAppendKernel(const T* qkv, long qkv_stride, const int32_t* slots, int k_offset, int kv_dim, T* k_cache, T* v_cache) {
+  PdlWait();  // launched with programmatic dependent launch (common.cuh)
+  PdlLaunchDependents();
   const long slot = slots[blockIdx.x];
   if (slot < 0) return;
   const T* row = qkv + blockIdx.x * qkv_stride + k_offset;
@@ -136,6 +157,8 @@ __global__ void KvAppendKernel(const T* qkv, long qkv_stride, const int32_t* slo
 template <class T>
 __global__ void KvAppendVecKernel(const T* __restrict__ qkv, long qkv_stride, const int32_t* __restrict__ slots, int tokens,
                                   int k_offset, int kv_dim, T* __restrict__ k_cache, T* __restrict__ v_cache) {
+  PdlWait();  // launched with programmatic dependent launch (common.cuh)
+  PdlLaunchDependents();
   const int t = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
   if (t >= tokens) return;
   const long slot = slots[t];

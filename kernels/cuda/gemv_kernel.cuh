@@ -21,6 +21,26 @@ __device__ __forceinline__ void Unpack8(const uint4& v, float* f) {
   for (int j = 0; j < 8; ++j) f[j] = ToFloat(e[j]);
 }
 
+// Where a QKV product also stores its K and V columns: the KV append fused
+// into the product's epilogue (a decode step of a small batch then saves the
+// append kernel per layer). Column o of a row is K feature o - k_offset when
+// k_offset <= o < k_offset + kv_dim, V feature o - k_offset - kv_dim above;
+// row r goes to slot slots[r] (negative: not stored). slots == nullptr: none.
+template <class T>
+struct GemvKvAppend {
+  const int32_t* slots = nullptr;
+  int k_offset = 0, kv_dim = 0;
+  T* k_cache = nullptr;
+  T* v_cache = nullptr;
+};
+
+// Weight vectors (16 bytes) per lane and weight row that are loaded before
+// PdlWait: the weights are no predecessor's output, so with programmatic
+// dependent launch they stream in while the kernel before finishes (rows of
+// up to kGemvPrefetch * 32 * 8 = 1024 inputs wholly; longer rows stream the
+// rest after the wait).
+constexpr int kGemvPrefetch = 4;
+
 // R rows (a compile-time count, so the accumulators stay in registers);
 // `in` must be a multiple of 8. kSwiGLU: the warp of output o < F also takes
 // weight row F + o (the gate) and writes swiglu: silu(a) * g, each rounded to
@@ -28,23 +48,38 @@ __device__ __forceinline__ void Unpack8(const uint4& v, float* f) {
 // [rows, F] with F = out.
 template <class T, int R, bool kSwiGLU>
 __global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const T* __restrict__ x, const T* __restrict__ w,
-                                                              const T* __restrict__ b, T* __restrict__ y, int in, int out) {
+                                                              const T* __restrict__ b, T* __restrict__ y, int in, int out,
+                                                              GemvKvAppend<T> kv) {
   const int o = blockIdx.x * kGemvWarps + threadIdx.x / 32, lane = threadIdx.x & 31;
-  if (o >= out) return;
+  const bool valid = o < out;
   constexpr int kW = kSwiGLU ? 2 : 1;  // weight rows per warp
   const uint4* wr[kW];
 #pragma unroll
-  for (int k = 0; k < kW; ++k) wr[k] = reinterpret_cast<const uint4*>(w + static_cast<long>(o + k * out) * in);
+  for (int k = 0; k < kW; ++k) wr[k] = reinterpret_cast<const uint4*>(w + static_cast<long>(valid ? o + k * out : 0) * in);
   const int nvec = in / 8;
+  uint4 pre[kW][kGemvPrefetch];
+#pragma unroll
+  for (int k = 0; k < kW; ++k)
+#pragma unroll
+    for (int i = 0; i < kGemvPrefetch; ++i) {
+      const int c = lane + i * 32;
+      pre[k][i] = valid && c < nvec ? __ldg(wr[k] + c) : make_uint4(0, 0, 0, 0);
+    }
+  float bias[kW];
+#pragma unroll
+  for (int k = 0; k < kW; ++k) bias[k] = b && valid ? ToFloat(b[o + k * out]) : 0.f;
+  PdlWait();  // x is the predecessor's output (common.cuh)
+  PdlLaunchDependents();
+  if (!valid) return;
   float acc[kW][R];
 #pragma unroll
   for (int k = 0; k < kW; ++k)
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[k][r] = 0.f;
-  for (int c = lane; c < nvec; c += 32) {
+  auto fma_chunk = [&](const uint4 (&wv)[kW], int c) {
     float wf[kW][8];
 #pragma unroll
-    for (int k = 0; k < kW; ++k) Unpack8<T>(__ldg(wr[k] + c), wf[k]);
+    for (int k = 0; k < kW; ++k) Unpack8<T>(wv[k], wf[k]);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       float xf[8];
@@ -54,34 +89,57 @@ __global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const T* __restric
 #pragma unroll
         for (int j = 0; j < 8; ++j) acc[k][r] = fmaf(wf[k][j], xf[j], acc[k][r]);
     }
+  };
+#pragma unroll
+  for (int i = 0; i < kGemvPrefetch; ++i) {
+    const int c = lane + i * 32;
+    if (c < nvec) {
+      uint4 wv[kW];
+#pragma unroll
+      for (int k = 0; k < kW; ++k) wv[k] = pre[k][i];
+      fma_chunk(wv, c);
+    }
+  }
+  for (int c = lane + kGemvPrefetch * 32; c < nvec; c += 32) {
+    uint4 wv[kW];
+#pragma unroll
+    for (int k = 0; k < kW; ++k) wv[k] = __ldg(wr[k] + c);
+    fma_chunk(wv, c);
   }
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     float v[kW];
 #pragma unroll
-    for (int k = 0; k < kW; ++k) v[k] = WarpSum(acc[k][r]) + (b ? ToFloat(b[o + k * out]) : 0.f);
+    for (int k = 0; k < kW; ++k) v[k] = WarpSum(acc[k][r]) + bias[k];
     if (lane != 0) continue;
     if constexpr (kSwiGLU) {
       const float a = ToFloat(FromFloat<T>(v[0])), g = ToFloat(FromFloat<T>(v[1]));
       y[static_cast<long>(r) * out + o] = FromFloat<T>(a / (1.f + __expf(-a)) * g);
     } else {
-      y[static_cast<long>(r) * out + o] = FromFloat<T>(v[0]);
+      const T value = FromFloat<T>(v[0]);
+      y[static_cast<long>(r) * out + o] = value;
+      if (kv.slots && o >= kv.k_offset && o < kv.k_offset + 2 * kv.kv_dim) {
+        const long slot = kv.slots[r];
+        const int f = o - kv.k_offset;
+        if (slot >= 0) (f < kv.kv_dim ? kv.k_cache : kv.v_cache)[slot * kv.kv_dim + f % kv.kv_dim] = value;
+      }
     }
   }
 }
 
 // Launches the instantiation for `rows` (1..kGemvMaxRows). With kSwiGLU, w
-// has 2*out rows and y gets out = F columns.
+// has 2*out rows and y gets out = F columns. Programmatic dependent launch
+// where the backend has it on (common.cuh).
 template <class T, bool kSwiGLU = false>
-void LaunchGemv(const T* x, const T* w, const T* b, T* y, int rows, int in, int out, cudaStream_t stream) {
+void LaunchGemv(const T* x, const T* w, const T* b, T* y, int rows, int in, int out, cudaStream_t stream,
+                GemvKvAppend<T> kv = {}) {
   const dim3 grid((out + kGemvWarps - 1) / kGemvWarps), block(kGemvWarps * 32);
   switch (rows) {
 #define TG_GEMV_CASE(R) \
-  case R: GemvKernel<T, R, kSwiGLU><<<grid, block, 0, stream>>>(x, w, b, y, in, out); break;
+  case R: LaunchKernel(true, GemvKernel<T, R, kSwiGLU>, grid, block, 0, stream, x, w, b, y, in, out, kv); break;
     TG_GEMV_CASE(1) TG_GEMV_CASE(2) TG_GEMV_CASE(3) TG_GEMV_CASE(4) TG_GEMV_CASE(5) TG_GEMV_CASE(6) TG_GEMV_CASE(7) TG_GEMV_CASE(8)
 #undef TG_GEMV_CASE
   }
-  TG_CUDA_LAUNCH_CHECK();
 }
 
 }  // namespace tinygpt::cuda

@@ -35,6 +35,8 @@ __device__ __forceinline__ float BlockMax(float v, float* scratch) {
 
 template <class T>
 __global__ void __launch_bounds__(kSampleThreads) SampleKernel(const T* logits, int vocab, const SamplingParams* params, int32_t* out) {
+  PdlWait();  // launched with programmatic dependent launch (common.cuh)
+  PdlLaunchDependents();
   __shared__ float scratch[kSampleThreads / 32];
   __shared__ float chunk_sums[kSampleThreads];
   __shared__ int chosen;
@@ -150,6 +152,8 @@ template <> __device__ __forceinline__ float MaxFinite<float>() { return FLT_MAX
 // row, so no two threads touch one logit).
 template <class T>
 __global__ void ApplyPenaltiesKernel(const T* logits, T* out, int vocab, const PenaltyRow* rows, const PenaltyEntry* entries) {
+  PdlWait();  // launched with programmatic dependent launch (common.cuh)
+  PdlLaunchDependents();
   const long base = static_cast<long>(blockIdx.x) * vocab;
   for (int i = threadIdx.x; i < vocab; i += blockDim.x) out[base + i] = logits[base + i];
   __syncthreads();
@@ -172,6 +176,8 @@ __global__ void ApplyPenaltiesKernel(const T* logits, T* out, int vocab, const P
 // (0 where that row was flagged non-finite: the sequence ends, and an
 // out-of-range id must not reach the embedding).
 __global__ void FillPendingTokensKernel(int32_t* tokens, int n, const int32_t* sampled) {
+  PdlWait();  // launched with programmatic dependent launch (common.cuh)
+  PdlLaunchDependents();
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n && tokens[i] < 0) tokens[i] = max(sampled[-tokens[i] - 1], 0);  // kNonFiniteLogits -> 0 (sampling_args.h)
 }

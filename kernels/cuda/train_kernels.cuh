@@ -204,6 +204,8 @@ __global__ void __launch_bounds__(kLayerNormBackwardThreads, 1)
 template <class T>
 __global__ void SwiGLUVecKernel(const T* __restrict__ h, T* __restrict__ out, int rows, int F) {
   constexpr int V = Vec16<T>::N;
+  PdlWait();  // inference launches it with programmatic dependent launch (common.cuh)
+  PdlLaunchDependents();
   for (int t = blockIdx.x; t < rows; t += gridDim.x) {
     const T* hr = h + static_cast<long>(t) * 2 * F;
     T* o = out + static_cast<long>(t) * F;

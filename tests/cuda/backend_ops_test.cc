@@ -4,9 +4,10 @@
 // passes. Then the whole model: CUDA logits against CPU fp32 logits on a
 // checkpoint, and greedy generations compared.
 //
-// usage: tinygpt_backend_ops [--dtype bf16|f16|f32] [--perf] [--only=nonfinite] [CHECKPOINT]   (f32: the training ops only;
-//        --perf: time single training ops at bench-125m shapes instead of checking; --only=nonfinite: only
-//        the non-finite-logits cases, with the runner case when CHECKPOINT is given)
+// usage: tinygpt_backend_ops [--dtype bf16|f16|f32] [--perf] [--only=nonfinite|inference] [CHECKPOINT]   (f32: the
+//        training ops only; --perf: time single training ops at bench-125m shapes instead of checking;
+//        --only=nonfinite: only the non-finite-logits cases, with the runner case when CHECKPOINT is given;
+//        --only=inference: every serving op and the model, no training op)
 // Prints one line per case and a final "N passed, N failed". Exits 77 (skip)
 // when no CUDA device or module is available.
 #include <algorithm>
@@ -261,6 +262,13 @@ void TestAttentionCases(Backend* G, Backend* C, double tol) {
   std::vector<std::pair<int, int>> many;  // a decode batch wide enough to fill the GPU
   for (int i = 0; i < 64; ++i) many.push_back({1, 1 + static_cast<int>(rng() % 3000)});
   TestAttention(G, C, many, 32, 8, 128, false, 16, tol);
+  // bench-125m's GQA 12/4 at head_dim 64: decode contexts across split and
+  // block boundaries, and a 256-sequence decode batch like the serving
+  // benchmark's (split-KV; twice, reusing the split workspace).
+  for (bool alibi : {false, true}) TestAttention(G, C, decode, 12, 4, 64, alibi, 16, tol);
+  std::vector<std::pair<int, int>> batch256;
+  for (int i = 0; i < 256; ++i) batch256.push_back({1, 300 + static_cast<int>(rng() % 64)});
+  for (int rep = 0; rep < 2; ++rep) TestAttention(G, C, batch256, 12, 4, 64, false, 16, tol);
 }
 
 // A copy of host data in backend memory (the caller frees it).
@@ -319,6 +327,47 @@ void TestKvAppend(Backend* G, Backend* C, double tol) {
     Report("kv append T=37 H=" + std::to_string(H) + "/" + std::to_string(Hkv) + " D=" + std::to_string(D),
            std::max(RelErr(written(k.Gpu()), written(k.Cpu())), RelErr(written(v.Gpu()), written(v.Cpu()))), tol);
   }
+}
+
+// The QKV projection with the KV append fused (the GEMV path at <= 8 rows;
+// more rows: cuBLASLt then the append): the qkv rows and the written cache
+// slots against the CPU's Linear then KvAppend; a negative slot is skipped.
+void TestLinearKvAppend(Backend* G, Backend* C, double tol) {
+  for (auto [H, Hkv, D] : {std::tuple{12, 4, 64}, {32, 8, 128}})
+    for (int T : {1, 3, 8, 20}) {
+      const int in = 768, qkv_dim = (H + 2 * Hkv) * D, slots_total = 64, kv_dim = Hkv * D;
+      const AttentionDims dims{H, Hkv, D, false};
+      Pair x(G, C, static_cast<size_t>(T) * in), w(G, C, static_cast<size_t>(qkv_dim) * in), b(G, C, qkv_dim);
+      Pair qkv(G, C, static_cast<size_t>(T) * qkv_dim), k(G, C, slots_total * kv_dim), v(G, C, slots_total * kv_dim);
+      x.Set(Random(x.n));
+      w.SetLinearWeight(Random(w.n, 0.05f), qkv_dim, in);
+      b.Set(Random(b.n));
+      std::vector<int32_t> slots(slots_total);
+      for (int i = 0; i < slots_total; ++i) slots[i] = i;
+      std::shuffle(slots.begin(), slots.end(), rng);
+      slots.resize(T);
+      if (T > 1) slots[1] = -1;  // a row that is not stored
+      Ints sl(G, C, slots);
+      G->LinearKvAppend(x.g, w.g, b.g, qkv.g, T, in, qkv_dim, sl.g, dims, k.g, v.g);
+      C->LinearKvAppend(x.c, w.c, b.c, qkv.c, T, in, qkv_dim, sl.c, dims, k.c, v.c);
+      auto written = [&](const std::vector<float>& cache) {
+        std::vector<float> out;
+        for (int32_t s : slots)
+          if (s >= 0) out.insert(out.end(), cache.begin() + static_cast<long>(s) * kv_dim, cache.begin() + static_cast<long>(s + 1) * kv_dim);
+        return out;
+      };
+      // Slots no row names must stay as they were (NaN on both).
+      bool untouched = true;
+      const std::vector<float> kg = k.Gpu(), vg = v.Gpu();
+      for (int s = 0; s < slots_total; ++s)
+        if (std::find(slots.begin(), slots.end(), s) == slots.end())
+          for (int c = 0; c < kv_dim; ++c) untouched &= std::isnan(kg[s * kv_dim + c]) && std::isnan(vg[s * kv_dim + c]);
+      const std::string name = "linear+kv append T=" + std::to_string(T) + " H=" + std::to_string(H) + "/" + std::to_string(Hkv) +
+                               " D=" + std::to_string(D);
+      Report(name + " (qkv)", RelErr(qkv.Gpu(), qkv.Cpu()), tol);
+      Report(name + " (cache)", untouched ? std::max(RelErr(written(kg), written(k.Cpu())), RelErr(written(vg), written(v.Cpu()))) : INFINITY,
+             tol);
+    }
 }
 
 // Penalties and pending tokens, the ops a step runs around sampling.
@@ -1051,7 +1100,7 @@ void PerfTrainingOps(Backend* G) {
 }  // namespace tinygpt
 
 int main(int argc, char** argv) {
-  std::string dtype = "bf16", checkpoint, only;  // --only=nonfinite: just the non-finite-logits cases
+  std::string dtype = "bf16", checkpoint, only;  // --only=nonfinite: just the non-finite-logits cases; =inference: no training ops
   bool perf = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -1084,7 +1133,8 @@ int main(int argc, char** argv) {
     std::printf("%d passed, %d failed\n", tinygpt::passed, tinygpt::failed);
     return tinygpt::failed ? 1 : 0;
   }
-  // Training ops (fp32 too: the --precision fp32 reference).
+  // Training ops (fp32 too: the --precision fp32 reference); --only=inference skips them.
+  if (only != "inference") {
   tinygpt::TestTrainDense(gpu->get(), cpu.get(), tol);
   tinygpt::TestLayerNormBackwardManyRows(gpu->get(), cpu.get(), tol);
   tinygpt::TestCrossEntropy(gpu->get(), cpu.get(), tol);
@@ -1092,6 +1142,7 @@ int main(int argc, char** argv) {
   tinygpt::TestTrainAttentionCases(gpu->get(), cpu.get(), tol);
   for (bool alibi : {false, true})
     for (int kv : {8, 2}) tinygpt::TestTrainingStep(gpu->get(), dtype, alibi, kv, tol);
+  }
   if (dtype == "f32") {  // fp32 is a training precision only (no paged attention kernel)
     std::printf("%d passed, %d failed\n", tinygpt::passed, tinygpt::failed);
     return tinygpt::failed ? 1 : 0;
@@ -1100,6 +1151,7 @@ int main(int argc, char** argv) {
   tinygpt::TestAttentionCases(gpu->get(), cpu.get(), tol);
   tinygpt::TestSampling(gpu->get(), cpu.get());
   tinygpt::TestKvAppend(gpu->get(), cpu.get(), tol);
+  tinygpt::TestLinearKvAppend(gpu->get(), cpu.get(), tol);
   tinygpt::TestPenaltiesAndPendingTokens(gpu->get(), cpu.get(), tol);
   tinygpt::TestNonFinite(gpu->get(), cpu.get());
   if (!checkpoint.empty()) {
