@@ -42,15 +42,20 @@ void PlanFor(const AttentionDims& dims, const AttentionBatch& batch, int num_sms
   const long blocks = static_cast<long>(grid.x) * grid.y;
   const int key_tiles = (batch.max_ctx_len + Tr::kBlockN - 1) / Tr::kBlockN;
   // Aim for about four waves of resident blocks, so the last, partial wave
-  // costs little; each split keeps at least two key tiles. The A/B of
-  // scripts/device-run.sh decode sets other values: TINYGPT_DECODE_WAVES,
-  // TINYGPT_DECODE_MIN_SPLIT_TILES.
+  // costs little. Each split keeps at least two key tiles while the unsplit
+  // grid fills under a quarter of one wave, six once it fills more: there a
+  // split's fixed cost (its Q and table loads, the combine) outweighs what
+  // the extra blocks bring (H200, bench-125m at position 330: 64 sequences
+  // 605 -> 559 us a step, 256 sequences 965 -> 930; docs/benchmarks.md).
+  // The A/B of scripts/device-run.sh decode overrides both:
+  // TINYGPT_DECODE_WAVES, TINYGPT_DECODE_MIN_SPLIT_TILES.
   auto env = [](const char* name, long fallback) {
     const char* v = std::getenv(name);
     return v ? std::max(1L, std::atol(v)) : fallback;
   };
-  static const long waves = env("TINYGPT_DECODE_WAVES", 4), min_tiles = env("TINYGPT_DECODE_MIN_SPLIT_TILES", 2);
-  const long target = waves * num_sms * BlocksPerSm<Tr>();
+  static const long waves = env("TINYGPT_DECODE_WAVES", 4), min_tiles_set = env("TINYGPT_DECODE_MIN_SPLIT_TILES", 0);
+  const long wave = static_cast<long>(num_sms) * BlocksPerSm<Tr>(), target = waves * wave;
+  const long min_tiles = min_tiles_set > 0 ? min_tiles_set : 4 * blocks >= wave ? 6 : 2;
   int splits = 1;
   if (blocks < target && key_tiles >= 2 * min_tiles)
     splits = static_cast<int>(std::min<long>({(target + blocks - 1) / blocks, key_tiles / min_tiles, 64}));
