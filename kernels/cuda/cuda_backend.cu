@@ -3,7 +3,6 @@
 // or fp16; accumulation, LayerNorm statistics and softmax are fp32. GEMMs go
 // through cuBLASLt with the bias fused in its epilogue; attention, sampling
 // and the small fused ops are this folder's kernels.
-#include <cublasLt.h>
 #include <cuda_profiler_api.h>
 
 #include <algorithm>
@@ -22,21 +21,14 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/elementwise_kernels.cuh"
 #include "kernels/cuda/gemv_kernel.cuh"
+#include "kernels/cuda/lt_gemm.h"
+#include "kernels/cuda/op_times.h"
 #include "kernels/cuda/sampling_kernel.cuh"
 #include "kernels/cuda/train_kernels.cuh"
 #include "kernels/row_buckets.h"
 
 namespace tinygpt::cuda {
 namespace {
-
-#define TG_CUBLAS_CHECK(expr)                                                                  \
-  do {                                                                                         \
-    cublasStatus_t st_ = (expr);                                                               \
-    if (st_ != CUBLAS_STATUS_SUCCESS) {                                                        \
-      std::fprintf(stderr, "cuBLASLt error %d at %s:%d\n", static_cast<int>(st_), __FILE__, __LINE__); \
-      std::abort();                                                                            \
-    }                                                                                          \
-  } while (0)
 
 // TINYGPT_FUSED_KV_APPEND=0: the QKV GEMV and the KV append kernel apart
 // again (the A/B of device-run.sh decode).
@@ -51,93 +43,6 @@ bool FusedKvAppend() {
 
 int Blocks(long n, int threads) { return static_cast<int>(std::min<long>((n + threads - 1) / threads, 65535L * 8)); }
 
-template <class T> constexpr cudaDataType_t CudaType();
-template <> constexpr cudaDataType_t CudaType<__nv_bfloat16>() { return CUDA_R_16BF; }
-template <> constexpr cudaDataType_t CudaType<__half>() { return CUDA_R_16F; }
-template <> constexpr cudaDataType_t CudaType<float>() { return CUDA_R_32F; }
-
-// One cuBLASLt product, column-major: D[m,n] = op(A)·op(B) (+ bias[m]) + beta·D,
-// A stored k×m when transposed (else m×k), B stored n×k when transposed
-// (else k×n). A and B are the backend's dtype; D is that dtype or fp32
-// (weight gradients accumulate in fp32).
-struct GemmShape {
-  bool ta, tb;
-  int m, n, k, lda, ldb, ldd;
-  cudaDataType_t d_type;
-  bool bias;
-  bool bgradb = false;  // epilogue BGRADB: the bias pointer receives Σ over k of op(B)'s columns (fp32)
-  bool operator<(const GemmShape& o) const {
-    return std::tie(ta, tb, m, n, k, lda, ldb, ldd, d_type, bias, bgradb) <
-           std::tie(o.ta, o.tb, o.m, o.n, o.k, o.lda, o.ldb, o.ldd, o.d_type, o.bias, o.bgradb);
-  }
-};
-
-// Per-op GPU time of the training ops, when TINYGPT_CUDA_OP_TIMES=N is set:
-// events around each op on the stream, summed per op name and printed to
-// stderr when the backend goes away (the device has no profiler we can
-// use, and this tells where a training step's time goes). What ran before
-// the N-th Synchronize() (the trainer's once per step: N-1 warm-up steps,
-// whose first tunes the GEMMs) is left out.
-class OpTimes {
- public:
-  OpTimes() : enabled_(std::getenv("TINYGPT_CUDA_OP_TIMES") != nullptr) {
-    if (enabled_) skip_syncs_ = std::atol(std::getenv("TINYGPT_CUDA_OP_TIMES"));
-  }
-  void OnSynchronize() {
-    if (!enabled_ || ++syncs_ >= skip_syncs_) return;
-    for (auto& e : pending_) cudaEventDestroy(e.a), cudaEventDestroy(e.b);
-    pending_.clear();
-  }
-  struct Scope {
-    OpTimes* t;
-    const char* name;
-    cudaStream_t stream;
-    cudaEvent_t a = nullptr, b = nullptr;
-    Scope(OpTimes* t_, const char* n, cudaStream_t s) : t(t_), name(n), stream(s) {
-      if (!t->enabled_) return;
-      cudaEventCreate(&a);
-      cudaEventCreate(&b);
-      cudaEventRecord(a, stream);
-    }
-    ~Scope() {
-      if (!t->enabled_) return;
-      cudaEventRecord(b, stream);
-      t->pending_.push_back({name, a, b});
-    }
-  };
-  void Print() {
-    if (!enabled_) return;
-    std::map<std::string, std::pair<double, long>> sum;
-    double total = 0;
-    for (auto& e : pending_) {
-      cudaEventSynchronize(e.b);
-      float ms = 0;
-      cudaEventElapsedTime(&ms, e.a, e.b);
-      sum[e.name].first += ms;
-      sum[e.name].second += 1;
-      total += ms;
-      cudaEventDestroy(e.a);
-      cudaEventDestroy(e.b);
-    }
-    pending_.clear();
-    std::vector<std::pair<double, std::string>> order;
-    for (auto& [name, v] : sum) order.push_back({v.first, name});
-    std::sort(order.rbegin(), order.rend());
-    std::fprintf(stderr, "CUDA op times (sum over the run, %.1f ms in ops):\n", total);
-    for (auto& [ms, name] : order)
-      std::fprintf(stderr, "  %-28s %10.2f ms %5.1f%%  %6ld calls\n", name.c_str(), ms, 100.0 * ms / total, sum[name].second);
-  }
-
- private:
-  struct Entry {
-    const char* name;
-    cudaEvent_t a, b;
-  };
-  bool enabled_;
-  long skip_syncs_ = 0, syncs_ = 0;
-  std::vector<Entry> pending_;
-};
-
 template <class T>
 class CudaBackend final : public Backend {
  public:
@@ -149,17 +54,14 @@ class CudaBackend final : public Backend {
     num_sms_ = prop.multiProcessorCount;
     PdlEnabled() = prop.major >= 9 && EnvOn("TINYGPT_PDL");
     TG_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    TG_CUBLAS_CHECK(cublasLtCreate(&lt_));
-    TG_CUDA_CHECK(cudaMalloc(&workspace_, kWorkspaceBytes));
+    gemm_ = std::make_unique<LtGemm>(CudaType<T>(), sizeof(T), stream_);
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
     op_times_.Print();
-    for (auto& [key, plan] : gemms_) DestroyPlan(plan);
     for (void* p : {scratch_, static_cast<void*>(ce_loss_), static_cast<void*>(ce_hit_), static_cast<void*>(sumsq_)})
       if (p) cudaFree(p);
-    cublasLtDestroy(lt_);
-    cudaFree(workspace_);
+    gemm_.reset();
     if (split_workspace_) cudaFree(split_workspace_);
     for (void* p : retired_) cudaFree(p);
     cudaStreamDestroy(stream_);
@@ -238,9 +140,13 @@ class CudaBackend final : public Backend {
     }
     // Row-major y[rows,out] = x[rows,in]·w[out,in]^T is, column-major,
     // y^T[out,rows] = (w viewed [in,out])^T · (x viewed [in,rows]).
-    InferenceGemm({true, false, out, rows, in, in, in, out, CudaType<T>(), b != nullptr}, w, x, y, b);
+    gemm_->InferenceGemm({true, false, out, rows, in, in, in, out, CudaType<T>(), b != nullptr}, w, x, y, b);
   }
-  ShapeCounters shape_counters() const override { return counters_; }
+  ShapeCounters shape_counters() const override {
+    ShapeCounters c = counters_;
+    c.gemm_searches = gemm_->searches();
+    return c;
+  }
   std::vector<int> WarmupRowCounts(int max_rows) const override { return RowBucketRepresentatives(max_rows); }
   void AddInPlace(void* x, const void* y, size_t n) override {
     OpTimes::Scope timed(&op_times_, "residual add", stream_);
@@ -425,12 +331,12 @@ class CudaBackend final : public Backend {
   void LinearTrain(const void* x, const void* w, const void* b, void* y, int rows, int in, int out) override {
     OpTimes::Scope timed(&op_times_, out >= 16384 ? "linear forward (vocab)" : "linear forward", stream_);
     // y^T[out, rows] = w^T... in column-major terms: (w stored in×out)^T · (x stored in×rows).
-    if (rows) Gemm({true, false, out, rows, in, in, in, out, CudaType<T>(), b != nullptr}, w, x, y, 0.f, b);
+    if (rows) gemm_->Gemm({true, false, out, rows, in, in, in, out, CudaType<T>(), b != nullptr}, w, x, y, 0.f, b);
   }
   void LinearSwiGLUTrain(const void* x, const void* w, const void* b, void* h, void* out, int rows, int in, int F) override {
     OpTimes::Scope timed(&op_times_, "linear+swiglu forward", stream_);
     if (rows == 0) return;
-    Gemm({true, false, 2 * F, rows, in, in, in, 2 * F, CudaType<T>(), b != nullptr}, w, x, h, 0.f, b);
+    gemm_->Gemm({true, false, 2 * F, rows, in, in, in, 2 * F, CudaType<T>(), b != nullptr}, w, x, h, 0.f, b);
     if (F % (16 / sizeof(T)) != 0 || !Aligned16(h, out)) return SwiGLU(h, out, rows, F);
     // 16-byte vectors (the element-wise kernel: 0.55 ms at 65536×2048). No
     // programmatic launch in training (common.cuh).
@@ -441,14 +347,14 @@ class CudaBackend final : public Backend {
   void LinearResidualTrain(const void* x, const void* w, const void* b, const void* residual, void* y, int rows, int in,
                            int out) override {
     OpTimes::Scope timed(&op_times_, "linear+residual forward", stream_);
-    if (rows) Gemm({true, false, out, rows, in, in, in, out, CudaType<T>(), b != nullptr}, w, x, y, 1.f, b, residual);
+    if (rows) gemm_->Gemm({true, false, out, rows, in, in, in, out, CudaType<T>(), b != nullptr}, w, x, y, 1.f, b, residual);
   }
   void LinearBackward(const void* dy, const void* x, const void* w, void* dx, float* dw, float* db, int rows, int in,
                       int out) override {
     OpTimes::Scope timed(&op_times_, out >= 16384 ? "linear backward (vocab)" : "linear backward", stream_);
     if (rows == 0) return;
     // dx[rows, in] = dy·w: column-major dx^T[in, rows] = (w stored in×out) · (dy stored out×rows).
-    if (dx) Gemm({false, false, in, rows, out, in, out, in, CudaType<T>(), false}, w, dy, dx, 0.f, nullptr);
+    if (dx) gemm_->Gemm({false, false, in, rows, out, in, out, in, CudaType<T>(), false}, w, dy, dx, 0.f, nullptr);
     // dw[out, in] += dy^T·x: column-major dw^T[in, out] = (x stored in×rows) · (dy stored out×rows)^T, fp32.
     // With db, cuBLASLt's BGRADB epilogue sums dy over the rows (op(B)'s k
     // dimension) in the same pass into an fp32 scratch vector, added into db
@@ -458,12 +364,12 @@ class CudaBackend final : public Backend {
     GemmShape fused = plain;
     fused.bgradb = true;
     if (db && use_bgradb_ && BgradbFaster(plain, fused, x, dy, rows, out)) {
-      Gemm(fused, x, dy, dw, 1.f, bias_scratch_.p);
+      gemm_->Gemm(fused, x, dy, dw, 1.f, bias_scratch_.p);
       AddFloatsKernel<<<Blocks(out, 256), 256, 0, stream_>>>(db, bias_scratch_.p, out);
       TG_CUDA_LAUNCH_CHECK();
       return;
     }
-    Gemm(plain, x, dy, dw, 1.f, nullptr);
+    gemm_->Gemm(plain, x, dy, dw, 1.f, nullptr);
     if (db) BiasGrad(dy, db, rows, out);
   }
   void BiasGrad(const void* dy, float* db, int rows, int out) {
@@ -483,17 +389,17 @@ class CudaBackend final : public Backend {
     auto it = bgradb_choice_.find(key);
     if (it != bgradb_choice_.end()) return it->second;
     bool faster = false;
-    if (GemmPlanFor(fused).has_algo) {
+    if (gemm_->HasAlgorithm(fused)) {
       if (static_cast<size_t>(out) > bias_scratch_.floats) bias_scratch_.Grow(out, stream_);
       float *d = nullptr, *db = nullptr;
       const size_t d_bytes = static_cast<size_t>(plain.ldd) * plain.n * sizeof(float);
       if (cudaMalloc(&d, d_bytes) == cudaSuccess && cudaMalloc(&db, out * sizeof(float)) == cudaSuccess) {
         auto run_plain = [&] {
-          Gemm(plain, x, dy, d, 0.f, nullptr);
+          gemm_->Gemm(plain, x, dy, d, 0.f, nullptr);
           BiasGrad(dy, db, rows, out);
         };
         auto run_fused = [&] {
-          Gemm(fused, x, dy, d, 0.f, bias_scratch_.p);
+          gemm_->Gemm(fused, x, dy, d, 0.f, bias_scratch_.p);
           AddFloatsKernel<<<Blocks(out, 256), 256, 0, stream_>>>(db, bias_scratch_.p, out);
           TG_CUDA_LAUNCH_CHECK();
         };
@@ -532,7 +438,7 @@ class CudaBackend final : public Backend {
     if (rows == 0) return;
     // d(swiglu) = dy·w [rows, F] into scratch, then through SwiGLU's derivative.
     T* dsw = static_cast<T*>(Scratch(static_cast<size_t>(rows) * F * sizeof(T)));
-    Gemm({false, false, F, rows, out, F, out, F, CudaType<T>(), false}, w, dy, dsw, 0.f, nullptr);
+    gemm_->Gemm({false, false, F, rows, out, F, out, F, CudaType<T>(), false}, w, dy, dsw, 0.f, nullptr);
     if (F % (16 / sizeof(T)) == 0 && Aligned16(dsw, h, dh))
       SwiGLUBackwardVecKernel<T><<<std::min(rows, 64 * num_sms_), VecThreads(F), 0, stream_>>>(dsw, P(h), P(dh), rows, F);
     else
@@ -670,18 +576,6 @@ class CudaBackend final : public Backend {
 
  private:
   long syncs_ = 0;  // Synchronize() calls, for TINYGPT_CUDA_PROFILE_FROM_SYNC
-  static constexpr size_t kWorkspaceBytes = 32u << 20;
-  static constexpr int kGemmCandidates = 16;  // heuristic candidates timed on first use (8 before)
-  struct Plan {
-    cublasLtMatmulDesc_t desc;
-    cublasLtMatrixLayout_t a, b, c;
-    cublasLtMatmulAlgo_t algo;
-    bool has_algo = false;
-    // Training GEMMs: the heuristic's candidates, timed on first use (TuneGemm).
-    std::vector<cublasLtMatmulAlgo_t> candidates;
-    bool tuned = false;
-  };
-
   static const T* P(const void* p) { return static_cast<const T*>(p); }
   static T* P(void* p) { return static_cast<T*>(p); }
 
@@ -738,177 +632,14 @@ class CudaBackend final : public Backend {
     return std::min(256, std::max(32, (vecs + 31) / 32 * 32));
   }
 
-  // D = op(A)·op(B) (+ bias) + beta·C, C = D unless given (same layout).
-  Plan& GemmPlanFor(const GemmShape& g) {
-    auto it = gemms_.find(g);
-    if (it == gemms_.end()) it = gemms_.emplace(g, MakeGemmPlan(g)).first;
-    return it->second;
-  }
-  // Training GEMMs: one plan per exact shape (a training run repeats a few
-  // shapes), its candidates timed on first use (see TuneGemm).
-  void Gemm(const GemmShape& g, const void* A, const void* B, void* D, float beta, const void* bias, const void* C = nullptr) {
-    Plan& plan = GemmPlanFor(g);
-    if (bias) TG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-    if (!plan.tuned) TuneGemm(g, plan, A, B, D, bias);
-    const float alpha = 1.f;
-    TG_CUBLAS_CHECK(cublasLtMatmul(lt_, plan.desc, &alpha, A, plan.a, B, plan.b, &beta, C ? C : D, plan.c, D, plan.c, &plan.algo,
-                                   workspace_, kWorkspaceBytes, stream_));
-  }
-
-  // Inference GEMMs (D = op(A)·op(B) + bias, beta 0): serving steps take any
-  // row count n up to --max-batch-tokens (prefill chunks, mixed batches), so
-  // the algorithm is chosen once per row bucket (kernels/row_buckets.h): the
-  // first call in a bucket asks the heuristic and times its candidates on
-  // its own operands; later counts of the bucket get a plan with that
-  // algorithm and no search. ModelRunner::Warmup makes every bucket's
-  // choice before the server takes traffic.
-  void InferenceGemm(const GemmShape& g, const void* A, const void* B, void* D, const void* bias) {
-    auto it = gemms_.find(g);
-    if (it == gemms_.end()) {
-      GemmShape bucket = g;
-      bucket.n = RowBucket(g.n);
-      auto chosen = bucket_algos_.find(bucket);
-      if (chosen == bucket_algos_.end()) {
-        it = gemms_.emplace(g, MakeGemmPlan(g)).first;
-        if (bias) TG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(it->second.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-        TuneGemm(g, it->second, A, B, D, bias);
-        bucket_algos_.emplace(bucket, it->second.algo);
-      } else {
-        Plan plan = MakeGemmLayouts(g);
-        plan.algo = chosen->second;
-        plan.has_algo = plan.tuned = true;
-        it = gemms_.emplace(g, std::move(plan)).first;
-      }
-    }
-    Plan& plan = it->second;
-    if (bias) TG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-    const float alpha = 1.f, beta = 0.f;
-    auto run = [&] {
-      return cublasLtMatmul(lt_, plan.desc, &alpha, A, plan.a, B, plan.b, &beta, D, plan.c, D, plan.c, &plan.algo, workspace_,
-                            kWorkspaceBytes, stream_);
-    };
-    if (run() == CUBLAS_STATUS_SUCCESS) return;
-    // The bucket's algorithm does not take this count: the heuristic's own
-    // choice for the exact shape (counted as a search).
-    Plan own = MakeGemmPlan(g);
-    std::swap(plan, own);
-    DestroyPlan(own);
-    if (bias) TG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-    TG_CUBLAS_CHECK(run());
-  }
-
-  // The first call of a training GEMM shape times cuBLASLt's candidate
-  // algorithms on the real operands and keeps the fastest: its first
-  // heuristic choice ran the bench-125m step's 768-wide forward GEMMs at
-  // about a third of the speed of the 4096-wide one. Candidates write into
-  // a scratch output (beta 0), so an accumulating product (dw += ...) is
-  // left untouched.
-  void TuneGemm(const GemmShape& g, Plan& plan, const void* A, const void* B, void* D, const void* bias) {
-    plan.tuned = true;
-    if (plan.candidates.size() < 2) return;
-    const size_t bytes = static_cast<size_t>(g.ldd) * g.n * (g.d_type == CUDA_R_32F ? 4 : sizeof(T));
-    void* out = nullptr;
-    if (cudaMalloc(&out, bytes) != cudaSuccess) {  // no room to try: keep the heuristic's choice
-      cudaGetLastError();
-      return;
-    }
-    cudaEvent_t start, stop;
-    TG_CUDA_CHECK(cudaEventCreate(&start));
-    TG_CUDA_CHECK(cudaEventCreate(&stop));
-    const float alpha = 1.f, zero = 0.f;
-    float best = 1e30f;
-    for (const cublasLtMatmulAlgo_t& algo : plan.candidates) {
-      auto run = [&] {
-        return cublasLtMatmul(lt_, plan.desc, &alpha, A, plan.a, B, plan.b, &zero, out, plan.c, out, plan.c, &algo, workspace_,
-                              kWorkspaceBytes, stream_);
-      };
-      if (run() != CUBLAS_STATUS_SUCCESS) continue;  // warm-up; an algorithm that fails here is never chosen
-      TG_CUDA_CHECK(cudaEventRecord(start, stream_));
-      for (int i = 0; i < 3; ++i) TG_CUBLAS_CHECK(run());
-      TG_CUDA_CHECK(cudaEventRecord(stop, stream_));
-      TG_CUDA_CHECK(cudaEventSynchronize(stop));
-      float ms = 0;
-      TG_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-      if (ms < best) best = ms, plan.algo = algo;
-    }
-    TG_CUDA_CHECK(cudaEventDestroy(start));
-    TG_CUDA_CHECK(cudaEventDestroy(stop));
-    TG_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    TG_CUDA_CHECK(cudaFree(out));
-  }
-
-  // The descriptor and layouts of a shape, without an algorithm.
-  Plan MakeGemmLayouts(const GemmShape& g) {
-    const cudaDataType_t dt = CudaType<T>();
-    Plan plan;
-    TG_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    const cublasOperation_t ta = g.ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb = g.tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-    TG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
-    TG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-    if (g.bias) {
-      const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-      TG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
-      TG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &dt, sizeof(dt)));
-    }
-    if (g.bgradb) {
-      const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BGRADB;
-      const cudaDataType_t ft = CUDA_R_32F;
-      TG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
-      TG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &ft, sizeof(ft)));
-    }
-    TG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.a, dt, g.ta ? g.k : g.m, g.ta ? g.m : g.k, g.lda));
-    TG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.b, dt, g.tb ? g.n : g.k, g.tb ? g.k : g.n, g.ldb));
-    TG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.c, g.d_type, g.m, g.n, g.ldd));
-    return plan;
-  }
-  static void DestroyPlan(Plan& plan) {
-    cublasLtMatrixLayoutDestroy(plan.a);
-    cublasLtMatrixLayoutDestroy(plan.b);
-    cublasLtMatrixLayoutDestroy(plan.c);
-    cublasLtMatmulDescDestroy(plan.desc);
-  }
-
-  // A shape's layouts and the heuristic's candidate algorithms (its first
-  // choice in `algo`): one search.
-  Plan MakeGemmPlan(const GemmShape& g) {
-    Plan plan = MakeGemmLayouts(g);
-    ++counters_.gemm_searches;
-    cublasLtMatmulPreference_t pref;
-    TG_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    const size_t ws = kWorkspaceBytes;
-    TG_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-    cublasLtMatmulHeuristicResult_t results[kGemmCandidates];
-    int found = 0;
-    if (cublasLtMatmulAlgoGetHeuristic(lt_, plan.desc, plan.a, plan.b, plan.c, plan.c, pref, kGemmCandidates, results, &found) ==
-            CUBLAS_STATUS_SUCCESS && found > 0) {
-      plan.algo = results[0].algo;
-      plan.has_algo = true;
-      for (int i = 0; i < found; ++i)
-        if (results[i].state == CUBLAS_STATUS_SUCCESS) plan.candidates.push_back(results[i].algo);
-    } else if (g.bgradb) {
-      // No fused bias gradient for this shape: has_algo stays false and the caller falls back.
-      std::fprintf(stderr, "cuBLASLt: no BGRADB algorithm for m=%d n=%d k=%d; the bias gradient takes a kernel of its own\n",
-                   g.m, g.n, g.k);
-    } else {
-      std::fprintf(stderr, "cuBLASLt: no algorithm for %s GEMM m=%d n=%d k=%d\n", g.d_type == CUDA_R_32F ? "fp32-out" : "", g.m,
-                   g.n, g.k);
-      std::abort();
-    }
-    cublasLtMatmulPreferenceDestroy(pref);
-    return plan;
-  }
-
   DType dtype_;
   std::string device_name_;
   int num_sms_ = 0;
   cudaStream_t stream_ = nullptr;
-  cublasLtHandle_t lt_ = nullptr;
-  void* workspace_ = nullptr;
+  std::unique_ptr<LtGemm> gemm_;  // cuBLASLt's products (lt_gemm.h)
   void* split_workspace_ = nullptr;
   size_t split_bytes_ = 0;
   std::vector<void*> retired_;  // workspaces replaced by larger ones
-  std::map<GemmShape, Plan> gemms_;
-  std::map<GemmShape, cublasLtMatmulAlgo_t> bucket_algos_;  // inference GEMMs: the algorithm of each row bucket
   ShapeCounters counters_;
   OpTimes op_times_;
   void* scratch_ = nullptr;
