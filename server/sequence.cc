@@ -65,6 +65,11 @@ void EventChannel::Take(std::vector<SequenceEvents>* out, bool* any) {
     o.text.clear();
     o.logprobs.clear();
     o.prompt_logprobs.clear();
+    // Nor an end a caller's vector kept from an earlier Take: a Take with
+    // nothing due reports every sample unfinished, whatever the caller reads.
+    o.finished = false;
+    o.reason = FinishReason::kNone;
+    o.status = absl::OkStatus();
   }
   std::lock_guard<std::mutex> lock(mu_);
   *any = due_;

@@ -93,5 +93,24 @@ TEST(EventChannel, TakeClearsWhatTheCallerKept) {
   EXPECT_TRUE(ev[0].tokens.empty() && ev[0].text.empty());
 }
 
+// ... and no end either: after a Take that handed out a failed sample's end,
+// a Take with nothing due reports it unfinished with an OK status.
+TEST(EventChannel, TakeClearsAKeptEnd) {
+  EventChannel c(2, true);
+  bool any = false;
+  std::vector<SequenceEvents> ev;
+  EXPECT_TRUE(c.Finish(0, FinishReason::kCancelled, absl::InternalError("boom"), ""));
+  c.Take(&ev, &any);
+  ASSERT_TRUE(any);
+  EXPECT_TRUE(ev[0].finished);
+  EXPECT_EQ(ev[0].reason, FinishReason::kCancelled);
+  EXPECT_FALSE(ev[0].status.ok());
+  c.Take(&ev, &any);
+  EXPECT_FALSE(any);
+  EXPECT_FALSE(ev[0].finished);
+  EXPECT_EQ(ev[0].reason, FinishReason::kNone);
+  EXPECT_TRUE(ev[0].status.ok());
+}
+
 }  // namespace
 }  // namespace tinygpt
