@@ -49,11 +49,9 @@ void PlanFor(const AttentionDims& dims, const AttentionBatch& batch, int num_sms
   // 605 -> 559 us a step, 256 sequences 965 -> 930; docs/benchmarks.md).
   // The A/B of scripts/device-run.sh decode overrides both:
   // TINYGPT_DECODE_WAVES, TINYGPT_DECODE_MIN_SPLIT_TILES.
-  auto env = [](const char* name, long fallback) {
-    const char* v = std::getenv(name);
-    return v ? std::max(1L, std::atol(v)) : fallback;
-  };
-  static const long waves = env("TINYGPT_DECODE_WAVES", 4), min_tiles_set = env("TINYGPT_DECODE_MIN_SPLIT_TILES", 0);
+  static const long waves = std::max(1L, EnvLong("TINYGPT_DECODE_WAVES", 4)),
+                    min_tiles_set = std::getenv("TINYGPT_DECODE_MIN_SPLIT_TILES")  // 0: unset, the rule above
+                                        ? std::max(1L, EnvLong("TINYGPT_DECODE_MIN_SPLIT_TILES", 1)) : 0;
   const long wave = static_cast<long>(num_sms) * BlocksPerSm<Tr>(), target = waves * wave;
   const long min_tiles = min_tiles_set > 0 ? min_tiles_set : 4 * blocks >= wave ? 6 : 2;
   int splits = 1;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <utility>
 
 namespace tinygpt::cuda {
@@ -67,6 +68,18 @@ __device__ __forceinline__ Vec16<T> LoadVec(const T* p) {
 template <class T>
 __device__ __forceinline__ void StoreVec(T* p, const Vec16<T>& v) {
   *reinterpret_cast<Vec16<T>*>(p) = v;
+}
+
+// The backend's run-time switches (environment variables, read once by
+// their callers): EnvLong gives the variable's integer value, or `fallback`
+// when it is unset; EnvOn is true unless the variable is "0".
+inline long EnvLong(const char* name, long fallback) {
+  const char* v = std::getenv(name);
+  return v ? std::atol(v) : fallback;
+}
+inline bool EnvOn(const char* name) {
+  const char* v = std::getenv(name);
+  return !(v && std::strcmp(v, "0") == 0);
 }
 
 // Programmatic dependent launch (sm_90+). A decode step is ~100 small

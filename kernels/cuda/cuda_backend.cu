@@ -32,10 +32,6 @@ namespace {
 
 // TINYGPT_FUSED_KV_APPEND=0: the QKV GEMV and the KV append kernel apart
 // again (the A/B of device-run.sh decode).
-bool EnvOn(const char* name) {
-  const char* v = std::getenv(name);
-  return !(v && std::string(v) == "0");
-}
 bool FusedKvAppend() {
   static const bool on = EnvOn("TINYGPT_FUSED_KV_APPEND");
   return on;
@@ -132,8 +128,8 @@ class CudaBackend final : public Backend {
   void Linear(const void* x, const void* w, const void* b, void* y, int rows, int in, int out) override {
     OpTimes::Scope timed(&op_times_, out >= 16384 ? "linear (vocab)" : rows <= 512 ? "linear (rows <= 512)" : "linear (rows > 512)", stream_);
     if (rows == 0) return;
-    if constexpr (sizeof(T) == 2) {
-      if (rows <= kGemvMaxRows && in % 8 == 0 && Aligned16(x, w)) {
+    if constexpr (sizeof(T) == 2) {  // (no fp32 GEMV kernel is instantiated)
+      if (GemvTakes(rows, in, x, w)) {
         LaunchGemv<T>(P(x), P(w), P(b), P(y), rows, in, out, stream_);
         return;
       }
@@ -163,7 +159,7 @@ class CudaBackend final : public Backend {
   }
   void LinearSwiGLU(const void* x, const void* w, const void* b, void* h, void* out, int rows, int in, int F) override {
     if constexpr (sizeof(T) == 2) {
-      if (rows > 0 && rows <= kGemvMaxRows && in % 8 == 0 && Aligned16(x, w)) {
+      if (rows > 0 && GemvTakes(rows, in, x, w)) {
         OpTimes::Scope timed(&op_times_, "linear+swiglu (gemv)", stream_);
         LaunchGemv<T, true>(P(x), P(w), P(b), P(out), rows, in, F, stream_);
         return;
@@ -175,11 +171,7 @@ class CudaBackend final : public Backend {
   void SwiGLU(const void* h, void* out, int rows, int F) override {
     OpTimes::Scope timed(&op_times_, "swiglu forward", stream_);
     if (rows == 0) return;
-    if (F % (16 / sizeof(T)) == 0 && Aligned16(h, out)) {  // 16-byte vectors (4.2 us a layer at 256 rows element-wise)
-      LaunchKernel(true, SwiGLUVecKernel<T>, std::min(rows, 64 * num_sms_), VecThreads(F), 0, stream_, P(h), P(out), rows, F);
-      return;
-    }
-    LaunchKernel(true, SwiGLUKernel<T>, Blocks(static_cast<long>(rows) * F, 256), 256, 0, stream_, P(h), P(out), rows, F);
+    LaunchSwiGLU(h, out, rows, F, true);
   }
   void GatherRows(const void* src, const int32_t* rows, void* dst, int n, int C) override {
     OpTimes::Scope timed(&op_times_, "gather rows", stream_);
@@ -201,7 +193,7 @@ class CudaBackend final : public Backend {
   void LinearKvAppend(const void* x, const void* w, const void* b, void* qkv, int rows, int in, int qkv_dim, const int32_t* slots,
                       const AttentionDims& d, void* k_cache, void* v_cache) override {
     if constexpr (sizeof(T) == 2) {
-      if (rows > 0 && rows <= kGemvMaxRows && in % 8 == 0 && Aligned16(x, w) && FusedKvAppend()) {
+      if (rows > 0 && GemvTakes(rows, in, x, w) && FusedKvAppend()) {
         OpTimes::Scope timed(&op_times_, "linear+kv append (gemv)", stream_);
         GemvKvAppend<T> kv{slots, d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim, P(k_cache), P(v_cache)};
         LaunchGemv<T>(P(x), P(w), P(b), P(qkv), rows, in, qkv_dim, stream_, kv);
@@ -337,10 +329,7 @@ class CudaBackend final : public Backend {
     OpTimes::Scope timed(&op_times_, "linear+swiglu forward", stream_);
     if (rows == 0) return;
     gemm_->Gemm({true, false, 2 * F, rows, in, in, in, 2 * F, CudaType<T>(), b != nullptr}, w, x, h, 0.f, b);
-    if (F % (16 / sizeof(T)) != 0 || !Aligned16(h, out)) return SwiGLU(h, out, rows, F);
-    // 16-byte vectors (the element-wise kernel: 0.55 ms at 65536×2048). No
-    // programmatic launch in training (common.cuh).
-    LaunchKernel(false, SwiGLUVecKernel<T>, std::min(rows, 64 * num_sms_), VecThreads(F), 0, stream_, P(h), P(out), rows, F);
+    LaunchSwiGLU(h, out, rows, F, false);  // no programmatic launch in training (common.cuh)
   }
   // y = x·w^T + b + residual: the residual add in the GEMM's epilogue (C =
   // residual, beta 1) instead of a pass of its own over y.
@@ -567,10 +556,7 @@ class CudaBackend final : public Backend {
     // TINYGPT_CUDA_PROFILE_FROM_SYNC=N: a profiler run with
     // --profile-from-start off sees only what follows the N-th Synchronize()
     // (the engine bench's measured steps, not the GEMM tuning before them).
-    static const long profile_from = [] {
-      const char* v = std::getenv("TINYGPT_CUDA_PROFILE_FROM_SYNC");
-      return v ? std::atol(v) : 0L;
-    }();
+    static const long profile_from = EnvLong("TINYGPT_CUDA_PROFILE_FROM_SYNC", 0);
     if (profile_from > 0 && ++syncs_ == profile_from) TG_CUDA_CHECK(cudaProfilerStart());
   }
 
@@ -618,6 +604,24 @@ class CudaBackend final : public Backend {
       scratch_bytes_ = bytes;
     }
     return scratch_;
+  }
+
+  // out = SwiGLU(h), on 16-byte vectors where the width and pointers allow
+  // (the element-wise kernel took 0.55 ms at 65536×2048 rows × F, 4.2 us a
+  // layer at 256 rows); pdl: programmatic dependent launch (inference only,
+  // common.cuh).
+  void LaunchSwiGLU(const void* h, void* out, int rows, int F, bool pdl) {
+    if (F % (16 / sizeof(T)) == 0 && Aligned16(h, out)) {
+      LaunchKernel(pdl, SwiGLUVecKernel<T>, std::min(rows, 64 * num_sms_), VecThreads(F), 0, stream_, P(h), P(out), rows, F);
+      return;
+    }
+    LaunchKernel(pdl, SwiGLUKernel<T>, Blocks(static_cast<long>(rows) * F, 256), 256, 0, stream_, P(h), P(out), rows, F);
+  }
+
+  // Whether the GEMV kernel (16-bit storage only) takes a product of `rows`
+  // rows instead of cuBLASLt: a few rows, whole 16-byte vectors, aligned.
+  static bool GemvTakes(int rows, int in, const void* x, const void* w) {
+    return rows <= kGemvMaxRows && in % 8 == 0 && Aligned16(x, w);
   }
 
   // Whether every pointer is 16-byte aligned (or null), for the 16-byte vector kernels (a parameter

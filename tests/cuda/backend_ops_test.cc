@@ -305,6 +305,14 @@ void TestSampling(Backend* G, Backend* C) {
 }
 
 // KV append: each token's K and V (from its fused qkv row) into its slot.
+// The cache rows of the given slots, in their order (negative slots: none).
+std::vector<float> WrittenSlots(const std::vector<float>& cache, const std::vector<int32_t>& slots, int kv_dim) {
+  std::vector<float> out;
+  for (int32_t s : slots)
+    if (s >= 0) out.insert(out.end(), cache.begin() + static_cast<long>(s) * kv_dim, cache.begin() + static_cast<long>(s + 1) * kv_dim);
+  return out;
+}
+
 void TestKvAppend(Backend* G, Backend* C, double tol) {
   for (auto [H, Hkv, D] : {std::tuple{12, 4, 64}, {8, 8, 128}, {4, 2, 16}}) {
     const int T = 37, slots_total = 256, kv_dim = Hkv * D;
@@ -319,11 +327,7 @@ void TestKvAppend(Backend* G, Backend* C, double tol) {
     G->KvAppend(qkv.g, T, sl.g, dims, k.g, v.g);
     C->KvAppend(qkv.c, T, sl.c, dims, k.c, v.c);
     // Only the written slots (the rest stay NaN on both).
-    auto written = [&](const std::vector<float>& cache) {
-      std::vector<float> out;
-      for (int32_t s : slots) out.insert(out.end(), cache.begin() + static_cast<long>(s) * kv_dim, cache.begin() + static_cast<long>(s + 1) * kv_dim);
-      return out;
-    };
+    auto written = [&](const std::vector<float>& cache) { return WrittenSlots(cache, slots, kv_dim); };
     Report("kv append T=37 H=" + std::to_string(H) + "/" + std::to_string(Hkv) + " D=" + std::to_string(D),
            std::max(RelErr(written(k.Gpu()), written(k.Cpu())), RelErr(written(v.Gpu()), written(v.Cpu()))), tol);
   }
@@ -350,12 +354,7 @@ void TestLinearKvAppend(Backend* G, Backend* C, double tol) {
       Ints sl(G, C, slots);
       G->LinearKvAppend(x.g, w.g, b.g, qkv.g, T, in, qkv_dim, sl.g, dims, k.g, v.g);
       C->LinearKvAppend(x.c, w.c, b.c, qkv.c, T, in, qkv_dim, sl.c, dims, k.c, v.c);
-      auto written = [&](const std::vector<float>& cache) {
-        std::vector<float> out;
-        for (int32_t s : slots)
-          if (s >= 0) out.insert(out.end(), cache.begin() + static_cast<long>(s) * kv_dim, cache.begin() + static_cast<long>(s + 1) * kv_dim);
-        return out;
-      };
+      auto written = [&](const std::vector<float>& cache) { return WrittenSlots(cache, slots, kv_dim); };
       // Slots no row names must stay as they were (NaN on both).
       bool untouched = true;
       const std::vector<float> kg = k.Gpu(), vg = v.Gpu();
