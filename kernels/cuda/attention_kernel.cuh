@@ -35,6 +35,10 @@ struct AttentionParams {
   int num_splits;
   float* partial_out;  // [num_splits, total_q, n_heads, head_dim] when num_splits > 1
   float* partial_lse;  // [num_splits, total_q, n_heads]
+  // Decode kernel only: one counter per (sequence, KV head), zero between
+  // calls; the last split block to finish merges the splits (its reset keeps
+  // them zero). Null: the splits are merged by AttentionCombineKernel.
+  int* split_counters;
   int total_q;
 };
 

@@ -10,22 +10,35 @@
 
 namespace tinygpt::cuda {
 
-// How one call runs: the tile shape (wide for prefill and mixed steps, narrow
-// for decode steps whose rows per sequence fit one warp) and the key splits
-// (flash-decoding: more than one when the grid would leave the GPU idle and
-// contexts are long enough to share).
+// Which kernel a call runs: the flash-attention tiles of prefill and mixed
+// steps (wide), or, for decode steps whose rows per sequence (new tokens ×
+// GQA group) fit one m16 tile, the decode kernel (decode_attention_kernel.cuh);
+// narrow is the flash-attention kernel with one warp per block that decode
+// steps ran before it (TINYGPT_DECODE_KERNEL=narrow, for the A/B).
+enum class AttentionShape { kWide, kDecode, kNarrow };
+
+// How one call runs: the kernel and the key splits (flash-decoding: more
+// than one when the grid would leave the GPU idle and contexts are long
+// enough to share).
 struct AttentionPlan {
-  bool narrow = false;
+  AttentionShape shape = AttentionShape::kWide;
   int num_splits = 1;
   size_t partial_floats = 0;  // split workspace: num_splits × total_q × n_heads × (head_dim + 1), 0 unsplit
+  // Split counters the decode kernel merges its splits with (one int per
+  // sequence and KV head, zero between calls; 0: the splits, if any, are
+  // merged by a combine kernel). TINYGPT_DECODE_FUSED_MERGE=0 turns it off.
+  int split_counters = 0;
 };
 
 AttentionPlan PlanPagedAttention(bool bf16, const AttentionDims& dims, const AttentionBatch& batch, int num_sms);
 
 // qkv: fused rows of qkv_stride elements (queries first); out: [total_q,
-// n_heads*head_dim]. `partial` holds plan.partial_floats floats.
+// n_heads*head_dim]. `partial` holds plan.partial_floats floats, `counters`
+// plan.split_counters ints that are zero (the kernel leaves them zero; a
+// buffer of its own: a later call's partials must not overwrite them).
 // kv.block_size must be a power of two.
 void LaunchPagedAttention(bool bf16, const AttentionPlan& plan, const AttentionDims& dims, const AttentionBatch& batch,
-                          const void* qkv, long qkv_stride, const PagedKv& kv, void* out, float* partial, cudaStream_t stream);
+                          const void* qkv, long qkv_stride, const PagedKv& kv, void* out, float* partial, int* counters,
+                          cudaStream_t stream);
 
 }  // namespace tinygpt::cuda

@@ -1,5 +1,7 @@
-// Planning and launching one instantiation of the paged flash-attention
-// kernel (its traits fixed at compile time). attention_launch.cu picks the
+// Planning and launching one instantiation of a paged attention kernel (its
+// traits fixed at compile time): the flash-attention tiles of
+// attention_kernel.cuh (AttentionTraits) or the decode kernel of
+// decode_attention_kernel.cuh (DecodeTraits). attention_launch.cu picks the
 // traits for a call; the attention benchmark also times other traits.
 #pragma once
 #include <algorithm>
@@ -8,6 +10,7 @@
 
 #include "kernels/cuda/attention_kernel.cuh"
 #include "kernels/cuda/attention_launch.h"
+#include "kernels/cuda/decode_attention_kernel.cuh"
 
 namespace tinygpt::cuda {
 
@@ -36,6 +39,17 @@ int BlocksPerSm() {
   return n;
 }
 
+// The split workspace: each split's normalized output and log-sum-exp.
+inline size_t PartialFloats(const AttentionDims& dims, const AttentionBatch& batch, int num_splits) {
+  return num_splits > 1 ? static_cast<size_t>(num_splits) * batch.total_q * dims.n_heads * (dims.head_dim + 1) : 0;
+}
+
+template <class T>
+void LaunchCombine(const AttentionDims& dims, const AttentionBatch& batch, const AttentionParams& p, cudaStream_t stream) {
+  LaunchKernel(true, AttentionCombineKernel<T>, batch.total_q * dims.n_heads, std::min(dims.head_dim, 128), 0, stream, p.partial_out,
+               p.partial_lse, static_cast<T*>(p.out), p.num_splits, batch.total_q, dims.n_heads, dims.head_dim);
+}
+
 template <class Tr>
 void PlanFor(const AttentionDims& dims, const AttentionBatch& batch, int num_sms, AttentionPlan* plan) {
   const dim3 grid = Grid<Tr>(dims, batch, 1);
@@ -58,8 +72,7 @@ void PlanFor(const AttentionDims& dims, const AttentionBatch& batch, int num_sms
   if (blocks < target && key_tiles >= 2 * min_tiles)
     splits = static_cast<int>(std::min<long>({(target + blocks - 1) / blocks, key_tiles / min_tiles, 64}));
   plan->num_splits = std::max(1, splits);
-  plan->partial_floats =
-      plan->num_splits > 1 ? static_cast<size_t>(plan->num_splits) * batch.total_q * dims.n_heads * (dims.head_dim + 1) : 0;
+  plan->partial_floats = PartialFloats(dims, batch, plan->num_splits);
 }
 
 template <class Tr>
@@ -69,16 +82,60 @@ void LaunchFor(const AttentionDims& dims, const AttentionBatch& batch, const Att
   // Programmatic dependent launch where the backend has it on (common.cuh).
   if (p.alibi) LaunchKernel(true, PagedFlashAttentionKernel<Tr, true>, grid, Tr::kThreads, Tr::kSmemBytes, stream, p);
   else LaunchKernel(true, PagedFlashAttentionKernel<Tr, false>, grid, Tr::kThreads, Tr::kSmemBytes, stream, p);
-  if (p.num_splits > 1) {
-    using T = typename Tr::T;
-    LaunchKernel(true, AttentionCombineKernel<T>, batch.total_q * dims.n_heads, std::min(Tr::kHeadDim, 128), 0, stream,
-                 p.partial_out, p.partial_lse, static_cast<T*>(p.out), p.num_splits, batch.total_q, dims.n_heads, Tr::kHeadDim);
-  }
+  if (p.num_splits > 1) LaunchCombine<typename Tr::T>(dims, batch, p, stream);
+}
+
+// --- The decode kernel (DecodeTraits) ---
+
+template <class Tr>
+int DecodeBlocksPerSm() {
+  static const int n = [] {
+    TG_CUDA_CHECK(cudaFuncSetAttribute(DecodeAttentionKernel<Tr, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
+    TG_CUDA_CHECK(cudaFuncSetAttribute(DecodeAttentionKernel<Tr, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
+    int blocks = 0;
+    TG_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, DecodeAttentionKernel<Tr, false>, Tr::kThreads, Tr::kSmemBytes));
+    return std::max(1, blocks);
+  }();
+  return n;
+}
+
+// One block per (sequence, KV head) and split. Splits are added while the
+// grid is under two waves of resident blocks, each keeping at least four key
+// tiles per warp: a split's fixed cost (its Q, the merge of its warps, the
+// merge of the splits) outweighs the latency it hides below that (H200,
+// docs/benchmarks.md: 12/4 heads of 64, 330-token contexts, 64 sequences
+// 16.9 us with two splits of two tiles per warp, 8.6 unsplit).
+// TINYGPT_DECODE_WAVES and TINYGPT_DECODE_MIN_SPLIT_TILES override both (the
+// A/B of scripts/device-run.sh decode).
+template <class Tr>
+void PlanDecode(const AttentionDims& dims, const AttentionBatch& batch, int num_sms, AttentionPlan* plan) {
+  const long blocks = static_cast<long>(batch.num_seqs) * dims.n_kv_heads;
+  const int key_tiles = (batch.max_ctx_len + Tr::kBlockN - 1) / Tr::kBlockN;
+  static const long waves = std::max(1L, EnvLong("TINYGPT_DECODE_WAVES", 2)),
+                    min_tiles = std::max(1L, EnvLong("TINYGPT_DECODE_MIN_SPLIT_TILES", 4 * Tr::kWarps));
+  const long target = waves * num_sms * DecodeBlocksPerSm<Tr>();
+  int splits = 1;
+  if (blocks < target && key_tiles >= 2 * min_tiles)
+    splits = static_cast<int>(std::min<long>({(target + blocks - 1) / blocks, key_tiles / min_tiles, 64}));
+  plan->num_splits = std::max(1, splits);
+  plan->partial_floats = PartialFloats(dims, batch, plan->num_splits);
+  static const bool fused_merge = EnvOn("TINYGPT_DECODE_FUSED_MERGE");
+  plan->split_counters = plan->num_splits > 1 && fused_merge ? static_cast<int>(blocks) : 0;
+}
+
+template <class Tr>
+void LaunchDecode(const AttentionDims& dims, const AttentionBatch& batch, const AttentionParams& p, cudaStream_t stream) {
+  DecodeBlocksPerSm<Tr>();  // raises the kernels' shared-memory limit once
+  const dim3 grid(batch.num_seqs * dims.n_kv_heads, p.num_splits);
+  if (p.alibi) LaunchKernel(true, DecodeAttentionKernel<Tr, true>, grid, Tr::kThreads, Tr::kSmemBytes, stream, p);
+  else LaunchKernel(true, DecodeAttentionKernel<Tr, false>, grid, Tr::kThreads, Tr::kSmemBytes, stream, p);
+  if (p.num_splits > 1 && p.split_counters == nullptr) LaunchCombine<typename Tr::T>(dims, batch, p, stream);
 }
 
 // The kernel's arguments for one call (see LaunchPagedAttention).
 inline AttentionParams MakeAttentionParams(const AttentionPlan& plan, const AttentionDims& dims, const AttentionBatch& batch,
-                                           const void* qkv, long qkv_stride, const PagedKv& kv, void* out, float* partial) {
+                                           const void* qkv, long qkv_stride, const PagedKv& kv, void* out, float* partial,
+                                           int* counters) {
   const int shift = __builtin_ctz(static_cast<unsigned>(kv.block_size));
   if (kv.block_size <= 0 || (1 << shift) != kv.block_size) {
     std::fprintf(stderr, "paged attention: block_size %d is not a power of two\n", kv.block_size);
@@ -105,6 +162,7 @@ inline AttentionParams MakeAttentionParams(const AttentionPlan& plan, const Atte
   p.partial_out = plan.num_splits > 1 ? partial : nullptr;
   p.partial_lse = plan.num_splits > 1 ? partial + static_cast<long>(plan.num_splits) * batch.total_q * dims.n_heads * dims.head_dim
                                       : nullptr;
+  p.split_counters = plan.split_counters > 0 ? counters : nullptr;
   return p;
 }
 

@@ -59,6 +59,7 @@ class CudaBackend final : public Backend {
       if (p) cudaFree(p);
     gemm_.reset();
     if (split_workspace_) cudaFree(split_workspace_);
+    if (split_counters_) cudaFree(split_counters_);
     for (void* p : retired_) cudaFree(p);
     cudaStreamDestroy(stream_);
   }
@@ -219,8 +220,17 @@ class CudaBackend final : public Backend {
       split_bytes_ = need;
       ++counters_.workspace_growths;
     }
+    if (plan.split_counters > split_counters_cap_) {
+      if (split_counters_) retired_.push_back(split_counters_);
+      TG_CUDA_CHECK(cudaMalloc(&split_counters_, plan.split_counters * sizeof(int)));
+      // Zero once; each call leaves them zero. (Inside a capture this memset
+      // is a graph node, replayed harmlessly before the kernels.)
+      TG_CUDA_CHECK(cudaMemsetAsync(split_counters_, 0, plan.split_counters * sizeof(int), stream_));
+      split_counters_cap_ = plan.split_counters;
+      ++counters_.workspace_growths;
+    }
     LaunchPagedAttention(dtype_ == DType::kBF16, plan, d, batch, qkv, static_cast<long>(d.n_heads + 2 * d.n_kv_heads) * d.head_dim, kv,
-                         out, static_cast<float*>(split_workspace_), stream_);
+                         out, static_cast<float*>(split_workspace_), static_cast<int*>(split_counters_), stream_);
   }
   void Sample(const void* logits, int rows, int vocab, const SamplingParams* params, int32_t* tokens) override {
     OpTimes::Scope timed(&op_times_, "sample", stream_);
@@ -643,6 +653,8 @@ class CudaBackend final : public Backend {
   std::unique_ptr<LtGemm> gemm_;  // cuBLASLt's products (lt_gemm.h)
   void* split_workspace_ = nullptr;
   size_t split_bytes_ = 0;
+  void* split_counters_ = nullptr;  // the decode kernel's split counters (attention_launch.h)
+  int split_counters_cap_ = 0;
   std::vector<void*> retired_;  // workspaces replaced by larger ones
   ShapeCounters counters_;
   OpTimes op_times_;

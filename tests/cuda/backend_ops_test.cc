@@ -266,6 +266,17 @@ void TestAttentionCases(Backend* G, Backend* C, double tol) {
   // block boundaries, and a 256-sequence decode batch like the serving
   // benchmark's (split-KV; twice, reusing the split workspace).
   for (bool alibi : {false, true}) TestAttention(G, C, decode, 12, 4, 64, alibi, 16, tol);
+  // The decode kernel (rows = new tokens × group ≤ 16) at every head_dim,
+  // with several new tokens per sequence (the causal mask inside its one row
+  // tile: 5 × 3 = 15 rows), and blocks larger than its key tiles.
+  const S decode_multi{{5, 300}, {3, 3}, {1, 50}, {4, 1030}, {2, 17}};
+  for (int D : {16, 32, 64, 128})
+    for (bool alibi : {false, true}) {
+      TestAttention(G, C, decode, 12, 4, D, alibi, 16, tol);
+      TestAttention(G, C, decode_multi, 12, 4, D, alibi, 16, tol);
+    }
+  TestAttention(G, C, decode_multi, 12, 4, 128, true, 256, tol);
+  TestAttention(G, C, decode_multi, 16, 16, 64, false, 64, tol);
   std::vector<std::pair<int, int>> batch256;
   for (int i = 0; i < 256; ++i) batch256.push_back({1, 300 + static_cast<int>(rng() % 64)});
   for (int rep = 0; rep < 2; ++rep) TestAttention(G, C, batch256, 12, 4, 64, false, 16, tol);
