@@ -155,7 +155,7 @@ std::vector<Variant> Variants(const std::string& kind, int D) {
   if (kind == "prefill" && D == 128) return {V<128, 4, 2, 32, 2>("w4m2n32s2"), V<128, 8, 1, 64, 2>("w8m1n64s2")};
   if (kind == "decode" && D == 64)
     return {V<64, 1, 1, 32, 3>("narrow-w1n32s3"), VD<64, 2, 16, 4, 6>("dec-w2n16s4"), VD<64, 8, 16, 3, 1>("dec-w8n16s3"),
-            VD<64, 4, 32, 3, 2>("dec-w4n32s3")};
+            VD<64, 4, 32, 3, 2>("dec-w4n32s3"), VD<64, 4, 16, 3, 4>("dec-w4n16s3")};
   if (kind == "decode" && D == 128)
     return {V<128, 1, 1, 32, 3>("narrow-w1n32s3"), VD<128, 2, 16, 4, 3>("dec-w2n16s4"), VD<128, 8, 16, 2, 1>("dec-w8n16s2"),
             VD<128, 4, 16, 2, 3>("dec-w4n16s2")};
