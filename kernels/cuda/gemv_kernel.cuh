@@ -114,10 +114,12 @@ __device__ __forceinline__ void GemvAddNormLastBlock(const T* y, int C, const Ge
 
 // Weight vectors (16 bytes) per lane and weight row that are loaded before
 // PdlWait: the weights are no predecessor's output, so with programmatic
-// dependent launch they stream in while the kernel before finishes (rows of
-// up to kGemvPrefetch * 32 * 8 = 1024 inputs wholly; longer rows stream the
-// rest after the wait).
-constexpr int kGemvPrefetch = 4;
+// dependent launch they stream in while the kernel before finishes. Plain
+// products take rows of up to 8 * 32 * 8 = 2048 inputs wholly (the down
+// projection's too); the SwiGLU pair, two weight rows per warp, 1024 (its
+// input is the model width); longer rows stream the rest after the wait.
+template <bool kSwiGLU>
+constexpr int kGemvPrefetch = kSwiGLU ? 4 : 8;
 
 // R rows (a compile-time count, so the accumulators stay in registers);
 // `in` must be a multiple of 8. kSwiGLU: the warp of output o < F also takes
@@ -137,11 +139,12 @@ __global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const T* __restric
 #pragma unroll
   for (int k = 0; k < kW; ++k) wr[k] = reinterpret_cast<const uint4*>(w + static_cast<long>(valid ? o + k * out : 0) * in);
   const int nvec = in / 8;
-  uint4 pre[kW][kGemvPrefetch];
+  constexpr int kPrefetch = kGemvPrefetch<kSwiGLU>;
+  uint4 pre[kW][kPrefetch];
 #pragma unroll
   for (int k = 0; k < kW; ++k)
 #pragma unroll
-    for (int i = 0; i < kGemvPrefetch; ++i) {
+    for (int i = 0; i < kPrefetch; ++i) {
       const int c = lane + i * 32;
       pre[k][i] = valid && c < nvec ? __ldg(wr[k] + c) : make_uint4(0, 0, 0, 0);
     }
@@ -171,7 +174,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const T* __restric
     }
   };
 #pragma unroll
-  for (int i = 0; i < kGemvPrefetch; ++i) {
+  for (int i = 0; i < kPrefetch; ++i) {
     const int c = lane + i * 32;
     if (c < nvec) {
       uint4 wv[kW];
@@ -180,7 +183,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const T* __restric
       fma_chunk(wv, c);
     }
   }
-  for (int c = lane + kGemvPrefetch * 32; c < nvec; c += 32) {
+  for (int c = lane + kPrefetch * 32; c < nvec; c += 32) {
     uint4 wv[kW];
 #pragma unroll
     for (int k = 0; k < kW; ++k) wv[k] = __ldg(wr[k] + c);
