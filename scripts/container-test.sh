@@ -256,18 +256,30 @@ fi
 replicas=$(podman ps --filter label=com.docker.compose.project=$project --filter label=com.docker.compose.service=server-cpu --format '{{.Names}}' | sort)
 check "compose: train completed, then two server replicas ($(tr '\n' ' ' <<<"$replicas"))" test "$(wc -l <<<"$replicas")" = 2
 for r in $replicas; do check "compose: $r healthy (its HEALTHCHECK)" wait_healthy "$r"; done
+served_by_replicas() {  # each replica's count of OK calls, from its own /metrics
+  local i mp
+  for i in 1 2; do
+    mp=$(compose port --index=$i server-cpu 9464 | sed 's/.*://')
+    printf '%s ' "$(metric "http://127.0.0.1:$mp/metrics" tinygpt_requests_total 'code="OK"')"
+  done
+}
 ok=0
 for _ in $(seq 60); do answer_ok $lb >/dev/null 2>&1 && ok=1 && break; sleep 0.5; done  # HAProxy resolves the replicas within a few seconds
 check "compose: a request through the balancer answered" test $ok = 1
+# HAProxy may have resolved (and checked) only one replica when the first call
+# answers: call until both have served one, so the bench below meets both.
+both=0
+for _ in $(seq 60); do
+  read -r a b <<<"$(served_by_replicas)"
+  [[ ${a:-0} -gt 0 && ${b:-0} -gt 0 ]] && both=1 && break
+  answer_ok $lb >/dev/null 2>&1 || true; sleep 0.5
+done
+check "compose: the balancer reached both replicas (their metrics: $a $b)" test $both = 1
 check "compose: 24 more calls through the balancer (bench, one connection) all succeed" \
   "$client" bench --target $lb --requests 24 --concurrency 4 --output-len-min 4 --output-len-max 8
-served=()
-for i in 1 2; do
-  mp=$(compose port --index=$i server-cpu 9464 | sed 's/.*://')
-  served+=("$(metric "http://127.0.0.1:$mp/metrics" tinygpt_requests_total 'code="OK"')")
-done
-check "compose: both replicas served calls through the balancer (their metrics: ${served[*]})" \
-  bash -c "[[ ${served[0]:-0} -gt 0 && ${served[1]:-0} -gt 0 && $((${served[0]:-0} + ${served[1]:-0})) -ge 25 ]]"
+read -r a2 b2 <<<"$(served_by_replicas)"
+check "compose: the bench's calls (one connection) spread over both replicas (served $((a2 - a)) and $((b2 - b)))" \
+  bash -c "[[ $((a2 - a)) -gt 0 && $((b2 - b)) -gt 0 && $((a2 - a + b2 - b)) -eq 24 ]]"
 targets_up() {  # Prometheus: both replicas (DNS-discovered) and the balancer up
   curl -sf --max-time 5 "http://127.0.0.1:$PROMETHEUS_PUBLISH_PORT/api/v1/targets" | python3 -c '
 import json, sys
