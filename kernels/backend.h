@@ -59,14 +59,6 @@ class Backend {
     AddInPlace(x, r, static_cast<size_t>(T) * C);
     LayerNorm(x, w, b, y, T, C, eps);
   }
-  // y = x·w^T + b (scratch [T, out]), then AddLayerNorm(resid, y, ln_w, ln_b,
-  // ln_out): a projection back into the residual stream and the norm after
-  // it; one kernel where a backend fuses them (CUDA, at few rows).
-  virtual void LinearAddLayerNorm(const void* x, const void* w, const void* b, void* y, int T, int in, int out, void* resid,
-                                  const void* ln_w, const void* ln_b, void* ln_out, float eps) {
-    Linear(x, w, b, y, T, in, out);
-    AddLayerNorm(resid, y, ln_w, ln_b, ln_out, T, out, eps);
-  }
   virtual void SwiGLU(const void* h, void* out, int T, int F) = 0;
   // out = SwiGLU(x·w^T + b) for w [2F, in] (the SiLU branch's F rows, then
   // the gate's); h [T, 2F] is scratch for backends that do not fuse them.

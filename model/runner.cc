@@ -271,17 +271,15 @@ void ModelRunner::Forward(int T, int n, int R, int max_q, int max_ctx, bool pend
     b.LinearKvAppend(ln_, lw.qkv_w, lw.qkv_b, qkv_, T, d, qkv_dim, i32(m.slots), dims, k_cache_[l], v_cache_[l]);
     const PagedKv kv{k_cache_[l], v_cache_[l], opt_.block_size, i32(m.tables), max_blocks_per_seq_};
     b.PagedAttention(dims, batch, qkv_, kv, att_);
-    // The output projection, the residual add and norm2 (one kernel at few rows).
-    b.LinearAddLayerNorm(att_, lw.proj_w, lw.proj_b, tmp_, T, d, d, x_, lw.norm2_w, lw.norm2_b, ln_, cfg_.norm_eps);
+    b.Linear(att_, lw.proj_w, lw.proj_b, tmp_, T, d, d);
+    b.AddLayerNorm(x_, tmp_, lw.norm2_w, lw.norm2_b, ln_, T, d, cfg_.norm_eps);
     b.LinearSwiGLU(ln_, lw.w12_w, lw.w12_b, h12_, sw_, T, d, F);
-    // The down projection, the residual add and the next layer's first norm.
-    if (l + 1 < cfg_.n_layers) {
-      b.LinearAddLayerNorm(sw_, lw.w3_w, lw.w3_b, tmp_, T, F, d, x_, layers_[l + 1].norm1_w, layers_[l + 1].norm1_b, ln_,
-                           cfg_.norm_eps);
-    } else {
-      b.Linear(sw_, lw.w3_w, lw.w3_b, tmp_, T, F, d);
+    b.Linear(sw_, lw.w3_w, lw.w3_b, tmp_, T, F, d);
+    // The residual add, fused with the next layer's first norm.
+    if (l + 1 < cfg_.n_layers)
+      b.AddLayerNorm(x_, tmp_, layers_[l + 1].norm1_w, layers_[l + 1].norm1_b, ln_, T, d, cfg_.norm_eps);
+    else
       b.AddInPlace(x_, tmp_, static_cast<size_t>(T) * d);
-    }
   }
   if (R == 0) return;
   // Only the rows that sample need the final norm and the vocabulary projection.

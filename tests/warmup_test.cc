@@ -56,11 +56,6 @@ class RecordingBackend final : public testing::ForwardingBackend {
     if (!capturing_) buckets_[{in, 2 * F}].insert(RowBucket(T));
     inner_->LinearSwiGLU(x, w, b, h, out, T, in, F);
   }
-  void LinearAddLayerNorm(const void* x, const void* w, const void* b, void* y, int T, int in, int out, void* resid, const void* ln_w,
-                          const void* ln_b, void* ln_out, float eps) override {
-    if (!capturing_) buckets_[{in, out}].insert(RowBucket(T));
-    inner_->LinearAddLayerNorm(x, w, b, y, T, in, out, resid, ln_w, ln_b, ln_out, eps);
-  }
   bool SupportsGraphs() const override { return fake_graphs_; }
   bool BeginCapture() override { return capturing_ = fake_graphs_; }
   void* EndCapture() override {

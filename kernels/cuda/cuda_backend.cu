@@ -36,12 +36,6 @@ bool FusedKvAppend() {
   static const bool on = EnvOn("TINYGPT_FUSED_KV_APPEND");
   return on;
 }
-// TINYGPT_FUSED_ADD_NORM=0: the projection GEMV and the add + LayerNorm
-// kernel apart again.
-bool FusedAddNorm() {
-  static const bool on = EnvOn("TINYGPT_FUSED_ADD_NORM");
-  return on;
-}
 
 int Blocks(long n, int threads) { return static_cast<int>(std::min<long>((n + threads - 1) / threads, 65535L * 8)); }
 
@@ -57,8 +51,6 @@ class CudaBackend final : public Backend {
     PdlEnabled() = prop.major >= 9 && EnvOn("TINYGPT_PDL");
     TG_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     gemm_ = std::make_unique<LtGemm>(CudaType<T>(), sizeof(T), stream_);
-    TG_CUDA_CHECK(cudaMalloc(&gemv_counter_, sizeof(int)));
-    TG_CUDA_CHECK(cudaMemset(gemv_counter_, 0, sizeof(int)));
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
@@ -68,7 +60,6 @@ class CudaBackend final : public Backend {
     gemm_.reset();
     if (split_workspace_) cudaFree(split_workspace_);
     if (split_counters_) cudaFree(split_counters_);
-    cudaFree(gemv_counter_);
     for (void* p : retired_) cudaFree(p);
     cudaStreamDestroy(stream_);
   }
@@ -166,19 +157,6 @@ class CudaBackend final : public Backend {
       if (LayerNormVec<true>(P(x), P(r), P(w), P(b), P(y), nullptr, nullptr, rows, C, eps)) return;
     }
     Backend::AddLayerNorm(x, r, w, b, y, rows, C, eps);  // widths the vector kernel does not take: add, then norm
-  }
-  void LinearAddLayerNorm(const void* x, const void* w, const void* b, void* y, int rows, int in, int out, void* resid,
-                          const void* ln_w, const void* ln_b, void* ln_out, float eps) override {
-    if constexpr (sizeof(T) == 2) {
-      if (rows > 0 && GemvTakes(rows, in, x, w) && FusedAddNorm() && out % 8 == 0 && out <= kGemvAddNormChunks * 32 * 8 &&
-          Aligned16(y, resid, ln_w, ln_b, ln_out)) {
-        OpTimes::Scope timed(&op_times_, "linear+add+layernorm (gemv)", stream_);
-        const GemvAddNorm<T> an{P(resid), P(ln_w), P(ln_b), P(ln_out), eps, gemv_counter_};
-        LaunchGemv<T>(P(x), P(w), P(b), P(y), rows, in, out, stream_, {}, an);
-        return;
-      }
-    }
-    Backend::LinearAddLayerNorm(x, w, b, y, rows, in, out, resid, ln_w, ln_b, ln_out, eps);
   }
   void LinearSwiGLU(const void* x, const void* w, const void* b, void* h, void* out, int rows, int in, int F) override {
     if constexpr (sizeof(T) == 2) {
@@ -677,7 +655,6 @@ class CudaBackend final : public Backend {
   size_t split_bytes_ = 0;
   void* split_counters_ = nullptr;  // the decode kernel's split counters (attention_launch.h)
   int split_counters_cap_ = 0;
-  int* gemv_counter_ = nullptr;  // GemvAddNorm's last-block counter, zero between products
   std::vector<void*> retired_;  // workspaces replaced by larger ones
   ShapeCounters counters_;
   OpTimes op_times_;

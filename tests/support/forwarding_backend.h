@@ -35,10 +35,6 @@ class ForwardingBackend : public Backend {
   void AddLayerNorm(void* x, const void* r, const void* w, const void* b, void* y, int T, int C, float eps) override { inner_->AddLayerNorm(x, r, w, b, y, T, C, eps); }
   void SwiGLU(const void* h, void* out, int T, int F) override { inner_->SwiGLU(h, out, T, F); }
   void LinearSwiGLU(const void* x, const void* w, const void* b, void* h, void* out, int T, int in, int F) override { inner_->LinearSwiGLU(x, w, b, h, out, T, in, F); }
-  void LinearAddLayerNorm(const void* x, const void* w, const void* b, void* y, int T, int in, int out, void* resid, const void* ln_w,
-                          const void* ln_b, void* ln_out, float eps) override {
-    inner_->LinearAddLayerNorm(x, w, b, y, T, in, out, resid, ln_w, ln_b, ln_out, eps);
-  }
   void GatherRows(const void* src, const int32_t* rows, void* dst, int n, int C) override { inner_->GatherRows(src, rows, dst, n, C); }
   void KvAppend(const void* qkv, int T, const int32_t* slot_mapping, const AttentionDims& dims, void* k_cache, void* v_cache) override { inner_->KvAppend(qkv, T, slot_mapping, dims, k_cache, v_cache); }
   void PagedAttention(const AttentionDims& dims, const AttentionBatch& batch, const void* qkv, const PagedKv& kv, void* out) override { inner_->PagedAttention(dims, batch, qkv, kv, out); }
