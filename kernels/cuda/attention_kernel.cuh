@@ -98,6 +98,35 @@ __device__ __forceinline__ float RowReduce(const float (&sc)[kNTiles][4], int h,
   return v[0];
 }
 
+// Writes one query row of an m16 accumulator tile, held by a quad of lanes
+// (each with its part of the row's exponential sum and kDTiles pairs of
+// output columns, o[d][2h], o[d][2h + 1]): with one split, the normalized row
+// of out; with more, this split's partial output (fp32) and log-sum-exp,
+// which the combine (or the decode kernel's last split) merges. m is the
+// row's running maximum in score units, score_scale what turns it into log2.
+template <class Tr, class Params>
+__device__ __forceinline__ void WriteAttentionRow(const Params& p, long row, int split, int lane, float sum, float m,
+                                                  float score_scale, const float (&o)[Tr::kDTiles][4], int h) {
+  using T = typename Tr::T;
+  constexpr int D = Tr::kHeadDim;
+  const float inv = sum > 0.f ? 1.f / sum : 0.f;
+  const int col = 2 * (lane & 3);
+  if (p.num_splits == 1) {
+    T* out = static_cast<T*>(p.out) + row * D;
+#pragma unroll
+    for (int d = 0; d < Tr::kDTiles; ++d)
+      *reinterpret_cast<uint32_t*>(out + d * 8 + col) = PackPair<T>(o[d][2 * h] * inv, o[d][2 * h + 1] * inv);
+  } else {
+    const long prow = static_cast<long>(split) * p.total_q * p.n_heads + row;
+    float* out = p.partial_out + prow * D;
+#pragma unroll
+    for (int d = 0; d < Tr::kDTiles; ++d)
+      *reinterpret_cast<float2*>(out + d * 8 + col) = make_float2(o[d][2 * h] * inv, o[d][2 * h + 1] * inv);
+    const float log2e = 1.4426950408889634f;  // the log-sum-exp in natural-log units
+    if ((lane & 3) == 0) p.partial_lse[prow] = sum > 0.f ? (m * score_scale + log2f(sum)) / log2e : -FLT_MAX;
+  }
+}
+
 // kAlibi is a template argument, and tiles that need the causal mask run a
 // separate copy of the tile body: per-score work that is off must cost no
 // instructions (a run-time flag was if-converted into selects on every score).
@@ -403,21 +432,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) PagedFlashAttentionKernel(con
       if (r >= rows) continue;
       const int token = r / G, head = kvh * G + r % G;
       const long row = static_cast<long>(q0 + token) * p.n_heads + head;
-      const float inv = sum > 0.f ? 1.f / sum : 0.f;
-      const int col = 2 * (lane & 3);
-      if (p.num_splits == 1) {
-        T* out = static_cast<T*>(p.out) + row * D;
-#pragma unroll
-        for (int d = 0; d < Tr::kDTiles; ++d)
-          *reinterpret_cast<uint32_t*>(out + d * 8 + col) = PackPair<T>(o[mt][d][2 * h] * inv, o[mt][d][2 * h + 1] * inv);
-      } else {
-        const long prow = static_cast<long>(blockIdx.z) * p.total_q * p.n_heads + row;
-        float* out = p.partial_out + prow * D;
-#pragma unroll
-        for (int d = 0; d < Tr::kDTiles; ++d)
-          *reinterpret_cast<float2*>(out + d * 8 + col) = make_float2(o[mt][d][2 * h] * inv, o[mt][d][2 * h + 1] * inv);
-        if ((lane & 3) == 0) p.partial_lse[prow] = sum > 0.f ? (m[mt][h] * score_scale + log2f(sum)) / log2e : kMasked;
-      }
+      WriteAttentionRow<Tr>(p, row, blockIdx.z, lane, sum, m[mt][h], score_scale, o[mt], h);
     }
 }
 

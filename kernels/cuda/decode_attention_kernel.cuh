@@ -175,6 +175,14 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) DecodeAttentionK
   const float score_scale = kAlibi ? 1.f : p.scale_log2;
   float o[Tr::kDTiles][4];
   float m[2] = {kMasked, kMasked}, l[2] = {0.f, 0.f};
+  auto rescale = [&](int h, float corr) {  // row half h: its sum and outputs to a new maximum
+    l[h] *= corr;
+#pragma unroll
+    for (int d = 0; d < Tr::kDTiles; ++d) {
+      o[d][2 * h] *= corr;
+      o[d][2 * h + 1] *= corr;
+    }
+  };
 #pragma unroll
   for (int d = 0; d < Tr::kDTiles; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.f;
 
@@ -231,13 +239,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) DecodeAttentionK
         // A row whose keys so far are all masked keeps m = kMasked; 0 in its
         // place keeps its scores at -FLT_MAX, whose exp2 is 0.
         const float m_use = m_new[h] == kMasked ? 0.f : m_new[h];
-        const float corr = FastExp2((m[h] - m_use) * score_scale);
-        l[h] *= corr;
-#pragma unroll
-        for (int d = 0; d < Tr::kDTiles; ++d) {
-          o[d][2 * h] *= corr;
-          o[d][2 * h + 1] *= corr;
-        }
+        rescale(h, FastExp2((m[h] - m_use) * score_scale));
       }
     }
 #pragma unroll
@@ -304,13 +306,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) DecodeAttentionK
 #pragma unroll
       for (int w = 1; w < W; ++w) mx = fmaxf(mx, record_of(w)[(Tr::kDTiles * 4 + h) * 32 + lane]);
       const float m_use = mx == kMasked ? 0.f : mx;
-      const float corr = FastExp2((m[h] - m_use) * score_scale);
-      l[h] *= corr;
-#pragma unroll
-      for (int d = 0; d < Tr::kDTiles; ++d) {
-        o[d][2 * h] *= corr;
-        o[d][2 * h + 1] *= corr;
-      }
+      rescale(h, FastExp2((m[h] - m_use) * score_scale));
 #pragma unroll
       for (int w = 1; w < W; ++w) {
         const float* rec = record_of(w);
@@ -336,21 +332,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) DecodeAttentionK
       if (r >= rows) continue;
       const int token = r / G, head = kvh * G + r % G;
       const long row = static_cast<long>(q0 + token) * p.n_heads + head;
-      const float inv = sum > 0.f ? 1.f / sum : 0.f;
-      const int col = 2 * (lane & 3);
-      if (p.num_splits == 1) {
-        T* out = static_cast<T*>(p.out) + row * D;
-#pragma unroll
-        for (int d = 0; d < Tr::kDTiles; ++d)
-          *reinterpret_cast<uint32_t*>(out + d * 8 + col) = PackPair<T>(o[d][2 * h] * inv, o[d][2 * h + 1] * inv);
-      } else {
-        const long prow = static_cast<long>(blockIdx.y) * p.total_q * p.n_heads + row;
-        float* out = p.partial_out + prow * D;
-#pragma unroll
-        for (int d = 0; d < Tr::kDTiles; ++d)
-          *reinterpret_cast<float2*>(out + d * 8 + col) = make_float2(o[d][2 * h] * inv, o[d][2 * h + 1] * inv);
-        if ((lane & 3) == 0) p.partial_lse[prow] = sum > 0.f ? (m[h] * score_scale + log2f(sum)) / log2e : kMasked;
-      }
+      WriteAttentionRow<Tr>(p, row, blockIdx.y, lane, sum, m[h], score_scale, o, h);
     }
   };
   if (warp == 0) merge_warps_and_write();
