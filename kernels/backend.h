@@ -78,6 +78,31 @@ class Backend {
     Linear(x, w, b, qkv, T, in, qkv_dim);
     KvAppend(qkv, T, slot_mapping, dims, k_cache, v_cache);
   }
+  // A decode step of a few rows, with each LayerNorm folded into the product
+  // that reads it and each residual add into the product before it: the
+  // runner calls NormLinearKvAppend, LinearAddInPlace and NormLinearSwiGLU
+  // instead of LayerNorm / AddLayerNorm and the plain products when this
+  // says the backend fuses them for T rows of width C (CUDA: the GEMV's rows).
+  virtual bool FusesNormIntoLinear(int /*T*/, int /*C*/) const { return false; }
+  // LinearKvAppend of LayerNorm(x) (norm_w, norm_b, eps); ln [T, in] is
+  // scratch for backends that do not fuse them.
+  virtual void NormLinearKvAppend(const void* x, const void* norm_w, const void* norm_b, float eps, void* ln, const void* w,
+                                  const void* b, void* qkv, int T, int in, int qkv_dim, const int32_t* slot_mapping,
+                                  const AttentionDims& dims, void* k_cache, void* v_cache) {
+    LayerNorm(x, norm_w, norm_b, ln, T, in, eps);
+    LinearKvAppend(ln, w, b, qkv, T, in, qkv_dim, slot_mapping, dims, k_cache, v_cache);
+  }
+  // LinearSwiGLU of LayerNorm(x); ln [T, in] and h [T, 2F] are scratch.
+  virtual void NormLinearSwiGLU(const void* x, const void* norm_w, const void* norm_b, float eps, void* ln, const void* w,
+                                const void* b, void* h, void* out, int T, int in, int F) {
+    LayerNorm(x, norm_w, norm_b, ln, T, in, eps);
+    LinearSwiGLU(ln, w, b, h, out, T, in, F);
+  }
+  // residual[T, out] += x · w^T + b; y [T, out] is scratch.
+  virtual void LinearAddInPlace(const void* x, const void* w, const void* b, void* y, void* residual, int T, int in, int out) {
+    Linear(x, w, b, y, T, in, out);
+    AddInPlace(residual, y, static_cast<size_t>(T) * out);
+  }
   // Block-diagonal causal attention with offset over the paged cache; the
   // queries are the first n_heads*head_dim columns of the fused qkv rows.
   virtual void PagedAttention(const AttentionDims& dims, const AttentionBatch& batch, const void* qkv, const PagedKv& kv,

@@ -264,13 +264,26 @@ void ModelRunner::Forward(int T, int n, int R, int max_q, int max_ctx, bool pend
   const AttentionDims dims{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim(), cfg_.alibi()};
   const AttentionBatch batch{n, i32(m.cu_q), i32(m.ctx), T, max_q, max_ctx};
   b.Embedding(tokens, i32(m.positions), tok_emb_, pos_emb_, x_, T, d);
-  b.LayerNorm(x_, layers_[0].norm1_w, layers_[0].norm1_b, ln_, T, d, cfg_.norm_eps);
+  // Small decode steps on the GPU fold each norm into the product that reads
+  // it and each residual add into the product before it (backend.h); other
+  // steps fuse each residual add with the norm after it.
+  const bool fused = b.FusesNormIntoLinear(T, d);
+  if (!fused) b.LayerNorm(x_, layers_[0].norm1_w, layers_[0].norm1_b, ln_, T, d, cfg_.norm_eps);
   for (int l = 0; l < cfg_.n_layers; ++l) {
     const LayerWeights& lw = layers_[l];
-    // ln_ holds norm1(x) here.
-    b.LinearKvAppend(ln_, lw.qkv_w, lw.qkv_b, qkv_, T, d, qkv_dim, i32(m.slots), dims, k_cache_[l], v_cache_[l]);
+    if (fused)
+      b.NormLinearKvAppend(x_, lw.norm1_w, lw.norm1_b, cfg_.norm_eps, ln_, lw.qkv_w, lw.qkv_b, qkv_, T, d, qkv_dim, i32(m.slots), dims,
+                           k_cache_[l], v_cache_[l]);
+    else  // ln_ holds norm1(x) here
+      b.LinearKvAppend(ln_, lw.qkv_w, lw.qkv_b, qkv_, T, d, qkv_dim, i32(m.slots), dims, k_cache_[l], v_cache_[l]);
     const PagedKv kv{k_cache_[l], v_cache_[l], opt_.block_size, i32(m.tables), max_blocks_per_seq_};
     b.PagedAttention(dims, batch, qkv_, kv, att_);
+    if (fused) {
+      b.LinearAddInPlace(att_, lw.proj_w, lw.proj_b, tmp_, x_, T, d, d);
+      b.NormLinearSwiGLU(x_, lw.norm2_w, lw.norm2_b, cfg_.norm_eps, ln_, lw.w12_w, lw.w12_b, h12_, sw_, T, d, F);
+      b.LinearAddInPlace(sw_, lw.w3_w, lw.w3_b, tmp_, x_, T, F, d);
+      continue;
+    }
     b.Linear(att_, lw.proj_w, lw.proj_b, tmp_, T, d, d);
     b.AddLayerNorm(x_, tmp_, lw.norm2_w, lw.norm2_b, ln_, T, d, cfg_.norm_eps);
     b.LinearSwiGLU(ln_, lw.w12_w, lw.w12_b, h12_, sw_, T, d, F);

@@ -18,7 +18,7 @@
 #pragma once
 #include <cfloat>
 
-#include "kernels/cuda/attention_kernel.cuh"  // Mma16816
+#include "kernels/cuda/attention_kernel.cuh"  // FastExp2 (and mma_primitives.cuh)
 #include "kernels/cuda/attention_train_kernel.cuh"
 #include "kernels/cuda/common.cuh"
 

@@ -24,13 +24,14 @@
 #include "kernels/cuda/lt_gemm.h"
 #include "kernels/cuda/op_times.h"
 #include "kernels/cuda/sampling_kernel.cuh"
+#include "kernels/cuda/skinny_gemm_launch.h"
 #include "kernels/cuda/train_kernels.cuh"
 #include "kernels/row_buckets.h"
 
 namespace tinygpt::cuda {
 namespace {
 
-// TINYGPT_FUSED_KV_APPEND=0: the QKV GEMV and the KV append kernel apart
+// TINYGPT_FUSED_KV_APPEND=0: the QKV GEMV (or skinny GEMM) and the KV append kernel apart
 // again (the A/B of device-run.sh decode).
 bool FusedKvAppend() {
   static const bool on = EnvOn("TINYGPT_FUSED_KV_APPEND");
@@ -127,11 +128,17 @@ class CudaBackend final : public Backend {
     LaunchKernel(true, LayerNormKernel<T>, (rows + 7) / 8, 256, 0, stream_, P(x), P(w), P(b), P(y), rows, C, eps);
   }
   void Linear(const void* x, const void* w, const void* b, void* y, int rows, int in, int out) override {
-    OpTimes::Scope timed(&op_times_, out >= 16384 ? "linear (vocab)" : rows <= 512 ? "linear (rows <= 512)" : "linear (rows > 512)", stream_);
+    OpTimes::Scope timed(&op_times_,
+                         out >= 16384 ? "linear (vocab)" : rows <= 8 ? "linear (gemv)" : rows <= 512 ? "linear (rows <= 512)" : "linear (rows > 512)",
+                         stream_);
     if (rows == 0) return;
     if constexpr (sizeof(T) == 2) {  // (no fp32 GEMV kernel is instantiated)
       if (GemvTakes(rows, in, x, w)) {
         LaunchGemv<T>(P(x), P(w), P(b), P(y), rows, in, out, stream_);
+        return;
+      }
+      if (SkinnyGemmTakes(rows, in, out, x, w)) {
+        LaunchSkinnyGemm(dtype_ == DType::kBF16, x, w, b, y, rows, in, out, false, {}, num_sms_, stream_);
         return;
       }
     }
@@ -162,7 +169,12 @@ class CudaBackend final : public Backend {
     if constexpr (sizeof(T) == 2) {
       if (rows > 0 && GemvTakes(rows, in, x, w)) {
         OpTimes::Scope timed(&op_times_, "linear+swiglu (gemv)", stream_);
-        LaunchGemv<T, true>(P(x), P(w), P(b), P(out), rows, in, F, stream_);
+        LaunchGemv<T, GemvEpilogue::kSwiGLU>(P(x), P(w), P(b), P(out), rows, in, F, stream_);
+        return;
+      }
+      if (rows > 0 && SkinnyGemmTakes(rows, in, 2 * F, x, w)) {
+        OpTimes::Scope timed(&op_times_, "linear+swiglu (skinny)", stream_);
+        LaunchSkinnyGemm(dtype_ == DType::kBF16, x, w, b, out, rows, in, F, true, {}, num_sms_, stream_);
         return;
       }
     }
@@ -200,8 +212,55 @@ class CudaBackend final : public Backend {
         LaunchGemv<T>(P(x), P(w), P(b), P(qkv), rows, in, qkv_dim, stream_, kv);
         return;
       }
+      if (rows > 0 && SkinnyGemmTakes(rows, in, qkv_dim, x, w) && FusedKvAppend()) {
+        OpTimes::Scope timed(&op_times_, "linear+kv append (skinny)", stream_);
+        const SkinnyKvAppend kv{slots, d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim, k_cache, v_cache};
+        LaunchSkinnyGemm(dtype_ == DType::kBF16, x, w, b, qkv, rows, in, qkv_dim, false, kv, num_sms_, stream_);
+        return;
+      }
     }
     Backend::LinearKvAppend(x, w, b, qkv, rows, in, qkv_dim, slots, d, k_cache, v_cache);
+  }
+  // The norm folded into the GEMV (gemv_kernel.cuh) at <= 8 rows whose
+  // normalized copy fits its shared memory; TINYGPT_FUSED_NORM=0 turns it off.
+  bool FusesNormIntoLinear(int rows, int C) const override {
+    static const bool on = EnvOn("TINYGPT_FUSED_NORM");
+    return on && sizeof(T) == 2 && rows >= 1 && rows <= kGemvMaxRows && C % 8 == 0 &&
+           static_cast<size_t>(rows) * C * sizeof(T) <= static_cast<size_t>(kGemvNormMaxBytes);
+  }
+  void NormLinearKvAppend(const void* x, const void* norm_w, const void* norm_b, float eps, void* ln, const void* w, const void* b,
+                          void* qkv, int rows, int in, int qkv_dim, const int32_t* slots, const AttentionDims& d, void* k_cache,
+                          void* v_cache) override {
+    if constexpr (sizeof(T) == 2) {
+      if (FusesNormIntoLinear(rows, in) && GemvTakes(rows, in, x, w) && FusedKvAppend()) {
+        OpTimes::Scope timed(&op_times_, "norm+linear+kv append (gemv)", stream_);
+        GemvKvAppend<T> kv{slots, d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim, P(k_cache), P(v_cache)};
+        LaunchGemv<T>(P(x), P(w), P(b), P(qkv), rows, in, qkv_dim, stream_, kv, GemvNorm<T>{P(norm_w), P(norm_b), eps});
+        return;
+      }
+    }
+    Backend::NormLinearKvAppend(x, norm_w, norm_b, eps, ln, w, b, qkv, rows, in, qkv_dim, slots, d, k_cache, v_cache);
+  }
+  void NormLinearSwiGLU(const void* x, const void* norm_w, const void* norm_b, float eps, void* ln, const void* w, const void* b,
+                        void* h, void* out, int rows, int in, int F) override {
+    if constexpr (sizeof(T) == 2) {
+      if (FusesNormIntoLinear(rows, in) && GemvTakes(rows, in, x, w)) {
+        OpTimes::Scope timed(&op_times_, "norm+linear+swiglu (gemv)", stream_);
+        LaunchGemv<T, GemvEpilogue::kSwiGLU>(P(x), P(w), P(b), P(out), rows, in, F, stream_, {}, GemvNorm<T>{P(norm_w), P(norm_b), eps});
+        return;
+      }
+    }
+    Backend::NormLinearSwiGLU(x, norm_w, norm_b, eps, ln, w, b, h, out, rows, in, F);
+  }
+  void LinearAddInPlace(const void* x, const void* w, const void* b, void* y, void* residual, int rows, int in, int out) override {
+    if constexpr (sizeof(T) == 2) {
+      if (rows > 0 && GemvTakes(rows, in, x, w)) {
+        OpTimes::Scope timed(&op_times_, "linear+residual (gemv)", stream_);
+        LaunchGemv<T, GemvEpilogue::kAddInPlace>(P(x), P(w), P(b), P(residual), rows, in, out, stream_);
+        return;
+      }
+    }
+    Backend::LinearAddInPlace(x, w, b, y, residual, rows, in, out);
   }
   void PagedAttention(const AttentionDims& d, const AttentionBatch& batch, const void* qkv, const PagedKv& kv, void* out) override {
     OpTimes::Scope timed(&op_times_, batch.max_q_len == 1 ? "paged attention (decode)" : "paged attention (prefill)", stream_);

@@ -5,6 +5,14 @@
 // row cuBLASLt reached about a tenth of the copy bandwidth here. One warp per
 // output feature streams its weight row with 16-byte loads; the few input
 // rows come from L1/L2, where every warp finds them.
+//
+// Two fusions save a decode step's LayerNorm kernels (24 of ~90 kernels at
+// one sequence, each mostly launch and completion latency): with a GemvNorm
+// the input rows are the residual stream and each block normalizes them
+// itself into shared memory before its products (a few rows of d_model are
+// cheap to normalize again in every block, and no block waits for another);
+// GemvEpilogue::kAddInPlace adds the product into y, the residual stream,
+// instead of storing it (the add that the next norm would otherwise do).
 #pragma once
 #include "kernels/cuda/common.cuh"
 
@@ -34,6 +42,20 @@ struct GemvKvAppend {
   T* v_cache = nullptr;
 };
 
+// A LayerNorm applied to the input rows before the product (w == nullptr: none):
+// rows of `in` elements, normalized as the LayerNorm kernel does (fp32
+// statistics, two passes, the result rounded to T).
+template <class T>
+struct GemvNorm {
+  const T* w = nullptr;
+  const T* b = nullptr;
+  float eps = 0.f;
+};
+// The normalized rows live in shared memory: rows × in elements of T.
+constexpr int kGemvNormMaxBytes = 32 << 10;
+
+enum class GemvEpilogue { kStore, kSwiGLU, kAddInPlace };
+
 // Weight vectors (16 bytes) per lane and weight row that are loaded before
 // PdlWait: the weights are no predecessor's output, so with programmatic
 // dependent launch they stream in while the kernel before finishes (rows of
@@ -45,11 +67,13 @@ constexpr int kGemvPrefetch = 4;
 // `in` must be a multiple of 8. kSwiGLU: the warp of output o < F also takes
 // weight row F + o (the gate) and writes swiglu: silu(a) * g, each rounded to
 // T first as the unfused Linear then SwiGLU would store them; y is then
-// [rows, F] with F = out.
-template <class T, int R, bool kSwiGLU>
+// [rows, F] with F = out. kAddInPlace: y[r, o] += the product (rounded to T
+// first, as Linear then the add would). kNorm: x is normalized first (norm).
+template <class T, int R, GemvEpilogue kEpi, bool kNorm>
 __global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const T* __restrict__ x, const T* __restrict__ w,
                                                               const T* __restrict__ b, T* __restrict__ y, int in, int out,
-                                                              GemvKvAppend<T> kv) {
+                                                              GemvKvAppend<T> kv, GemvNorm<T> norm) {
+  constexpr bool kSwiGLU = kEpi == GemvEpilogue::kSwiGLU;
   const int o = blockIdx.x * kGemvWarps + threadIdx.x / 32, lane = threadIdx.x & 31;
   const bool valid = o < out;
   constexpr int kW = kSwiGLU ? 2 : 1;  // weight rows per warp
@@ -70,6 +94,36 @@ __global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const T* __restric
   for (int k = 0; k < kW; ++k) bias[k] = b && valid ? ToFloat(b[o + k * out]) : 0.f;
   PdlWait();  // x is the predecessor's output (common.cuh)
   PdlLaunchDependents();
+  // The rows the products read: x itself, or (kNorm) its normalized copy in
+  // shared memory, which every warp of the block helps to make.
+  const T* xr = x;
+  if constexpr (kNorm) {
+    extern __shared__ uint4 norm_smem[];
+    __shared__ float stats[R][2];
+    T* xs = reinterpret_cast<T*>(norm_smem);
+    for (int i = threadIdx.x; i < R * nvec; i += blockDim.x) norm_smem[i] = reinterpret_cast<const uint4*>(x)[i];
+    __syncthreads();
+    const int warp = threadIdx.x / 32;
+    if (warp < R) {
+      float sum = 0.f;
+      for (int c = lane; c < in; c += 32) sum += ToFloat(xs[warp * in + c]);
+      const float m = WarpSum(sum) / in;
+      float var = 0.f;
+      for (int c = lane; c < in; c += 32) {
+        const float d = ToFloat(xs[warp * in + c]) - m;
+        var += d * d;
+      }
+      var = WarpSum(var);
+      if (lane == 0) stats[warp][0] = m, stats[warp][1] = rsqrtf(var / in + norm.eps);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < R * in; i += blockDim.x) {
+      const int r = i / in, c = i - r * in;
+      xs[i] = FromFloat<T>((ToFloat(xs[i]) - stats[r][0]) * stats[r][1] * ToFloat(norm.w[c]) + ToFloat(norm.b[c]));
+    }
+    __syncthreads();
+    xr = xs;
+  }
   if (!valid) return;
   float acc[kW][R];
 #pragma unroll
@@ -83,7 +137,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const T* __restric
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       float xf[8];
-      Unpack8<T>(__ldg(reinterpret_cast<const uint4*>(x + static_cast<long>(r) * in) + c), xf);
+      const uint4* xv = reinterpret_cast<const uint4*>(xr + static_cast<long>(r) * in) + c;
+      Unpack8<T>(kNorm ? *xv : __ldg(xv), xf);
 #pragma unroll
       for (int k = 0; k < kW; ++k)
 #pragma unroll
@@ -112,12 +167,15 @@ __global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const T* __restric
 #pragma unroll
     for (int k = 0; k < kW; ++k) v[k] = WarpSum(acc[k][r]) + bias[k];
     if (lane != 0) continue;
+    T* yo = y + static_cast<long>(r) * out + o;
     if constexpr (kSwiGLU) {
       const float a = ToFloat(FromFloat<T>(v[0])), g = ToFloat(FromFloat<T>(v[1]));
-      y[static_cast<long>(r) * out + o] = FromFloat<T>(a / (1.f + __expf(-a)) * g);
+      *yo = FromFloat<T>(a / (1.f + __expf(-a)) * g);
+    } else if constexpr (kEpi == GemvEpilogue::kAddInPlace) {
+      *yo = FromFloat<T>(ToFloat(*yo) + ToFloat(FromFloat<T>(v[0])));
     } else {
       const T value = FromFloat<T>(v[0]);
-      y[static_cast<long>(r) * out + o] = value;
+      *yo = value;
       if (kv.slots && o >= kv.k_offset && o < kv.k_offset + 2 * kv.kv_dim) {
         const long slot = kv.slots[r];
         const int f = o - kv.k_offset;
@@ -128,15 +186,29 @@ __global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const T* __restric
 }
 
 // Launches the instantiation for `rows` (1..kGemvMaxRows). With kSwiGLU, w
-// has 2*out rows and y gets out = F columns. Programmatic dependent launch
-// where the backend has it on (common.cuh).
-template <class T, bool kSwiGLU = false>
-void LaunchGemv(const T* x, const T* w, const T* b, T* y, int rows, int in, int out, cudaStream_t stream,
-                GemvKvAppend<T> kv = {}) {
+// has 2*out rows and y gets out = F columns. With a norm (norm.w set), rows ×
+// in × sizeof(T) must be at most kGemvNormMaxBytes. Programmatic dependent
+// launch where the backend has it on (common.cuh).
+template <class T, int R, GemvEpilogue kEpi>
+void LaunchGemvRows(const T* x, const T* w, const T* b, T* y, int in, int out, cudaStream_t stream, GemvKvAppend<T> kv,
+                    GemvNorm<T> norm) {
   const dim3 grid((out + kGemvWarps - 1) / kGemvWarps), block(kGemvWarps * 32);
+  if constexpr (kEpi != GemvEpilogue::kAddInPlace) {  // (no caller normalizes the input of an add)
+    if (norm.w) {
+      const size_t smem = static_cast<size_t>(R) * in * sizeof(T);
+      LaunchKernel(true, GemvKernel<T, R, kEpi, true>, grid, block, smem, stream, x, w, b, y, in, out, kv, norm);
+      return;
+    }
+  }
+  LaunchKernel(true, GemvKernel<T, R, kEpi, false>, grid, block, 0, stream, x, w, b, y, in, out, kv, norm);
+}
+
+template <class T, GemvEpilogue kEpi = GemvEpilogue::kStore>
+void LaunchGemv(const T* x, const T* w, const T* b, T* y, int rows, int in, int out, cudaStream_t stream,
+                GemvKvAppend<T> kv = {}, GemvNorm<T> norm = {}) {
   switch (rows) {
 #define TG_GEMV_CASE(R) \
-  case R: LaunchKernel(true, GemvKernel<T, R, kSwiGLU>, grid, block, 0, stream, x, w, b, y, in, out, kv); break;
+  case R: LaunchGemvRows<T, R, kEpi>(x, w, b, y, in, out, stream, kv, norm); break;
     TG_GEMV_CASE(1) TG_GEMV_CASE(2) TG_GEMV_CASE(3) TG_GEMV_CASE(4) TG_GEMV_CASE(5) TG_GEMV_CASE(6) TG_GEMV_CASE(7) TG_GEMV_CASE(8)
 #undef TG_GEMV_CASE
   }

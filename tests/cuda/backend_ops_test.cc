@@ -133,9 +133,14 @@ struct Ints {
   }
 };
 
+// Row counts reach each linear-layer path: the GEMV (<= 8), the skinny GEMM
+// (9-512: one and several row tiles of 32 and 64, partial ones), cuBLASLt
+// (1000); widths with a partial 32-column tile (200), K not a multiple of the
+// skinny GEMM's 64-wide step (200, 136) and K that takes no 16-byte vectors
+// (100: cuBLASLt at every row count).
 void TestDense(Backend* G, Backend* C, double tol) {
-  for (int T : {1, 7, 129, 1000}) {
-    for (auto [in, out] : {std::pair{64, 192}, {128, 1024}, {768, 768}}) {
+  for (int T : {1, 7, 9, 33, 129, 256, 1000}) {
+    for (auto [in, out] : {std::pair{64, 192}, {128, 1024}, {768, 768}, {200, 200}, {136, 2304}, {100, 96}}) {
       Pair x(G, C, T * in), w(G, C, out * in), b(G, C, out), y(G, C, T * out);
       x.Set(Random(x.n));
       w.SetLinearWeight(Random(w.n, 1.f / std::sqrt(in)), out, in);
@@ -148,7 +153,7 @@ void TestDense(Backend* G, Backend* C, double tol) {
                RelErr(y.Gpu(), y.Cpu()), tol);
       }
     }
-    for (auto [in, F] : {std::pair{128, 256}, {768, 512}}) {  // fused linear + SwiGLU (GEMV at T <= 8)
+    for (auto [in, F] : {std::pair{128, 256}, {768, 512}, {200, 200}}) {  // fused linear + SwiGLU (GEMV at T <= 8, skinny GEMM to 512)
       Pair x(G, C, T * in), w(G, C, 2 * F * in), b(G, C, 2 * F), h(G, C, T * 2 * F), y(G, C, T * F);
       x.Set(Random(x.n));
       w.SetLinearWeight(Random(w.n, 1.f / std::sqrt(in)), 2 * F, in);
@@ -344,13 +349,14 @@ void TestKvAppend(Backend* G, Backend* C, double tol) {
   }
 }
 
-// The QKV projection with the KV append fused (the GEMV path at <= 8 rows;
-// more rows: cuBLASLt then the append): the qkv rows and the written cache
-// slots against the CPU's Linear then KvAppend; a negative slot is skipped.
+// The QKV projection with the KV append fused (the GEMV path at <= 8 rows,
+// the skinny GEMM to 512; more rows: cuBLASLt then the append): the qkv rows
+// and the written cache slots against the CPU's Linear then KvAppend; a
+// negative slot is skipped.
 void TestLinearKvAppend(Backend* G, Backend* C, double tol) {
   for (auto [H, Hkv, D] : {std::tuple{12, 4, 64}, {32, 8, 128}})
-    for (int T : {1, 3, 8, 20}) {
-      const int in = 768, qkv_dim = (H + 2 * Hkv) * D, slots_total = 64, kv_dim = Hkv * D;
+    for (int T : {1, 3, 8, 20, 100, 600}) {
+      const int in = 768, qkv_dim = (H + 2 * Hkv) * D, slots_total = 1024, kv_dim = Hkv * D;
       const AttentionDims dims{H, Hkv, D, false};
       Pair x(G, C, static_cast<size_t>(T) * in), w(G, C, static_cast<size_t>(qkv_dim) * in), b(G, C, qkv_dim);
       Pair qkv(G, C, static_cast<size_t>(T) * qkv_dim), k(G, C, slots_total * kv_dim), v(G, C, slots_total * kv_dim);
@@ -377,6 +383,61 @@ void TestLinearKvAppend(Backend* G, Backend* C, double tol) {
       Report(name + " (qkv)", RelErr(qkv.Gpu(), qkv.Cpu()), tol);
       Report(name + " (cache)", untouched ? std::max(RelErr(written(kg), written(k.Cpu())), RelErr(written(vg), written(v.Cpu()))) : INFINITY,
              tol);
+    }
+}
+
+// The decode step's fused norms and residual adds (backend.h:
+// FusesNormIntoLinear): NormLinearKvAppend, NormLinearSwiGLU and
+// LinearAddInPlace against the CPU's LayerNorm / Linear / AddInPlace, at row
+// counts the GEMV fuses (1-8) and one it does not (20: the composed ops).
+void TestFusedNormLinear(Backend* G, Backend* C, double tol) {
+  for (int T : {1, 3, 8, 20})
+    for (int in : {768, 200}) {
+      const std::string shape = " T=" + std::to_string(T) + " in=" + std::to_string(in) +
+                                (G->FusesNormIntoLinear(T, in) ? " (fused)" : " (composed)");
+      Pair x(G, C, static_cast<size_t>(T) * in), nw(G, C, in), nb(G, C, in), ln(G, C, static_cast<size_t>(T) * in);
+      x.Set(Random(x.n, 3.f));
+      nw.Set(Random(in, 1.f));
+      nb.Set(Random(in, 0.5f));
+      {  // QKV with the append: 12/4 heads of 16 (qkv_dim 320)
+        const AttentionDims dims{12, 4, 16, false};
+        const int qkv_dim = 320, kv_dim = 64, slots_total = 32;
+        Pair w(G, C, static_cast<size_t>(qkv_dim) * in), b(G, C, qkv_dim), qkv(G, C, static_cast<size_t>(T) * qkv_dim);
+        Pair k(G, C, slots_total * kv_dim), v(G, C, slots_total * kv_dim);
+        w.SetLinearWeight(Random(w.n, 1.f / std::sqrt(in)), qkv_dim, in);
+        b.Set(Random(b.n));
+        std::vector<int32_t> slots(slots_total);
+        for (int i = 0; i < slots_total; ++i) slots[i] = i;
+        std::shuffle(slots.begin(), slots.end(), rng);
+        slots.resize(T);
+        Ints sl(G, C, slots);
+        G->NormLinearKvAppend(x.g, nw.g, nb.g, 1e-5f, ln.g, w.g, b.g, qkv.g, T, in, qkv_dim, sl.g, dims, k.g, v.g);
+        C->NormLinearKvAppend(x.c, nw.c, nb.c, 1e-5f, ln.c, w.c, b.c, qkv.c, T, in, qkv_dim, sl.c, dims, k.c, v.c);
+        Report("norm+linear+kv append" + shape + " (qkv)", RelErr(qkv.Gpu(), qkv.Cpu()), tol);
+        Report("norm+linear+kv append" + shape + " (cache)",
+               std::max(RelErr(WrittenSlots(k.Gpu(), slots, kv_dim), WrittenSlots(k.Cpu(), slots, kv_dim)),
+                        RelErr(WrittenSlots(v.Gpu(), slots, kv_dim), WrittenSlots(v.Cpu(), slots, kv_dim))),
+               tol);
+      }
+      {  // SwiGLU, F = 264 (33 blocks of 8 warps, the last one partial)
+        const int F = 264;
+        Pair w(G, C, static_cast<size_t>(2 * F) * in), b(G, C, 2 * F), h(G, C, static_cast<size_t>(T) * 2 * F), y(G, C, static_cast<size_t>(T) * F);
+        w.SetLinearWeight(Random(w.n, 1.f / std::sqrt(in)), 2 * F, in);
+        b.Set(Random(b.n));
+        G->NormLinearSwiGLU(x.g, nw.g, nb.g, 1e-5f, ln.g, w.g, b.g, h.g, y.g, T, in, F);
+        C->NormLinearSwiGLU(x.c, nw.c, nb.c, 1e-5f, ln.c, w.c, b.c, h.c, y.c, T, in, F);
+        Report("norm+linear+swiglu" + shape, RelErr(y.Gpu(), y.Cpu()), tol);
+      }
+      {  // the residual add: residual [T, 100] += x · w^T + b
+        const int out = 100;
+        Pair w(G, C, static_cast<size_t>(out) * in), b(G, C, out), y(G, C, static_cast<size_t>(T) * out), r(G, C, static_cast<size_t>(T) * out);
+        w.SetLinearWeight(Random(w.n, 1.f / std::sqrt(in)), out, in);
+        b.Set(Random(b.n));
+        r.Set(Random(r.n, 2.f));
+        G->LinearAddInPlace(x.g, w.g, b.g, y.g, r.g, T, in, out);
+        C->LinearAddInPlace(x.c, w.c, b.c, y.c, r.c, T, in, out);
+        Report("linear+residual add" + shape, RelErr(r.Gpu(), r.Cpu()), tol);
+      }
     }
 }
 
@@ -1162,6 +1223,7 @@ int main(int argc, char** argv) {
   tinygpt::TestSampling(gpu->get(), cpu.get());
   tinygpt::TestKvAppend(gpu->get(), cpu.get(), tol);
   tinygpt::TestLinearKvAppend(gpu->get(), cpu.get(), tol);
+  tinygpt::TestFusedNormLinear(gpu->get(), cpu.get(), tol);
   tinygpt::TestPenaltiesAndPendingTokens(gpu->get(), cpu.get(), tol);
   tinygpt::TestNonFinite(gpu->get(), cpu.get());
   if (!checkpoint.empty()) {
