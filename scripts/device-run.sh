@@ -117,7 +117,8 @@ if [[ $what == decode ]]; then
   # PyTorch SDPA, and Nsight Compute's per-kernel times of one step at 1 and
   # 256 sequences (kernel count, each kernel's time, DRAM bytes). DECODE_NCU=0
   # skips the profiles; DECODE_ATTN_AB=1 runs the attention bench once per
-  # configuration (JSON lines only).
+  # configuration (JSON lines only), DECODE_ATTN=0 none; DECODE_BATCHES: the engine bench's batch
+  # sizes (1,8,64,256).
   if [[ ${DECODE_CHECKS:-1} == 1 ]]; then
     step "backend ops bf16" 150 "$S/bin/tinygpt_backend_ops" --dtype=bf16 "$S/seed.safetensors" > "$OUT/backend_ops_bf16.txt" 2>&1
     grep -E "^FAIL|passed|error|CUDA" "$OUT/backend_ops_bf16.txt" | head -20 | tee -a "$log"
@@ -136,11 +137,13 @@ if [[ $what == decode ]]; then
     for c in "${configs[@]}"; do
       echo "engine steps (graphs on), round $round, config: $c" >> "$prof"
       vars=(); [[ $c != base ]] && read -ra vars <<< "$c"
-      step "engine bench [$c] round $round" 120 env "${vars[@]}" "$S/bin/tinygpt_engine_bench" "$ck" --device=cuda --batches=1,8,64,256 \
-        --ctx=330 --graphs=1 >> "$prof" 2>&1
+      step "engine bench [$c] round $round" 120 env "${vars[@]}" "$S/bin/tinygpt_engine_bench" "$ck" --device=cuda \
+        --batches="${DECODE_BATCHES:-1,8,64,256}" --ctx=330 --graphs=1 >> "$prof" 2>&1
     done
   done
-  if [[ ${DECODE_ATTN_AB:-0} == 1 ]]; then  # the decode attention bench per configuration (JSON lines, no report)
+  if [[ ${DECODE_ATTN:-1} == 0 ]]; then  # no attention bench (a call about the linear layers)
+    :
+  elif [[ ${DECODE_ATTN_AB:-0} == 1 ]]; then  # the decode attention bench per configuration (JSON lines, no report)
     for c in "${configs[@]}"; do
       vars=(); [[ $c != base ]] && read -ra vars <<< "$c"
       echo "{\"kind\":\"config\",\"label\":\"$c\"}" >> "$OUT/attention_ours.jsonl"
@@ -152,12 +155,20 @@ if [[ $what == decode ]]; then
     step "decode attention report" 200 python3 bench/decode_attention_report.py "$OUT/attention_ours.jsonl" "$OUT" >> "$log" 2>&1
   fi
   if [[ ${DECODE_NCU:-1} == 1 ]] && command -v ncu > /dev/null; then
-    for n in 1 256; do
-      TINYGPT_CUDA_PROFILE_FROM_SYNC=1 step "ncu step kernels n=$n" 180 ncu --profile-from-start off --cache-control none \
-        --clock-control none --csv --page raw --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size \
-        "$S/bin/tinygpt_engine_bench" "$ck" --device=cuda --batches=$n --ctx=330 --graphs=0 --reps=3 > "$OUT/ncu_n$n.csv" 2>> "$log"
-      python3 bench/ncu_step_summary.py "$OUT/ncu_n$n.csv" 3 "$n sequences at position 330" >> "$OUT/ncu_kernels.md" 2>> "$log"
-      rm -f "$OUT/ncu_n$n.csv"
+    # The default build's kernels, then (DECODE_NCU_PEER, environment
+    # assignments) the same steps with the peer configuration, e.g. cuBLASLt
+    # in place of the skinny GEMM.
+    IFS=';' read -ra ncu_configs <<< "base${DECODE_NCU_PEER:+;$DECODE_NCU_PEER}"
+    for c in "${ncu_configs[@]}"; do
+      vars=(); [[ $c != base ]] && read -ra vars <<< "$c"
+      for n in 1 256; do
+        TINYGPT_CUDA_PROFILE_FROM_SYNC=1 step "ncu step kernels n=$n [$c]" 180 env "${vars[@]}" ncu --profile-from-start off \
+          --cache-control none --clock-control none --csv --page raw \
+          --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size \
+          "$S/bin/tinygpt_engine_bench" "$ck" --device=cuda --batches=$n --ctx=330 --graphs=0 --reps=3 > "$OUT/ncu_n$n.csv" 2>> "$log"
+        python3 bench/ncu_step_summary.py "$OUT/ncu_n$n.csv" 3 "$n sequences at position 330 [$c]" >> "$OUT/ncu_kernels.md" 2>> "$log"
+        rm -f "$OUT/ncu_n$n.csv"
+      done
     done
     TINYGPT_CUDA_PROFILE_FROM_SYNC=1 step "ncu decode attention n=256" 120 ncu --profile-from-start off -k regex:Attention \
       --launch-count 1 --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \

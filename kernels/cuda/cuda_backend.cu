@@ -1,8 +1,10 @@
 // The CUDA backend module (libtinygpt_cuda.so), opened with dlopen by
 // kernels/backend_registry.cc. Weights, activations and the KV cache are bf16
-// or fp16; accumulation, LayerNorm statistics and softmax are fp32. GEMMs go
-// through cuBLASLt with the bias fused in its epilogue; attention, sampling
-// and the small fused ops are this folder's kernels.
+// or fp16; accumulation, LayerNorm statistics and softmax are fp32. Linear
+// layers: up to 8 rows the GEMV (gemv_kernel.cuh), up to 64 the skinny GEMM
+// (skinny_gemm_kernel.cuh), above and for training cuBLASLt with the bias
+// fused in its epilogue; attention, sampling and the small fused ops are
+// this folder's kernels.
 #include <cuda_profiler_api.h>
 
 #include <algorithm>
@@ -138,7 +140,7 @@ class CudaBackend final : public Backend {
         return;
       }
       if (SkinnyGemmTakes(rows, in, out, x, w)) {
-        LaunchSkinnyGemm(dtype_ == DType::kBF16, x, w, b, y, rows, in, out, false, {}, num_sms_, stream_);
+        LaunchSkinnyGemm(dtype_ == DType::kBF16, x, w, b, y, rows, in, out, false, {}, stream_);
         return;
       }
     }
@@ -174,7 +176,7 @@ class CudaBackend final : public Backend {
       }
       if (rows > 0 && SkinnyGemmTakes(rows, in, 2 * F, x, w)) {
         OpTimes::Scope timed(&op_times_, "linear+swiglu (skinny)", stream_);
-        LaunchSkinnyGemm(dtype_ == DType::kBF16, x, w, b, out, rows, in, F, true, {}, num_sms_, stream_);
+        LaunchSkinnyGemm(dtype_ == DType::kBF16, x, w, b, out, rows, in, F, true, {}, stream_);
         return;
       }
     }
@@ -215,24 +217,27 @@ class CudaBackend final : public Backend {
       if (rows > 0 && SkinnyGemmTakes(rows, in, qkv_dim, x, w) && FusedKvAppend()) {
         OpTimes::Scope timed(&op_times_, "linear+kv append (skinny)", stream_);
         const SkinnyKvAppend kv{slots, d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim, k_cache, v_cache};
-        LaunchSkinnyGemm(dtype_ == DType::kBF16, x, w, b, qkv, rows, in, qkv_dim, false, kv, num_sms_, stream_);
+        LaunchSkinnyGemm(dtype_ == DType::kBF16, x, w, b, qkv, rows, in, qkv_dim, false, kv, stream_);
         return;
       }
     }
     Backend::LinearKvAppend(x, w, b, qkv, rows, in, qkv_dim, slots, d, k_cache, v_cache);
   }
-  // The norm folded into the GEMV (gemv_kernel.cuh) at <= 8 rows whose
+  // The norm folded into the GEMV (gemv_kernel.cuh) at up to
+  // TINYGPT_FUSED_NORM_MAX_ROWS rows (4: on the H200 a bench-125m step was
+  // 23-41 us faster so at 1-4 sequences and 48 us slower at 8) whose
   // normalized copy fits its shared memory; TINYGPT_FUSED_NORM=0 turns it off.
   bool FusesNormIntoLinear(int rows, int C) const override {
     static const bool on = EnvOn("TINYGPT_FUSED_NORM");
-    return on && sizeof(T) == 2 && rows >= 1 && rows <= kGemvMaxRows && C % 8 == 0 &&
-           static_cast<size_t>(rows) * C * sizeof(T) <= static_cast<size_t>(kGemvNormMaxBytes);
+    static const long max_rows = std::min<long>(GemvMaxRows(), EnvLong("TINYGPT_FUSED_NORM_MAX_ROWS", 4));
+    return on && sizeof(T) == 2 && rows >= 1 && rows <= max_rows && C % 8 == 0 && C <= kGemvNormMaxIn &&
+           static_cast<size_t>(rows + 2) * C * sizeof(T) <= static_cast<size_t>(kGemvNormMaxBytes);
   }
   void NormLinearKvAppend(const void* x, const void* norm_w, const void* norm_b, float eps, void* ln, const void* w, const void* b,
                           void* qkv, int rows, int in, int qkv_dim, const int32_t* slots, const AttentionDims& d, void* k_cache,
                           void* v_cache) override {
     if constexpr (sizeof(T) == 2) {
-      if (FusesNormIntoLinear(rows, in) && GemvTakes(rows, in, x, w) && FusedKvAppend()) {
+      if (FusesNormIntoLinear(rows, in) && GemvTakes(rows, in, x, w) && Aligned16(norm_w, norm_b) && FusedKvAppend()) {
         OpTimes::Scope timed(&op_times_, "norm+linear+kv append (gemv)", stream_);
         GemvKvAppend<T> kv{slots, d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim, P(k_cache), P(v_cache)};
         LaunchGemv<T>(P(x), P(w), P(b), P(qkv), rows, in, qkv_dim, stream_, kv, GemvNorm<T>{P(norm_w), P(norm_b), eps});
@@ -244,7 +249,7 @@ class CudaBackend final : public Backend {
   void NormLinearSwiGLU(const void* x, const void* norm_w, const void* norm_b, float eps, void* ln, const void* w, const void* b,
                         void* h, void* out, int rows, int in, int F) override {
     if constexpr (sizeof(T) == 2) {
-      if (FusesNormIntoLinear(rows, in) && GemvTakes(rows, in, x, w)) {
+      if (FusesNormIntoLinear(rows, in) && GemvTakes(rows, in, x, w) && Aligned16(norm_w, norm_b)) {
         OpTimes::Scope timed(&op_times_, "norm+linear+swiglu (gemv)", stream_);
         LaunchGemv<T, GemvEpilogue::kSwiGLU>(P(x), P(w), P(b), P(out), rows, in, F, stream_, {}, GemvNorm<T>{P(norm_w), P(norm_b), eps});
         return;
@@ -690,7 +695,7 @@ class CudaBackend final : public Backend {
   // Whether the GEMV kernel (16-bit storage only) takes a product of `rows`
   // rows instead of cuBLASLt: a few rows, whole 16-byte vectors, aligned.
   static bool GemvTakes(int rows, int in, const void* x, const void* w) {
-    return rows <= kGemvMaxRows && in % 8 == 0 && Aligned16(x, w);
+    return rows <= GemvMaxRows() && in % 8 == 0 && Aligned16(x, w);
   }
 
   // Whether every pointer is 16-byte aligned (or null), for the 16-byte vector kernels (a parameter

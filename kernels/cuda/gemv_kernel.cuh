@@ -14,11 +14,22 @@
 // GemvEpilogue::kAddInPlace adds the product into y, the residual stream,
 // instead of storing it (the add that the next norm would otherwise do).
 #pragma once
+#include <algorithm>
+
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/mma_primitives.cuh"  // CpAsync16
 
 namespace tinygpt::cuda {
 
-constexpr int kGemvMaxRows = 8;
+constexpr int kGemvMaxRows = 8;  // instantiated row counts
+// The products of at most this many rows go to the GEMV (the skinny GEMM
+// takes the rest up to its own limit): TINYGPT_GEMV_MAX_ROWS, 1 to 8 (4: on
+// the H200 a bench-125m step of 5-8 sequences was 10 us faster with the
+// skinny GEMM, docs/benchmarks.md; 5-8 stay for the A/B).
+inline int GemvMaxRows() {
+  static const int n = static_cast<int>(std::min<long>(kGemvMaxRows, std::max(1L, EnvLong("TINYGPT_GEMV_MAX_ROWS", 4))));
+  return n;
+}
 constexpr int kGemvWarps = 8;  // warps per block
 
 // Eight elements of a 16-byte vector as floats.
@@ -44,15 +55,18 @@ struct GemvKvAppend {
 
 // A LayerNorm applied to the input rows before the product (w == nullptr: none):
 // rows of `in` elements, normalized as the LayerNorm kernel does (fp32
-// statistics, two passes, the result rounded to T).
+// statistics, two passes, the result rounded to T); w and b 16-byte aligned.
 template <class T>
 struct GemvNorm {
   const T* w = nullptr;
   const T* b = nullptr;
   float eps = 0.f;
 };
-// The normalized rows live in shared memory: rows × in elements of T.
+// The normalized rows live in shared memory, with the norm's weight and bias:
+// (rows + 2) × in elements of T; each row is one warp's registers while it
+// is normalized (in <= 2048).
 constexpr int kGemvNormMaxBytes = 32 << 10;
+constexpr int kGemvNormMaxIn = 2048;
 
 enum class GemvEpilogue { kStore, kSwiGLU, kAddInPlace };
 
@@ -92,37 +106,79 @@ __global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const T* __restric
   float bias[kW];
 #pragma unroll
   for (int k = 0; k < kW; ++k) bias[k] = b && valid ? ToFloat(b[o + k * out]) : 0.f;
+  // The norm's weight and bias are no predecessor's output either: copied to
+  // shared memory (after the normalized rows) before the wait.
+  extern __shared__ uint4 norm_smem[];
+  if constexpr (kNorm) {
+    for (int c = threadIdx.x; c < nvec; c += blockDim.x) {
+      CpAsync16(norm_smem + R * nvec + c, reinterpret_cast<const uint4*>(norm.w) + c, true);
+      CpAsync16(norm_smem + (R + 1) * nvec + c, reinterpret_cast<const uint4*>(norm.b) + c, true);
+    }
+    CpAsyncCommit();
+  }
   PdlWait();  // x is the predecessor's output (common.cuh)
   PdlLaunchDependents();
   // The rows the products read: x itself, or (kNorm) its normalized copy in
   // shared memory, which every warp of the block helps to make.
   const T* xr = x;
   if constexpr (kNorm) {
-    extern __shared__ uint4 norm_smem[];
-    __shared__ float stats[R][2];
-    T* xs = reinterpret_cast<T*>(norm_smem);
-    for (int i = threadIdx.x; i < R * nvec; i += blockDim.x) norm_smem[i] = reinterpret_cast<const uint4*>(x)[i];
-    __syncthreads();
+    // Warp r normalizes row r on 16-byte vectors held in registers (two
+    // passes over them, as LayerNormVecKernel), into shared memory; then
+    // every warp reads all rows from there. (A block-wide version with
+    // element loops cost 5 us a product at 8 rows on the H200.)
+    constexpr int kMaxVecs = kGemvNormMaxIn / 8 / 32;  // 16-byte vectors per lane of one row
     const int warp = threadIdx.x / 32;
-    if (warp < R) {
+    const bool normalizes = warp < R;
+    const uint4* xv = reinterpret_cast<const uint4*>(x) + warp * nvec;
+    uint4 v[kMaxVecs];
+    float m = 0.f, rs = 0.f;
+    if (normalizes) {
       float sum = 0.f;
-      for (int c = lane; c < in; c += 32) sum += ToFloat(xs[warp * in + c]);
-      const float m = WarpSum(sum) / in;
-      float var = 0.f;
-      for (int c = lane; c < in; c += 32) {
-        const float d = ToFloat(xs[warp * in + c]) - m;
-        var += d * d;
+#pragma unroll
+      for (int k = 0; k < kMaxVecs; ++k) {
+        const int c = lane + k * 32;
+        if (c < nvec) {
+          v[k] = xv[c];
+          float f[8];
+          Unpack8<T>(v[k], f);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) sum += f[j];
+        }
       }
-      var = WarpSum(var);
-      if (lane == 0) stats[warp][0] = m, stats[warp][1] = rsqrtf(var / in + norm.eps);
+      m = WarpSum(sum) / in;
+      float var = 0.f;
+#pragma unroll
+      for (int k = 0; k < kMaxVecs; ++k)
+        if (lane + k * 32 < nvec) {
+          float f[8];
+          Unpack8<T>(v[k], f);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) var += (f[j] - m) * (f[j] - m);
+        }
+      rs = rsqrtf(WarpSum(var) / in + norm.eps);
+    }
+    CpAsyncWaitAll();
+    __syncthreads();  // the norm's weight and bias, copied by other threads
+    if (normalizes) {
+      const uint4* wv = norm_smem + R * nvec;
+      const uint4* bv = norm_smem + (R + 1) * nvec;
+#pragma unroll
+      for (int k = 0; k < kMaxVecs; ++k) {
+        const int c = lane + k * 32;
+        if (c < nvec) {
+          float f[8], gw[8], gb[8];
+          Unpack8<T>(v[k], f);
+          Unpack8<T>(wv[c], gw);
+          Unpack8<T>(bv[c], gb);
+          Vec16<T> o;
+#pragma unroll
+          for (int j = 0; j < 8; ++j) o.v[j] = FromFloat<T>((f[j] - m) * rs * gw[j] + gb[j]);
+          norm_smem[warp * nvec + c] = *reinterpret_cast<const uint4*>(&o);
+        }
+      }
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < R * in; i += blockDim.x) {
-      const int r = i / in, c = i - r * in;
-      xs[i] = FromFloat<T>((ToFloat(xs[i]) - stats[r][0]) * stats[r][1] * ToFloat(norm.w[c]) + ToFloat(norm.b[c]));
-    }
-    __syncthreads();
-    xr = xs;
+    xr = reinterpret_cast<const T*>(norm_smem);
   }
   if (!valid) return;
   float acc[kW][R];
@@ -161,33 +217,40 @@ __global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const T* __restric
     for (int k = 0; k < kW; ++k) wv[k] = __ldg(wr[k] + c);
     fma_chunk(wv, c);
   }
+  // Every lane holds every row's sum after the butterfly; lane r stores row
+  // r, so the rows' stores (and kAddInPlace's read of y) go out in parallel,
+  // not one dependent round trip per row from lane 0 (H200: 66 us a step
+  // at 8 rows with the residual add done so).
+  float v[kW];
 #pragma unroll
-  for (int r = 0; r < R; ++r) {
-    float v[kW];
+  for (int r = 0; r < R; ++r)
 #pragma unroll
-    for (int k = 0; k < kW; ++k) v[k] = WarpSum(acc[k][r]) + bias[k];
-    if (lane != 0) continue;
-    T* yo = y + static_cast<long>(r) * out + o;
-    if constexpr (kSwiGLU) {
-      const float a = ToFloat(FromFloat<T>(v[0])), g = ToFloat(FromFloat<T>(v[1]));
-      *yo = FromFloat<T>(a / (1.f + __expf(-a)) * g);
-    } else if constexpr (kEpi == GemvEpilogue::kAddInPlace) {
-      *yo = FromFloat<T>(ToFloat(*yo) + ToFloat(FromFloat<T>(v[0])));
-    } else {
-      const T value = FromFloat<T>(v[0]);
-      *yo = value;
-      if (kv.slots && o >= kv.k_offset && o < kv.k_offset + 2 * kv.kv_dim) {
-        const long slot = kv.slots[r];
-        const int f = o - kv.k_offset;
-        if (slot >= 0) (f < kv.kv_dim ? kv.k_cache : kv.v_cache)[slot * kv.kv_dim + f % kv.kv_dim] = value;
-      }
+    for (int k = 0; k < kW; ++k) {
+      const float sum = WarpSum(acc[k][r]) + bias[k];
+      if (lane == r) v[k] = sum;
+    }
+  if (lane >= R) return;
+  const int r = lane;
+  T* yo = y + static_cast<long>(r) * out + o;
+  if constexpr (kSwiGLU) {
+    const float a = ToFloat(FromFloat<T>(v[0])), g = ToFloat(FromFloat<T>(v[1]));
+    *yo = FromFloat<T>(a / (1.f + __expf(-a)) * g);
+  } else if constexpr (kEpi == GemvEpilogue::kAddInPlace) {
+    *yo = FromFloat<T>(ToFloat(*yo) + ToFloat(FromFloat<T>(v[0])));
+  } else {
+    const T value = FromFloat<T>(v[0]);
+    *yo = value;
+    if (kv.slots && o >= kv.k_offset && o < kv.k_offset + 2 * kv.kv_dim) {
+      const long slot = kv.slots[r];
+      const int f = o - kv.k_offset;
+      if (slot >= 0) (f < kv.kv_dim ? kv.k_cache : kv.v_cache)[slot * kv.kv_dim + f % kv.kv_dim] = value;
     }
   }
 }
 
 // Launches the instantiation for `rows` (1..kGemvMaxRows). With kSwiGLU, w
-// has 2*out rows and y gets out = F columns. With a norm (norm.w set), rows ×
-// in × sizeof(T) must be at most kGemvNormMaxBytes. Programmatic dependent
+// has 2*out rows and y gets out = F columns. With a norm (norm.w set), (rows +
+// 2) × in × sizeof(T) must be at most kGemvNormMaxBytes. Programmatic dependent
 // launch where the backend has it on (common.cuh).
 template <class T, int R, GemvEpilogue kEpi>
 void LaunchGemvRows(const T* x, const T* w, const T* b, T* y, int in, int out, cudaStream_t stream, GemvKvAppend<T> kv,
@@ -195,7 +258,7 @@ void LaunchGemvRows(const T* x, const T* w, const T* b, T* y, int in, int out, c
   const dim3 grid((out + kGemvWarps - 1) / kGemvWarps), block(kGemvWarps * 32);
   if constexpr (kEpi != GemvEpilogue::kAddInPlace) {  // (no caller normalizes the input of an add)
     if (norm.w) {
-      const size_t smem = static_cast<size_t>(R) * in * sizeof(T);
+      const size_t smem = static_cast<size_t>(R + 2) * in * sizeof(T);
       LaunchKernel(true, GemvKernel<T, R, kEpi, true>, grid, block, smem, stream, x, w, b, y, in, out, kv, norm);
       return;
     }

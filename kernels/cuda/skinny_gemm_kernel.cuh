@@ -1,24 +1,24 @@
-// Linear layers of a decode step's batch (9 to a few hundred rows):
+// Linear layers of a decode step's batch (9 to 64 rows by default):
 // y[r, o] = x[r, :] · w[o, :] + b[o], x [M, K] and w [N, K] both K-contiguous
 // (nn.Linear's layout). At these shapes a product is a few microseconds of
-// work (256 × 768 × 768 is 0.3 GFLOP and 1.2 MB of weights), so what costs
-// is the launch, the tail and the serial K loop of few large tiles: a
-// cuBLASLt kernel took 5.8-8.6 us each on the H200 (24 per step of
-// bench-125m at 256 rows), and its 128-wide tiles gave a 768-wide product
-// 12-24 blocks for 132 SMs. Here a block owns a small tile, BM = 16·kMTiles
-// rows × 32 columns, so such a product has 96-160 blocks; its four warps
-// share the tile and split each 64-wide K step (warp w takes the k16 slice
-// w), and their partial sums are added in shared memory at the end (split-K
-// inside the block: every warp keeps a whole BM × 32 tile of accumulators
-// and the loads are shared).
+// work (64 × 768 × 768 is 75 MFLOP and 1.2 MB of weights), so what costs is
+// the launch, the tail and the serial K loop of few large tiles: cuBLASLt's
+// tiles gave a 768-wide product of 64 rows a dozen blocks for 132 SMs. Here
+// a block owns a small tile, BM = 16·kMTiles rows × 32 columns; its four
+// warps share the tile and split each 64-wide K step (warp w takes the k16
+// slice w), and their partial sums are added in shared memory at the end
+// (split-K inside the block: every warp keeps a whole BM × 32 tile of
+// accumulators and the loads are shared). Above 64 rows cuBLASLt's Hopper
+// kernels were faster (H200, docs/benchmarks.md, issue #23).
 //
 // Per 64-wide K step: the x tile [BM, 64] and the weight tile [32, 64]
-// stream through a kStages-deep cp.async pipeline (16-byte chunks, XOR
-// swizzled: chunk c of row r lives at chunk c ^ (r & 7), so each ldmatrix
-// phase's eight rows hit distinct banks); fragments by ldmatrix, products by
-// mma.sync m16n8k16 with fp32 accumulation. Weights do not depend on the
-// kernel before: with programmatic dependent launch the first stages' weight
-// tiles are requested before PdlWait (common.cuh).
+// stream through a kStages-deep cp.async pipeline (most of K in flight at
+// once; 16-byte chunks, XOR swizzled: chunk c of row r lives at chunk
+// c ^ (r & 7), so each ldmatrix phase's eight rows hit distinct banks);
+// fragments by ldmatrix, products by mma.sync m16n8k16 with fp32
+// accumulation. Weights do not depend on the kernel before: with
+// programmatic dependent launch the first stages' weight tiles are requested
+// before PdlWait (common.cuh).
 //
 // Epilogues fused where a decode step needs them: the bias; SwiGLU (a
 // block's 32 weight rows are 16 "a" rows o.. and their 16 gate rows F + o..,
@@ -36,7 +36,7 @@ namespace tinygpt::cuda {
 
 enum class SkinnyEpilogue { kBias, kSwiGLU };
 
-template <int kMTiles_>
+template <int kMTiles_, int kStages_>
 struct SkinnyGemmTraits {
   static constexpr int kMTiles = kMTiles_;  // m16 tiles per block (and per warp: each warp covers all rows)
   static constexpr int kWarps = 4;           // one k16 slice of each K step per warp
@@ -46,7 +46,10 @@ struct SkinnyGemmTraits {
   static constexpr int kNTiles = kBN / 8;
   static constexpr int kBK = 16 * kWarps;
   static constexpr int kChunks = kBK / 8;  // 16-byte chunks per tile row and K step
-  static constexpr int kStages = 4;
+  // Deep enough that most of a product's K steps are in flight at once: a
+  // block's few MMAs per step take far less than a load's latency (H200: a
+  // 256-row step 1,146 us with four stages, 975 with 8-12).
+  static constexpr int kStages = kStages_;
   static constexpr int kStageElems = (kBM + kBN) * kBK;
   // The pipeline's stages, reused at the end for the warps' partial sums
   // ([kWarps][kBM][kBN + 1] floats; the +1 spreads a column's rows over banks).

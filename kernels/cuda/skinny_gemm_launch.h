@@ -22,7 +22,9 @@ struct SkinnyKvAppend {
 
 // Whether the skinny GEMM takes a product of `rows` rows, `in` inputs and
 // `width` weight rows (2·F for SwiGLU): 16-bit storage, 9 to
-// TINYGPT_SKINNY_GEMM_MAX_ROWS rows (512), width up to
+// TINYGPT_SKINNY_GEMM_MAX_ROWS rows (64: on the H200 a bench-125m decode step
+// was 6-8% faster at 64 sequences than with cuBLASLt's products and 14%
+// slower at 256, docs/benchmarks.md), width up to
 // TINYGPT_SKINNY_GEMM_MAX_WIDTH (16384: the vocabulary's product stays with
 // cuBLASLt), whole 16-byte rows (in % 8 == 0) on 16-byte aligned x and w.
 // TINYGPT_SKINNY_GEMM=0 turns it off (the A/B of scripts/device-run.sh decode).
@@ -31,6 +33,6 @@ bool SkinnyGemmTakes(int rows, int in, int width, const void* x, const void* w);
 // y[rows, out] = x[rows, in] · w[out, in]^T + b (b may be null); with
 // swiglu, w has 2·out rows (values, then gates) and y = silu(a) · g.
 void LaunchSkinnyGemm(bool bf16, const void* x, const void* w, const void* b, void* y, int rows, int in, int out, bool swiglu,
-                      const SkinnyKvAppend& kv, int num_sms, cudaStream_t stream);
+                      const SkinnyKvAppend& kv, cudaStream_t stream);
 
 }  // namespace tinygpt::cuda
