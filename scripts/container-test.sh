@@ -14,9 +14,12 @@
 #     and a corrupt checkpoint exit non-zero with the loader's message;
 #  5. the CUDA image starts without a GPU and serves on the CPU;
 #  6. the compose deployment through podman's Docker API: train, two server
-#     replicas, the HAProxy balancer, Prometheus; calls through the balancer
-#     reach both replicas, Prometheus has both as healthy targets, every
-#     replica down gives UNAVAILABLE at once, `down -v` leaves nothing;
+#     replicas, the HAProxy balancer, Prometheus; the balancer checks each
+#     replica's /health; one-shot clients (one connection each, one or two
+#     calls) and a bench over one connection through it are all answered and
+#     reach both replicas, with no call retried or redispatched; Prometheus has
+#     both as healthy targets, every replica down gives UNAVAILABLE at once,
+#     `down -v` leaves nothing;
 #  7. the Kubernetes manifests with `podman play kube`: the PVC, the training
 #     Job's pod, the server Deployment (read-only root, non-root), answered.
 # Everything it starts listens on loopback or on the containers' own networks,
@@ -95,6 +98,13 @@ answer_ok() {  # target: a generate call there answers the continued count
   local out
   out=$("$client" generate --target "$1" --prompt-ids 10,11,12,13 --max-new-tokens 12 --deadline-ms 30000 2>&1) || { echo "$out"; return 1; }
   grep -qx "output_ids: 14,15,16,17,18,19,20,21,22,23,24,25" <<<"$out" || { echo "$out"; return 1; }
+}
+# answer_ok's run makes two calls on its connection (Generate, then GetModelInfo
+# to learn that this model has no tokenizer); with --json it makes only the one.
+answer_json_ok() {  # target: one Generate call there, its connection's only call, answers the continued count
+  local out
+  out=$("$client" generate --json --target "$1" --prompt-ids 10,11,12,13 --max-new-tokens 12 --deadline-ms 30000 2>&1) || { echo "$out"; return 1; }
+  grep -qF '"output_ids":[14,15,16,17,18,19,20,21,22,23,24,25]' <<<"$out" || { echo "$out"; return 1; }
 }
 wait_healthy() {  # container: runs the image's HEALTHCHECK command by hand (no systemd timers here) until healthy
   local i
@@ -279,12 +289,76 @@ sys.exit(0 if len(up) == 2 else 1)'
 ok=0 start=$SECONDS
 for _ in $(seq 90); do lb_replicas_up && ok=1 && break; sleep 1; done
 check "compose: the balancer has both replicas up (its metrics, in $((SECONDS - start)) s)" test $ok = 1
+lb_checks_l7() {  # HAProxy checks each replica's HTTP /health (L7OK, 200), not only its port (L4OK)
+  curl -sf --max-time 5 "http://127.0.0.1:$PROMETHEUS_PUBLISH_PORT/api/v1/query?query=haproxy_server_check_status" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)["data"]["result"]
+ok = [x for x in r if x["metric"].get("proxy") == "tinygpt" and x["metric"].get("state") == "L7OK" and x["value"][1] == "1"]
+sys.exit(0 if len(ok) == 2 else 1)'
+}
+ok=0
+for _ in $(seq 20); do lb_checks_l7 && ok=1 && break; sleep 1; done
+check "compose: the balancer checks both replicas at layer 7 (GET /health: L7OK), so a draining one leaves at once" test $ok = 1
+# Every call below must reach a replica at its first try: a call that fails to
+# connect is retried (retries 2) and sent elsewhere (redispatch), which the
+# replicas' own counters cannot tell apart from a healthy spread. HAProxy's
+# counters, before and after (before: the calls answered 503 while the
+# replicas were not resolved yet count as its connection errors).
+lb_errors() {  # epoch seconds: HAProxy's retries, redispatches, connection errors (backend tinygpt), from a scrape after then
+  python3 - "$PROMETHEUS_PUBLISH_PORT" "$1" <<'EOF'
+import json, sys, time, urllib.parse, urllib.request
+port, since = sys.argv[1], float(sys.argv[2])
+def q(expr):
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    r = json.load(urllib.request.urlopen(url, timeout=5))["data"]["result"]
+    return float(r[0]["value"][1]) if r else None
+for _ in range(60):
+    ts = q('timestamp(haproxy_backend_retry_warnings_total{proxy="tinygpt"})')
+    if ts is not None and ts > since:
+        break
+    time.sleep(0.5)
+else:
+    sys.exit(1)  # no scrape of the balancer since then
+got = [q(f'haproxy_backend_{m}_total{{proxy="tinygpt"}}') for m in ("retry_warnings", "redispatch_warnings", "connection_errors")]
+print("retries %g, redispatches %g, connection errors %g" % tuple(got))
+EOF
+}
+lb_before=$(lb_errors "$(date +%s.%N)") || lb_before=
+lb_log() { compose logs --no-color --tail=16 lb 2>&1 | sed 's/^/  /'; }  # HAProxy's per-call log: replica, termination state, retries
+# One-shot clients, one connection each, one after another: every run must be
+# answered and both replicas must serve some of them, by their own counters.
+# Both kinds: the two-call run is what roundrobin once served in lockstep (all
+# its Generates on replica 1, all its GetModelInfo calls on replica 2, for 7
+# minutes in a local run; see haproxy.cfg), the one-call run the plain case.
+# HAProxy picks at random (the less busy of two draws): 20 runs all on one
+# replica would be a 1-in-500000 event.
+spread_over_replicas() {  # what, runs, answer function
+  local what=$1 n=$2 fn=$3 i bad=0 a b a2 b2
+  read -r a b <<<"$(served_by_replicas)"
+  for i in $(seq "$n"); do "$fn" $lb >/dev/null || bad=$((bad + 1)); done
+  read -r a2 b2 <<<"$(served_by_replicas)"
+  if [[ $bad == 0 && $((a2 - a)) -gt 0 && $((b2 - b)) -gt 0 && $((a2 - a + b2 - b)) -eq $n ]]; then
+    pass "compose: $n $what through the balancer, each on a new connection: all answered, both replicas served (served $((a2 - a)) and $((b2 - b)))"
+  else
+    fail "compose: $n $what through the balancer, each on a new connection: $bad failed, replicas served $((a2 - a)) and $((b2 - b))"
+    lb_log
+  fi
+}
+spread_over_replicas "generate runs of two calls (Generate, GetModelInfo)" 20 answer_ok
+spread_over_replicas "generate --json runs of one call (Generate)" 20 answer_json_ok
 read -r a b <<<"$(served_by_replicas)"
 check "compose: 24 more calls through the balancer (bench, one connection) all succeed" \
   "$client" bench --target $lb --requests 24 --concurrency 4 --output-len-min 4 --output-len-max 8
 read -r a2 b2 <<<"$(served_by_replicas)"
 check "compose: the bench's calls (one connection) spread over both replicas (served $((a2 - a)) and $((b2 - b)))" \
   bash -c "[[ $((a2 - a)) -gt 0 && $((b2 - b)) -gt 0 && $((a2 - a + b2 - b)) -eq 24 ]]"
+lb_after=$(lb_errors "$(date +%s.%N)") || lb_after=
+if [[ -n $lb_before && $lb_before == "$lb_after" ]]; then
+  pass "compose: HAProxy's metrics: none of these calls retried, redispatched or failed to connect (before and after: $lb_after)"
+else
+  fail "compose: HAProxy's metrics: calls retried, redispatched or failed to connect (before: ${lb_before:-none}, after: ${lb_after:-none})"
+  lb_log
+fi
 targets_up() {  # Prometheus: both replicas (DNS-discovered) and the balancer up
   curl -sf --max-time 5 "http://127.0.0.1:$PROMETHEUS_PUBLISH_PORT/api/v1/targets" | python3 -c '
 import json, sys

@@ -22,10 +22,11 @@ lb_port, metrics_port = harness.free_port(), harness.free_port()
 
 with harness.Server(tinygpt, ckpt) as a, harness.Server(tinygpt, ckpt) as b:
     conf = open(os.path.join(source, "deploy/balancer/haproxy.cfg")).read()
-    # Loopback replicas instead of the "server" name's DNS answers; loopback binds.
+    # Loopback replicas instead of the "server" name's DNS answers, each checked
+    # on its own HTTP API port (its /health); loopback binds.
     template = re.compile(r"\n\s*server-template [^\n]*")
     assert template.search(conf), "haproxy.cfg has no server-template line"
-    conf = template.sub(f"\n  server a {a.address}\n  server b {b.address}", conf)
+    conf = template.sub(f"\n  server a {a.address} port {a.http_port}\n  server b {b.address} port {b.http_port}", conf)
     conf = conf.replace("bind :50051 proto h2", f"bind 127.0.0.1:{lb_port} proto h2")
     conf = conf.replace("bind :8404", f"bind 127.0.0.1:{metrics_port}")
     conf_path = os.path.join(work, "haproxy.cfg")
