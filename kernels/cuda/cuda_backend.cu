@@ -1,7 +1,7 @@
 // The CUDA backend module (libtinygpt_cuda.so), opened with dlopen by
 // kernels/backend_registry.cc. Weights, activations and the KV cache are bf16
 // or fp16; accumulation, LayerNorm statistics and softmax are fp32. Linear
-// layers: up to 8 rows the GEMV (gemv_kernel.cuh), up to 64 the skinny GEMM
+// layers: up to 4 rows the GEMV (gemv_kernel.cuh), up to 64 the skinny GEMM
 // (skinny_gemm_kernel.cuh), above and for training cuBLASLt with the bias
 // fused in its epilogue; attention, sampling and the small fused ops are
 // this folder's kernels.
@@ -130,20 +130,20 @@ class CudaBackend final : public Backend {
     LaunchKernel(true, LayerNormKernel<T>, (rows + 7) / 8, 256, 0, stream_, P(x), P(w), P(b), P(y), rows, C, eps);
   }
   void Linear(const void* x, const void* w, const void* b, void* y, int rows, int in, int out) override {
-    OpTimes::Scope timed(&op_times_,
-                         out >= 16384 ? "linear (vocab)" : rows <= 8 ? "linear (gemv)" : rows <= 512 ? "linear (rows <= 512)" : "linear (rows > 512)",
-                         stream_);
     if (rows == 0) return;
     if constexpr (sizeof(T) == 2) {  // (no fp32 GEMV kernel is instantiated)
       if (GemvTakes(rows, in, x, w)) {
+        OpTimes::Scope timed(&op_times_, out >= 16384 ? "linear (vocab, gemv)" : "linear (gemv)", stream_);
         LaunchGemv<T>(P(x), P(w), P(b), P(y), rows, in, out, stream_);
         return;
       }
       if (SkinnyGemmTakes(rows, in, out, x, w)) {
+        OpTimes::Scope timed(&op_times_, "linear (skinny)", stream_);
         LaunchSkinnyGemm(dtype_ == DType::kBF16, x, w, b, y, rows, in, out, false, {}, stream_);
         return;
       }
     }
+    OpTimes::Scope timed(&op_times_, out >= 16384 ? "linear (vocab)" : rows <= 512 ? "linear (rows <= 512)" : "linear (rows > 512)", stream_);
     // Row-major y[rows,out] = x[rows,in]·w[out,in]^T is, column-major,
     // y^T[out,rows] = (w viewed [in,out])^T · (x viewed [in,rows]).
     gemm_->InferenceGemm({true, false, out, rows, in, in, in, out, CudaType<T>(), b != nullptr}, w, x, y, b);
@@ -693,7 +693,8 @@ class CudaBackend final : public Backend {
   }
 
   // Whether the GEMV kernel (16-bit storage only) takes a product of `rows`
-  // rows instead of cuBLASLt: a few rows, whole 16-byte vectors, aligned.
+  // rows instead of the skinny GEMM or cuBLASLt: a few rows (GemvMaxRows),
+  // whole 16-byte vectors, aligned.
   static bool GemvTakes(int rows, int in, const void* x, const void* w) {
     return rows <= GemvMaxRows() && in % 8 == 0 && Aligned16(x, w);
   }

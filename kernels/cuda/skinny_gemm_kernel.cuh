@@ -1,4 +1,4 @@
-// Linear layers of a decode step's batch (9 to 64 rows by default):
+// Linear layers of a decode step's batch (5 to 64 rows by default):
 // y[r, o] = x[r, :] · w[o, :] + b[o], x [M, K] and w [N, K] both K-contiguous
 // (nn.Linear's layout). At these shapes a product is a few microseconds of
 // work (64 × 768 × 768 is 75 MFLOP and 1.2 MB of weights), so what costs is

@@ -1,7 +1,7 @@
 // Host-side launch of the skinny GEMM (skinny_gemm_kernel.cuh): the linear
-// layers of decode steps above the GEMV's 8 rows, with the bias, SwiGLU or
-// the KV-cache append fused. Which products it takes and its tile height
-// are chosen here; the backend (cuda_backend.cu) sends the rest to cuBLASLt.
+// layers of decode steps above the GEMV's rows, with the bias, SwiGLU or
+// the KV-cache append fused. Which products it takes is decided here; the
+// backend (cuda_backend.cu) sends the rest to cuBLASLt.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -21,8 +21,9 @@ struct SkinnyKvAppend {
 };
 
 // Whether the skinny GEMM takes a product of `rows` rows, `in` inputs and
-// `width` weight rows (2·F for SwiGLU): 16-bit storage, 9 to
-// TINYGPT_SKINNY_GEMM_MAX_ROWS rows (64: on the H200 a bench-125m decode step
+// `width` weight rows (2·F for SwiGLU): 16-bit storage, more rows than the
+// GEMV takes (GemvMaxRows, gemv_kernel.cuh) and at most
+// TINYGPT_SKINNY_GEMM_MAX_ROWS (64: on the H200 a bench-125m decode step
 // was 6-8% faster at 64 sequences than with cuBLASLt's products and 14%
 // slower at 256, docs/benchmarks.md), width up to
 // TINYGPT_SKINNY_GEMM_MAX_WIDTH (16384: the vocabulary's product stays with

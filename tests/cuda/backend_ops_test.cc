@@ -133,9 +133,9 @@ struct Ints {
   }
 };
 
-// Row counts reach each linear-layer path: the GEMV (<= 8), the skinny GEMM
-// (9-512: one and several row tiles of 32 and 64, partial ones), cuBLASLt
-// (1000); widths with a partial 32-column tile (200), K not a multiple of the
+// Row counts reach each linear-layer path at the backend's defaults: the
+// GEMV (1), the skinny GEMM (5-64: 7, 9 and 33, one and two partial row
+// tiles of 32), cuBLASLt (129, 256, 1000); widths with a partial 32-column tile (200), K not a multiple of the
 // skinny GEMM's 64-wide step (200, 136) and K that takes no 16-byte vectors
 // (100: cuBLASLt at every row count).
 void TestDense(Backend* G, Backend* C, double tol) {
@@ -153,7 +153,7 @@ void TestDense(Backend* G, Backend* C, double tol) {
                RelErr(y.Gpu(), y.Cpu()), tol);
       }
     }
-    for (auto [in, F] : {std::pair{128, 256}, {768, 512}, {200, 200}}) {  // fused linear + SwiGLU (GEMV at T <= 8, skinny GEMM to 512)
+    for (auto [in, F] : {std::pair{128, 256}, {768, 512}, {200, 200}}) {  // fused linear + SwiGLU (GEMV, skinny GEMM, or cuBLASLt then SwiGLU)
       Pair x(G, C, T * in), w(G, C, 2 * F * in), b(G, C, 2 * F), h(G, C, T * 2 * F), y(G, C, T * F);
       x.Set(Random(x.n));
       w.SetLinearWeight(Random(w.n, 1.f / std::sqrt(in)), 2 * F, in);
@@ -349,8 +349,8 @@ void TestKvAppend(Backend* G, Backend* C, double tol) {
   }
 }
 
-// The QKV projection with the KV append fused (the GEMV path at <= 8 rows,
-// the skinny GEMM to 512; more rows: cuBLASLt then the append): the qkv rows
+// The QKV projection with the KV append fused (the GEMV at 1 and 3 rows, the
+// skinny GEMM at 8 and 20; more rows: cuBLASLt then the append): the qkv rows
 // and the written cache slots against the CPU's Linear then KvAppend; a
 // negative slot is skipped.
 void TestLinearKvAppend(Backend* G, Backend* C, double tol) {
@@ -389,7 +389,8 @@ void TestLinearKvAppend(Backend* G, Backend* C, double tol) {
 // The decode step's fused norms and residual adds (backend.h:
 // FusesNormIntoLinear): NormLinearKvAppend, NormLinearSwiGLU and
 // LinearAddInPlace against the CPU's LayerNorm / Linear / AddInPlace, at row
-// counts the GEMV fuses (1-8) and one it does not (20: the composed ops).
+// counts the GEMV fuses (1, 3) and ones it does not (8, 20: the composed
+// ops; each case's name says which).
 void TestFusedNormLinear(Backend* G, Backend* C, double tol) {
   for (int T : {1, 3, 8, 20})
     for (int in : {768, 200}) {
