@@ -35,6 +35,19 @@ class ForwardingBackend : public Backend {
   void AddLayerNorm(void* x, const void* r, const void* w, const void* b, void* y, int T, int C, float eps) override { inner_->AddLayerNorm(x, r, w, b, y, T, C, eps); }
   void SwiGLU(const void* h, void* out, int T, int F) override { inner_->SwiGLU(h, out, T, F); }
   void LinearSwiGLU(const void* x, const void* w, const void* b, void* h, void* out, int T, int in, int F) override { inner_->LinearSwiGLU(x, w, b, h, out, T, in, F); }
+  bool FusesNormIntoLinear(int T, int C) const override { return inner_->FusesNormIntoLinear(T, C); }
+  void NormLinearKvAppend(const void* x, const void* norm_w, const void* norm_b, float eps, void* ln, const void* w, const void* b,
+                          void* qkv, int T, int in, int qkv_dim, const int32_t* slot_mapping, const AttentionDims& dims, void* k_cache,
+                          void* v_cache) override {
+    inner_->NormLinearKvAppend(x, norm_w, norm_b, eps, ln, w, b, qkv, T, in, qkv_dim, slot_mapping, dims, k_cache, v_cache);
+  }
+  void NormLinearSwiGLU(const void* x, const void* norm_w, const void* norm_b, float eps, void* ln, const void* w, const void* b,
+                        void* h, void* out, int T, int in, int F) override {
+    inner_->NormLinearSwiGLU(x, norm_w, norm_b, eps, ln, w, b, h, out, T, in, F);
+  }
+  void LinearAddInPlace(const void* x, const void* w, const void* b, void* y, void* residual, int T, int in, int out) override {
+    inner_->LinearAddInPlace(x, w, b, y, residual, T, in, out);
+  }
   void GatherRows(const void* src, const int32_t* rows, void* dst, int n, int C) override { inner_->GatherRows(src, rows, dst, n, C); }
   void KvAppend(const void* qkv, int T, const int32_t* slot_mapping, const AttentionDims& dims, void* k_cache, void* v_cache) override { inner_->KvAppend(qkv, T, slot_mapping, dims, k_cache, v_cache); }
   void PagedAttention(const AttentionDims& dims, const AttentionBatch& batch, const void* qkv, const PagedKv& kv, void* out) override { inner_->PagedAttention(dims, batch, qkv, kv, out); }
