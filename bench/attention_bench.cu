@@ -159,10 +159,15 @@ int CallsPerGraph(int copies) { return copies * ((20 + copies - 1) / copies); }
 
 // Other tile shapes of the same kernel, timed beside the one the backend
 // picks (named w<warps>m<m-tiles per warp>n<block N>s<stages>), each checked
-// against the backend's output on the same inputs. For decode: the decode
-// kernel's other shapes (dec-w<warps>n<block N>s<stages>) and the
-// flash-attention kernel with one warp per block that decode ran before
-// (narrow-...).
+// against the backend's output on the same inputs. For decode (the backend
+// runs the split kernel of decode_attention_kernel.cuh): the stream kernel
+// of decode_stream_kernel.cuh with the backend's traits ("stream",
+// TINYGPT_DECODE_STREAM=1) and with other shapes (stream-w<warps>n<block
+// N>s<stages>).
+// A variant with the backend's own traits is planned and launched through
+// attention_launch.cu (`launch` null): instantiating the backend's kernels
+// here as well would register them twice, and a shared-memory limit set on
+// one copy would not hold for the other.
 struct Variant {
   const char* name;
   void (*plan)(const AttentionDims&, const AttentionBatch&, int, cuda::AttentionPlan*);
@@ -173,21 +178,25 @@ Variant V(const char* name) {
   using Tr = cuda::AttentionTraits<D, __half, W, MT, BN, S>;
   return {name, &cuda::PlanFor<Tr>, &cuda::LaunchFor<Tr>};
 }
+void PlanBackendStream(const AttentionDims& dims, const AttentionBatch& batch, int num_sms, cuda::AttentionPlan* plan) {
+  *plan = cuda::PlanPagedDecodeStream(false, dims, batch, num_sms);
+}
+Variant BackendStream(const char* name) { return {name, &PlanBackendStream, nullptr}; }
 template <int D, int W, int BN, int S, int B>
-Variant VD(const char* name) {
+Variant Stream(const char* name) {
   using Tr = cuda::DecodeTraits<D, __half, W, BN, S, B>;
-  return {name, &cuda::PlanDecode<Tr>, &cuda::LaunchDecode<Tr>};
+  return {name, &cuda::PlanDecodeStream<Tr>, &cuda::LaunchDecode<Tr>};
 }
 std::vector<Variant> Variants(const std::string& kind, int D) {
   if (kind == "prefill" && D == 64)
     return {V<64, 4, 2, 64, 2>("w4m2n64s2"), V<64, 4, 1, 64, 3>("w4m1n64s3")};
   if (kind == "prefill" && D == 128) return {V<128, 4, 2, 32, 2>("w4m2n32s2"), V<128, 8, 1, 64, 2>("w8m1n64s2")};
   if (kind == "decode" && D == 64)
-    return {V<64, 1, 1, 32, 3>("narrow-w1n32s3"), VD<64, 2, 16, 4, 6>("dec-w2n16s4"), VD<64, 8, 16, 3, 1>("dec-w8n16s3"),
-            VD<64, 4, 32, 3, 2>("dec-w4n32s3"), VD<64, 4, 16, 3, 4>("dec-w4n16s3")};
+    return {BackendStream("stream"), Stream<64, 4, 16, 3, 4>("stream-w4n16s3"),
+            Stream<64, 4, 32, 3, 2>("stream-w4n32s3"), Stream<64, 8, 16, 2, 2>("stream-w8n16s2")};
   if (kind == "decode" && D == 128)
-    return {V<128, 1, 1, 32, 3>("narrow-w1n32s3"), VD<128, 2, 16, 4, 3>("dec-w2n16s4"), VD<128, 8, 16, 2, 1>("dec-w8n16s2"),
-            VD<128, 4, 16, 2, 3>("dec-w4n16s2")};
+    return {BackendStream("stream"), Stream<128, 4, 16, 2, 3>("stream-w4n16s2"),
+            Stream<128, 4, 16, 4, 1>("stream-w4n16s4")};
   return {};
 }
 
@@ -242,7 +251,7 @@ void Run(const Problem& pr) {
   const cuda::AttentionPlan plan = cuda::PlanPagedAttention(false, dims, batch, prop.multiProcessorCount);  // as the backend does
   const int splits = plan.num_splits;
   float* partial = nullptr;
-  if (splits > 1) TG_CUDA_CHECK(cudaMalloc(&partial, plan.partial_floats * sizeof(float)));
+  if (plan.partial_floats > 0) TG_CUDA_CHECK(cudaMalloc(&partial, plan.partial_floats * sizeof(float)));
   int* counters = ZeroInts(plan.split_counters);
   TG_CUDA_CHECK(cudaMemGetInfo(&free_after, &total));  // bytes_held: one copy of everything
   // Decode kernels take microseconds: timed in a graph (steady state), on
@@ -293,10 +302,10 @@ void Run(const Problem& pr) {
   // the K/V the graph rotates through.
   std::printf("{\"kind\":\"%s\",\"label\":\"%s\",\"timing\":\"%s\",\"ms\":%.5f,\"tflops\":%.2f,\"kv_gbps\":%.1f,\"bytes_held\":%zu,\"splits\":%d,"
               "\"batch\":%d,\"ctx\":%d,\"total_q\":%d,\"H\":%d,\"Hkv\":%d,\"D\":%d,\"lens\":[%s],"
-              "\"warm_ms\":%.5f,\"warm_kv_gbps\":%.1f,\"kv_copies\":%d,\"kv_copy_bytes\":%zu,\"calls\":%d,\"l2_bytes\":%d}\n",
+              "\"warm_ms\":%.5f,\"warm_kv_gbps\":%.1f,\"kv_copies\":%d,\"kv_copy_bytes\":%zu,\"calls\":%d,\"l2_bytes\":%d,\"stream_blocks\":%d}\n",
               pr.kind.c_str(), pr.label.c_str(), timing.c_str(), ms, flops / ms / 1e9, kv_bytes / ms / 1e6, free_before - free_after, splits, n,
               max_ctx, total_q, pr.H, pr.Hkv, pr.D, lens.c_str(), warm_ms, kv_bytes / warm_ms / 1e6, copies, kv_copy_bytes,
-              graphed ? calls : 1, prop.l2CacheSize);
+              graphed ? calls : 1, prop.l2CacheSize, plan.stream_blocks);
   std::fflush(stdout);
   if (pr.variants) {
     const size_t out_n = static_cast<size_t>(total_q) * pr.H * pr.D;
@@ -306,12 +315,15 @@ void Run(const Problem& pr) {
       cuda::AttentionPlan vp;
       var.plan(dims, batch, prop.multiProcessorCount, &vp);
       float* vpart = nullptr;
-      if (vp.num_splits > 1) TG_CUDA_CHECK(cudaMalloc(&vpart, vp.partial_floats * sizeof(float)));
+      if (vp.partial_floats > 0) TG_CUDA_CHECK(cudaMalloc(&vpart, vp.partial_floats * sizeof(float)));
       int* vcounters = ZeroInts(vp.split_counters);
       std::vector<cuda::AttentionParams> params;  // params[c]: on K/V copy c
       for (const PagedKv& kc : kvs)
         params.push_back(cuda::MakeAttentionParams(vp, dims, batch, q, static_cast<long>(pr.H) * pr.D, kc, out, vpart, vcounters));
-      auto vcall = [&](cudaStream_t stream, int copy) { var.launch(dims, batch, params[copy], stream); };
+      auto vcall = [&](cudaStream_t stream, int copy) {
+        if (var.launch) var.launch(dims, batch, params[copy], stream);
+        else cuda::LaunchPagedAttention(false, vp, dims, batch, q, static_cast<long>(pr.H) * pr.D, kvs[copy], out, vpart, vcounters, stream);
+      };
       const float vms = graphed ? GraphMedianMs([&](cudaStream_t s, int i) { vcall(s, i % copies); }, calls) : MedianMs([&] { vcall(0, 0); });
       // The check: one more call, on copy 0, into an output that is NaN until written.
       TG_CUDA_CHECK(cudaMemset(out, 0xff, out_n * sizeof(T)));
@@ -323,8 +335,8 @@ void Run(const Problem& pr) {
         diff = std::isfinite(d) ? std::max(diff, d) : INFINITY;
       }
       std::printf("{\"kind\":\"variant\",\"label\":\"%s\",\"variant\":\"%s\",\"ms\":%.5f,\"tflops\":%.2f,\"kv_gbps\":%.1f,"
-                  "\"splits\":%d,\"max_diff\":%.3g}\n",
-                  pr.label.c_str(), var.name, vms, flops / vms / 1e9, kv_bytes / vms / 1e6, vp.num_splits, diff);
+                  "\"splits\":%d,\"stream_blocks\":%d,\"max_diff\":%.3g}\n",
+                  pr.label.c_str(), var.name, vms, flops / vms / 1e9, kv_bytes / vms / 1e6, vp.num_splits, vp.stream_blocks, diff);
       std::fflush(stdout);
       if (vpart) cudaFree(vpart);
       if (vcounters) cudaFree(vcounters);
@@ -345,6 +357,7 @@ void CopyBandwidth() {
   TG_CUDA_CHECK(cudaMemset(a, 1, bytes));
   const float ms = MedianMs([&] { cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice); }, 10);
   std::printf("{\"kind\":\"copy\",\"label\":\"device-to-device copy\",\"ms\":%.4f,\"gbps\":%.1f}\n", ms, 2.0 * bytes / ms / 1e6);
+  std::fflush(stdout);
   cudaFree(a);
   cudaFree(b);
 }

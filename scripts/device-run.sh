@@ -119,15 +119,25 @@ if [[ $what == decode ]]; then
   # skips the profiles; DECODE_ATTN_AB=1 runs the attention bench once per
   # configuration (JSON lines only), DECODE_ATTN=0 none; DECODE_BATCHES: the engine bench's batch
   # sizes (1,8,64,256).
-  if [[ ${DECODE_CHECKS:-1} == 1 ]]; then
+  if [[ ${DECODE_CHECKS:-1} != 0 ]]; then  # DECODE_CHECKS=stream: all but the f16 checks
     step "backend ops bf16" 150 "$S/bin/tinygpt_backend_ops" --dtype=bf16 "$S/seed.safetensors" > "$OUT/backend_ops_bf16.txt" 2>&1
     grep -E "^FAIL|passed|error|CUDA" "$OUT/backend_ops_bf16.txt" | head -20 | tee -a "$log"
     if ! grep -q " 0 failed" "$OUT/backend_ops_bf16.txt"; then  # which part: the same checks without programmatic launch
       TINYGPT_PDL=0 step "backend ops bf16, TINYGPT_PDL=0" 150 "$S/bin/tinygpt_backend_ops" --dtype=bf16 --only=inference \
         "$S/seed.safetensors" 2>&1 | grep -E "^FAIL|passed|error|CUDA" | head -20 | tee -a "$log"
     fi
-    step "backend ops f16" 150 "$S/bin/tinygpt_backend_ops" --dtype=f16 --only=inference "$S/seed.safetensors" > "$OUT/backend_ops_f16.txt" 2>&1
-    grep -E "^FAIL|passed|error|CUDA" "$OUT/backend_ops_f16.txt" | head -20 | tee -a "$log"
+    if [[ ${DECODE_CHECKS:-1} != stream ]]; then
+      step "backend ops f16" 150 "$S/bin/tinygpt_backend_ops" --dtype=f16 --only=inference "$S/seed.safetensors" > "$OUT/backend_ops_f16.txt" 2>&1
+      grep -E "^FAIL|passed|error|CUDA" "$OUT/backend_ops_f16.txt" | head -20 | tee -a "$log"
+    fi
+    # The stream decode kernel (TINYGPT_DECODE_STREAM=1; the default is the
+    # split kernel) on the same attention cases, then with one-tile runs and
+    # up to 31 runs per (sequence, KV head): merges of up to 32 partials.
+    TINYGPT_DECODE_STREAM=1 step "backend ops bf16 attention, stream kernel" 120 "$S/bin/tinygpt_backend_ops" --dtype=bf16 \
+      --only=attention 2>&1 | grep -E "^FAIL|passed|error|CUDA" | head -20 | tee -a "$log"
+    TINYGPT_DECODE_STREAM=1 TINYGPT_DECODE_STREAM_MAX_PARTS=31 TINYGPT_DECODE_STREAM_MIN_TILES=1 step \
+      "backend ops bf16 attention, stream kernel, 31 parts" 120 "$S/bin/tinygpt_backend_ops" --dtype=bf16 --only=attention 2>&1 \
+      | grep -E "^FAIL|passed|error|CUDA" | head -20 | tee -a "$log"
   fi
   ck=/tmp/bench-125m.safetensors
   step "bench-125m checkpoint" 120 python3 -c "import sys; sys.path.insert(0, 'bench'); import serve_gpu_bench as b; b.make_checkpoint('$ck', b.BENCH_125M)" >> "$log" 2>&1
@@ -170,10 +180,17 @@ if [[ $what == decode ]]; then
         rm -f "$OUT/ncu_n$n.csv"
       done
     done
-    TINYGPT_CUDA_PROFILE_FROM_SYNC=1 step "ncu decode attention n=256" 120 ncu --profile-from-start off -k regex:Attention \
-      --launch-count 1 --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-      --section MemoryWorkloadAnalysis "$S/bin/tinygpt_engine_bench" "$ck" --device=cuda --batches=256 --ctx=330 --graphs=0 --reps=1 \
-      > "$OUT/ncu_attention.txt" 2>&1
+    # The decode attention kernel of one layer in detail (stall reasons and
+    # their top SASS locations, memory): the split kernel, then the stream kernel.
+    for stream in 0 1; do
+      for n in 1 256; do
+        TINYGPT_DECODE_STREAM=$stream TINYGPT_CUDA_PROFILE_FROM_SYNC=1 step "ncu decode attention n=$n stream=$stream" 120 ncu \
+          --profile-from-start off -k "regex:Decode(Stream|Attention)Kernel" --launch-count 1 --section SpeedOfLight --section Occupancy \
+          --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis --section SchedulerStats \
+          --section SourceCounters "$S/bin/tinygpt_engine_bench" "$ck" --device=cuda --batches=$n --ctx=330 --graphs=0 --reps=1 \
+          >> "$OUT/ncu_attention.txt" 2>&1
+      done
+    done
   fi
   cat "$prof" "$OUT/decode_attention.md" "$OUT/ncu_kernels.md" 2>/dev/null
 fi

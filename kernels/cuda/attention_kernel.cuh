@@ -41,6 +41,15 @@ struct AttentionParams {
   // them zero). Null: the splits are merged by AttentionCombineKernel.
   int* split_counters;
   int total_q;
+  // Decode stream kernel (decode_stream_kernel.cuh) only: the step's
+  // sequences; its partials are partial_out [slots, 16 rows, head_dim] and
+  // partial_lse [slots, 16 rows], two slots per warp of the grid.
+  int num_seqs;
+  int stream_blocks;  // its grid (0: the split kernel); the launch's, the kernel reads gridDim
+  // The stream kernel's run lengths: each warp at least stream_min_tiles
+  // tiles and at least 1/stream_max_parts (<= 31) of the longest context's,
+  // so that a (sequence, KV head) has at most 32 contributors.
+  int stream_min_tiles, stream_max_parts;
 };
 
 // exp2 on the SFU; flushes denormals, which only arise from scores far below

@@ -63,6 +63,18 @@ struct PlanFn {
     else PlanFor<Tr>(dims, batch, num_sms, plan);
   }
 };
+struct PlanStreamFn {
+  const AttentionDims& dims;
+  const AttentionBatch& batch;
+  int num_sms;
+  AttentionPlan* plan;
+  template <class Tr> void operator()() const {
+    if constexpr (IsDecodeTraits<Tr>::value) {
+      if (DecodeStreamSmemBytes<Tr>(batch.num_seqs) <= DecodeStreamMaxSmem<Tr>()) PlanDecodeStream<Tr>(dims, batch, num_sms, plan);
+      else PlanDecodeSplits<Tr>(dims, batch, num_sms, plan);
+    }
+  }
+};
 struct LaunchFn {
   const AttentionDims& dims;
   const AttentionBatch& batch;
@@ -82,6 +94,13 @@ AttentionPlan PlanPagedAttention(bool bf16, const AttentionDims& dims, const Att
   // fit one m16 tile.
   if (RowsPerSequence(dims, batch) <= 16) plan.shape = NarrowDecode() ? AttentionShape::kNarrow : AttentionShape::kDecode;
   Dispatch(bf16, plan.shape, dims.head_dim, PlanFn{dims, batch, num_sms, &plan});
+  return plan;
+}
+
+AttentionPlan PlanPagedDecodeStream(bool bf16, const AttentionDims& dims, const AttentionBatch& batch, int num_sms) {
+  AttentionPlan plan;
+  plan.shape = AttentionShape::kDecode;
+  Dispatch(bf16, plan.shape, dims.head_dim, PlanStreamFn{dims, batch, num_sms, &plan});
   return plan;
 }
 

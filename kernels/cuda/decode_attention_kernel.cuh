@@ -14,67 +14,21 @@
 // of its warp's share. Split-KV (blockIdx.y) still fills the GPU at small
 // batches; AttentionCombineKernel merges the splits.
 //
-// Math per tile as in attention_kernel.cuh: S = Q·K^T and O += P·V on
-// mma.sync m16n8k16 with fp32 accumulation, online softmax in the log2
-// domain, causal mask only on tiles past the first new token, ALiBi as a
-// template argument.
+// The math of a tile (decode_attention_tile.cuh) as in attention_kernel.cuh:
+// S = Q·K^T and O += P·V on mma.sync m16n8k16 with fp32 accumulation, online
+// softmax in the log2 domain, causal mask only on tiles past the first new
+// token, ALiBi as a template argument.
 #pragma once
 #include <cfloat>
-#include <type_traits>
 
-#include "kernels/cuda/attention_kernel.cuh"
+#include "kernels/cuda/decode_attention_tile.cuh"
 
 namespace tinygpt::cuda {
-
-template <int kHeadDim_, class T_, int kWarps_, int kBlockN_, int kStages_, int kMinBlocks_>
-struct DecodeTraits {
-  using T = T_;
-  static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kWarps = kWarps_;
-  static constexpr int kBlockN = kBlockN_;
-  static constexpr int kStages = kStages_;
-  static constexpr int kMinBlocks = kMinBlocks_;  // blocks per SM the launch bounds ask registers for
-  static constexpr int kThreads = kWarps * 32;
-  static constexpr int kRows = 16;                 // one m16 tile: new tokens × GQA group
-  static constexpr int kChunks = kHeadDim / 8;     // 16-byte chunks per K/V row
-  static constexpr int kRowsPerPass = 32 / kChunks;  // K/V rows one warp-wide pass of 16-byte copies covers
-  static constexpr int kNTiles = kBlockN / 8;      // n8 MMA tiles across the keys
-  static constexpr int kDTiles = kHeadDim / 8;     // n8 MMA tiles across head_dim
-  static constexpr int kKSteps = kHeadDim / 16;    // k16 steps of Q·K^T
-  // Rows padded by 16 bytes: the eight rows of an ldmatrix phase start in
-  // eight different bank groups (see attention_traits.cuh).
-  static constexpr int kRowStride = kHeadDim + 8;
-  static constexpr int kQElems = kRows * kRowStride;
-  static constexpr int kKVElems = kBlockN * kRowStride;      // one stage of K (or of V)
-  static constexpr int kWarpElems = 2 * kStages * kKVElems;  // one warp's K and V stages
-  static constexpr int kSmemBytes = (kQElems + kWarps * kWarpElems) * 2;
-  // A warp's merge record (its accumulators, row maxima and row sums, one
-  // float per lane each) is written over its own stages once it is done.
-  static constexpr int kMergeFloats = (kDTiles * 4 + 4) * 32;
-  static_assert(kHeadDim == 16 || kHeadDim == 32 || kHeadDim == 64 || kHeadDim == 128, "head_dim 16, 32, 64 or 128");
-  static_assert(kBlockN % 16 == 0 && kBlockN <= 32, "whole k16 steps of P·V; a tile's table entries fit one per lane");
-  static_assert(kBlockN % kRowsPerPass == 0 && kStages >= 2, "whole passes per tile; at least double buffering");
-  static_assert(kMergeFloats * 4 <= kWarpElems * 2, "the merge record fits the warp's stages");
-  static_assert(kRows * 64 * 4 <= kWarpElems * 2, "the split weights (64 splits at most) fit a warp's stages");
-
-  __device__ __forceinline__ static constexpr int Offset(int row, int col) { return row * kRowStride + col; }
-};
-
-template <class Tr> struct IsDecodeTraits : std::false_type {};
-template <int D, class T, int W, int BN, int S, int B> struct IsDecodeTraits<DecodeTraits<D, T, W, BN, S, B>> : std::true_type {};
-
-// The shapes the backend launches, by head_dim (docs/benchmarks.md, issue
-// #23): four warps; 16-key tiles four stages deep at head_dim 64 (76 KB, three
-// blocks per SM), three at 128 (109 KB, two); 32-key tiles below 64, whose
-// rows are short.
-template <int D, class T>
-using DecodeAttention = DecodeTraits<D, T, 4, (D >= 64 ? 16 : 32), (D >= 128 ? 3 : 4), (D >= 128 ? 2 : 3)>;
 
 template <class Tr, bool kAlibi>
 __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) DecodeAttentionKernel(const AttentionParams p) {
   using T = typename Tr::T;
   constexpr int D = Tr::kHeadDim, BN = Tr::kBlockN, S = Tr::kStages, W = Tr::kWarps;
-  constexpr float kMasked = -FLT_MAX;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   T* sQ = reinterpret_cast<T*>(smem_raw);
@@ -104,28 +58,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) DecodeAttentionK
   const T* vc = static_cast<const T*>(p.v_cache);
   const int32_t* table = p.block_tables + static_cast<long>(s) * p.max_blocks_per_seq;
   const int shift = p.block_shift;
-  // A tile spans whole blocks or lies inside one (powers of two); lane x
-  // holds the tile's x-th table entry, and a copy takes its row's entry with
-  // a shuffle.
-  const int tile_entries = max(1, BN >> shift), last_entry = (ctx - 1) >> shift;
-  auto fetch_entry = [&](int i) {
-    const int e = ((tile_of(i) * BN) >> shift) + lane;
-    return i < count && lane < tile_entries && e <= last_entry ? __ldg(table + e) : 0;
-  };
+  auto fetch_entry = [&](int i) { return i < count ? DecodeTableEntry<Tr>(table, tile_of(i), ctx, shift, lane) : 0; };
   auto load_kv = [&](int i, int stage, int entry) {
-    const int t = tile_of(i), ch = lane % Tr::kChunks;
-    T* dk = sK + stage * Tr::kKVElems;
-    T* dv = sV + stage * Tr::kKVElems;
-#pragma unroll
-    for (int k = 0; k < BN / Tr::kRowsPerPass; ++k) {
-      const int r = lane / Tr::kChunks + k * Tr::kRowsPerPass, j = t * BN + r;
-      const int block = __shfl_sync(0xffffffffu, entry, r >> shift);
-      const bool valid = j < ctx;
-      const long src =
-          valid ? ((static_cast<long>(block) << shift) + (j & ((1 << shift) - 1))) * (p.n_kv_heads * D) + kvh * D + ch * 8 : 0;
-      CpAsync16(dk + Tr::Offset(r, ch * 8), kc + src, valid);
-      CpAsync16(dv + Tr::Offset(r, ch * 8), vc + src, valid);
-    }
+    DecodeLoadTile<Tr>(sK + stage * Tr::kKVElems, sV + stage * Tr::kKVElems, kc, vc, tile_of(i), entry, ctx, kvh, p.n_kv_heads,
+                       shift, lane);
   };
   auto cached = [&](int i) { return (tile_of(i) + 1) * BN <= offset; };  // wholly before the new tokens
 
@@ -161,114 +97,20 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) DecodeAttentionK
 #pragma unroll
   for (int ks = 0; ks < Tr::kKSteps; ++ks) LdMatrixX4(qf[ks], sQ + Tr::Offset((mi & 1) * 8 + (lane & 7), ks * 16 + (mi >> 1) * 8));
 
-  // Per thread: rows lo = lane/4 and hi = lane/4 + 8 (h = 0, 1).
-  auto pos_of = [&](int h) { return offset + min((lane >> 2) + 8 * h, rows - 1) / G; };
-  const float log2e = 1.4426950408889634f;
-  float slope[2] = {0.f, 0.f};
-  if constexpr (kAlibi) {
-    const float base = exp2f(-8.0f / p.n_heads);
-#pragma unroll
-    for (int h = 0; h < 2; ++h) slope[h] = powf(base, static_cast<float>(kvh * G + min((lane >> 2) + 8 * h, rows - 1) % G + 1)) * log2e;
-  }
-  // m: a row's running maximum in score units (raw Q·K without ALiBi,
-  // log2-domain with it); score_scale takes it to the log2 domain.
-  const float score_scale = kAlibi ? 1.f : p.scale_log2;
-  float o[Tr::kDTiles][4];
-  float m[2] = {kMasked, kMasked}, l[2] = {0.f, 0.f};
-  auto rescale = [&](int h, float corr) {  // row half h: its sum and outputs to a new maximum
-    l[h] *= corr;
-#pragma unroll
-    for (int d = 0; d < Tr::kDTiles; ++d) {
-      o[d][2 * h] *= corr;
-      o[d][2 * h + 1] *= corr;
-    }
-  };
-#pragma unroll
-  for (int d = 0; d < Tr::kDTiles; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.f;
-
+  DecodeWarpState<Tr, kAlibi> st;
+  st.Begin(p, kvh, rows, offset, lane);
   auto tile = [&](const int i, auto mask) {
-    constexpr bool kMask = decltype(mask)::value;
-    const int t = tile_of(i), stage = i % S;
+    const int stage = i % S;
     CpAsyncWait<S - 2>();
     __syncwarp();  // tile i has landed for every lane; all are done with tile i-1's stage
-    const T* k = sK + stage * Tr::kKVElems;
-    const T* v = sV + stage * Tr::kKVElems;
     float sc[Tr::kNTiles][4];
-#pragma unroll
-    for (int n = 0; n < Tr::kNTiles; ++n) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
-#pragma unroll
-    for (int ks = 0; ks < Tr::kKSteps; ++ks)
-#pragma unroll
-      for (int n = 0; n < Tr::kNTiles; n += 2) {
-        uint32_t b[4];
-        LdMatrixX4(b, k + Tr::Offset(n * 8 + (mi >> 1) * 8 + (lane & 7), ks * 16 + (mi & 1) * 8));
-        Mma16816<T>(sc[n], qf[ks], b[0], b[1]);
-        Mma16816<T>(sc[n + 1], qf[ks], b[2], b[3]);
-      }
+    st.Scores(qf, sK + stage * Tr::kKVElems, lane, sc);
     // The next copies go out once this tile's Q·K^T is issued (as in the
     // prefill kernel: their address work then overlaps the tensor cores).
     if (i + S - 1 < count) load_kv(i + S - 1, (i + S - 1) % S, next_entry);
     CpAsyncCommit();
     next_entry = fetch_entry(i + S);
-    const int j0 = t * BN + 2 * (lane & 3);  // this thread's first key column in the tile
-    if constexpr (kAlibi || kMask) {
-      const int pos[2] = {pos_of(0), pos_of(1)};
-#pragma unroll
-      for (int n = 0; n < Tr::kNTiles; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int h = e >> 1, dj = n * 8 + (e & 1);
-          float x = sc[n][e];
-          if constexpr (kAlibi) x = x * p.scale_log2 + slope[h] * static_cast<float>(j0 + dj - pos[h]);
-          if constexpr (kMask) x = j0 + dj > pos[h] ? kMasked : x;
-          sc[n][e] = x;
-        }
-    }
-    float m_new[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float tmax = RowReduce<Tr::kNTiles>(sc, h, [](float a, float b) { return fmaxf(a, b); });
-      tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
-      tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 2));
-      m_new[h] = fmaxf(m[h], tmax);
-    }
-    // Rescale only when some row of the warp has a new maximum.
-    if (__any_sync(0xffffffffu, (m_new[0] > m[0]) | (m_new[1] > m[1]))) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        // A row whose keys so far are all masked keeps m = kMasked; 0 in its
-        // place keeps its scores at -FLT_MAX, whose exp2 is 0.
-        const float m_use = m_new[h] == kMasked ? 0.f : m_new[h];
-        rescale(h, FastExp2((m[h] - m_use) * score_scale));
-      }
-    }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      m[h] = m_new[h];
-      const float neg_m = -(m_new[h] == kMasked ? 0.f : m_new[h]) * score_scale;
-#pragma unroll
-      for (int n = 0; n < Tr::kNTiles; ++n) {
-        sc[n][2 * h] = FastExp2(fmaf(sc[n][2 * h], score_scale, neg_m));
-        sc[n][2 * h + 1] = FastExp2(fmaf(sc[n][2 * h + 1], score_scale, neg_m));
-      }
-      l[h] += RowReduce<Tr::kNTiles>(sc, h, [](float a, float b) { return a + b; });
-    }
-    // O += P · V, P's accumulators reused as A fragments.
-#pragma unroll
-    for (int kk = 0; kk < Tr::kNTiles / 2; ++kk) {
-      uint32_t a[4];
-      a[0] = PackPair<T>(sc[2 * kk][0], sc[2 * kk][1]);
-      a[1] = PackPair<T>(sc[2 * kk][2], sc[2 * kk][3]);
-      a[2] = PackPair<T>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-      a[3] = PackPair<T>(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-#pragma unroll
-      for (int dn = 0; dn < Tr::kDTiles; dn += 2) {
-        uint32_t b[4];
-        LdMatrixX4Trans(b, v + Tr::Offset(kk * 16 + (mi & 1) * 8 + (lane & 7), dn * 8 + (mi >> 1) * 8));
-        Mma16816<T>(o[dn], a, b[0], b[1]);
-        Mma16816<T>(o[dn + 1], a, b[2], b[3]);
-      }
-    }
+    st.template Accumulate<decltype(mask)::value>(sc, sV + stage * Tr::kKVElems, tile_of(i) * BN, lane);
   };
   // Tiles wholly at or before the first new token's position need no mask.
   const int t_mask = (offset + 1) / BN;
@@ -286,11 +128,11 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) DecodeAttentionK
 #pragma unroll
     for (int d = 0; d < Tr::kDTiles; ++d)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) record[(d * 4 + e) * 32 + lane] = o[d][e];
+      for (int e = 0; e < 4; ++e) record[(d * 4 + e) * 32 + lane] = st.o[d][e];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      record[(Tr::kDTiles * 4 + h) * 32 + lane] = m[h];
-      record[(Tr::kDTiles * 4 + 2 + h) * 32 + lane] = l[h];
+      record[(Tr::kDTiles * 4 + h) * 32 + lane] = st.m[h];
+      record[(Tr::kDTiles * 4 + 2 + h) * 32 + lane] = st.l[h];
     }
   }
   __syncthreads();
@@ -299,40 +141,39 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) DecodeAttentionK
   // Warp 0 folds the other warps' records into its own state, then writes
   // the rows (or this split's partial output and log-sum-exp).
   auto merge_warps_and_write = [&] {
+    constexpr float kMasked = DecodeWarpState<Tr, kAlibi>::kMasked;
     auto record_of = [&](int w) { return reinterpret_cast<const float*>(sQ + Tr::kQElems + w * Tr::kWarpElems); };
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      float mx = m[h];
+      float mx = st.m[h];
 #pragma unroll
       for (int w = 1; w < W; ++w) mx = fmaxf(mx, record_of(w)[(Tr::kDTiles * 4 + h) * 32 + lane]);
       const float m_use = mx == kMasked ? 0.f : mx;
-      rescale(h, FastExp2((m[h] - m_use) * score_scale));
+      st.Rescale(h, FastExp2((st.m[h] - m_use) * st.score_scale));
 #pragma unroll
       for (int w = 1; w < W; ++w) {
         const float* rec = record_of(w);
-        const float cw = FastExp2((rec[(Tr::kDTiles * 4 + h) * 32 + lane] - m_use) * score_scale);
-        l[h] += rec[(Tr::kDTiles * 4 + 2 + h) * 32 + lane] * cw;
+        const float cw = FastExp2((rec[(Tr::kDTiles * 4 + h) * 32 + lane] - m_use) * st.score_scale);
+        st.l[h] += rec[(Tr::kDTiles * 4 + 2 + h) * 32 + lane] * cw;
 #pragma unroll
         for (int d = 0; d < Tr::kDTiles; ++d) {
-          o[d][2 * h] += rec[(d * 4 + 2 * h) * 32 + lane] * cw;
-          o[d][2 * h + 1] += rec[(d * 4 + 2 * h + 1) * 32 + lane] * cw;
+          st.o[d][2 * h] += rec[(d * 4 + 2 * h) * 32 + lane] * cw;
+          st.o[d][2 * h + 1] += rec[(d * 4 + 2 * h + 1) * 32 + lane] * cw;
         }
       }
-      m[h] = mx;
+      st.m[h] = mx;
     }
 
     // Epilogue: the row sums across the quad, normalize, write (the rows, or
     // this split's partial output and log-sum-exp for the combine).
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      float sum = l[h];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const float sum = st.RowSum(h);
       const int r = (lane >> 2) + 8 * h;
       if (r >= rows) continue;
       const int token = r / G, head = kvh * G + r % G;
       const long row = static_cast<long>(q0 + token) * p.n_heads + head;
-      WriteAttentionRow<Tr>(p, row, blockIdx.y, lane, sum, m[h], score_scale, o, h);
+      WriteAttentionRow<Tr>(p, row, blockIdx.y, lane, sum, st.m[h], st.score_scale, st.o, h);
     }
   };
   if (warp == 0) merge_warps_and_write();

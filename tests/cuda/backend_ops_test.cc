@@ -4,10 +4,10 @@
 // passes. Then the whole model: CUDA logits against CPU fp32 logits on a
 // checkpoint, and greedy generations compared.
 //
-// usage: tinygpt_backend_ops [--dtype bf16|f16|f32] [--perf] [--only=nonfinite|inference] [CHECKPOINT]   (f32: the
+// usage: tinygpt_backend_ops [--dtype bf16|f16|f32] [--perf] [--only=nonfinite|inference|attention] [CHECKPOINT]   (f32: the
 //        training ops only; --perf: time single training ops at bench-125m shapes instead of checking;
 //        --only=nonfinite: only the non-finite-logits cases, with the runner case when CHECKPOINT is given;
-//        --only=inference: every serving op and the model, no training op)
+//        --only=inference: every serving op and the model, no training op; --only=attention: the paged attention cases)
 // Prints one line per case and a final "N passed, N failed". Exits 77 (skip)
 // when no CUDA device or module is available.
 #include <algorithm>
@@ -207,8 +207,10 @@ void TestDense(Backend* G, Backend* C, double tol) {
 }
 
 // Paged attention over sequences with (query length, context length) pairs.
+// plan_ctx > the longest context: the GPU's call is planned for that context
+// (as a decode graph is, for its context bucket), the kernel reads the real ones.
 void TestAttention(Backend* G, Backend* C, const std::vector<std::pair<int, int>>& seqs, int H, int Hkv, int D, bool alibi,
-                   int block_size, double tol) {
+                   int block_size, double tol, int plan_ctx = 0) {
   const AttentionDims dims{H, Hkv, D, alibi};
   const int kv_dim = Hkv * D, qkv_dim = (H + 2 * Hkv) * D;
   int max_ctx = 0, max_q = 0, total_q = 0;
@@ -227,7 +229,7 @@ void TestAttention(Backend* G, Backend* C, const std::vector<std::pair<int, int>
   Ints tb(G, C, tables), cq(G, C, cu), cl(G, C, ctx);
   Pair qkv(G, C, static_cast<size_t>(total_q) * qkv_dim), out(G, C, static_cast<size_t>(total_q) * H * D);
   qkv.Set(Random(qkv.n));
-  G->PagedAttention(dims, {static_cast<int>(seqs.size()), cq.g, cl.g, total_q, max_q, max_ctx}, qkv.g,
+  G->PagedAttention(dims, {static_cast<int>(seqs.size()), cq.g, cl.g, total_q, max_q, std::max(max_ctx, plan_ctx)}, qkv.g,
                     {kc.g, vc.g, block_size, tb.g, max_blocks}, out.g);
   C->PagedAttention(dims, {static_cast<int>(seqs.size()), cq.c, cl.c, total_q, max_q, max_ctx}, qkv.c,
                     {kc.c, vc.c, block_size, tb.c, max_blocks}, out.c);
@@ -235,7 +237,8 @@ void TestAttention(Backend* G, Backend* C, const std::vector<std::pair<int, int>
   for (auto [q, c] : seqs) shape += (shape.empty() ? "" : ",") + std::to_string(q) + "/" + std::to_string(c);
   if (shape.size() > 28) shape = shape.substr(0, 25) + "...";
   char name[256];
-  std::snprintf(name, sizeof(name), "attention H=%d/%d D=%d bs=%d%s q/ctx=%s", H, Hkv, D, block_size, alibi ? " alibi" : "", shape.c_str());
+  std::snprintf(name, sizeof(name), "attention H=%d/%d D=%d bs=%d%s q/ctx=%s%s", H, Hkv, D, block_size, alibi ? " alibi" : "", shape.c_str(),
+                plan_ctx > max_ctx ? (" plan " + std::to_string(plan_ctx)).c_str() : "");
   Report(name, RelErr(out.Gpu(), out.Cpu()), tol);
 }
 
@@ -285,6 +288,23 @@ void TestAttentionCases(Backend* G, Backend* C, double tol) {
   std::vector<std::pair<int, int>> batch256;
   for (int i = 0; i < 256; ++i) batch256.push_back({1, 300 + static_cast<int>(rng() % 64)});
   for (int rep = 0; rep < 2; ++rep) TestAttention(G, C, batch256, 12, 4, 64, false, 16, tol);
+  // Decode planned for a longer context than the step's (a graph's context
+  // bucket): the stream kernel's warps then get fewer tiles than planned.
+  TestAttention(G, C, batch256, 12, 4, 64, false, 16, tol, 512);
+  TestAttention(G, C, {{1, 330}}, 12, 4, 64, false, 16, tol, 512);
+  TestAttention(G, C, decode_multi, 12, 4, 128, true, 16, tol, 8192);
+  // One KV head over long contexts: a (sequence, KV head) split into many
+  // warps' runs (the stream kernel's merge of many partials), one sequence
+  // and eight; and a batch of very unequal contexts (one long, many short).
+  TestAttention(G, C, {{1, 20000}}, 8, 1, 128, false, 16, tol);
+  TestAttention(G, C, S(8, {1, 8192}), 32, 8, 128, true, 16, tol);
+  S uneven(63, {1, 5});
+  uneven.push_back({1, 9000});
+  TestAttention(G, C, uneven, 32, 8, 128, false, 16, tol);
+  // Sequences without new tokens in the batch (no rows, no tiles: the
+  // stream kernel's list skips them), first, inside and last.
+  const S with_empty{{0, 40}, {1, 300}, {0, 500}, {1, 40}, {0, 20}, {2, 1000}, {0, 100}};
+  for (int D : {64, 128}) TestAttention(G, C, with_empty, 12, 4, D, false, 16, tol);
 }
 
 // A copy of host data in backend memory (the caller frees it).
@@ -1206,7 +1226,7 @@ int main(int argc, char** argv) {
     return tinygpt::failed ? 1 : 0;
   }
   // Training ops (fp32 too: the --precision fp32 reference); --only=inference skips them.
-  if (only != "inference") {
+  if (only != "inference" && only != "attention") {
   tinygpt::TestTrainDense(gpu->get(), cpu.get(), tol);
   tinygpt::TestLayerNormBackwardManyRows(gpu->get(), cpu.get(), tol);
   tinygpt::TestCrossEntropy(gpu->get(), cpu.get(), tol);
@@ -1214,6 +1234,11 @@ int main(int argc, char** argv) {
   tinygpt::TestTrainAttentionCases(gpu->get(), cpu.get(), tol);
   for (bool alibi : {false, true})
     for (int kv : {8, 2}) tinygpt::TestTrainingStep(gpu->get(), dtype, alibi, kv, tol);
+  }
+  if (only == "attention" && dtype != "f32") {  // the paged attention cases alone (e.g. with TINYGPT_DECODE_STREAM=1)
+    tinygpt::TestAttentionCases(gpu->get(), cpu.get(), tol);
+    std::printf("%d passed, %d failed\n", tinygpt::passed, tinygpt::failed);
+    return tinygpt::failed ? 1 : 0;
   }
   if (dtype == "f32") {  // fp32 is a training precision only (no paged attention kernel)
     std::printf("%d passed, %d failed\n", tinygpt::passed, tinygpt::failed);
