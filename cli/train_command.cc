@@ -1,5 +1,6 @@
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <thread>
@@ -27,7 +28,8 @@ ABSL_FLAG(std::string, tokenizer, "", "with --data: use this SentencePiece model
 ABSL_FLAG(std::string, pos_encoding, "", "override the preset: learned | alibi");
 ABSL_FLAG(int, n_kv_heads, 0, "override the preset's KV heads (GQA)");
 ABSL_FLAG(long, steps, 400, "optimizer steps");
-ABSL_FLAG(int, batch, 64, "sequences (of max_seq_len tokens) per batch");
+ABSL_FLAG(int, batch, 64,
+          "sequences (of max_seq_len tokens) per batch; with N ranks (mpirun -np N) the global batch, N shards of batch/N");
 ABSL_FLAG(float, lr, 3e-3f, "peak learning rate");
 ABSL_FLAG(long, warmup, 20, "linear warmup steps");
 ABSL_FLAG(float, weight_decay, 0.01f, "AdamW weight decay on matrices");
@@ -40,6 +42,7 @@ ABSL_FLAG(int, seq_len, 0, "input tokens per training sequence (default: the cou
 ABSL_FLAG(long, untimed_steps, 0, "first steps left out of tokens/s and MFU (a benchmark's warm-up)");
 ABSL_FLAG(long, inject_overflow_step, -1, "test hook: make this step's gradients overflow (fp16 loss scaling must skip it)");
 ABSL_FLAG(double, min_accuracy, 0.0, "exit 1 unless the last batch's accuracy reaches this (0..1)");
+ABSL_FLAG(std::string, loss_log, "", "write each step's loss (one line a step, full precision) to this file");
 
 namespace tinygpt {
 namespace {
@@ -84,6 +87,21 @@ absl::StatusOr<std::shared_ptr<const Tokenizer>> TextTokenizer(const std::vector
 }  // namespace
 
 int TrainCommand() {
+  // Ranks started by mpirun train one model data-parallel (train/communicator.h).
+  auto comm = CommunicatorFromLauncher();
+  if (!comm.ok()) return Fail(comm.status());
+  const int world = (*comm)->world_size();
+  if (world > 1) {
+    if (absl::GetFlag(FLAGS_batch) % world != 0)
+      return Fail(absl::InvalidArgumentError(absl::StrCat("--batch ", absl::GetFlag(FLAGS_batch), " (the global batch) does not divide by the ",
+                                                          world, " ranks: give a multiple of ", world)),
+                  2);
+    if (absl::GetFlag(FLAGS_tokenizer_vocab) > 0)
+      return Fail(absl::InvalidArgumentError("--tokenizer-vocab trains a tokenizer on every rank; train it in one process first "
+                                             "and give the ranks --tokenizer (or --resume its checkpoint)"),
+                  2);
+  }
+  const bool rank0 = (*comm)->rank() == 0;
   auto cfg = PresetConfig(absl::GetFlag(FLAGS_preset));
   if (!cfg.ok()) {
     std::fprintf(stderr, "tinygpt train: %s\n", std::string(cfg.status().message()).c_str());
@@ -112,7 +130,7 @@ int TrainCommand() {
     if (!tok.ok()) return Fail(tok.status());
     tokenizer = std::move(*tok);
     cfg->vocab_size = tokenizer->vocab_size();
-    auto d = MakeTextData(*docs, *tokenizer, seq_len > 0 ? seq_len : cfg->max_seq_len, absl::GetFlag(FLAGS_batch));
+    auto d = MakeTextData(*docs, *tokenizer, seq_len > 0 ? seq_len : cfg->max_seq_len, absl::GetFlag(FLAGS_batch), !rank0);
     if (!d.ok()) return Fail(d.status());
     data = std::move(*d);
   } else if (absl::GetFlag(FLAGS_tokenizer_vocab) > 0 || !absl::GetFlag(FLAGS_tokenizer).empty()) {
@@ -138,11 +156,19 @@ int TrainCommand() {
   o.inject_overflow_step = absl::GetFlag(FLAGS_inject_overflow_step);
   o.untimed_steps = absl::GetFlag(FLAGS_untimed_steps);
   o.tokenizer = tokenizer;
+  o.comm = comm->get();
+  o.loss_log = absl::GetFlag(FLAGS_loss_log);
+  // Test hooks: TINYGPT_TEST_EXIT_RANK=R TINYGPT_TEST_EXIT_STEP=S make rank R
+  // die at step S (the ranks' failure test).
+  if (const char* r = std::getenv("TINYGPT_TEST_EXIT_RANK")) o.exit_rank = std::atoi(r);
+  if (const char* s = std::getenv("TINYGPT_TEST_EXIT_STEP")) o.exit_step = std::atol(s);
   auto r = Train(*cfg, *data, o);
   if (!r.ok()) {
     std::fprintf(stderr, "tinygpt train: %s\n", std::string(r.status().message()).c_str());
     return 1;
   }
+  if (!rank0) return r->final_accuracy >= absl::GetFlag(FLAGS_min_accuracy) ? 0 : 1;  // rank 0 reports
+  if (world > 1) std::printf("%d ranks (%s): ", world, (*comm)->launcher());
   std::printf("trained %ld steps on %s (%s): loss %.4f, next-token accuracy %.2f%%, %.0f tokens/s", r->steps_run,
               r->device.c_str(), r->precision.c_str(), r->final_loss, 100.0 * r->final_accuracy, r->tokens_per_second);
   if (r->mfu > 0) std::printf(", MFU %.1f%%", 100.0 * r->mfu);

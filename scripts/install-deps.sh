@@ -11,6 +11,7 @@ pkgs=(
   python3 python3-torch python3-numpy python3-grpcio python3-grpc-tools python3-sentencepiece
   python3-requests
   libboost-dev libssl-dev  # Boost.Beast/Asio and OpenSSL: the HTTP server (server/http/)
+  libopenmpi-dev openmpi-bin  # data-parallel training on CPUs (train/mpi_module.cc, mpirun)
   prometheus docker-compose haproxy curl
   clang libclang-rt-14-dev libomp-dev llvm  # fuzz/ (libFuzzer, clang's OpenMP, llvm-symbolizer for reports)
   bible-kjv  # the public-domain corpus (King James Bible) of the README's text walk-through

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cerrno>
 #include <cstring>
 #include <map>
 #include <random>
@@ -289,13 +290,35 @@ absl::StatusOr<std::unique_ptr<Backend>> TrainingBackend(const TrainOptions& opt
 
 }  // namespace
 
-absl::StatusOr<TrainResult> Train(const ModelConfig& cfg_in, DataSource& data, const TrainOptions& opt) {
-  if (opt.out.empty()) return absl::InvalidArgumentError("train: --out is required");
+PackedBatch ShardBatch(const PackedBatch& batch, int rank, int world) {
+  if (world <= 1) return batch;
+  const int seqs = static_cast<int>(batch.cu_seqlens.size()) - 1;
+  const int s0 = static_cast<int>(static_cast<long>(rank) * seqs / world), s1 = static_cast<int>(static_cast<long>(rank + 1) * seqs / world);
+  const int t0 = batch.cu_seqlens[s0], t1 = batch.cu_seqlens[s1];
+  PackedBatch shard;
+  shard.tokens.assign(batch.tokens.begin() + t0, batch.tokens.begin() + t1);
+  if (!batch.targets.empty()) shard.targets.assign(batch.targets.begin() + t0, batch.targets.begin() + t1);
+  for (int s = s0; s <= s1; ++s) shard.cu_seqlens.push_back(batch.cu_seqlens[s] - t0);
+  return shard;
+}
+
+absl::StatusOr<TrainResult> Train(const ModelConfig& cfg_in, DataSource& data, const TrainOptions& opt_in) {
+  if (opt_in.out.empty()) return absl::InvalidArgumentError("train: --out is required");
+  std::unique_ptr<Communicator> alone;
+  Communicator* comm = opt_in.comm;
+  if (!comm) comm = (alone = MakeSingleProcess()).get();
+  const int rank = comm->rank(), world = comm->world_size();
+  TrainOptions opt = opt_in;
+  opt.quiet = opt_in.quiet || rank != 0;  // one progress line, rank 0's
   TrainResult result;
   auto backend_or = TrainingBackend(opt, &result.precision);
   if (!backend_or.ok()) return backend_or.status();
   std::unique_ptr<Backend> backend = std::move(*backend_or);
   const bool on_device = backend->name() != "cpu";
+  if (world > 1 && on_device)
+    return absl::UnimplementedError(absl::StrCat("train: ", world, " ", comm->launcher(),
+                                                 " ranks on CUDA need NCCL's all-reduce, which is not built yet (issue #25): "
+                                                 "train data-parallel with --device=cpu, or on one GPU"));
   result.device = on_device ? backend->device_name() : "cpu";
   const size_t free_at_start = on_device ? backend->AvailableBytes() : 0;
   size_t min_free = free_at_start;
@@ -331,7 +354,7 @@ absl::StatusOr<TrainResult> Train(const ModelConfig& cfg_in, DataSource& data, c
   // What a killed save left beside OUT goes now, before this run's first save:
   // temporary files, and optimizer files that OUT does not name (only when
   // OUT's stamp can be read: a file it might name is never guessed away).
-  {
+  if (rank == 0) {
     std::string keep;
     bool orphans = access(opt.out.c_str(), F_OK) != 0;  // no OUT: it names no optimizer file
     if (!orphans) {
@@ -349,6 +372,7 @@ absl::StatusOr<TrainResult> Train(const ModelConfig& cfg_in, DataSource& data, c
   if (const char* k = std::getenv("TINYGPT_TEST_KILL_AT_SAVE_POINT")) g_kill_at_point = std::atol(k);
   const bool tty = isatty(fileno(stderr));
   auto save = [&](long done) -> absl::Status {
+    if (rank != 0) return absl::OkStatus();  // every rank holds the same state
     model->ParamsToHost();
     adam.ToHost();
     return SaveTrainingState(opt.out, cfg, model->params().data(), tokenizer.get(), adam.host_m(), adam.host_v(), done);
@@ -366,15 +390,43 @@ absl::StatusOr<TrainResult> Train(const ModelConfig& cfg_in, DataSource& data, c
   // step's optimizer update (before the step's closing Synchronize).
   PackedBatch next_batch;
   bool have_next = false;
+  std::FILE* loss_log = nullptr;
+  if (rank == 0 && !opt.loss_log.empty() && !(loss_log = std::fopen(opt.loss_log.c_str(), "w")))
+    return absl::InvalidArgumentError(absl::StrCat("train: cannot write --loss-log ", opt.loss_log, ": ", std::strerror(errno)));
+  struct CloseLog {
+    std::FILE* f;
+    ~CloseLog() {
+      if (f) std::fclose(f);
+    }
+  } close_log{loss_log};
   for (; step < opt.steps; ++step) {
-    PackedBatch batch = have_next ? std::move(next_batch) : data.Batch(opt.seed, step);
+    PackedBatch global = have_next ? std::move(next_batch) : data.Batch(opt.seed, step);
     have_next = false;
+    if (rank == opt.exit_rank && step == opt.exit_step) {
+      std::fprintf(stderr, "train: test hook: rank %d SIGKILLs itself at step %ld\n", rank, step);
+      ::raise(SIGKILL);
+    }
+    // This rank's shard. Its loss gradient is weighted by its share of the
+    // batch's tokens: summed over the ranks, that is the gradient of the
+    // whole batch's mean loss.
+    const PackedBatch batch = ShardBatch(global, rank, world);
+    const double share = static_cast<double>(batch.tokens.size()) / std::max<size_t>(1, global.tokens.size());
     model->ZeroGrad();
-    int correct = 0;
-    const float loss = model->Forward(batch, &correct, loss_scale);
-    if (!std::isfinite(loss)) return absl::InternalError(absl::StrCat("train: loss is ", loss, " at step ", step));
+    int shard_correct = 0;
+    const float shard_loss = model->Forward(batch, &shard_correct, static_cast<float>(loss_scale * share));
     model->Backward(batch);
     float* g = model->device_grads();
+    float loss = shard_loss;
+    int correct = shard_correct;
+    if (world > 1) {
+      if (auto s = comm->AllReduceSum(g, n_params); !s.ok()) return s;
+      double sums[2] = {shard_loss * share, static_cast<double>(shard_correct)};
+      if (auto s = comm->AllReduceSum(sums, 2); !s.ok()) return s;
+      loss = static_cast<float>(sums[0]);
+      correct = static_cast<int>(std::lround(sums[1]));
+    }
+    if (!std::isfinite(loss)) return absl::InternalError(absl::StrCat("train: loss is ", loss, " at step ", step));
+    if (loss_log) std::fprintf(loss_log, "%.9g\n", loss);
     if (step == opt.inject_overflow_step) {
       const float inf = INFINITY;
       backend->CopyToDevice(g + n_params / 2, &inf, sizeof(inf));
@@ -410,20 +462,21 @@ absl::StatusOr<TrainResult> Train(const ModelConfig& cfg_in, DataSource& data, c
       }
     }
     if (on_device) {
-      if (step + 1 < opt.steps) next_batch = data.Batch(opt.seed, step + 1), have_next = true;
+      if (step + 1 < opt.steps) next_batch = data.Batch(opt.seed, step + 1), have_next = true;  // the global batch
       backend->Synchronize();
       min_free = std::min(min_free, backend->AvailableBytes());
     }
-    const int seqs = std::max<int>(1, static_cast<int>(batch.cu_seqlens.size()) - 1);
+    // Tokens/s and MFU of all ranks together: the global batch's.
+    const int seqs = std::max<int>(1, static_cast<int>(global.cu_seqlens.size()) - 1);
     if (step - first < opt.untimed_steps) {
       t0 = std::chrono::steady_clock::now();  // the clock starts after the untimed steps
     } else {
-      tokens += static_cast<long>(batch.tokens.size());
-      flops += TrainFlopsPerToken(cfg, static_cast<int>(batch.tokens.size() / seqs)) * batch.tokens.size();
+      tokens += static_cast<long>(global.tokens.size());
+      flops += TrainFlopsPerToken(cfg, static_cast<int>(global.tokens.size() / seqs)) * global.tokens.size();
     }
     if (!skipped) {
       result.final_loss = loss;
-      result.final_accuracy = static_cast<float>(correct) / batch.tokens.size();
+      result.final_accuracy = static_cast<float>(correct) / global.tokens.size();
     }
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     result.tokens_per_second = tokens / std::max(secs, 1e-9);

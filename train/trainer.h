@@ -8,6 +8,7 @@
 #include "absl/status/statusor.h"
 #include "model/config.h"
 #include "model/tokenizer.h"
+#include "train/communicator.h"
 #include "train/data.h"
 
 namespace tinygpt {
@@ -45,6 +46,18 @@ struct TrainOptions {
   // Test hook: writes +inf into one gradient at this step (0-based), as an
   // fp16 overflow would (-1: never).
   long inject_overflow_step = -1;
+  // Data parallelism (null: one process). Every rank builds the global batch
+  // of each step and takes its shard of the sequences; the gradients, the
+  // loss and the accuracy are summed over the ranks, weighted by the shards'
+  // tokens, so every rank takes the step one process would on the whole
+  // batch. Only rank 0 writes checkpoints and the progress line.
+  Communicator* comm = nullptr;
+  // Test hook: rank `exit_rank` kills itself (SIGKILL) at step `exit_step`
+  // (0-based; -1: never), as a crashed rank would.
+  int exit_rank = -1;
+  long exit_step = -1;
+  // Each step's loss (%.9g, one line a step) goes to this file (rank 0; "" none).
+  std::string loss_log;
 };
 
 struct TrainResult {
@@ -61,6 +74,10 @@ struct TrainResult {
 };
 
 absl::StatusOr<TrainResult> Train(const ModelConfig& cfg, DataSource& data, const TrainOptions& opt);
+
+// Rank `rank`'s shard of a global batch: sequences [rank·S/world,
+// (rank+1)·S/world) of its S.
+PackedBatch ShardBatch(const PackedBatch& batch, int rank, int world);
 
 // Removes a training checkpoint: OUT, its optimizer files (any step, and an
 // older version's OUT.optim) and temporary files of dead writers.

@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Data-parallel training on the CPU (issue #25): ranks started by mpirun
+train the model one process trains.
+
+- 2 ranks against one process, same global batch (8) and seed, 20 steps:
+  each step's loss equal to 1e-5 relative, the checkpoints' tensors equal
+  within fp32 reduction-order tolerance; the same on text (shards of
+  unequal token counts);
+- --resume with another number of ranks: 10 steps on 2 ranks, 10 more in
+  one process, equal to 20 steps in one process;
+- --batch that does not divide by the ranks: exit 2 and a message;
+- a rank that dies (SIGKILL at step 5): the run ends within the timeout, a
+  non-zero exit and the launcher's message, no checkpoint written.
+
+usage: data_parallel_test.py TINYGPT
+"""
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+TINYGPT = os.path.abspath(sys.argv[1])
+MPIRUN = shutil.which("mpirun")
+# OpenMPI as root, on a machine of 2 cores, in a container (no ptrace for
+# the shared-memory transport's single copy).
+MPI_ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_btl_vader_single_copy_mechanism="none")
+failures = 0
+
+
+def check(ok, what):
+    global failures
+    print(("PASS " if ok else "FAIL ") + what, flush=True)
+    failures += 0 if ok else 1
+
+
+def train(ranks, out, *flags, env=None, timeout=300):
+    # --warmup=20: every step of these runs is in the linear warmup, whose
+    # rate does not depend on --steps (the resumed run's 10 + 10 steps).
+    cmd = [TINYGPT, "train", "--device=cpu", "--batch=8", "--warmup=20", f"--out={out}", *flags]
+    if ranks > 1:
+        cmd = [MPIRUN, "-np", str(ranks)] + cmd
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or MPI_ENV)
+    return p, time.monotonic() - t0
+
+
+def losses(path):
+    return [float(x) for x in open(path).read().split()]
+
+
+def tensors(path):
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    data = raw[8 + n:]
+    out = {}
+    for name, t in header.items():
+        if name == "__metadata__" or t["dtype"] != "F32":
+            continue
+        s, e = t["data_offsets"]
+        out[name] = np.frombuffer(data[s:e], dtype=np.float32).reshape(t["shape"])
+    return out
+
+
+def close_losses(a, b, what):
+    ok = len(a) == len(b) and len(a) > 0 and all(abs(x - y) <= 1e-5 * max(abs(x), abs(y)) for x, y in zip(a, b))
+    worst = max((abs(x - y) / max(abs(x), abs(y), 1e-30) for x, y in zip(a, b)), default=float("nan"))
+    check(ok, f"{what}: {len(a)} / {len(b)} losses, worst relative difference {worst:.2e} (<= 1e-5)")
+
+
+def close_checkpoints(pa, pb, what):
+    a, b = tensors(pa), tensors(pb)
+    same_names = sorted(a) == sorted(b) and len(a) > 0
+    # Adam divides by sqrt(v): gradients that differ in their last bits
+    # (the ranks sum in another order) move a weight by up to ~lr·1e-4.
+    worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a) if same_names else float("inf")
+    check(same_names and worst <= 1e-4, f"{what}: {len(a)} tensors, largest difference {worst:.2e} (<= 1e-4)")
+
+
+def main():
+    if not MPIRUN:
+        check(False, "mpirun on PATH (Debian: openmpi-bin; scripts/install-deps.sh installs it)")
+        return
+    d = tempfile.mkdtemp(prefix="tinygpt-dp-")
+    try:
+        one, _ = train(1, f"{d}/one.safetensors", "--steps=20", f"--loss-log={d}/one.txt")
+        check(one.returncode == 0, f"one process trains (exit {one.returncode}) {one.stderr[-300:]}")
+        two, _ = train(2, f"{d}/two.safetensors", "--steps=20", f"--loss-log={d}/two.txt")
+        check(two.returncode == 0 and "2 ranks (MPI)" in two.stdout,
+              f"mpirun -np 2 trains and says so (exit {two.returncode}): {two.stdout.strip()[-200:]} {two.stderr[-400:]}")
+        if one.returncode == 0 and two.returncode == 0:
+            close_losses(losses(f"{d}/one.txt"), losses(f"{d}/two.txt"), "2 ranks vs one process, 20 steps")
+            close_checkpoints(f"{d}/one.safetensors", f"{d}/two.safetensors", "2 ranks vs one process, checkpoint")
+            progress = [l for l in two.stderr.splitlines() if l.startswith("step")]
+            check(len(progress) == len([l for l in one.stderr.splitlines() if l.startswith("step")]),
+                  f"one progress line a report, rank 0's ({len(progress)} lines)")
+
+        # Text: packed chunks of unequal lengths, so the ranks' shards differ
+        # in tokens and their gradients must be weighted by them.
+        with open(f"{d}/corpus.txt", "w") as f:
+            for i in range(60):
+                f.write(" ".join(f"word{(i * 7 + j * 3) % 41}" for j in range(5 + (i * 13) % 37)) + "\n\n")
+        text = ["--data", f"{d}/corpus.txt", "--steps=8", "--seq-len=48"]
+        t1, _ = train(1, f"{d}/t1.safetensors", *text, f"--loss-log={d}/t1.txt")
+        t2, _ = train(2, f"{d}/t2.safetensors", *text, f"--loss-log={d}/t2.txt")
+        check(t1.returncode == 0 and t2.returncode == 0, f"text data, 1 and 2 ranks (exit {t1.returncode}, {t2.returncode}) "
+              f"{t1.stderr[-200:]} {t2.stderr[-200:]}")
+        if t1.returncode == 0 and t2.returncode == 0:
+            close_losses(losses(f"{d}/t1.txt"), losses(f"{d}/t2.txt"), "text data, 2 ranks vs one process, 8 steps")
+
+        # --resume with another number of ranks.
+        half, _ = train(2, f"{d}/resumed.safetensors", "--steps=10", f"--loss-log={d}/half.txt")
+        rest, _ = train(1, f"{d}/resumed.safetensors", "--steps=20", f"--resume={d}/resumed.safetensors", f"--loss-log={d}/rest.txt")
+        check(half.returncode == 0 and rest.returncode == 0, f"10 steps on 2 ranks, then 10 resumed in one process "
+              f"(exit {half.returncode}, {rest.returncode}) {half.stderr[-200:]} {rest.stderr[-200:]}")
+        if half.returncode == 0 and rest.returncode == 0 and one.returncode == 0:
+            close_losses(losses(f"{d}/half.txt") + losses(f"{d}/rest.txt"), losses(f"{d}/one.txt"), "2 ranks then resumed in 1")
+            close_checkpoints(f"{d}/resumed.safetensors", f"{d}/one.safetensors", "2 ranks then resumed in 1, checkpoint")
+
+        # A global batch that does not divide by the ranks.
+        bad, _ = train(2, f"{d}/bad.safetensors", "--steps=5", "--batch=7")
+        check(bad.returncode != 0 and "does not divide by the 2 ranks" in bad.stderr and not os.path.exists(f"{d}/bad.safetensors"),
+              f"--batch 7 on 2 ranks refused (exit {bad.returncode}): {bad.stderr.strip().splitlines()[:1]}")
+
+        # A rank that dies: the others must not hang in the all-reduce.
+        env = dict(MPI_ENV, TINYGPT_TEST_EXIT_RANK="1", TINYGPT_TEST_EXIT_STEP="5")
+        try:
+            dead, secs = train(2, f"{d}/dead.safetensors", "--steps=100000", env=env, timeout=120)
+            said = "signal 9" in dead.stderr or "Killed" in dead.stderr
+            check(dead.returncode != 0 and said and not os.path.exists(f"{d}/dead.safetensors"),
+                  f"a killed rank ends the run in {secs:.1f} s (exit {dead.returncode}), the launcher says which, no checkpoint: "
+                  f"{[l for l in dead.stderr.splitlines() if 'signal' in l or 'rank' in l][:2]}")
+        except subprocess.TimeoutExpired:
+            check(False, "a killed rank ends the run within 120 s (it hung)")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+main()
+print(f"{'FAILED' if failures else 'OK'}: {failures} failure(s)")
+sys.exit(1 if failures else 0)
