@@ -86,11 +86,22 @@ absl::StatusOr<std::shared_ptr<const Tokenizer>> TextTokenizer(const std::vector
 
 }  // namespace
 
+int TrainRank(Communicator* comm);
+
 int TrainCommand() {
   // Ranks started by mpirun train one model data-parallel (train/communicator.h).
   auto comm = CommunicatorFromLauncher();
   if (!comm.ok()) return Fail(comm.status());
-  const int world = (*comm)->world_size();
+  const int code = TrainRank(comm->get());
+  // A rank that fails alone (its data file missing on its host, rank 0's
+  // save or --loss-log) ends them all; failing together, they end together.
+  if (code != 0 && (*comm)->world_size() > 1) (*comm)->Abort(code);
+  return code;
+}
+
+// One rank's run (the whole run of one process).
+int TrainRank(Communicator* comm) {
+  const int world = comm->world_size();
   if (world > 1) {
     if (absl::GetFlag(FLAGS_batch) % world != 0)
       return Fail(absl::InvalidArgumentError(absl::StrCat("--batch ", absl::GetFlag(FLAGS_batch), " (the global batch) does not divide by the ",
@@ -101,7 +112,7 @@ int TrainCommand() {
                                              "and give the ranks --tokenizer (or --resume its checkpoint)"),
                   2);
   }
-  const bool rank0 = (*comm)->rank() == 0;
+  const bool rank0 = comm->rank() == 0;
   auto cfg = PresetConfig(absl::GetFlag(FLAGS_preset));
   if (!cfg.ok()) {
     std::fprintf(stderr, "tinygpt train: %s\n", std::string(cfg.status().message()).c_str());
@@ -156,7 +167,7 @@ int TrainCommand() {
   o.inject_overflow_step = absl::GetFlag(FLAGS_inject_overflow_step);
   o.untimed_steps = absl::GetFlag(FLAGS_untimed_steps);
   o.tokenizer = tokenizer;
-  o.comm = comm->get();
+  o.comm = comm;
   o.loss_log = absl::GetFlag(FLAGS_loss_log);
   // Test hooks: TINYGPT_TEST_EXIT_RANK=R TINYGPT_TEST_EXIT_STEP=S make rank R
   // die at step S (the ranks' failure test).
@@ -168,7 +179,7 @@ int TrainCommand() {
     return 1;
   }
   if (!rank0) return r->final_accuracy >= absl::GetFlag(FLAGS_min_accuracy) ? 0 : 1;  // rank 0 reports
-  if (world > 1) std::printf("%d ranks (%s): ", world, (*comm)->launcher());
+  if (world > 1) std::printf("%d ranks (%s): ", world, comm->launcher());
   std::printf("trained %ld steps on %s (%s): loss %.4f, next-token accuracy %.2f%%, %.0f tokens/s", r->steps_run,
               r->device.c_str(), r->precision.c_str(), r->final_loss, 100.0 * r->final_accuracy, r->tokens_per_second);
   if (r->mfu > 0) std::printf(", MFU %.1f%%", 100.0 * r->mfu);

@@ -19,6 +19,7 @@ class SingleProcess : public Communicator {
   absl::Status AllReduceSum(float*, size_t) override { return absl::OkStatus(); }
   absl::Status AllReduceSum(double*, size_t) override { return absl::OkStatus(); }
   const char* launcher() const override { return "one process"; }
+  [[noreturn]] void Abort(int code) override { std::exit(code); }
 };
 
 class MpiCommunicator : public Communicator {
@@ -29,6 +30,10 @@ class MpiCommunicator : public Communicator {
   absl::Status AllReduceSum(float* data, size_t n) override { return Wrap(world_->AllReduceSum(data, n, &error_)); }
   absl::Status AllReduceSum(double* data, size_t n) override { return Wrap(world_->AllReduceSum(data, n, &error_)); }
   const char* launcher() const override { return "MPI"; }
+  [[noreturn]] void Abort(int code) override {
+    world_->Abort(code);
+    __builtin_unreachable();  // World::Abort does not return
+  }
 
  private:
   absl::Status Wrap(bool ok) {
@@ -65,7 +70,13 @@ absl::StatusOr<std::unique_ptr<Communicator>> CommunicatorFromLauncher() {
     return absl::FailedPreconditionError(absl::StrCat(mpi::kModuleName, " is not this build's (API version mismatch)"));
   mpi::World* world = api->init(&error);
   if (!world) return absl::UnavailableError(error);
-  return std::unique_ptr<Communicator>(new MpiCommunicator(world));
+  auto comm = std::make_unique<MpiCommunicator>(world);
+  // A launcher of another MPI (MPICH's, or srun without PMIx) starts each
+  // process as a world of its own: N runs of the whole batch writing one --out.
+  if (comm->world_size() != LauncherWorldSize())
+    return absl::FailedPreconditionError(absl::StrCat("the launcher started ", LauncherWorldSize(), " ranks but OpenMPI sees a world of ",
+                                                      comm->world_size(), ": start the ranks with OpenMPI's mpirun"));
+  return std::unique_ptr<Communicator>(std::move(comm));
 }
 
 }  // namespace tinygpt

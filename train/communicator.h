@@ -22,6 +22,9 @@ class Communicator {
   virtual absl::Status AllReduceSum(double* data, size_t n) = 0;
   // What started the ranks (for messages): "one process" or "MPI".
   virtual const char* launcher() const = 0;
+  // Ends every rank with exit status `code`: what a rank that failed on its
+  // own calls, so that the others do not wait for it in a collective.
+  [[noreturn]] virtual void Abort(int code) = 0;
 };
 
 std::unique_ptr<Communicator> MakeSingleProcess();

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
 
 namespace tinygpt::mpi {
 namespace {
@@ -31,6 +32,10 @@ class MpiWorld : public World {
   int size() const override { return size_; }
   bool AllReduceSum(float* data, size_t n, std::string* error) override { return Sum(data, n, MPI_FLOAT, error); }
   bool AllReduceSum(double* data, size_t n, std::string* error) override { return Sum(data, n, MPI_DOUBLE, error); }
+  [[noreturn]] void Abort(int code) override {
+    MPI_Abort(MPI_COMM_WORLD, code);
+    std::abort();  // MPI_Abort does not return; should it, the process still ends
+  }
 
  private:
   template <class T>

@@ -3,12 +3,14 @@
 train the model one process trains.
 
 - 2 ranks against one process, same global batch (8) and seed, 20 steps:
-  each step's loss equal to 1e-5 relative, the checkpoints' tensors equal
+  each step's loss equal to 1e-6 relative (the issue asks 1e-5), the checkpoints' tensors equal
   within fp32 reduction-order tolerance; the same on text (shards of
   unequal token counts);
 - --resume with another number of ranks: 10 steps on 2 ranks, 10 more in
   one process, equal to 20 steps in one process;
 - --batch that does not divide by the ranks: exit 2 and a message;
+- a rank that fails alone (rank 0's --loss-log cannot be written): every
+  rank ends, with a non-zero exit and the message;
 - a rank that dies (SIGKILL at step 5): the run ends within the timeout, a
   non-zero exit and the launcher's message, no checkpoint written.
 
@@ -70,9 +72,9 @@ def tensors(path):
 
 
 def close_losses(a, b, what):
-    ok = len(a) == len(b) and len(a) > 0 and all(abs(x - y) <= 1e-5 * max(abs(x), abs(y)) for x, y in zip(a, b))
+    ok = len(a) == len(b) and len(a) > 0 and all(abs(x - y) <= 1e-6 * max(abs(x), abs(y)) for x, y in zip(a, b))
     worst = max((abs(x - y) / max(abs(x), abs(y), 1e-30) for x, y in zip(a, b)), default=float("nan"))
-    check(ok, f"{what}: {len(a)} / {len(b)} losses, worst relative difference {worst:.2e} (<= 1e-5)")
+    check(ok, f"{what}: {len(a)} / {len(b)} losses, worst relative difference {worst:.2e} (<= 1e-6)")
 
 
 def close_checkpoints(pa, pb, what):
@@ -114,6 +116,7 @@ def main():
               f"{t1.stderr[-200:]} {t2.stderr[-200:]}")
         if t1.returncode == 0 and t2.returncode == 0:
             close_losses(losses(f"{d}/t1.txt"), losses(f"{d}/t2.txt"), "text data, 2 ranks vs one process, 8 steps")
+            close_checkpoints(f"{d}/t1.safetensors", f"{d}/t2.safetensors", "text data, 2 ranks vs one process, checkpoint")
 
         # --resume with another number of ranks.
         half, _ = train(2, f"{d}/resumed.safetensors", "--steps=10", f"--loss-log={d}/half.txt")
@@ -128,6 +131,14 @@ def main():
         bad, _ = train(2, f"{d}/bad.safetensors", "--steps=5", "--batch=7")
         check(bad.returncode != 0 and "does not divide by the 2 ranks" in bad.stderr and not os.path.exists(f"{d}/bad.safetensors"),
               f"--batch 7 on 2 ranks refused (exit {bad.returncode}): {bad.stderr.strip().splitlines()[:1]}")
+
+        # A rank that fails alone (rank 0 cannot write its --loss-log): all end, none hangs in the all-reduce.
+        try:
+            alone, secs = train(2, f"{d}/alone.safetensors", "--steps=100000", f"--loss-log={d}/no/such/dir/x", timeout=120)
+            check(alone.returncode != 0 and "cannot write --loss-log" in alone.stderr and secs < 60,
+                  f"a rank failing alone ends the run in {secs:.1f} s (exit {alone.returncode})")
+        except subprocess.TimeoutExpired:
+            check(False, "a rank failing alone ends the run within 120 s (it hung)")
 
         # A rank that dies: the others must not hang in the all-reduce.
         env = dict(MPI_ENV, TINYGPT_TEST_EXIT_RANK="1", TINYGPT_TEST_EXIT_STEP="5")
