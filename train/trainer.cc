@@ -8,8 +8,8 @@
 #include <cctype>
 #include <chrono>
 #include <cmath>
-#include <cstdio>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <random>
@@ -406,10 +406,11 @@ absl::StatusOr<TrainResult> Train(const ModelConfig& cfg_in, DataSource& data, c
       std::fprintf(stderr, "train: test hook: rank %d SIGKILLs itself at step %ld\n", rank, step);
       ::raise(SIGKILL);
     }
-    // This rank's shard. Its loss gradient is weighted by its share of the
-    // batch's tokens: summed over the ranks, that is the gradient of the
-    // whole batch's mean loss.
-    const PackedBatch batch = ShardBatch(global, rank, world);
+    // This rank's shard (one process: the batch itself). Its loss gradient
+    // is weighted by its share of the batch's tokens: summed over the ranks,
+    // that is the gradient of the whole batch's mean loss.
+    const PackedBatch shard = world > 1 ? ShardBatch(global, rank, world) : PackedBatch{};
+    const PackedBatch& batch = world > 1 ? shard : global;
     const double share = static_cast<double>(batch.tokens.size()) / std::max<size_t>(1, global.tokens.size());
     model->ZeroGrad();
     int shard_correct = 0;

@@ -69,10 +69,7 @@ struct PlanStreamFn {
   int num_sms;
   AttentionPlan* plan;
   template <class Tr> void operator()() const {
-    if constexpr (IsDecodeTraits<Tr>::value) {
-      if (DecodeStreamSmemBytes<Tr>(batch.num_seqs) <= DecodeStreamMaxSmem<Tr>()) PlanDecodeStream<Tr>(dims, batch, num_sms, plan);
-      else PlanDecodeSplits<Tr>(dims, batch, num_sms, plan);
-    }
+    if constexpr (IsDecodeTraits<Tr>::value) PlanDecodeKernel<Tr>(dims, batch, num_sms, /*stream=*/true, plan);
   }
 };
 struct LaunchFn {

@@ -192,13 +192,18 @@ void PlanDecodeStream(const AttentionDims& dims, const AttentionBatch& batch, in
 // issue #23 fifth session: bench-125m at position 330, one sequence 373 us
 // a step against 299, 256 sequences 949 against 857), and within 3% of it
 // on the attention bench where it was faster (batch >= 64, contexts >= 4096).
+// `stream`: the stream kernel where it fits. It holds three ints per
+// sequence in shared memory beside its stages, so a batch of more than ~10k
+// sequences takes the split kernel.
+template <class Tr>
+void PlanDecodeKernel(const AttentionDims& dims, const AttentionBatch& batch, int num_sms, bool stream, AttentionPlan* plan) {
+  if (stream && DecodeStreamSmemBytes<Tr>(batch.num_seqs) <= DecodeStreamMaxSmem<Tr>()) PlanDecodeStream<Tr>(dims, batch, num_sms, plan);
+  else PlanDecodeSplits<Tr>(dims, batch, num_sms, plan);
+}
 template <class Tr>
 void PlanDecode(const AttentionDims& dims, const AttentionBatch& batch, int num_sms, AttentionPlan* plan) {
   static const bool stream = EnvLong("TINYGPT_DECODE_STREAM", 0) == 1;
-  // The stream kernel holds the sequences' tile prefix in shared memory: a
-  // batch of more than ~30k sequences takes the split kernel.
-  if (stream && DecodeStreamSmemBytes<Tr>(batch.num_seqs) <= DecodeStreamMaxSmem<Tr>()) PlanDecodeStream<Tr>(dims, batch, num_sms, plan);
-  else PlanDecodeSplits<Tr>(dims, batch, num_sms, plan);
+  PlanDecodeKernel<Tr>(dims, batch, num_sms, stream, plan);
 }
 
 template <class Tr>

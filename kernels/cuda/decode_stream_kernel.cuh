@@ -112,6 +112,17 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) DecodeStreamKern
     int s, h, t, tiles;
   };
   auto seq_tiles = [&](int s) { return prefix[s + 1] - prefix[s]; };
+  // The runs that cover (sequence s, KV head h): the pair's first tile in
+  // the list, its first warp and how many warps contribute to it.
+  struct Span {
+    long begin, w0;
+    int contributors;
+  };
+  auto span_of = [&](int s, int h) {
+    const int tiles = seq_tiles(s);
+    const long begin = static_cast<long>(prefix[s]) * nkv + static_cast<long>(h) * tiles, w0 = warp_of(begin);
+    return Span{begin, w0, static_cast<int>(warp_of(begin + tiles - 1) - w0 + 1)};
+  };
   auto locate = [&](long g) {
     int lo = 0, hi = n - 1;  // the last sequence whose first tile is at or before g
     while (lo < hi) {
@@ -181,7 +192,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) DecodeStreamKern
   uint32_t qf[Tr::kKSteps][4];
   const T* q_base = static_cast<const T*>(p.q);
   Cursor cc = first;
-  int seg = 0, seg_t0 = 0, q0 = 0, rows = 0, t_mask = 0;
+  bool first_segment = true;
+  int seg_t0 = 0, q0 = 0, rows = 0, t_mask = 0;
   for (int i = 0; i < count; ++i) {
     if (i == 0 || cc.t == 0) {
       // A new segment: its rows' Q as A fragments straight from global
@@ -223,7 +235,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) DecodeStreamKern
       // The segment's end: the rows (the warp saw all of the pair's tiles),
       // or a partial in slot 2·gw (the run's first segment) or 2·gw + 1.
       const bool whole = seg_t0 == 0 && cc.t == cc.tiles - 1;
-      const long slot = 2 * gw + (seg == 0 ? 0 : 1);
+      const long slot = 2 * gw + (first_segment ? 0 : 1);
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         const float sum = st.RowSum(hf);
@@ -251,10 +263,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) DecodeStreamKern
         __syncwarp();
         int won = -1;
         if (lane == 0) {
-          const long pair_begin = static_cast<long>(prefix[cc.s]) * nkv + static_cast<long>(cc.h) * cc.tiles;
-          const int contributors = static_cast<int>(warp_of(pair_begin + cc.tiles - 1) - warp_of(pair_begin) + 1);
           const int pair = cc.s * nkv + cc.h;
-          won = atomicAdd(p.split_counters + pair, 1) == contributors - 1 ? pair : -1;
+          won = atomicAdd(p.split_counters + pair, 1) == span_of(cc.s, cc.h).contributors - 1 ? pair : -1;
           if (won >= 0) {
             p.split_counters[pair] = 0;  // zero for the next call
             __threadfence();             // the others' partials, seen after their counts
@@ -263,7 +273,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) DecodeStreamKern
         won = __shfl_sync(0xffffffffu, won, 0);
         if (won >= 0) won_pairs[num_won++] = won;
       }
-      ++seg;
+      first_segment = false;
     }
     advance(cc);
   }
@@ -277,10 +287,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) DecodeStreamKern
   float* weights = reinterpret_cast<float*>(sK);           // [32 contributors][kRows]
   int* slots = reinterpret_cast<int*>(weights + 32 * kRows);  // [32 contributors]
   for (int k = 0; k < num_won; ++k) {
-    const int pair = won_pairs[k], s = pair / nkv, h = pair % nkv, tiles = seq_tiles(s);
-    const long pair_begin = static_cast<long>(prefix[s]) * nkv + static_cast<long>(h) * tiles;
-    const long w0 = warp_of(pair_begin);
-    const int contributors = static_cast<int>(warp_of(pair_begin + tiles - 1) - w0 + 1);  // <= 32 (see `least`)
+    const int pair = won_pairs[k], s = pair / nkv, h = pair % nkv;
+    const Span span = span_of(s, h);
+    const long pair_begin = span.begin, w0 = span.w0;
+    const int contributors = span.contributors;  // <= 32 (see `least`)
     const int mq0 = cu_q[s], mrows = (cu_q[s + 1] - mq0) * G;
     // A contributor's partial is its run's first segment when its run begins inside this pair.
     auto slot_of = [&](int c) { return static_cast<int>(2 * (w0 + c) + (run_begin(w0 + c) >= pair_begin ? 0 : 1)); };
