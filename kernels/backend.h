@@ -103,6 +103,31 @@ class Backend {
     Linear(x, w, b, y, T, in, out);
     AddInPlace(residual, y, static_cast<size_t>(T) * out);
   }
+  // The transformer blocks of one forward pass (LayersArgs below): the
+  // residual stream x [T, d_model] goes in as the embeddings and comes out
+  // before the final norm, each layer's K/V written into its cache. The
+  // default runs them op by op (RunLayersOpByOp); the CUDA backend runs a
+  // decode step of a few rows as one kernel (decode_step_kernel.cuh).
+  struct LayerWeights {
+    const void *norm1_w, *norm1_b, *qkv_w, *qkv_b, *proj_w, *proj_b, *norm2_w, *norm2_b, *w12_w, *w12_b, *w3_w, *w3_b;
+    void *k_cache, *v_cache;
+  };
+  struct LayersArgs {
+    const LayerWeights* layers = nullptr;  // host array of n_layers
+    int n_layers = 0;
+    int T = 0, d_model = 0, ffn_hidden = 0;
+    float norm_eps = 1e-5f;
+    AttentionDims dims;
+    AttentionBatch batch;        // backend memory; the step's queries
+    int block_size = 16;         // the caches' paging (PagedKv's, the table per layer the same)
+    const int32_t* block_tables = nullptr;
+    int max_blocks_per_seq = 0;
+    const int32_t* slots = nullptr;  // [T] the cache slot of each row's K/V
+    void* x = nullptr;               // [T, d_model], in and out
+    // Scratch, each T rows: ln [d], qkv [qkv_dim], att [d], tmp [d], h12 [2F], sw [F].
+    void *ln = nullptr, *qkv = nullptr, *att = nullptr, *tmp = nullptr, *h12 = nullptr, *sw = nullptr;
+  };
+  virtual void TransformerLayers(const LayersArgs& a);
   // Block-diagonal causal attention with offset over the paged cache; the
   // queries are the first n_heads*head_dim columns of the fused qkv rows.
   virtual void PagedAttention(const AttentionDims& dims, const AttentionBatch& batch, const void* qkv, const PagedKv& kv,
@@ -227,6 +252,12 @@ class Backend {
   virtual void AdamW(float* p, float* g, float* m, float* v, size_t n, float lr, float beta1, float beta2, float eps,
                      float weight_decay, long step, float grad_scale, void* p_compute) = 0;
 };
+
+// Backend::TransformerLayers op by op: the fused norm and residual ops where
+// the backend says FusesNormIntoLinear, else LayerNorm, the products and
+// AddLayerNorm (kernels/layers.cc).
+void RunLayersOpByOp(Backend& b, const Backend::LayersArgs& a);
+inline void Backend::TransformerLayers(const LayersArgs& a) { RunLayersOpByOp(*this, a); }
 
 // device: "auto" (CUDA when a GPU is found, else CPU), "cpu" or "cuda".
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const std::string& device, const std::string& dtype);

@@ -99,9 +99,9 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(Backend* backen
   r->tok_emb_ = next();
   if (!c.alibi()) r->pos_emb_ = next();
   for (int l = 0; l < c.n_layers; ++l) {
-    LayerWeights lw;
-    for (void** p : {&lw.norm1_w, &lw.norm1_b, &lw.qkv_w, &lw.qkv_b, &lw.proj_w, &lw.proj_b, &lw.norm2_w, &lw.norm2_b, &lw.w12_w,
-                     &lw.w12_b, &lw.w3_w, &lw.w3_b})
+    Backend::LayerWeights lw{};
+    for (const void** p : {&lw.norm1_w, &lw.norm1_b, &lw.qkv_w, &lw.qkv_b, &lw.proj_w, &lw.proj_b, &lw.norm2_w, &lw.norm2_b,
+                           &lw.w12_w, &lw.w12_b, &lw.w3_w, &lw.w3_b})
       *p = next();
     r->layers_.push_back(lw);
   }
@@ -117,6 +117,8 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(Backend* backen
     r->v_cache_.push_back(r->Alloc(cache_elems, es));
     if (!r->k_cache_.back() || !r->v_cache_.back())
       return absl::ResourceExhaustedError(absl::StrCat("runner: out of memory for a KV cache of ", opt.num_kv_blocks, " blocks"));
+    r->layers_[l].k_cache = r->k_cache_.back();
+    r->layers_[l].v_cache = r->v_cache_.back();
   }
   const size_t T = opt.max_batch_tokens, d = c.d_model, F = c.ffn_hidden;
   r->x_ = r->Alloc(T * d, es);
@@ -260,40 +262,31 @@ void ModelRunner::Forward(int T, int n, int R, int max_q, int max_ctx, bool pend
   auto i32 = [&](size_t offset) { return reinterpret_cast<int32_t*>(d_meta_ + offset); };
   int32_t* tokens = i32(m.tokens);
   if (pending) b.FillPendingTokens(tokens, T, d_sampled_);
-  const int d = cfg_.d_model, F = cfg_.ffn_hidden, qkv_dim = cfg_.qkv_dim();
+  const int d = cfg_.d_model;
   const AttentionDims dims{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim(), cfg_.alibi()};
   const AttentionBatch batch{n, i32(m.cu_q), i32(m.ctx), T, max_q, max_ctx};
   b.Embedding(tokens, i32(m.positions), tok_emb_, pos_emb_, x_, T, d);
-  // Small decode steps on the GPU fold each norm into the product that reads
-  // it and each residual add into the product before it (backend.h); other
-  // steps fuse each residual add with the norm after it.
-  const bool fused = b.FusesNormIntoLinear(T, d);
-  if (!fused) b.LayerNorm(x_, layers_[0].norm1_w, layers_[0].norm1_b, ln_, T, d, cfg_.norm_eps);
-  for (int l = 0; l < cfg_.n_layers; ++l) {
-    const LayerWeights& lw = layers_[l];
-    if (fused)
-      b.NormLinearKvAppend(x_, lw.norm1_w, lw.norm1_b, cfg_.norm_eps, ln_, lw.qkv_w, lw.qkv_b, qkv_, T, d, qkv_dim, i32(m.slots), dims,
-                           k_cache_[l], v_cache_[l]);
-    else  // ln_ holds norm1(x) here
-      b.LinearKvAppend(ln_, lw.qkv_w, lw.qkv_b, qkv_, T, d, qkv_dim, i32(m.slots), dims, k_cache_[l], v_cache_[l]);
-    const PagedKv kv{k_cache_[l], v_cache_[l], opt_.block_size, i32(m.tables), max_blocks_per_seq_};
-    b.PagedAttention(dims, batch, qkv_, kv, att_);
-    if (fused) {
-      b.LinearAddInPlace(att_, lw.proj_w, lw.proj_b, tmp_, x_, T, d, d);
-      b.NormLinearSwiGLU(x_, lw.norm2_w, lw.norm2_b, cfg_.norm_eps, ln_, lw.w12_w, lw.w12_b, h12_, sw_, T, d, F);
-      b.LinearAddInPlace(sw_, lw.w3_w, lw.w3_b, tmp_, x_, T, F, d);
-      continue;
-    }
-    b.Linear(att_, lw.proj_w, lw.proj_b, tmp_, T, d, d);
-    b.AddLayerNorm(x_, tmp_, lw.norm2_w, lw.norm2_b, ln_, T, d, cfg_.norm_eps);
-    b.LinearSwiGLU(ln_, lw.w12_w, lw.w12_b, h12_, sw_, T, d, F);
-    b.Linear(sw_, lw.w3_w, lw.w3_b, tmp_, T, F, d);
-    // The residual add, fused with the next layer's first norm.
-    if (l + 1 < cfg_.n_layers)
-      b.AddLayerNorm(x_, tmp_, layers_[l + 1].norm1_w, layers_[l + 1].norm1_b, ln_, T, d, cfg_.norm_eps);
-    else
-      b.AddInPlace(x_, tmp_, static_cast<size_t>(T) * d);
-  }
+  Backend::LayersArgs layers;
+  layers.layers = layers_.data();
+  layers.n_layers = cfg_.n_layers;
+  layers.T = T;
+  layers.d_model = d;
+  layers.ffn_hidden = cfg_.ffn_hidden;
+  layers.norm_eps = cfg_.norm_eps;
+  layers.dims = dims;
+  layers.batch = batch;
+  layers.block_size = opt_.block_size;
+  layers.block_tables = i32(m.tables);
+  layers.max_blocks_per_seq = max_blocks_per_seq_;
+  layers.slots = i32(m.slots);
+  layers.x = x_;
+  layers.ln = ln_;
+  layers.qkv = qkv_;
+  layers.att = att_;
+  layers.tmp = tmp_;
+  layers.h12 = h12_;
+  layers.sw = sw_;
+  b.TransformerLayers(layers);
   if (R == 0) return;
   // Only the rows that sample need the final norm and the vocabulary projection.
   const int V = cfg_.vocab_size;

@@ -137,12 +137,10 @@ class ModelRunner {
   ModelConfig cfg_;
   RunnerOptions opt_;
   std::vector<void*> allocations_;
-  // The weights on the backend, in ParamLayout order.
-  struct LayerWeights {
-    void *norm1_w, *norm1_b, *qkv_w, *qkv_b, *proj_w, *proj_b, *norm2_w, *norm2_b, *w12_w, *w12_b, *w3_w, *w3_b;
-  };
+  // The weights on the backend, in ParamLayout order; each layer's entry
+  // also names its K/V cache.
   void *tok_emb_ = nullptr, *pos_emb_ = nullptr;  // pos_emb_ null under ALiBi
-  std::vector<LayerWeights> layers_;
+  std::vector<Backend::LayerWeights> layers_;
   void *norm_f_w_ = nullptr, *norm_f_b_ = nullptr, *head_w_ = nullptr, *head_b_ = nullptr;
   std::vector<void*> k_cache_, v_cache_;
   int scratch_block_ = 0;  // one extra KV block that the padded rows of a graph write to

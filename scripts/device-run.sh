@@ -111,6 +111,7 @@ fi
 if [[ $what == decode ]]; then
   # Issue #23 (the decode step) in one call: the bf16 op/runner checks (every
   # decode kernel against the CPU backend; DECODE_CHECKS=0 skips them), then
+  # (DECODE_CHECKS=step: the decode step kernel's cases first, bf16 and f16),
   # decode steps of the runner alone on a random bench-125m checkpoint at
   # position 330 for each configuration in DECODE_AB (";"-separated sets of
   # environment assignments, "base" for none), decode attention beside
@@ -119,7 +120,16 @@ if [[ $what == decode ]]; then
   # skips the profiles; DECODE_ATTN_AB=1 runs the attention bench once per
   # configuration (JSON lines only), DECODE_ATTN=0 none; DECODE_BATCHES: the engine bench's batch
   # sizes (1,8,64,256).
-  if [[ ${DECODE_CHECKS:-1} != 0 ]]; then  # DECODE_CHECKS=stream: all but the f16 checks
+  if [[ ${DECODE_CHECKS:-1} == step ]]; then  # the decode step kernel's cases first, then bf16 and f16 as below, no stream kernel
+    for dtype in bf16 f16; do
+      step "backend ops $dtype layers" 120 "$S/bin/tinygpt_backend_ops" --dtype=$dtype --only=layers > "$OUT/backend_ops_layers_$dtype.txt" 2>&1
+      grep -E "^FAIL|passed|error|CUDA" "$OUT/backend_ops_layers_$dtype.txt" | head -20 | tee -a "$log"
+    done
+    step "backend ops bf16" 150 "$S/bin/tinygpt_backend_ops" --dtype=bf16 "$S/seed.safetensors" > "$OUT/backend_ops_bf16.txt" 2>&1
+    grep -E "^FAIL|passed|error|CUDA" "$OUT/backend_ops_bf16.txt" | head -20 | tee -a "$log"
+    step "backend ops f16" 150 "$S/bin/tinygpt_backend_ops" --dtype=f16 --only=inference "$S/seed.safetensors" > "$OUT/backend_ops_f16.txt" 2>&1
+    grep -E "^FAIL|passed|error|CUDA" "$OUT/backend_ops_f16.txt" | head -20 | tee -a "$log"
+  elif [[ ${DECODE_CHECKS:-1} != 0 ]]; then  # DECODE_CHECKS=stream: all but the f16 checks
     step "backend ops bf16" 150 "$S/bin/tinygpt_backend_ops" --dtype=bf16 "$S/seed.safetensors" > "$OUT/backend_ops_bf16.txt" 2>&1
     grep -E "^FAIL|passed|error|CUDA" "$OUT/backend_ops_bf16.txt" | head -20 | tee -a "$log"
     if ! grep -q " 0 failed" "$OUT/backend_ops_bf16.txt"; then  # which part: the same checks without programmatic launch

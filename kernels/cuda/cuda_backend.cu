@@ -21,6 +21,7 @@
 #include "kernels/cuda/attention_launch.h"
 #include "kernels/cuda/attention_train_launch.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/decode_step_launch.h"
 #include "kernels/cuda/elementwise_kernels.cuh"
 #include "kernels/cuda/gemv_kernel.cuh"
 #include "kernels/cuda/lt_gemm.h"
@@ -64,6 +65,8 @@ class CudaBackend final : public Backend {
     if (split_workspace_) cudaFree(split_workspace_);
     if (split_counters_) cudaFree(split_counters_);
     for (void* p : retired_) cudaFree(p);
+    for (auto& [host, dev] : layer_tables_) cudaFree(dev);
+    if (step_barrier_) cudaFree(step_barrier_);
     cudaStreamDestroy(stream_);
   }
 
@@ -267,6 +270,16 @@ class CudaBackend final : public Backend {
     }
     Backend::LinearAddInPlace(x, w, b, y, residual, rows, in, out);
   }
+  // With TINYGPT_DECODE_STEP_KERNEL=1 a decode step of 1-4 rows runs its
+  // layers as one kernel (decode_step_kernel.cuh) where it plans one. Off by
+  // default until it has run on a GPU (issue #23: built and compiled, not
+  // yet checked or timed on the device).
+  void TransformerLayers(const LayersArgs& a) override {
+    if constexpr (sizeof(T) == 2) {
+      if (RunDecodeStepKernel(a)) return;
+    }
+    Backend::TransformerLayers(a);
+  }
   void PagedAttention(const AttentionDims& d, const AttentionBatch& batch, const void* qkv, const PagedKv& kv, void* out) override {
     OpTimes::Scope timed(&op_times_, batch.max_q_len == 1 ? "paged attention (decode)" : "paged attention (prefill)", stream_);
     if constexpr (std::is_same_v<T, float>) {
@@ -276,14 +289,7 @@ class CudaBackend final : public Backend {
       std::abort();
     }
     const AttentionPlan plan = PlanPagedAttention(dtype_ == DType::kBF16, d, batch, num_sms_);
-    const size_t need = plan.partial_floats * sizeof(float);
-    if (need > split_bytes_) {
-      // The old workspace stays allocated: captured graphs may point at it.
-      if (split_workspace_) retired_.push_back(split_workspace_);
-      TG_CUDA_CHECK(cudaMalloc(&split_workspace_, need));
-      split_bytes_ = need;
-      ++counters_.workspace_growths;
-    }
+    GrowSplitWorkspace(plan.partial_floats * sizeof(float));
     if (plan.split_counters > split_counters_cap_) {
       if (split_counters_) retired_.push_back(split_counters_);
       TG_CUDA_CHECK(cudaMalloc(&split_counters_, plan.split_counters * sizeof(int)));
@@ -699,6 +705,88 @@ class CudaBackend final : public Backend {
     return rows <= GemvMaxRows() && in % 8 == 0 && Aligned16(x, w);
   }
 
+  // The attention splits' workspace, at least `bytes` (the old one stays
+  // allocated: captured graphs may point at it).
+  void GrowSplitWorkspace(size_t bytes) {
+    if (bytes <= split_bytes_) return;
+    if (split_workspace_) retired_.push_back(split_workspace_);
+    TG_CUDA_CHECK(cudaMalloc(&split_workspace_, bytes));
+    split_bytes_ = bytes;
+    ++counters_.workspace_growths;
+  }
+
+  // The decode step kernel for the layers of `a`, when it takes them: false
+  // leaves them to the op-by-op path (shapes it has no plan for, a layer
+  // table first met during a graph capture).
+  bool RunDecodeStepKernel(const LayersArgs& a) {
+    static const bool on = EnvLong("TINYGPT_DECODE_STEP_KERNEL", 0) == 1;
+    const AttentionBatch& bt = a.batch;
+    if (!on || a.T != bt.num_seqs || bt.total_q != a.T || bt.max_q_len != 1 || a.n_layers < 1 ||
+        !Aligned16(a.x, a.qkv, a.att, a.sw))
+      return false;
+    for (int l = 0; l < a.n_layers; ++l) {
+      const LayerWeights& w = a.layers[l];
+      if (!Aligned16(w.norm1_w, w.norm1_b, w.qkv_w, w.proj_w, w.norm2_w, w.norm2_b, w.w12_w, w.w3_w, w.k_cache, w.v_cache))
+        return false;
+    }
+    const auto key = std::make_tuple(a.T, a.d_model, a.ffn_hidden, bt.max_ctx_len, a.dims.n_heads, a.dims.n_kv_heads,
+                                     a.dims.head_dim, a.dims.alibi);
+    auto it = step_plans_.find(key);
+    if (it == step_plans_.end()) {
+      it = step_plans_.emplace(key, PlanDecodeStep(dtype_ == DType::kBF16, a.dims, a.T, a.d_model, a.ffn_hidden, bt.max_ctx_len, num_sms_))
+               .first;
+      if (!it->second.ok && std::strcmp(it->second.why, "rows") != 0)
+        std::fprintf(stderr, "CUDA backend: decode steps of %d rows run op by op (the step kernel's %s)\n", a.T, it->second.why);
+    }
+    const DecodeStepPlan& plan = it->second;
+    if (!plan.ok) return false;
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    TG_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
+    const bool capturing = capture != cudaStreamCaptureStatusNone;
+    // The layers' pointers, as a device table (one per distinct model; made
+    // outside captures, which cannot copy from pageable memory).
+    const void* table = nullptr;
+    const size_t table_bytes = static_cast<size_t>(a.n_layers) * sizeof(LayerWeights);
+    for (const auto& [host, dev] : layer_tables_)
+      if (host.size() == static_cast<size_t>(a.n_layers) && std::memcmp(host.data(), a.layers, table_bytes) == 0) table = dev;
+    if (!table || !step_barrier_) {
+      if (capturing) return false;
+      if (!step_barrier_) {
+        TG_CUDA_CHECK(cudaMalloc(&step_barrier_, 16));
+        TG_CUDA_CHECK(cudaMemsetAsync(step_barrier_, 0, 16, stream_));
+      }
+      if (!table) {
+        void* dev = nullptr;
+        TG_CUDA_CHECK(cudaMalloc(&dev, table_bytes));
+        TG_CUDA_CHECK(cudaMemcpyAsync(dev, a.layers, table_bytes, cudaMemcpyHostToDevice, stream_));
+        TG_CUDA_CHECK(cudaStreamSynchronize(stream_));
+        layer_tables_.emplace_back(std::vector<LayerWeights>(a.layers, a.layers + a.n_layers), dev);
+        table = dev;
+      }
+    }
+    GrowSplitWorkspace(plan.partial_floats * sizeof(float));
+    OpTimes::Scope timed(&op_times_, "decode step kernel", stream_);
+    DecodeStepArgs s;
+    s.layers = table;
+    s.n_layers = a.n_layers;
+    s.rows = a.T;
+    s.d = a.d_model;
+    s.F = a.ffn_hidden;
+    s.eps = a.norm_eps;
+    s.dims = a.dims;
+    s.batch = bt;
+    s.kv = PagedKv{nullptr, nullptr, a.block_size, a.block_tables, a.max_blocks_per_seq};
+    s.slots = a.slots;
+    s.x = a.x;
+    s.qkv = a.qkv;
+    s.att = a.att;
+    s.sw = a.sw;
+    s.partial = static_cast<float*>(split_workspace_);
+    s.barrier = step_barrier_;
+    LaunchDecodeStep(dtype_ == DType::kBF16, plan, s, stream_);
+    return true;
+  }
+
   // Whether every pointer is 16-byte aligned (or null), for the 16-byte vector kernels (a parameter
   // tensor's compute copy starts wherever the layout puts it).
   template <class... Ptr>
@@ -721,6 +809,11 @@ class CudaBackend final : public Backend {
   void* split_counters_ = nullptr;  // the decode kernel's split counters (attention_launch.h)
   int split_counters_cap_ = 0;
   std::vector<void*> retired_;  // workspaces replaced by larger ones
+  // The decode step kernel's plans (per rows, widths, plan context and
+  // heads), the layer tables it reads, and its grid barrier.
+  std::map<std::tuple<int, int, int, int, int, int, int, bool>, DecodeStepPlan> step_plans_;
+  std::vector<std::pair<std::vector<LayerWeights>, void*>> layer_tables_;
+  void* step_barrier_ = nullptr;
   ShapeCounters counters_;
   OpTimes op_times_;
   void* scratch_ = nullptr;

@@ -25,11 +25,15 @@
 
 namespace tinygpt::cuda {
 
-template <class Tr, bool kAlibi>
-__global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) DecodeAttentionKernel(const AttentionParams p) {
+// One block's work: (sequence, KV head) bx and key split by, in smem_raw
+// (Tr::kSmemBytes). The kernel below runs one per block; the decode step
+// kernel (decode_step_kernel.cuh) runs them in its attention phase, where
+// kPdl is false: that kernel is not launched as a programmatic dependent.
+template <class Tr, bool kAlibi, bool kPdl = true>
+__device__ __forceinline__ void DecodeAttentionBlock(const AttentionParams& p, const int bx, const int by,
+                                                     unsigned char* smem_raw) {
   using T = typename Tr::T;
   constexpr int D = Tr::kHeadDim, BN = Tr::kBlockN, S = Tr::kStages, W = Tr::kWarps;
-  extern __shared__ __align__(128) unsigned char smem_raw[];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sK = sQ + Tr::kQElems + warp * Tr::kWarpElems;  // this warp's kStages stages of K, then of V
@@ -38,17 +42,17 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) DecodeAttentionK
   // The step's metadata and block tables are host uploads, no kernel's
   // output: read before PdlWait (common.cuh), as are the cached keys before
   // the step's new tokens.
-  const int s = blockIdx.x / p.n_kv_heads, kvh = blockIdx.x % p.n_kv_heads;
+  const int s = bx / p.n_kv_heads, kvh = bx % p.n_kv_heads;
   const int q0 = p.cu_q[s], q_len = p.cu_q[s + 1] - q0, ctx = p.ctx_len[s], offset = ctx - q_len;
   const int G = p.group, rows = q_len * G;
   if (rows <= 0) {
-    PdlWait();
+    if constexpr (kPdl) PdlWait();
     return;
   }
   // Every row sees at most the keys up to the last new token: ctx of them.
   const int tiles = (ctx + BN - 1) / BN;
   const int per_split = (tiles + p.num_splits - 1) / p.num_splits;
-  const int t_begin = blockIdx.y * per_split, t_end = min(tiles, t_begin + per_split);
+  const int t_begin = by * per_split, t_end = min(tiles, t_begin + per_split);
   // This warp's tiles: its i-th is t_begin + warp + i·W.
   const int first = t_begin + warp;
   const int count = first < t_end ? (t_end - first + W - 1) / W : 0;
@@ -75,8 +79,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) DecodeAttentionK
 #pragma unroll
   for (int i = 0; i < S - 1; ++i)
     if (i < count && cached(i)) load_kv(i, i, entry[i]);
-  PdlWait();  // Q and the new tokens' K/V are the predecessor's output
-  PdlLaunchDependents();
+  if constexpr (kPdl) {
+    PdlWait();  // Q and the new tokens' K/V are the predecessor's output
+    PdlLaunchDependents();
+  }
   const T* q_base = static_cast<const T*>(p.q);
   for (int c = tid; c < Tr::kRows * Tr::kChunks; c += Tr::kThreads) {  // Q, rows past the end zero-filled
     const int r = c / Tr::kChunks, ch = c % Tr::kChunks;
@@ -173,7 +179,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) DecodeAttentionK
       if (r >= rows) continue;
       const int token = r / G, head = kvh * G + r % G;
       const long row = static_cast<long>(q0 + token) * p.n_heads + head;
-      WriteAttentionRow<Tr>(p, row, blockIdx.y, lane, sum, st.m[h], st.score_scale, st.o, h);
+      WriteAttentionRow<Tr>(p, row, by, lane, sum, st.m[h], st.score_scale, st.o, h);
     }
   };
   if (warp == 0) merge_warps_and_write();
@@ -188,9 +194,9 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) DecodeAttentionK
   __threadfence();  // warp 0's partial writes, visible device-wide before the count
   __syncthreads();
   if (tid == 0) {
-    const int done = atomicAdd(p.split_counters + blockIdx.x, 1);
+    const int done = atomicAdd(p.split_counters + bx, 1);
     last = done == p.num_splits - 1;
-    if (last) p.split_counters[blockIdx.x] = 0;  // zero for the next call
+    if (last) p.split_counters[bx] = 0;  // zero for the next call
     __threadfence();
   }
   __syncthreads();
@@ -234,6 +240,12 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) DecodeAttentionK
     for (; z < p.num_splits; ++z) acc[0] += weight[r * 64 + z] * __ldcg(part + z * split_stride * D);
     static_cast<T*>(p.out)[row * D + d] = FromFloat<T>((acc[0] + acc[1]) + (acc[2] + acc[3]));
   }
+}
+
+template <class Tr, bool kAlibi>
+__global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) DecodeAttentionKernel(const AttentionParams p) {
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  DecodeAttentionBlock<Tr, kAlibi>(p, blockIdx.x, blockIdx.y, smem_raw);
 }
 
 }  // namespace tinygpt::cuda

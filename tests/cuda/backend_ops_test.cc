@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -460,6 +461,116 @@ void TestFusedNormLinear(Backend* G, Backend* C, double tol) {
         Report("linear+residual add" + shape, RelErr(r.Gpu(), r.Cpu()), tol);
       }
     }
+}
+
+// The transformer blocks of a decode step (Backend::TransformerLayers): at
+// 1-4 rows the CUDA backend runs them as one kernel (decode_step_kernel.cuh),
+// checked against the CPU's op-by-op layers on random weights, two layers,
+// contexts across block and split boundaries, the residual stream and both
+// layers' appended K/V. 5 and 8 rows take the op-by-op path on both.
+void TestDecodeLayers(Backend* G, Backend* C, int H, int Hkv, int D, bool alibi, int F, const std::vector<int>& ctx, int block_size,
+                      double tol) {
+  const int T = static_cast<int>(ctx.size()), d = H * D, kv_dim = Hkv * D, qkv_dim = (H + 2 * Hkv) * D, L = 2;
+  const AttentionDims dims{H, Hkv, D, alibi};
+  int max_ctx = 0;
+  for (int c : ctx) max_ctx = std::max(max_ctx, c);
+  const int max_blocks = (max_ctx + block_size - 1) / block_size, num_blocks = T * max_blocks + 2;
+  std::vector<int32_t> perm(num_blocks);
+  for (int i = 0; i < num_blocks; ++i) perm[i] = i;
+  std::shuffle(perm.begin(), perm.end(), rng);
+  std::vector<int32_t> tables(static_cast<size_t>(T) * max_blocks), cu{0}, slots;
+  for (size_t i = 0; i < tables.size(); ++i) tables[i] = perm[i];
+  for (int s = 0; s < T; ++s) {
+    cu.push_back(s + 1);
+    const int pos = ctx[s] - 1;  // the new token's
+    slots.push_back(tables[static_cast<size_t>(s) * max_blocks + pos / block_size] * block_size + pos % block_size);
+  }
+  Ints tb(G, C, tables), cq(G, C, cu), cl(G, C, ctx), sl(G, C, slots);
+  std::vector<std::unique_ptr<Pair>> tensors;
+  auto tensor = [&](size_t n, float scale, int out = 0, int in = 0) {
+    tensors.push_back(std::make_unique<Pair>(G, C, n));
+    if (out > 0) tensors.back()->SetLinearWeight(Random(n, scale), out, in);
+    else tensors.back()->Set(Random(n, scale));
+    return tensors.back().get();
+  };
+  const size_t cache_n = static_cast<size_t>(num_blocks) * block_size * kv_dim;
+  std::vector<Backend::LayerWeights> gl(L), cl_(L);
+  std::vector<Pair*> caches;
+  for (int l = 0; l < L; ++l) {
+    Pair* n1w = tensor(d, 1.f);
+    Pair* n1b = tensor(d, 0.3f);
+    Pair* qw = tensor(static_cast<size_t>(qkv_dim) * d, 1.f / std::sqrt(d), qkv_dim, d);
+    Pair* qb = tensor(qkv_dim, 0.3f);
+    Pair* pw = tensor(static_cast<size_t>(d) * d, 1.f / std::sqrt(d), d, d);
+    Pair* pb = tensor(d, 0.3f);
+    Pair* n2w = tensor(d, 1.f);
+    Pair* n2b = tensor(d, 0.3f);
+    Pair* w12 = tensor(static_cast<size_t>(2 * F) * d, 1.f / std::sqrt(d), 2 * F, d);
+    Pair* b12 = tensor(2 * F, 0.3f);
+    Pair* w3 = tensor(static_cast<size_t>(d) * F, 1.f / std::sqrt(F), d, F);
+    Pair* b3 = tensor(d, 0.3f);
+    Pair* kc = tensor(cache_n, 1.f);
+    Pair* vc = tensor(cache_n, 1.f);
+    caches.push_back(kc);
+    caches.push_back(vc);
+    gl[l] = {n1w->g, n1b->g, qw->g, qb->g, pw->g, pb->g, n2w->g, n2b->g, w12->g, b12->g, w3->g, b3->g, kc->g, vc->g};
+    cl_[l] = {n1w->c, n1b->c, qw->c, qb->c, pw->c, pb->c, n2w->c, n2b->c, w12->c, b12->c, w3->c, b3->c, kc->c, vc->c};
+  }
+  Pair* x = tensor(static_cast<size_t>(T) * d, 1.f);
+  Pair ln(G, C, static_cast<size_t>(T) * d), qkv(G, C, static_cast<size_t>(T) * qkv_dim), att(G, C, static_cast<size_t>(T) * d);
+  Pair tmp(G, C, static_cast<size_t>(T) * d), h12(G, C, static_cast<size_t>(T) * 2 * F), sw(G, C, static_cast<size_t>(T) * F);
+  auto args = [&](bool gpu) {
+    Backend::LayersArgs a;
+    a.layers = gpu ? gl.data() : cl_.data();
+    a.n_layers = L;
+    a.T = T;
+    a.d_model = d;
+    a.ffn_hidden = F;
+    a.norm_eps = 1e-5f;
+    a.dims = dims;
+    a.batch = {T, gpu ? cq.g : cq.c, gpu ? cl.g : cl.c, T, 1, max_ctx};
+    a.block_size = block_size;
+    a.block_tables = gpu ? tb.g : tb.c;
+    a.max_blocks_per_seq = max_blocks;
+    a.slots = gpu ? sl.g : sl.c;
+    a.x = gpu ? x->g : x->c;
+    a.ln = gpu ? ln.g : ln.c;
+    a.qkv = gpu ? qkv.g : qkv.c;
+    a.att = gpu ? att.g : att.c;
+    a.tmp = gpu ? tmp.g : tmp.c;
+    a.h12 = gpu ? h12.g : h12.c;
+    a.sw = gpu ? sw.g : sw.c;
+    return a;
+  };
+  G->TransformerLayers(args(true));
+  C->TransformerLayers(args(false));
+  std::string shape;
+  for (int c : ctx) shape += (shape.empty() ? "" : ",") + std::to_string(c);
+  char name[200];
+  std::snprintf(name, sizeof(name), "decode layers T=%d H=%d/%d D=%d F=%d bs=%d%s ctx=%s", T, H, Hkv, D, F, block_size,
+                alibi ? " alibi" : "", shape.c_str());
+  Report(std::string(name) + " (x)", RelErr(x->Gpu(), x->Cpu()), tol);
+  double cache_err = 0;
+  for (Pair* c : caches) cache_err = std::max(cache_err, RelErr(WrittenSlots(c->Gpu(), slots, kv_dim), WrittenSlots(c->Cpu(), slots, kv_dim)));
+  Report(std::string(name) + " (appended K/V)", cache_err, tol);
+}
+
+void TestDecodeLayersCases(Backend* G, Backend* C, double tol) {
+  // bench-125m's shape (12/4 heads of 64, F 2048) at 1-4 rows, with and
+  // without ALiBi; contexts from 1 to past several 64-key splits.
+  TestDecodeLayers(G, C, 12, 4, 64, false, 2048, {330}, 16, tol);
+  TestDecodeLayers(G, C, 12, 4, 64, true, 2048, {1000}, 16, tol);
+  TestDecodeLayers(G, C, 12, 4, 64, false, 2048, {1, 77}, 16, tol);
+  TestDecodeLayers(G, C, 12, 4, 64, true, 2048, {5, 300, 2049}, 32, tol);
+  TestDecodeLayers(G, C, 12, 4, 64, false, 2048, {4097, 17, 256, 1}, 16, tol);
+  // Every head_dim, other GQA groups, an F that is not a multiple of 32 and
+  // weight rows that do not fit a warp's prefetch region (d = 2048).
+  TestDecodeLayers(G, C, 8, 2, 16, true, 264, {40, 3, 700}, 16, tol);
+  TestDecodeLayers(G, C, 8, 8, 32, false, 520, {129, 64}, 32, tol);
+  TestDecodeLayers(G, C, 16, 4, 128, false, 5632, {1500, 2}, 16, tol);
+  TestDecodeLayers(G, C, 16, 1, 128, true, 1024, {8192}, 64, tol);
+  // Above the step kernel's rows: the op-by-op path.
+  TestDecodeLayers(G, C, 12, 4, 64, false, 2048, {300, 1, 50, 900, 7}, 16, tol);
 }
 
 // Penalties and pending tokens, the ops a step runs around sampling.
@@ -1201,6 +1312,10 @@ int main(int argc, char** argv) {
     else if (a == "--perf") perf = true;
     else checkpoint = a;
   }
+  // The decode step kernel is off by default until it has run on a GPU; its
+  // checks (and the runner cases at 1-4 sequences) take it unless the
+  // caller says otherwise.
+  setenv("TINYGPT_DECODE_STEP_KERNEL", "1", 0);
   auto gpu = tinygpt::CreateBackend("cuda", dtype);
   if (!gpu.ok()) {
     std::printf("SKIP: %s\n", std::string(gpu.status().message()).c_str());
@@ -1226,7 +1341,7 @@ int main(int argc, char** argv) {
     return tinygpt::failed ? 1 : 0;
   }
   // Training ops (fp32 too: the --precision fp32 reference); --only=inference skips them.
-  if (only != "inference" && only != "attention") {
+  if (only != "inference" && only != "attention" && only != "layers") {
   tinygpt::TestTrainDense(gpu->get(), cpu.get(), tol);
   tinygpt::TestLayerNormBackwardManyRows(gpu->get(), cpu.get(), tol);
   tinygpt::TestCrossEntropy(gpu->get(), cpu.get(), tol);
@@ -1234,6 +1349,11 @@ int main(int argc, char** argv) {
   tinygpt::TestTrainAttentionCases(gpu->get(), cpu.get(), tol);
   for (bool alibi : {false, true})
     for (int kv : {8, 2}) tinygpt::TestTrainingStep(gpu->get(), dtype, alibi, kv, tol);
+  }
+  if (only == "layers" && dtype != "f32") {  // the decode step kernel's cases alone
+    tinygpt::TestDecodeLayersCases(gpu->get(), cpu.get(), tol);
+    std::printf("%d passed, %d failed\n", tinygpt::passed, tinygpt::failed);
+    return tinygpt::failed ? 1 : 0;
   }
   if (only == "attention" && dtype != "f32") {  // the paged attention cases alone (e.g. with TINYGPT_DECODE_STREAM=1)
     tinygpt::TestAttentionCases(gpu->get(), cpu.get(), tol);
@@ -1250,6 +1370,7 @@ int main(int argc, char** argv) {
   tinygpt::TestKvAppend(gpu->get(), cpu.get(), tol);
   tinygpt::TestLinearKvAppend(gpu->get(), cpu.get(), tol);
   tinygpt::TestFusedNormLinear(gpu->get(), cpu.get(), tol);
+  tinygpt::TestDecodeLayersCases(gpu->get(), cpu.get(), tol);
   tinygpt::TestPenaltiesAndPendingTokens(gpu->get(), cpu.get(), tol);
   tinygpt::TestNonFinite(gpu->get(), cpu.get());
   if (!checkpoint.empty()) {

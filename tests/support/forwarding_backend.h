@@ -1,6 +1,8 @@
 // A Backend that passes every op to another one: tests derive from it and
 // override the few ops they watch or change (a recorded row count, a fake
 // graph capture, an injected fault) while the inner backend computes.
+// TransformerLayers is not forwarded: its default runs the layers op by op
+// through this class, so that the overrides see every op.
 #pragma once
 #include <memory>
 #include <string>

@@ -1,0 +1,44 @@
+// Host-side planning and launch of the decode step kernel
+// (decode_step_kernel.cuh): every transformer block of a decode step of 1-4
+// rows in one persistent kernel. The backend (cuda_backend.cu) asks for a
+// plan and runs the layers op by op where there is none.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/attention_args.h"
+
+namespace tinygpt::cuda {
+
+struct DecodeStepPlan {
+  bool ok = false;  // false: the kernel does not take this step (the reason in why)
+  const char* why = "";
+  int grid = 0, smem_bytes = 0, num_splits = 1;
+  size_t partial_floats = 0;  // the attention splits' workspace (floats), 0 unsplit
+  int norm = 0, weights = 0, regions = 0, region_vecs = 0;  // StepSmem
+};
+
+// rows: the step's rows, one new token of one sequence each; max_ctx: the
+// longest context the plan must serve (the graphs' context bucket).
+// TINYGPT_STEP_MIN_TILES (2): the least 16-key tiles per warp of an
+// attention split.
+DecodeStepPlan PlanDecodeStep(bool bf16, const AttentionDims& dims, int rows, int d, int F, int max_ctx, int num_sms);
+
+struct DecodeStepArgs {
+  const void* layers = nullptr;  // device array of n_layers Backend::LayerWeights (StepLayer<T>'s layout)
+  int n_layers = 0, rows = 0, d = 0, F = 0;
+  float eps = 0.f;
+  AttentionDims dims;
+  AttentionBatch batch;
+  PagedKv kv;  // block size and tables (the caches are each layer's)
+  const int32_t* slots = nullptr;
+  void *x = nullptr, *qkv = nullptr, *att = nullptr, *sw = nullptr;
+  float* partial = nullptr;  // plan.partial_floats
+  void* barrier = nullptr;   // 8 bytes, zero (left zero)
+};
+
+void LaunchDecodeStep(bool bf16, const DecodeStepPlan& plan, const DecodeStepArgs& a, cudaStream_t stream);
+
+}  // namespace tinygpt::cuda
