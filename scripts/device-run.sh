@@ -119,17 +119,20 @@ if [[ $what == decode ]]; then
   # 256 sequences (kernel count, each kernel's time, DRAM bytes). DECODE_NCU=0
   # skips the profiles; DECODE_ATTN_AB=1 runs the attention bench once per
   # configuration (JSON lines only), DECODE_ATTN=0 none; DECODE_BATCHES: the engine bench's batch
-  # sizes (1,8,64,256).
-  if [[ ${DECODE_CHECKS:-1} == step ]]; then  # the decode step kernel's cases first, then bf16 and f16 as below, no stream kernel
+  # sizes (1,8,64,256). DECODE_TRACE=1: then per configuration the step
+  # kernel's phase trace and the op times with graphs off (DECODE_TRACE_BATCHES, 1,4).
+  if [[ ${DECODE_CHECKS:-1} == step || ${DECODE_CHECKS:-1} == layers ]]; then  # the decode step kernel's cases (layers: only those)
     for dtype in bf16 f16; do
       step "backend ops $dtype layers" 120 "$S/bin/tinygpt_backend_ops" --dtype=$dtype --only=layers > "$OUT/backend_ops_layers_$dtype.txt" 2>&1
       grep -E "^FAIL|passed|error|CUDA" "$OUT/backend_ops_layers_$dtype.txt" | head -20 | tee -a "$log"
     done
+  fi
+  if [[ ${DECODE_CHECKS:-1} == step ]]; then  # then bf16 and f16 as below, no stream kernel
     step "backend ops bf16" 150 "$S/bin/tinygpt_backend_ops" --dtype=bf16 "$S/seed.safetensors" > "$OUT/backend_ops_bf16.txt" 2>&1
     grep -E "^FAIL|passed|error|CUDA" "$OUT/backend_ops_bf16.txt" | head -20 | tee -a "$log"
     step "backend ops f16" 150 "$S/bin/tinygpt_backend_ops" --dtype=f16 --only=inference "$S/seed.safetensors" > "$OUT/backend_ops_f16.txt" 2>&1
     grep -E "^FAIL|passed|error|CUDA" "$OUT/backend_ops_f16.txt" | head -20 | tee -a "$log"
-  elif [[ ${DECODE_CHECKS:-1} != 0 ]]; then  # DECODE_CHECKS=stream: all but the f16 checks
+  elif [[ ${DECODE_CHECKS:-1} != 0 && ${DECODE_CHECKS:-1} != layers ]]; then  # DECODE_CHECKS=stream: all but the f16 checks
     step "backend ops bf16" 150 "$S/bin/tinygpt_backend_ops" --dtype=bf16 "$S/seed.safetensors" > "$OUT/backend_ops_bf16.txt" 2>&1
     grep -E "^FAIL|passed|error|CUDA" "$OUT/backend_ops_bf16.txt" | head -20 | tee -a "$log"
     if ! grep -q " 0 failed" "$OUT/backend_ops_bf16.txt"; then  # which part: the same checks without programmatic launch
@@ -161,6 +164,14 @@ if [[ $what == decode ]]; then
         --batches="${DECODE_BATCHES:-1,8,64,256}" --ctx=330 --graphs=1 >> "$prof" 2>&1
     done
   done
+  if [[ ${DECODE_TRACE:-0} == 1 ]]; then  # where the step kernel's time goes: phase trace and op times, graphs off
+    for c in "${configs[@]}"; do
+      echo "engine steps (graphs off, TINYGPT_STEP_TRACE=1 TINYGPT_CUDA_OP_TIMES=1), config: $c" >> "$prof"
+      vars=(); [[ $c != base ]] && read -ra vars <<< "$c"
+      step "engine bench traced [$c]" 120 env TINYGPT_STEP_TRACE=1 TINYGPT_CUDA_OP_TIMES=1 "${vars[@]}" "$S/bin/tinygpt_engine_bench" "$ck" \
+        --device=cuda --batches="${DECODE_TRACE_BATCHES:-1,4}" --ctx=330 --graphs=0 >> "$prof" 2>&1
+    done
+  fi
   if [[ ${DECODE_ATTN:-1} == 0 ]]; then  # no attention bench (a call about the linear layers)
     :
   elif [[ ${DECODE_ATTN_AB:-0} == 1 ]]; then  # the decode attention bench per configuration (JSON lines, no report)

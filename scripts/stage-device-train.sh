@@ -12,6 +12,8 @@ cmake --build build --target tinygpt tinygpt_cuda tinygpt_backend_ops tinygpt_at
 rm -rf "$stage"
 mkdir -p "$stage/bin" "$stage/bench"
 cp build/cli/tinygpt build/cli/libtinygpt_cuda.so build/cli/tinygpt_backend_ops build/cli/tinygpt_attention_train_bench "$stage/bin/"
+# Symbols are not needed on the device and the carry limit is 64 MiB.
+strip --strip-unneeded "$stage"/bin/*
 cp scripts/device-train-run.sh "$stage/run.sh"
 cp bench/train_gpu_vs_torch.py bench/attention_train_report.py bench/binaries.py "$stage/bench/"
 cp tests/python/torch_tinygpt.py "$stage/bench/"

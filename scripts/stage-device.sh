@@ -9,6 +9,8 @@ stage=device-stage
 mkdir -p $stage/bin
 cp build/cli/tinygpt build/cli/libtinygpt_cuda.so build/cli/libtinygpt_sentencepiece.so build/cli/tinygpt_backend_ops build/cli/tinygpt_attention_bench \
    build/client/tinygpt-client build/tests/server_test build/bench/tinygpt_engine_bench $stage/bin/
+# Symbols are not needed on the device and the carry limit is 64 MiB.
+strip --strip-unneeded $stage/bin/*
 ../shared/tools/pack-runtime-libs.sh $stage/lib $stage/bin/tinygpt $stage/bin/tinygpt-client $stage/bin/server_test \
    $stage/bin/tinygpt_backend_ops $stage/bin/libtinygpt_cuda.so $stage/bin/libtinygpt_sentencepiece.so
 # Libraries travel compressed (OpenBLAS alone is 35 MB; the carry limit is 64 MiB).

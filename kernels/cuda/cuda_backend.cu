@@ -783,6 +783,22 @@ class CudaBackend final : public Backend {
     s.sw = a.sw;
     s.partial = static_cast<float*>(split_workspace_);
     s.barrier = step_barrier_;
+    // TINYGPT_STEP_TRACE=1: the 100th uncaptured step of each row count
+    // prints where the kernel's time went (SummarizeDecodeStepTrace).
+    static const bool trace = EnvLong("TINYGPT_STEP_TRACE", 0) == 1;
+    const bool traced = trace && !capturing && ++step_traces_[a.T] == 100;
+    if (traced) {
+      const size_t words = DecodeStepTraceWords(plan, a.n_layers);
+      TG_CUDA_CHECK(cudaMalloc(&s.trace, words * sizeof(unsigned long long)));
+      LaunchDecodeStep(dtype_ == DType::kBF16, plan, s, stream_);
+      std::vector<unsigned long long> host(words);
+      TG_CUDA_CHECK(cudaMemcpyAsync(host.data(), s.trace, words * sizeof(unsigned long long), cudaMemcpyDeviceToHost, stream_));
+      TG_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      TG_CUDA_CHECK(cudaFree(s.trace));
+      std::fprintf(stderr, "%d rows: %s", a.T,
+                   SummarizeDecodeStepTrace(plan, a.n_layers, bt.num_seqs * a.dims.n_kv_heads * plan.num_splits, host.data()).c_str());
+      return true;
+    }
     LaunchDecodeStep(dtype_ == DType::kBF16, plan, s, stream_);
     return true;
   }
@@ -814,6 +830,7 @@ class CudaBackend final : public Backend {
   std::map<std::tuple<int, int, int, int, int, int, int, bool>, DecodeStepPlan> step_plans_;
   std::vector<std::pair<std::vector<LayerWeights>, void*>> layer_tables_;
   void* step_barrier_ = nullptr;
+  std::map<int, long> step_traces_;  // TINYGPT_STEP_TRACE: uncaptured steps per row count
   ShapeCounters counters_;
   OpTimes op_times_;
   void* scratch_ = nullptr;

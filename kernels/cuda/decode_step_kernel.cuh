@@ -30,6 +30,7 @@
 #pragma once
 #include <cfloat>
 
+#include "kernels/cuda/bulk_copy.cuh"
 #include "kernels/cuda/decode_attention_kernel.cuh"
 #include "kernels/cuda/gemv_kernel.cuh"
 
@@ -39,6 +40,14 @@ constexpr int kStepMaxRows = 4;     // rows (sequences) a step kernel takes
 constexpr int kStepMaxSplits = 16;  // key splits of its attention phase
 // A barrier that has waited this many polls (seconds) traps instead of hanging.
 constexpr long kStepBarrierPolls = 1L << 24;
+// TINYGPT_STEP_TRACE marks: the kernel's start, then for each layer and each
+// of its five phases the moments every warp of the block had its inputs
+// (normalized rows, merged attention; B: its start), had its products (B:
+// its attention items), was done with the phase (its next weights
+// requested) and was let go by the barrier after it: mark index
+// 1 + layer * 20 + phase * 4 + (0 inputs, 1 products, 2 done, 3 released).
+constexpr int kStepTraceMarksPerLayer = 20;
+constexpr int StepTraceMarks(int n_layers) { return 1 + n_layers * kStepTraceMarksPerLayer; }
 
 template <class T>
 struct StepLayer {
@@ -58,7 +67,8 @@ struct StepBarrier {
 struct StepSmem {
   int norm;     // the norm's weight then bias: 2 × d elements
   int weights;  // the split weights of phase C: rows × n_heads × kStepMaxSplits floats
-  int regions;  // kWarps prefetch regions of region_vecs 16-byte vectors
+  int bars;     // kWarps × kStepSlots mbarriers (past the attention phase's layout)
+  int regions;  // kWarps weight regions of region_vecs 16-byte vectors (past the barriers)
   int region_vecs;
 };
 
@@ -76,18 +86,47 @@ struct DecodeStepParams {
   int attn_items;        // num_seqs × n_kv_heads × num_splits
   StepBarrier* barrier;
   StepSmem smem;
+  // Null, or (TINYGPT_STEP_TRACE) StepTraceMarks × grid SM clocks, then as
+  // many global-timer readings (ns): mark m of block b at [m * grid + b].
+  unsigned long long* trace;
 };
 
-// Waits until every block of the grid has arrived. Thread 0 reads the
-// generation before it arrives (it cannot move before every block has), the
-// last arrival resets the count and then moves the generation; the release
-// and acquire chain makes every block's writes before the barrier visible to
-// every block after it.
-__device__ __forceinline__ void StepGridSync(StepBarrier* bar) {
+// Records trace mark m of this block (thread 0; no-op without a trace).
+__device__ __forceinline__ void StepTraceMark(unsigned long long* trace, int marks, int m) {
+  if (!trace || threadIdx.x != 0) return;
+  unsigned long long clk, ns;
+  asm volatile("mov.u64 %0, %%clock64;\n" : "=l"(clk));
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(ns));
+  trace[static_cast<long>(m) * gridDim.x + blockIdx.x] = clk;
+  trace[static_cast<long>(marks + m) * gridDim.x + blockIdx.x] = ns;
+}
+
+// The barrier's generation when this kernel starts (thread 0's; it cannot
+// move before this block arrives at the first barrier).
+__device__ __forceinline__ unsigned StepBarrierGeneration(const StepBarrier* bar) {
+  unsigned gen = 0;
+  if (threadIdx.x == 0) asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(gen) : "l"(&bar->generation) : "memory");
+  return gen;
+}
+
+// A trace mark for the whole block (a __syncthreads only when tracing).
+__device__ __forceinline__ void StepTraceBlock(unsigned long long* trace, int marks, int m) {
+  if (!trace) return;
   __syncthreads();
+  StepTraceMark(trace, marks, m);
+}
+
+// Waits until every block of the grid has arrived. Thread 0 keeps the
+// generation it waits to see move (gen, StepBarrierGeneration's, counted up
+// here); the last arrival resets the count and then moves the generation;
+// the release and acquire chain makes every block's writes before the
+// barrier visible to every block after it. Trace marks m (done) and m + 1
+// (released).
+__device__ __forceinline__ void StepGridSync(StepBarrier* bar, unsigned& gen, unsigned long long* trace, int marks, int m) {
+  __syncthreads();
+  StepTraceMark(trace, marks, m);
   if (threadIdx.x == 0) {
-    unsigned gen, arrived;
-    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(gen) : "l"(&bar->generation) : "memory");
+    unsigned arrived;
     asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;\n" : "=r"(arrived) : "l"(&bar->count) : "memory");
     if (arrived == gridDim.x - 1) {
       asm volatile("st.relaxed.gpu.global.u32 [%0], 0;\n" ::"l"(&bar->count) : "memory");
@@ -100,8 +139,10 @@ __device__ __forceinline__ void StepGridSync(StepBarrier* bar) {
         if (++polls > kStepBarrierPolls) __trap();  // a block that never arrives: fail, do not hang
       } while (now == gen);
     }
+    ++gen;
   }
   __syncthreads();
+  StepTraceMark(trace, marks, m + 1);
 }
 
 // cp.async of n elements (a multiple of 8) into shared memory by the whole
@@ -111,31 +152,64 @@ __device__ __forceinline__ void StepCopyToSmem(T* dst, const T* src, int n) {
   for (int c = threadIdx.x; c < n / 8; c += blockDim.x) CpAsync16(dst + c * 8, src + c * 8, true);
 }
 
-// This warp's weight rows of a phase (outputs o = gw, gw + nw, ...; kW rows
-// each: o, o + out, ...) into its region, as many as fit; one commit group.
-template <class T, int kW>
-__device__ __forceinline__ void StepPrefetchWeights(const T* w, int out, int in, uint4* region, int region_vecs, int gw, int nw,
-                                                    int lane) {
-  __syncwarp();  // every lane is done reading the region's previous rows
-  const int nvec = in / 8, per = kW * nvec, fits = region_vecs / per;
-  int i = 0;
-  for (int o = gw; o < out && i < fits; o += nw, ++i)
-#pragma unroll
-    for (int k = 0; k < kW; ++k)
-      for (int c = lane; c < nvec; c += 32)
-        CpAsync16(region + i * per + k * nvec + c, w + (static_cast<long>(o) + k * out) * in + c * 8, true);
-  CpAsyncCommit();
+// The weight slots of a warp: each of the four product phases (A, C, D, E)
+// has its own part of the warp's region, filled by bulk copies one layer
+// ahead (the next layer's rows go in as soon as this layer's are read), so
+// the weights stream from DRAM while the grid runs the phases between.
+enum StepSlotId { kSlotQkv, kSlotProj, kSlotW12, kSlotW3, kStepSlots };
+
+// This warp's outputs of a phase of `out` outputs (o = gw, gw + nw, ...).
+__device__ __forceinline__ int StepWarpOutputs(int out, int gw, int nw) { return out > gw ? (out - gw + nw - 1) / nw : 0; }
+
+// Where one phase's rows go in the warp's region: `fits` outputs of kW rows
+// of `in` elements from vector `offset` (rows beyond fits are read from
+// global memory where they are used).
+struct StepSlot {
+  int offset, fits;
+};
+
+// This warp's first `fits` outputs of a phase (kW rows each: o, o + out, ...)
+// into its slot, counted on the slot's mbarrier. Every lane must be done
+// reading the slot's previous rows (the caller's __syncwarp).
+template <class T>
+__device__ __forceinline__ void StepFillSlot(const T* w, int out, int in, int kW, uint4* slot, int fits, int gw, int nw, int lane,
+                                             uint64_t* bar) {
+  if (fits == 0) return;
+  const unsigned row_bytes = static_cast<unsigned>(in) * sizeof(T);
+  if (lane == 0) MbarrierArriveExpectBytes(bar, fits * kW * row_bytes);
+  FenceProxyAsyncShared();
+  for (int j = lane; j < fits * kW; j += 32) {
+    const int i = j / kW, k = j % kW;
+    const long o = gw + static_cast<long>(i) * nw;
+    BulkCopyToSmem(slot + j * (in / 8), w + (o + static_cast<long>(k) * out) * in, row_bytes, bar);
+  }
+}
+
+// Lane j's share of a phase's epilogue operands, loaded before the barrier
+// that precedes the phase so that their latency hides behind it: the bias
+// of the warp's output j / kW (row j % kW), and the residual x[j % rows] of
+// its output j / rows (kAddInPlace). Outputs past these lanes load theirs
+// where they are used.
+template <class T>
+__device__ __forceinline__ float StepLoadBias(const T* b, int out, int kW, int gw, int nw, int lane) {
+  const long o = gw + static_cast<long>(lane / kW) * nw;
+  return b && o < out ? ToFloat(__ldg(b + o + static_cast<long>(lane % kW) * out)) : 0.f;
+}
+template <class T>
+__device__ __forceinline__ float StepLoadResidual(const T* x, int rows, int out, int gw, int nw, int lane) {
+  const long o = gw + static_cast<long>(lane / rows) * nw;
+  return o < out ? ToFloat(__ldcg(x + static_cast<long>(lane % rows) * out + o)) : 0.f;
 }
 
 // xs[r] = LayerNorm(x[r]) for r < rows (warp r normalizes row r in
 // registers, fp32 statistics in two passes, as the GEMV's fused norm), with
-// the norm's weight and bias in shared memory (their copy is the older of
-// the two commit groups in flight).
+// the norm's weight and bias in shared memory (the block's cp.async group
+// in flight: the weights come by bulk copies).
 template <class T>
 __device__ __forceinline__ void StepNormRows(const T* x, int rows, int in, const T* nw, const T* nb, float eps, T* xs) {
   constexpr int kMaxVecs = kGemvNormMaxIn / 8 / 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31, nvec = in / 8;
-  CpAsyncWait<1>();
+  CpAsyncWaitAll();
   __syncthreads();  // the norm's weight and bias, copied by every thread
   if (warp < rows) {
     const uint4* xv = reinterpret_cast<const uint4*>(x) + warp * nvec;
@@ -233,22 +307,23 @@ __device__ __forceinline__ void StepMergeSplits(const AttentionParams& p, int ro
 }
 
 // One phase's products: y[r, o] for this warp's outputs o (gw, gw + nw, ...)
-// from the rows in xs, the first rows' weights from the warp's region (as
-// StepPrefetchWeights put them), the rest from global memory. Epilogues as
-// GemvKernel's; kAddInPlace reads y through L2 (it is this kernel's output).
+// from the rows in xs, the first slot.fits outputs' weights from the warp's
+// slot (StepFillSlot; the caller has waited for it), the rest from global
+// memory. bias_lanes and resid_lanes: StepLoadBias's and StepLoadResidual's
+// values. Epilogues as GemvKernel's; kAddInPlace reads y through L2 (it is
+// this kernel's output).
 template <class T, int kW, GemvEpilogue kEpi>
-__device__ __forceinline__ void StepProducts(const T* xs, int rows, int in, const T* w, const T* b, T* y, int out, const uint4* region,
-                                             int region_vecs, int gw, int nw, int lane, const GemvKvAppend<T>& kv) {
-  const int nvec = in / 8, per = kW * nvec, fits = region_vecs / per;
-  CpAsyncWaitAll();
-  __syncwarp();  // the region's rows, copied by every lane
+__device__ __forceinline__ void StepProducts(const T* xs, int rows, int in, const T* w, const T* b, T* y, int out, const uint4* slot,
+                                             int fits, float bias_lanes, float resid_lanes, int gw, int nw, int lane,
+                                             const GemvKvAppend<T>& kv) {
+  const int nvec = in / 8, per = kW * nvec;
   int i = 0;
   for (int o = gw; o < out; o += nw, ++i) {
     const bool pre = i < fits;
     const uint4* wr[kW];
 #pragma unroll
     for (int k = 0; k < kW; ++k)
-      wr[k] = pre ? region + i * per + k * nvec : reinterpret_cast<const uint4*>(w + (static_cast<long>(o) + k * out) * in);
+      wr[k] = pre ? slot + i * per + k * nvec : reinterpret_cast<const uint4*>(w + (static_cast<long>(o) + k * out) * in);
     float acc[kW][kStepMaxRows];
 #pragma unroll
     for (int k = 0; k < kW; ++k)
@@ -272,28 +347,31 @@ __device__ __forceinline__ void StepProducts(const T* xs, int rows, int in, cons
     // Lane r stores row r (GemvKernel: the rows' stores go out in parallel).
     float v[kW] = {};
 #pragma unroll
-    for (int r = 0; r < kStepMaxRows; ++r) {
-      if (r >= rows) break;
+    for (int k = 0; k < kW; ++k) {
+      const float bias = i < 32 / kW ? __shfl_sync(0xffffffffu, bias_lanes, i * kW + k) : b ? ToFloat(b[o + k * out]) : 0.f;
 #pragma unroll
-      for (int k = 0; k < kW; ++k) {
-        const float sum = WarpSum(acc[k][r]) + (b ? ToFloat(b[o + k * out]) : 0.f);
+      for (int r = 0; r < kStepMaxRows; ++r) {
+        if (r >= rows) break;
+        const float sum = WarpSum(acc[k][r]) + bias;
         if (lane == r) v[k] = sum;
       }
     }
+    const bool resid_pre = i < 32 / rows;
+    const float resid = __shfl_sync(0xffffffffu, resid_lanes, resid_pre ? (i * rows + lane) % 32 : 0);
     if (lane >= rows) continue;
     T* yo = y + static_cast<long>(lane) * out + o;
     if constexpr (kEpi == GemvEpilogue::kSwiGLU) {
       const float a = ToFloat(FromFloat<T>(v[0])), g = ToFloat(FromFloat<T>(v[1]));
       *yo = FromFloat<T>(a / (1.f + __expf(-a)) * g);
     } else if constexpr (kEpi == GemvEpilogue::kAddInPlace) {
-      *yo = FromFloat<T>(ToFloat(__ldcg(yo)) + ToFloat(FromFloat<T>(v[0])));
+      *yo = FromFloat<T>((resid_pre ? resid : ToFloat(__ldcg(yo))) + ToFloat(FromFloat<T>(v[0])));
     } else {
       const T value = FromFloat<T>(v[0]);
       *yo = value;
       if (kv.slots && o >= kv.k_offset && o < kv.k_offset + 2 * kv.kv_dim) {
-        const long slot = __ldg(kv.slots + lane);
+        const long slot_index = __ldg(kv.slots + lane);
         const int f = o - kv.k_offset;
-        if (slot >= 0) (f < kv.kv_dim ? kv.k_cache : kv.v_cache)[slot * kv.kv_dim + f % kv.kv_dim] = value;
+        if (slot_index >= 0) (f < kv.kv_dim ? kv.k_cache : kv.v_cache)[slot_index * kv.kv_dim + f % kv.kv_dim] = value;
       }
     }
   }
@@ -311,30 +389,69 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) DecodeStepKernel(const Decode
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int gw = blockIdx.x * Tr::kWarps + warp, nw = gridDim.x * Tr::kWarps;
   uint4* region = reinterpret_cast<uint4*>(smem_raw + p.smem.regions) + warp * p.smem.region_vecs;
-  const int rv = p.smem.region_vecs, R = p.rows, d = p.d, F = p.F;
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem_raw + p.smem.bars) + warp * kStepSlots;
+  const int R = p.rows, d = p.d, F = p.F;
   // Attention items go to the last blocks: the first ones hold the output
-  // projection's rows (d outputs of fewer warps than the grid's), whose
-  // weights they can then request without waiting for the attention.
+  // projection's rows (d outputs of fewer warps than the grid's).
   const int attn_block = gridDim.x - 1 - blockIdx.x;
   const bool attends = attn_block < p.attn_items;
   const int pairs = p.attn.num_seqs * p.attn.n_kv_heads;
   const GemvKvAppend<T> no_kv{};
+  const int marks = StepTraceMarks(p.n_layers);
+  StepTraceMark(p.trace, marks, 0);
 
-  // Layer 0's norm and QKV weights; the embeddings in x are the kernel
-  // before's output (plain stream order).
+  // The warp's slots, in its region in phase order, each as many of the
+  // warp's outputs as fit (the same every layer).
+  const int outs[kStepSlots] = {p.qkv_dim, d, F, d}, ins[kStepSlots] = {d, d, d, F}, kws[kStepSlots] = {1, 1, 2, 1};
+  StepSlot slot[kStepSlots];
+  int used = 0;
+#pragma unroll
+  for (int k = 0; k < kStepSlots; ++k) {
+    const int per = kws[k] * ins[k] / 8;
+    slot[k].offset = used;
+    slot[k].fits = min(StepWarpOutputs(outs[k], gw, nw), (p.smem.region_vecs - used) / per);
+    used += slot[k].fits * per;
+  }
+  auto weights = [](const StepLayer<T>& L, int k) { return k == kSlotQkv ? L.qkv_w : k == kSlotProj ? L.proj_w : k == kSlotW12 ? L.w12_w : L.w3_w; };
+  auto fill = [&](const StepLayer<T>& L, int k) {
+    StepFillSlot(weights(L, k), outs[k], ins[k], kws[k], region + slot[k].offset, slot[k].fits, gw, nw, lane, bars + k);
+  };
+  auto wait = [&](int k, int layer) {
+    if (slot[k].fits) MbarrierWait(bars + k, layer & 1);  // layer l's rows are the barrier's phase l
+  };
+  if (lane == 0)
+#pragma unroll
+    for (int k = 0; k < kStepSlots; ++k) MbarrierInit(bars + k);
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  __syncwarp();
+
+  // Layer 0's weights into every slot and its norm into shared memory; the
+  // embeddings in x are the kernel before's output (plain stream order).
+#pragma unroll
+  for (int k = 0; k < kStepSlots; ++k) fill(p.layers[0], k);
   StepCopyToSmem(norm_w, p.layers[0].norm1_w, d);
   StepCopyToSmem(norm_b, p.layers[0].norm1_b, d);
   CpAsyncCommit();
-  StepPrefetchWeights<T, 1>(p.layers[0].qkv_w, p.qkv_dim, d, region, rv, gw, nw, lane);
+  float bias = StepLoadBias(p.layers[0].qkv_b, p.qkv_dim, 1, gw, nw, lane), resid = 0.f;
+  unsigned generation = StepBarrierGeneration(p.barrier);
   for (int l = 0; l < p.n_layers; ++l) {
     const StepLayer<T> L = p.layers[l];
-    // A: qkv = norm1(x)·Wqkv + b, K/V into the cache.
+    const bool more = l + 1 < p.n_layers;
+    const StepLayer<T>& next = p.layers[more ? l + 1 : l];
+    const int mark = 1 + l * kStepTraceMarksPerLayer;
+    // A: qkv = norm1(x)·Wqkv + b, K and V into the cache.
     StepNormRows(p.x, R, d, norm_w, norm_b, p.eps, xs);
+    StepTraceBlock(p.trace, marks, mark + 0);
     const GemvKvAppend<T> kv{p.slots, p.attn.n_heads * Tr::kHeadDim, p.attn.n_kv_heads * Tr::kHeadDim, L.k_cache, L.v_cache};
-    StepProducts<T, 1, GemvEpilogue::kStore>(xs, R, d, L.qkv_w, L.qkv_b, p.qkv, p.qkv_dim, region, rv, gw, nw, lane, kv);
-    if (!attends) StepPrefetchWeights<T, 1>(L.proj_w, d, d, region, rv, gw, nw, lane);
-    StepGridSync(p.barrier);
+    wait(kSlotQkv, l);
+    StepProducts<T, 1, GemvEpilogue::kStore>(xs, R, d, L.qkv_w, L.qkv_b, p.qkv, p.qkv_dim, region + slot[kSlotQkv].offset,
+                                             slot[kSlotQkv].fits, bias, 0.f, gw, nw, lane, kv);
+    StepTraceBlock(p.trace, marks, mark + 1);
+    __syncwarp();  // every lane has read the slot
+    if (more) fill(next, kSlotQkv);
+    StepGridSync(p.barrier, generation, p.trace, marks, mark + 2);
     // B: attention over the cache.
+    StepTraceBlock(p.trace, marks, mark + 4);
     if (attends) {
       AttentionParams ap = p.attn;
       ap.k_cache = L.k_cache;
@@ -343,33 +460,57 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) DecodeStepKernel(const Decode
         DecodeAttentionBlock<Tr, kAlibi, false>(ap, item % pairs, item / pairs, smem_raw);
         __syncthreads();  // the block's shared memory is free again
       }
-      StepPrefetchWeights<T, 1>(L.proj_w, d, d, region, rv, gw, nw, lane);
     }
-    StepGridSync(p.barrier);
+    StepTraceBlock(p.trace, marks, mark + 5);
+    bias = StepLoadBias(L.proj_b, d, 1, gw, nw, lane);
+    resid = StepLoadResidual(p.x, R, d, gw, nw, lane);
+    StepGridSync(p.barrier, generation, p.trace, marks, mark + 6);
     // C: x += attention·Wo + bo.
     if (p.attn.num_splits > 1) StepMergeSplits(p.attn, R, Tr::kHeadDim, wts, xs);
     else StepRowsToSmem(p.att, R, d, xs);
-    StepProducts<T, 1, GemvEpilogue::kAddInPlace>(xs, R, d, L.proj_w, L.proj_b, p.x, d, region, rv, gw, nw, lane, no_kv);
+    StepTraceBlock(p.trace, marks, mark + 8);
+    wait(kSlotProj, l);
+    StepProducts<T, 1, GemvEpilogue::kAddInPlace>(xs, R, d, L.proj_w, L.proj_b, p.x, d, region + slot[kSlotProj].offset,
+                                                  slot[kSlotProj].fits, bias, resid, gw, nw, lane, no_kv);
+    StepTraceBlock(p.trace, marks, mark + 9);
+    __syncwarp();
+    if (more) fill(next, kSlotProj);
     StepCopyToSmem(norm_w, L.norm2_w, d);
     StepCopyToSmem(norm_b, L.norm2_b, d);
     CpAsyncCommit();
-    StepPrefetchWeights<T, 2>(L.w12_w, F, d, region, rv, gw, nw, lane);
-    StepGridSync(p.barrier);
+    bias = StepLoadBias(L.w12_b, F, 2, gw, nw, lane);
+    StepGridSync(p.barrier, generation, p.trace, marks, mark + 10);
     // D: sw = SwiGLU(norm2(x)·W12 + b12).
     StepNormRows(p.x, R, d, norm_w, norm_b, p.eps, xs);
-    StepProducts<T, 2, GemvEpilogue::kSwiGLU>(xs, R, d, L.w12_w, L.w12_b, p.sw, F, region, rv, gw, nw, lane, no_kv);
-    StepPrefetchWeights<T, 1>(L.w3_w, d, F, region, rv, gw, nw, lane);
-    StepGridSync(p.barrier);
+    StepTraceBlock(p.trace, marks, mark + 12);
+    wait(kSlotW12, l);
+    StepProducts<T, 2, GemvEpilogue::kSwiGLU>(xs, R, d, L.w12_w, L.w12_b, p.sw, F, region + slot[kSlotW12].offset, slot[kSlotW12].fits,
+                                              bias, 0.f, gw, nw, lane, no_kv);
+    StepTraceBlock(p.trace, marks, mark + 13);
+    __syncwarp();
+    if (more) fill(next, kSlotW12);
+    bias = StepLoadBias(L.w3_b, d, 1, gw, nw, lane);
+    resid = StepLoadResidual(p.x, R, d, gw, nw, lane);
+    StepGridSync(p.barrier, generation, p.trace, marks, mark + 14);
     // E: x += sw·W3 + b3.
     StepRowsToSmem(p.sw, R, F, xs);
-    StepProducts<T, 1, GemvEpilogue::kAddInPlace>(xs, R, F, L.w3_w, L.w3_b, p.x, d, region, rv, gw, nw, lane, no_kv);
-    if (l + 1 == p.n_layers) break;
-    const StepLayer<T>& next = p.layers[l + 1];
+    StepTraceBlock(p.trace, marks, mark + 16);
+    wait(kSlotW3, l);
+    StepProducts<T, 1, GemvEpilogue::kAddInPlace>(xs, R, F, L.w3_w, L.w3_b, p.x, d, region + slot[kSlotW3].offset, slot[kSlotW3].fits,
+                                                  bias, resid, gw, nw, lane, no_kv);
+    StepTraceBlock(p.trace, marks, mark + 17);
+    if (!more) {
+      __syncthreads();
+      StepTraceMark(p.trace, marks, mark + 18);
+      break;
+    }
+    __syncwarp();
+    fill(next, kSlotW3);
     StepCopyToSmem(norm_w, next.norm1_w, d);
     StepCopyToSmem(norm_b, next.norm1_b, d);
     CpAsyncCommit();
-    StepPrefetchWeights<T, 1>(next.qkv_w, p.qkv_dim, d, region, rv, gw, nw, lane);
-    StepGridSync(p.barrier);
+    bias = StepLoadBias(next.qkv_b, p.qkv_dim, 1, gw, nw, lane);
+    StepGridSync(p.barrier, generation, p.trace, marks, mark + 18);
   }
 }
 

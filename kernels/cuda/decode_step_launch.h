@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "kernels/attention_args.h"
 
@@ -17,13 +18,14 @@ struct DecodeStepPlan {
   const char* why = "";
   int grid = 0, smem_bytes = 0, num_splits = 1;
   size_t partial_floats = 0;  // the attention splits' workspace (floats), 0 unsplit
-  int norm = 0, weights = 0, regions = 0, region_vecs = 0;  // StepSmem
+  int norm = 0, weights = 0, bars = 0, regions = 0, region_vecs = 0;  // StepSmem
 };
 
 // rows: the step's rows, one new token of one sequence each; max_ctx: the
 // longest context the plan must serve (the graphs' context bucket).
-// TINYGPT_STEP_MIN_TILES (2): the least 16-key tiles per warp of an
-// attention split.
+// TINYGPT_STEP_MIN_TILES (1): the least 16-key tiles per warp of an
+// attention split. TINYGPT_STEP_BLOCKS_PER_SM (0, all that fit): caps the
+// grid's blocks per SM.
 DecodeStepPlan PlanDecodeStep(bool bf16, const AttentionDims& dims, int rows, int d, int F, int max_ctx, int num_sms);
 
 struct DecodeStepArgs {
@@ -37,8 +39,17 @@ struct DecodeStepArgs {
   void *x = nullptr, *qkv = nullptr, *att = nullptr, *sw = nullptr;
   float* partial = nullptr;  // plan.partial_floats
   void* barrier = nullptr;   // 8 bytes, zero (left zero)
+  unsigned long long* trace = nullptr;  // null, or DecodeStepTraceWords(plan, n_layers) (TINYGPT_STEP_TRACE)
 };
 
 void LaunchDecodeStep(bool bf16, const DecodeStepPlan& plan, const DecodeStepArgs& a, cudaStream_t stream);
+
+// Where a step kernel's time went (TINYGPT_STEP_TRACE=1; a diagnostic, not a
+// hot path): each block's SM clock and the global timer at the start, at the
+// end of each phase and at each barrier's release. The summary has, per phase
+// averaged over the layers, the slowest and the median block's work and the
+// barrier's wait for its last arrival, in microseconds.
+size_t DecodeStepTraceWords(const DecodeStepPlan& plan, int n_layers);
+std::string SummarizeDecodeStepTrace(const DecodeStepPlan& plan, int n_layers, int attn_items, const unsigned long long* trace);
 
 }  // namespace tinygpt::cuda
