@@ -6,9 +6,9 @@
 // (H200, docs/benchmarks.md, issue #23), while its weights take 47 us to
 // read at the copy bandwidth: each kernel paid its launch, its ramp and its
 // drain. Inside one kernel a phase boundary is an arrival counter in L2, and
-// each warp requests the weight rows of its next phase (cp.async into its
-// own shared memory) before it waits at the barrier, so the weights stream
-// in while the grid waits for the slowest block.
+// each warp's weight rows come into its own shared memory a layer ahead (bulk
+// copies into one slot per phase, StepFillSlot), so the weights stream in
+// while the grid runs the phases before.
 //
 // Phases of one layer (R rows of width d; outputs spread over all warps of
 // the grid, one weight row per warp at a time, as the GEMV of gemv_kernel.cuh):
@@ -207,53 +207,13 @@ __device__ __forceinline__ float StepLoadResidual(const T* x, int rows, int out,
 // in flight: the weights come by bulk copies).
 template <class T>
 __device__ __forceinline__ void StepNormRows(const T* x, int rows, int in, const T* nw, const T* nb, float eps, T* xs) {
-  constexpr int kMaxVecs = kGemvNormMaxIn / 8 / 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31, nvec = in / 8;
+  WarpNormRow<T> row;
+  if (warp < rows) row.template Load<true>(reinterpret_cast<const uint4*>(x) + warp * nvec, in, eps, lane);
   CpAsyncWaitAll();
   __syncthreads();  // the norm's weight and bias, copied by every thread
-  if (warp < rows) {
-    const uint4* xv = reinterpret_cast<const uint4*>(x) + warp * nvec;
-    uint4 v[kMaxVecs];
-    float sum = 0.f;
-#pragma unroll
-    for (int k = 0; k < kMaxVecs; ++k) {
-      const int c = lane + k * 32;
-      if (c < nvec) {
-        v[k] = __ldcg(xv + c);
-        float f[8];
-        Unpack8<T>(v[k], f);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) sum += f[j];
-      }
-    }
-    const float m = WarpSum(sum) / in;
-    float var = 0.f;
-#pragma unroll
-    for (int k = 0; k < kMaxVecs; ++k)
-      if (lane + k * 32 < nvec) {
-        float f[8];
-        Unpack8<T>(v[k], f);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) var += (f[j] - m) * (f[j] - m);
-      }
-    const float rs = rsqrtf(WarpSum(var) / in + eps);
-    const uint4* wv = reinterpret_cast<const uint4*>(nw);
-    const uint4* bv = reinterpret_cast<const uint4*>(nb);
-#pragma unroll
-    for (int k = 0; k < kMaxVecs; ++k) {
-      const int c = lane + k * 32;
-      if (c < nvec) {
-        float f[8], gw[8], gb[8];
-        Unpack8<T>(v[k], f);
-        Unpack8<T>(wv[c], gw);
-        Unpack8<T>(bv[c], gb);
-        Vec16<T> o;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) o.v[j] = FromFloat<T>((f[j] - m) * rs * gw[j] + gb[j]);
-        reinterpret_cast<uint4*>(xs)[warp * nvec + c] = *reinterpret_cast<const uint4*>(&o);
-      }
-    }
-  }
+  if (warp < rows)
+    row.Store(reinterpret_cast<const uint4*>(nw), reinterpret_cast<const uint4*>(nb), reinterpret_cast<uint4*>(xs) + warp * nvec, in, lane);
   __syncthreads();
 }
 

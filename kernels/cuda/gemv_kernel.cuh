@@ -70,6 +70,65 @@ constexpr int kGemvNormMaxIn = 2048;
 
 enum class GemvEpilogue { kStore, kSwiGLU, kAddInPlace };
 
+// One row's LayerNorm by one warp on 16-byte vectors held in registers (two
+// passes over them, fp32 statistics, as LayerNormVecKernel): Load reads the
+// row (kThroughL2: with __ldcg, for rows written earlier in the same kernel)
+// and takes its statistics; Store writes the normalized row, rounded to T.
+// The GEMV's fused norm and the decode step kernel's (decode_step_kernel.cuh).
+template <class T>
+struct WarpNormRow {
+  static constexpr int kMaxVecs = kGemvNormMaxIn / 8 / 32;  // 16-byte vectors per lane of one row
+  uint4 v[kMaxVecs];
+  float m = 0.f, rs = 0.f;
+
+  template <bool kThroughL2>
+  __device__ __forceinline__ void Load(const uint4* xv, int in, float eps, int lane) {
+    const int nvec = in / 8;
+    float sum = 0.f;
+#pragma unroll
+    for (int k = 0; k < kMaxVecs; ++k) {
+      const int c = lane + k * 32;
+      if (c < nvec) {
+        v[k] = kThroughL2 ? __ldcg(xv + c) : xv[c];
+        float f[8];
+        Unpack8<T>(v[k], f);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) sum += f[j];
+      }
+    }
+    m = WarpSum(sum) / in;
+    float var = 0.f;
+#pragma unroll
+    for (int k = 0; k < kMaxVecs; ++k)
+      if (lane + k * 32 < nvec) {
+        float f[8];
+        Unpack8<T>(v[k], f);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) var += (f[j] - m) * (f[j] - m);
+      }
+    rs = rsqrtf(WarpSum(var) / in + eps);
+  }
+
+  // dst = the normalized row; wv, bv: the norm's weight and bias.
+  __device__ __forceinline__ void Store(const uint4* wv, const uint4* bv, uint4* dst, int in, int lane) const {
+    const int nvec = in / 8;
+#pragma unroll
+    for (int k = 0; k < kMaxVecs; ++k) {
+      const int c = lane + k * 32;
+      if (c < nvec) {
+        float f[8], gw[8], gb[8];
+        Unpack8<T>(v[k], f);
+        Unpack8<T>(wv[c], gw);
+        Unpack8<T>(bv[c], gb);
+        Vec16<T> o;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) o.v[j] = FromFloat<T>((f[j] - m) * rs * gw[j] + gb[j]);
+        dst[c] = *reinterpret_cast<const uint4*>(&o);
+      }
+    }
+  }
+};
+
 // Weight vectors (16 bytes) per lane and weight row that are loaded before
 // PdlWait: the weights are no predecessor's output, so with programmatic
 // dependent launch they stream in while the kernel before finishes (rows of
@@ -122,61 +181,16 @@ __global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const T* __restric
   // shared memory, which every warp of the block helps to make.
   const T* xr = x;
   if constexpr (kNorm) {
-    // Warp r normalizes row r on 16-byte vectors held in registers (two
-    // passes over them, as LayerNormVecKernel), into shared memory; then
-    // every warp reads all rows from there. (A block-wide version with
+    // Warp r normalizes row r in registers (WarpNormRow) into shared memory;
+    // then every warp reads all rows from there. (A block-wide version with
     // element loops cost 5 us a product at 8 rows on the H200.)
-    constexpr int kMaxVecs = kGemvNormMaxIn / 8 / 32;  // 16-byte vectors per lane of one row
     const int warp = threadIdx.x / 32;
     const bool normalizes = warp < R;
-    const uint4* xv = reinterpret_cast<const uint4*>(x) + warp * nvec;
-    uint4 v[kMaxVecs];
-    float m = 0.f, rs = 0.f;
-    if (normalizes) {
-      float sum = 0.f;
-#pragma unroll
-      for (int k = 0; k < kMaxVecs; ++k) {
-        const int c = lane + k * 32;
-        if (c < nvec) {
-          v[k] = xv[c];
-          float f[8];
-          Unpack8<T>(v[k], f);
-#pragma unroll
-          for (int j = 0; j < 8; ++j) sum += f[j];
-        }
-      }
-      m = WarpSum(sum) / in;
-      float var = 0.f;
-#pragma unroll
-      for (int k = 0; k < kMaxVecs; ++k)
-        if (lane + k * 32 < nvec) {
-          float f[8];
-          Unpack8<T>(v[k], f);
-#pragma unroll
-          for (int j = 0; j < 8; ++j) var += (f[j] - m) * (f[j] - m);
-        }
-      rs = rsqrtf(WarpSum(var) / in + norm.eps);
-    }
+    WarpNormRow<T> row;
+    if (normalizes) row.template Load<false>(reinterpret_cast<const uint4*>(x) + warp * nvec, in, norm.eps, lane);
     CpAsyncWaitAll();
     __syncthreads();  // the norm's weight and bias, copied by other threads
-    if (normalizes) {
-      const uint4* wv = norm_smem + R * nvec;
-      const uint4* bv = norm_smem + (R + 1) * nvec;
-#pragma unroll
-      for (int k = 0; k < kMaxVecs; ++k) {
-        const int c = lane + k * 32;
-        if (c < nvec) {
-          float f[8], gw[8], gb[8];
-          Unpack8<T>(v[k], f);
-          Unpack8<T>(wv[c], gw);
-          Unpack8<T>(bv[c], gb);
-          Vec16<T> o;
-#pragma unroll
-          for (int j = 0; j < 8; ++j) o.v[j] = FromFloat<T>((f[j] - m) * rs * gw[j] + gb[j]);
-          norm_smem[warp * nvec + c] = *reinterpret_cast<const uint4*>(&o);
-        }
-      }
-    }
+    if (normalizes) row.Store(norm_smem + R * nvec, norm_smem + (R + 1) * nvec, norm_smem + warp * nvec, in, lane);
     __syncthreads();
     xr = reinterpret_cast<const T*>(norm_smem);
   }
