@@ -221,7 +221,7 @@ void Engine::RetireCancelled() {
   for (auto& s : cancelled)
     Retire(s, FinishReason::kCancelled,
            cancel_all && !s->cancel_requested ? absl::UnavailableError(kShutdownMessage) : absl::OkStatus());
-  waker_.Flush();
+  if (!cancelled.empty()) WakeCalls();
 }
 
 bool Engine::LaunchStep() {
@@ -350,7 +350,7 @@ replan:
   if (!status.ok()) {
     LOG(ERROR) << "step failed: " << status;
     for (auto& s : in_step) Retire(s, FinishReason::kCancelled, status);
-    waker_.Flush();
+    WakeCalls();
     return true;
   }
   LaunchedStep launched;
@@ -401,7 +401,7 @@ void Engine::CollectStep() {
     LOG(ERROR) << "collecting a step failed: " << status;
     for (auto& s : step.seqs)
       if (!s->retired) Retire(s, FinishReason::kCancelled, status);
-    waker_.Flush();
+    WakeCalls();
     return;
   }
   // Hand out the tokens; retire finished sequences at once.
@@ -461,8 +461,7 @@ void Engine::CollectStep() {
     if (StopsOn(*s, token, text)) Retire(s, FinishReason::kStop);
     else if (s->num_generated() >= s->request.options.max_new_tokens) Retire(s, FinishReason::kLength);
   }
-  waker_.Flush();
-  PublishGauges();
+  WakeCalls();
 }
 
 bool Engine::ReleaseWaitingBlocks() {
@@ -491,6 +490,13 @@ void Engine::SharePrompt(Sequence& first) {
     sib->waits_for_prompt = false;
   }
   first.siblings.clear();
+}
+
+void Engine::WakeCalls() {
+  // Gauges first: a client that hears its call has ended must find its KV
+  // blocks free and itself no longer running (GetModelInfo, /metrics).
+  PublishGauges();
+  waker_.Flush();
 }
 
 void Engine::PublishGauges() {

@@ -124,6 +124,7 @@ class Engine {
   // Takes back the blocks held by waiting sequences; false when none held any.
   bool ReleaseWaitingBlocks();
   void PublishGauges();
+  void WakeCalls();  // publish the gauges, then tell the calls what the scheduler did
 
   ModelRunner* runner_;
   EngineOptions opt_;
