@@ -1,6 +1,7 @@
 #include "kernels/cuda/attention_launch.h"
 
 #include "kernels/cuda/attention_run.cuh"
+#include "kernels/cuda/head_dim_dispatch.h"
 
 #include <algorithm>
 #include <cstdlib>
@@ -29,9 +30,9 @@ bool NarrowDecode() {
 // Calls fn.template operator()<Traits>() for the shape, head_dim and dtype.
 template <class Fn>
 void Dispatch(bool bf16, AttentionShape shape, int head_dim, const Fn& fn) {
-  auto by_dim = [&](auto tag) {
+  ByHalfType(bf16, [&](auto tag) {
     using T = std::decay_t<decltype(tag)>;  // decay: nvcc reads decltype(tag) as a reference inside the nested if constexpr
-    auto by_shape = [&](auto dim) {
+    ByHeadDim(head_dim, "paged attention", [&](auto dim) {
       constexpr int D = decltype(dim)::value;
       if (shape == AttentionShape::kDecode) return fn.template operator()<DecodeAttention<D, T>>();
       if constexpr (D <= 64) {
@@ -39,18 +40,8 @@ void Dispatch(bool bf16, AttentionShape shape, int head_dim, const Fn& fn) {
       }
       if (shape == AttentionShape::kNarrow) fn.template operator()<NarrowAttention<D, T>>();
       else fn.template operator()<WideAttention<D, T>>();
-    };
-    switch (head_dim) {
-      case 16: return by_shape(std::integral_constant<int, 16>());
-      case 32: return by_shape(std::integral_constant<int, 32>());
-      case 64: return by_shape(std::integral_constant<int, 64>());
-      case 128: return by_shape(std::integral_constant<int, 128>());
-    }
-    std::fprintf(stderr, "paged attention: head_dim %d has no kernel\n", head_dim);
-    std::abort();
-  };
-  if (bf16) by_dim(__nv_bfloat16());
-  else by_dim(__half());
+    });
+  });
 }
 
 struct PlanFn {

@@ -7,21 +7,10 @@
 
 #include "kernels/cuda/attention_train_kernel.cuh"
 #include "kernels/cuda/attention_train_mma.cuh"
+#include "kernels/cuda/head_dim_dispatch.h"
 
 namespace tinygpt::cuda {
 namespace {
-
-template <class Fn>
-void ByHeadDim(int head_dim, const Fn& fn) {
-  switch (head_dim) {
-    case 16: return fn(std::integral_constant<int, 16>());
-    case 32: return fn(std::integral_constant<int, 32>());
-    case 64: return fn(std::integral_constant<int, 64>());
-    case 128: return fn(std::integral_constant<int, 128>());
-  }
-  std::fprintf(stderr, "training attention: head_dim %d has no kernel (16, 32, 64, 128)\n", head_dim);
-  std::abort();
-}
 
 TrainAttentionParams MakeParams(const AttentionDims& dims, const AttentionBatch& batch, const void* qkv) {
   TrainAttentionParams p{};
@@ -76,7 +65,7 @@ void LaunchTrainAttentionForward(const AttentionDims& dims, const AttentionBatch
   p.out_w = out;
   p.lse = lse;
   if constexpr (!std::is_same_v<T, float>) {
-    ByHeadDim(dims.head_dim, [&](auto d) {
+    ByHeadDim(dims.head_dim, "training attention", [&](auto d) {
       using Tr = MmaTrainTraits<decltype(d)::value>;
       if (Log2Scores())
         LaunchMma(MmaRowsKernel<Tr, T, MmaRowPass::kForward, true>, Grid<Tr>(batch, dims.n_heads), Tr::kThreads,
@@ -87,7 +76,7 @@ void LaunchTrainAttentionForward(const AttentionDims& dims, const AttentionBatch
     });
     return;
   }
-  ByHeadDim(dims.head_dim, [&](auto d) {
+  ByHeadDim(dims.head_dim, "training attention", [&](auto d) {
     using Tr = TrainAttentionTraits<decltype(d)::value>;
     TrainAttentionRowsKernel<Tr, T, RowPass::kForward><<<Grid<Tr>(batch, dims.n_heads), Tr::kThreads, 0, stream>>>(p);
     TG_CUDA_LAUNCH_CHECK();
@@ -109,7 +98,7 @@ void LaunchTrainAttentionBackward(const AttentionDims& dims, const AttentionBatc
   p.delta = delta;
   p.dqkv = dqkv;
   if constexpr (!std::is_same_v<T, float>) {
-    ByHeadDim(dims.head_dim, [&](auto d) {
+    ByHeadDim(dims.head_dim, "training attention", [&](auto d) {
       using Tr = MmaTrainTraits<decltype(d)::value>;
       if (Log2Scores()) {
         LaunchMma(MmaRowsKernel<Tr, T, MmaRowPass::kDq, true>, Grid<Tr>(batch, dims.n_heads), Tr::kThreads, MmaDqSmem<Tr>(), p,
@@ -123,7 +112,7 @@ void LaunchTrainAttentionBackward(const AttentionDims& dims, const AttentionBatc
     });
     return;
   }
-  ByHeadDim(dims.head_dim, [&](auto d) {
+  ByHeadDim(dims.head_dim, "training attention", [&](auto d) {
     using Tr = TrainAttentionTraits<decltype(d)::value>;
     TrainAttentionRowsKernel<Tr, T, RowPass::kDq><<<Grid<Tr>(batch, dims.n_heads), Tr::kThreads, 0, stream>>>(p);
     TG_CUDA_LAUNCH_CHECK();

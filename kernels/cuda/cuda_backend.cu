@@ -290,15 +290,7 @@ class CudaBackend final : public Backend {
     }
     const AttentionPlan plan = PlanPagedAttention(dtype_ == DType::kBF16, d, batch, num_sms_);
     GrowSplitWorkspace(plan.partial_floats * sizeof(float));
-    if (plan.split_counters > split_counters_cap_) {
-      if (split_counters_) retired_.push_back(split_counters_);
-      TG_CUDA_CHECK(cudaMalloc(&split_counters_, plan.split_counters * sizeof(int)));
-      // Zero once; each call leaves them zero. (Inside a capture this memset
-      // is a graph node, replayed harmlessly before the kernels.)
-      TG_CUDA_CHECK(cudaMemsetAsync(split_counters_, 0, plan.split_counters * sizeof(int), stream_));
-      split_counters_cap_ = plan.split_counters;
-      ++counters_.workspace_growths;
-    }
+    GrowSplitCounters(plan.split_counters);
     LaunchPagedAttention(dtype_ == DType::kBF16, plan, d, batch, qkv, static_cast<long>(d.n_heads + 2 * d.n_kv_heads) * d.head_dim, kv,
                          out, static_cast<float*>(split_workspace_), static_cast<int*>(split_counters_), stream_);
   }
@@ -714,6 +706,18 @@ class CudaBackend final : public Backend {
     split_bytes_ = bytes;
     ++counters_.workspace_growths;
   }
+  // The decode kernels' split counters (the last split of each (sequence, KV
+  // head) to finish merges the splits): zeroed once, each call leaves them
+  // zero. (Inside a capture the memset is a graph node, replayed harmlessly
+  // before the kernels.)
+  void GrowSplitCounters(int count) {
+    if (count <= split_counters_cap_) return;
+    if (split_counters_) retired_.push_back(split_counters_);
+    TG_CUDA_CHECK(cudaMalloc(&split_counters_, count * sizeof(int)));
+    TG_CUDA_CHECK(cudaMemsetAsync(split_counters_, 0, count * sizeof(int), stream_));
+    split_counters_cap_ = count;
+    ++counters_.workspace_growths;
+  }
 
   // The decode step kernel for the layers of `a`, when it takes them: false
   // leaves them to the op-by-op path (shapes it has no plan for, a layer
@@ -765,6 +769,7 @@ class CudaBackend final : public Backend {
       }
     }
     GrowSplitWorkspace(plan.partial_floats * sizeof(float));
+    GrowSplitCounters(plan.split_counters);
     OpTimes::Scope timed(&op_times_, "decode step kernel", stream_);
     DecodeStepArgs s;
     s.layers = table;
@@ -782,6 +787,7 @@ class CudaBackend final : public Backend {
     s.att = a.att;
     s.sw = a.sw;
     s.partial = static_cast<float*>(split_workspace_);
+    s.split_counters = static_cast<int*>(split_counters_);
     s.barrier = step_barrier_;
     // TINYGPT_STEP_TRACE=1: the 100th uncaptured step of each row count
     // prints where the kernel's time went (SummarizeDecodeStepTrace).

@@ -25,13 +25,25 @@
 
 namespace tinygpt::cuda {
 
+// What a block does where its inputs from the kernel before become readable
+// (q and the new tokens' K/V): the kernel below waits for its programmatic
+// predecessor (common.cuh).
+struct DecodePdlWait {
+  __device__ __forceinline__ void operator()() const {
+    PdlWait();
+    PdlLaunchDependents();
+  }
+};
+
 // One block's work: (sequence, KV head) bx and key split by, in smem_raw
 // (Tr::kSmemBytes). The kernel below runs one per block; the decode step
 // kernel (decode_step_kernel.cuh) runs them in its attention phase, where
-// kPdl is false: that kernel is not launched as a programmatic dependent.
-template <class Tr, bool kAlibi, bool kPdl = true>
-__device__ __forceinline__ void DecodeAttentionBlock(const AttentionParams& p, const int bx, const int by,
-                                                     unsigned char* smem_raw) {
+// wait_inputs is its grid barrier: the block table, and the cached keys
+// before the new tokens, are read before it. Every thread of the block calls
+// wait_inputs once.
+template <class Tr, bool kAlibi, class WaitInputs = DecodePdlWait>
+__device__ __forceinline__ void DecodeAttentionBlock(const AttentionParams& p, const int bx, const int by, unsigned char* smem_raw,
+                                                     const WaitInputs& wait_inputs = WaitInputs()) {
   using T = typename Tr::T;
   constexpr int D = Tr::kHeadDim, BN = Tr::kBlockN, S = Tr::kStages, W = Tr::kWarps;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -40,13 +52,13 @@ __device__ __forceinline__ void DecodeAttentionBlock(const AttentionParams& p, c
   T* sV = sK + S * Tr::kKVElems;
 
   // The step's metadata and block tables are host uploads, no kernel's
-  // output: read before PdlWait (common.cuh), as are the cached keys before
-  // the step's new tokens.
+  // output: read before wait_inputs, as are the cached keys before the
+  // step's new tokens.
   const int s = bx / p.n_kv_heads, kvh = bx % p.n_kv_heads;
   const int q0 = p.cu_q[s], q_len = p.cu_q[s + 1] - q0, ctx = p.ctx_len[s], offset = ctx - q_len;
   const int G = p.group, rows = q_len * G;
   if (rows <= 0) {
-    if constexpr (kPdl) PdlWait();
+    wait_inputs();
     return;
   }
   // Every row sees at most the keys up to the last new token: ctx of them.
@@ -70,7 +82,7 @@ __device__ __forceinline__ void DecodeAttentionBlock(const AttentionParams& p, c
   auto cached = [&](int i) { return (tile_of(i) + 1) * BN <= offset; };  // wholly before the new tokens
 
   // Prologue: the entries of the first kStages tiles; the cached ones of the
-  // first kStages-1 tiles issued before PdlWait, into the first commit
+  // first kStages-1 tiles issued before wait_inputs, into the first commit
   // group, the rest after it (one group per tile, empty past the warp's
   // last, so that the group count stays fixed).
   int entry[S];
@@ -79,10 +91,7 @@ __device__ __forceinline__ void DecodeAttentionBlock(const AttentionParams& p, c
 #pragma unroll
   for (int i = 0; i < S - 1; ++i)
     if (i < count && cached(i)) load_kv(i, i, entry[i]);
-  if constexpr (kPdl) {
-    PdlWait();  // Q and the new tokens' K/V are the predecessor's output
-    PdlLaunchDependents();
-  }
+  wait_inputs();  // Q and the new tokens' K/V are the predecessor's output
   const T* q_base = static_cast<const T*>(p.q);
   for (int c = tid; c < Tr::kRows * Tr::kChunks; c += Tr::kThreads) {  // Q, rows past the end zero-filled
     const int r = c / Tr::kChunks, ch = c % Tr::kChunks;

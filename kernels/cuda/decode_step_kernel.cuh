@@ -8,15 +8,17 @@
 // drain. Inside one kernel a phase boundary is an arrival counter in L2, and
 // each warp's weight rows come into its own shared memory a layer ahead (bulk
 // copies into one slot per phase, StepFillSlot), so the weights stream in
-// while the grid runs the phases before.
+// while the grid runs the phases before. The norms' weights and biases come
+// the same way, one slot a block.
 //
 // Phases of one layer (R rows of width d; outputs spread over all warps of
 // the grid, one weight row per warp at a time, as the GEMV of gemv_kernel.cuh):
 //   A  every block normalizes x (norm1) into shared memory; qkv = ·Wqkv + b,
 //      K and V appended to the cache
 //   B  decode attention: blocks take (sequence, KV head, key split) items,
-//      each as DecodeAttentionBlock (decode_attention_kernel.cuh)
-//   C  every block merges the splits' partials into shared memory; x += ·Wo + bo
+//      each as DecodeAttentionBlock (decode_attention_kernel.cuh); the last
+//      split of each (sequence, KV head) to finish merges them all
+//   C  every block reads the attention rows into shared memory; x += ·Wo + bo
 //   D  every block normalizes x (norm2); sw = SwiGLU(·W12 + b12)
 //   E  x += sw·W3 + b3
 // with a barrier after each (the last layer's E ends the kernel). Rounding
@@ -37,16 +39,19 @@
 namespace tinygpt::cuda {
 
 constexpr int kStepMaxRows = 4;     // rows (sequences) a step kernel takes
-constexpr int kStepMaxSplits = 16;  // key splits of its attention phase
+constexpr int kStepMaxSplits = 16;  // key splits of its attention phase (the merge takes 64 at most)
 // A barrier that has waited this many polls (seconds) traps instead of hanging.
 constexpr long kStepBarrierPolls = 1L << 24;
 // TINYGPT_STEP_TRACE marks: the kernel's start, then for each layer and each
 // of its five phases the moments every warp of the block had its inputs
-// (normalized rows, merged attention; B: its start), had its products (B:
-// its attention items), was done with the phase (its next weights
-// requested) and was let go by the barrier after it: mark index
-// 1 + layer * 20 + phase * 4 + (0 inputs, 1 products, 2 done, 3 released).
-constexpr int kStepTraceMarksPerLayer = 20;
+// (normalized rows, attention rows; B: its start), had waited for its weight
+// slot (B: its start), had its products (B: its attention items), was done
+// with the phase (its next weights requested) and was let go by the barrier
+// after it: mark index 1 + layer * 25 + phase * 5 + (0 inputs, 1 weights,
+// 2 products, 3 done, 4 released). An attention block's start of B comes
+// after its attention prologue, which is before the barrier (A's "done").
+constexpr int kStepTracePhaseMarks = 5;
+constexpr int kStepTraceMarksPerLayer = 5 * kStepTracePhaseMarks;
 constexpr int StepTraceMarks(int n_layers) { return 1 + n_layers * kStepTraceMarksPerLayer; }
 
 template <class T>
@@ -62,13 +67,16 @@ struct StepBarrier {
   unsigned generation;
 };
 
-// Byte offsets of the dynamic shared memory's regions in the GEMV phases
-// (the attention phase uses all of it from 0 as its own layout).
+// Byte offsets of the dynamic shared memory's regions. The rows a GEMV phase
+// reads (rows × max(d, F) elements from 0) lie over the attention phase's own
+// layout; past that layout, held across phases, come the mbarriers (kWarps ×
+// kStepSlots of the warps' slots, then the block's norm slot's), the norm
+// slot (norm1's weight and bias, norm2's weight and bias: 4 × d elements)
+// and the warps' weight regions.
 struct StepSmem {
-  int norm;     // the norm's weight then bias: 2 × d elements
-  int weights;  // the split weights of phase C: rows × n_heads × kStepMaxSplits floats
-  int bars;     // kWarps × kStepSlots mbarriers (past the attention phase's layout)
-  int regions;  // kWarps weight regions of region_vecs 16-byte vectors (past the barriers)
+  int bars;
+  int norms;
+  int regions;  // kWarps weight regions of region_vecs 16-byte vectors
   int region_vecs;
 };
 
@@ -79,10 +87,10 @@ struct DecodeStepParams {
   float eps;
   T* x;  // [rows, d] the residual stream, in and out
   T* qkv;
-  T* att;  // [rows, d] the attention output when unsplit
+  T* att;  // [rows, d] the attention output
   T* sw;   // [rows, F]
   const int32_t* slots;
-  AttentionParams attn;  // q = qkv, out = att; the caches set per layer
+  AttentionParams attn;  // q = qkv, out = att, split counters when split; the caches set per layer
   int attn_items;        // num_seqs × n_kv_heads × num_splits
   StepBarrier* barrier;
   StepSmem smem;
@@ -145,21 +153,42 @@ __device__ __forceinline__ void StepGridSync(StepBarrier* bar, unsigned& gen, un
   StepTraceMark(trace, marks, m + 1);
 }
 
-// cp.async of n elements (a multiple of 8) into shared memory by the whole
-// block, as one commit group.
-template <class T>
-__device__ __forceinline__ void StepCopyToSmem(T* dst, const T* src, int n) {
-  for (int c = threadIdx.x; c < n / 8; c += blockDim.x) CpAsync16(dst + c * 8, src + c * 8, true);
-}
-
 // The weight slots of a warp: each of the four product phases (A, C, D, E)
 // has its own part of the warp's region, filled by bulk copies one layer
 // ahead (the next layer's rows go in as soon as this layer's are read), so
 // the weights stream from DRAM while the grid runs the phases between.
 enum StepSlotId { kSlotQkv, kSlotProj, kSlotW12, kSlotW3, kStepSlots };
 
-// This warp's outputs of a phase of `out` outputs (o = gw, gw + nw, ...).
-__device__ __forceinline__ int StepWarpOutputs(int out, int gw, int nw) { return out > gw ? (out - gw + nw - 1) / nw : 0; }
+// A slot's phase: `out` outputs, each kw weight rows of `in` elements (W12's
+// two: the SwiGLU's value and gate). The kernel and its plan both size the
+// slots from this.
+struct StepSlotShape {
+  int out, in, kw;
+};
+__host__ __device__ __forceinline__ StepSlotShape StepSlotShapeOf(int slot, int qkv_dim, int d, int F) {
+  return slot == kSlotQkv ? StepSlotShape{qkv_dim, d, 1}
+         : slot == kSlotProj ? StepSlotShape{d, d, 1}
+         : slot == kSlotW12  ? StepSlotShape{F, d, 2}
+                             : StepSlotShape{d, F, 1};
+}
+
+// Warp gw's outputs of a phase of `out` outputs (o = gw, gw + nw, ...).
+__host__ __device__ __forceinline__ int StepWarpOutputs(int out, int gw, int nw) { return out > gw ? (out - gw + nw - 1) / nw : 0; }
+
+// The norm slot's next layer: norm1's and norm2's weights and biases of
+// layer L, four bulk copies counted on the block's norm barrier (thread 0;
+// every thread is done reading the slot, the caller's __syncthreads).
+template <class T>
+__device__ __forceinline__ void StepFillNorms(const StepLayer<T>& L, int d, T* norms, uint64_t* bar) {
+  if (threadIdx.x != 0) return;
+  const unsigned bytes = static_cast<unsigned>(d) * sizeof(T);
+  MbarrierArriveExpectBytes(bar, 4 * bytes);
+  FenceProxyAsyncShared();
+  BulkCopyToSmem(norms, L.norm1_w, bytes, bar);
+  BulkCopyToSmem(norms + d, L.norm1_b, bytes, bar);
+  BulkCopyToSmem(norms + 2 * d, L.norm2_w, bytes, bar);
+  BulkCopyToSmem(norms + 3 * d, L.norm2_b, bytes, bar);
+}
 
 // Where one phase's rows go in the warp's region: `fits` outputs of kW rows
 // of `in` elements from vector `offset` (rows beyond fits are read from
@@ -203,17 +232,18 @@ __device__ __forceinline__ float StepLoadResidual(const T* x, int rows, int out,
 
 // xs[r] = LayerNorm(x[r]) for r < rows (warp r normalizes row r in
 // registers, fp32 statistics in two passes, as the GEMV's fused norm), with
-// the norm's weight and bias in shared memory (the block's cp.async group
-// in flight: the weights come by bulk copies).
+// the norm's weight and bias in the norm slot: `wait` says whether to wait
+// for its phase `parity` first (phase A; D's norm came with A's).
 template <class T>
-__device__ __forceinline__ void StepNormRows(const T* x, int rows, int in, const T* nw, const T* nb, float eps, T* xs) {
+__device__ __forceinline__ void StepNormRows(const T* x, int rows, int in, const T* nw, const T* nb, float eps, T* xs, uint64_t* bar,
+                                             bool wait, unsigned parity) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31, nvec = in / 8;
-  WarpNormRow<T> row;
-  if (warp < rows) row.template Load<true>(reinterpret_cast<const uint4*>(x) + warp * nvec, in, eps, lane);
-  CpAsyncWaitAll();
-  __syncthreads();  // the norm's weight and bias, copied by every thread
-  if (warp < rows)
+  if (warp < rows) {
+    WarpNormRow<T> row;
+    row.template Load<true>(reinterpret_cast<const uint4*>(x) + warp * nvec, in, eps, lane);
+    if (wait) MbarrierWait(bar, parity);
     row.Store(reinterpret_cast<const uint4*>(nw), reinterpret_cast<const uint4*>(nb), reinterpret_cast<uint4*>(xs) + warp * nvec, in, lane);
+  }
   __syncthreads();
 }
 
@@ -226,56 +256,16 @@ __device__ __forceinline__ void StepRowsToSmem(const T* src, int rows, int n, T*
   __syncthreads();
 }
 
-// xs = the attention output of `rows` tokens: the splits' partial outputs
-// weighted by exp(lse - max) (AttentionCombineKernel's merge), each block
-// merging all of them for itself. wts: rows × n_heads × kStepMaxSplits floats.
-template <class T>
-__device__ __forceinline__ void StepMergeSplits(const AttentionParams& p, int rows, int head_dim, float* wts, T* xs) {
-  const int H = p.n_heads, Z = p.num_splits, d = H * head_dim;
-  const long stride = static_cast<long>(p.total_q) * H;
-  for (int i = threadIdx.x; i < rows * H; i += blockDim.x) {  // i = token * H + head
-    float lse[kStepMaxSplits], mx = -FLT_MAX;
-#pragma unroll
-    for (int z = 0; z < kStepMaxSplits; ++z) {
-      lse[z] = z < Z ? __ldcg(p.partial_lse + z * stride + i) : -FLT_MAX;
-      mx = fmaxf(mx, lse[z]);
-    }
-    float total = 0.f;
-#pragma unroll
-    for (int z = 0; z < kStepMaxSplits; ++z) {
-      lse[z] = lse[z] == -FLT_MAX ? 0.f : expf(lse[z] - mx);
-      total += lse[z];
-    }
-    const float inv = total > 0.f ? 1.f / total : 0.f;
-#pragma unroll
-    for (int z = 0; z < kStepMaxSplits; ++z)
-      if (z < Z) wts[i * kStepMaxSplits + z] = lse[z] * inv;
-  }
-  __syncthreads();
-  for (int e = threadIdx.x; e < rows * d / 4; e += blockDim.x) {  // 4 elements of one (token, head)
-    const int i = e * 4 / head_dim;
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int z = 0; z < Z; ++z) {
-      const float w = wts[i * kStepMaxSplits + z];
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(p.partial_out + z * stride * head_dim) + e);
-      acc.x += w * v.x, acc.y += w * v.y, acc.z += w * v.z, acc.w += w * v.w;
-    }
-    T* o = xs + e * 4;
-    o[0] = FromFloat<T>(acc.x), o[1] = FromFloat<T>(acc.y), o[2] = FromFloat<T>(acc.z), o[3] = FromFloat<T>(acc.w);
-  }
-  __syncthreads();
-}
-
 // One phase's products: y[r, o] for this warp's outputs o (gw, gw + nw, ...)
 // from the rows in xs, the first slot.fits outputs' weights from the warp's
 // slot (StepFillSlot; the caller has waited for it), the rest from global
 // memory. bias_lanes and resid_lanes: StepLoadBias's and StepLoadResidual's
-// values. Epilogues as GemvKernel's; kAddInPlace reads y through L2 (it is
-// this kernel's output).
+// values; kv_slot: lane r's row's cache slot (kStore with kv.slots). Epilogues
+// as GemvKernel's; kAddInPlace reads y through L2 (it is this kernel's output).
 template <class T, int kW, GemvEpilogue kEpi>
 __device__ __forceinline__ void StepProducts(const T* xs, int rows, int in, const T* w, const T* b, T* y, int out, const uint4* slot,
                                              int fits, float bias_lanes, float resid_lanes, int gw, int nw, int lane,
-                                             const GemvKvAppend<T>& kv) {
+                                             const GemvKvAppend<T>& kv, long kv_slot) {
   const int nvec = in / 8, per = kW * nvec;
   int i = 0;
   for (int o = gw; o < out; o += nw, ++i) {
@@ -329,9 +319,8 @@ __device__ __forceinline__ void StepProducts(const T* xs, int rows, int in, cons
       const T value = FromFloat<T>(v[0]);
       *yo = value;
       if (kv.slots && o >= kv.k_offset && o < kv.k_offset + 2 * kv.kv_dim) {
-        const long slot_index = __ldg(kv.slots + lane);
         const int f = o - kv.k_offset;
-        if (slot_index >= 0) (f < kv.kv_dim ? kv.k_cache : kv.v_cache)[slot_index * kv.kv_dim + f % kv.kv_dim] = value;
+        if (kv_slot >= 0) (f < kv.kv_dim ? kv.k_cache : kv.v_cache)[kv_slot * kv.kv_dim + f % kv.kv_dim] = value;
       }
     }
   }
@@ -343,13 +332,12 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) DecodeStepKernel(const Decode
   static_assert(Tr::kWarps >= kStepMaxRows, "a warp normalizes each row");
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* xs = reinterpret_cast<T*>(smem_raw);
-  T* norm_w = reinterpret_cast<T*>(smem_raw + p.smem.norm);
-  T* norm_b = norm_w + p.d;
-  float* wts = reinterpret_cast<float*>(smem_raw + p.smem.weights);
+  T* norms = reinterpret_cast<T*>(smem_raw + p.smem.norms);
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int gw = blockIdx.x * Tr::kWarps + warp, nw = gridDim.x * Tr::kWarps;
   uint4* region = reinterpret_cast<uint4*>(smem_raw + p.smem.regions) + warp * p.smem.region_vecs;
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem_raw + p.smem.bars) + warp * kStepSlots;
+  uint64_t* norm_bar = reinterpret_cast<uint64_t*>(smem_raw + p.smem.bars) + Tr::kWarps * kStepSlots;
   const int R = p.rows, d = p.d, F = p.F;
   // Attention items go to the last blocks: the first ones hold the output
   // projection's rows (d outputs of fewer warps than the grid's).
@@ -357,24 +345,29 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) DecodeStepKernel(const Decode
   const bool attends = attn_block < p.attn_items;
   const int pairs = p.attn.num_seqs * p.attn.n_kv_heads;
   const GemvKvAppend<T> no_kv{};
+  // Lane r's row's cache slot for the new K and V (the same every layer; a
+  // host upload, read once here instead of in A's epilogue).
+  const long kv_slot = p.slots && lane < R ? __ldg(p.slots + lane) : -1;
   const int marks = StepTraceMarks(p.n_layers);
   StepTraceMark(p.trace, marks, 0);
 
   // The warp's slots, in its region in phase order, each as many of the
-  // warp's outputs as fit (the same every layer).
-  const int outs[kStepSlots] = {p.qkv_dim, d, F, d}, ins[kStepSlots] = {d, d, d, F}, kws[kStepSlots] = {1, 1, 2, 1};
+  // warp's outputs as fit (the same every layer; the plan sizes the region
+  // for all of them where shared memory allows).
+  StepSlotShape shape[kStepSlots];
   StepSlot slot[kStepSlots];
   int used = 0;
 #pragma unroll
   for (int k = 0; k < kStepSlots; ++k) {
-    const int per = kws[k] * ins[k] / 8;
+    shape[k] = StepSlotShapeOf(k, p.qkv_dim, d, F);
+    const int per = shape[k].kw * shape[k].in / 8;
     slot[k].offset = used;
-    slot[k].fits = min(StepWarpOutputs(outs[k], gw, nw), (p.smem.region_vecs - used) / per);
+    slot[k].fits = min(StepWarpOutputs(shape[k].out, gw, nw), (p.smem.region_vecs - used) / per);
     used += slot[k].fits * per;
   }
   auto weights = [](const StepLayer<T>& L, int k) { return k == kSlotQkv ? L.qkv_w : k == kSlotProj ? L.proj_w : k == kSlotW12 ? L.w12_w : L.w3_w; };
   auto fill = [&](const StepLayer<T>& L, int k) {
-    StepFillSlot(weights(L, k), outs[k], ins[k], kws[k], region + slot[k].offset, slot[k].fits, gw, nw, lane, bars + k);
+    StepFillSlot(weights(L, k), shape[k].out, shape[k].in, shape[k].kw, region + slot[k].offset, slot[k].fits, gw, nw, lane, bars + k);
   };
   auto wait = [&](int k, int layer) {
     if (slot[k].fits) MbarrierWait(bars + k, layer & 1);  // layer l's rows are the barrier's phase l
@@ -382,16 +375,15 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) DecodeStepKernel(const Decode
   if (lane == 0)
 #pragma unroll
     for (int k = 0; k < kStepSlots; ++k) MbarrierInit(bars + k);
+  if (threadIdx.x == 0) MbarrierInit(norm_bar);
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  __syncwarp();
+  __syncthreads();
 
-  // Layer 0's weights into every slot and its norm into shared memory; the
+  // Layer 0's weights into every slot and its norms into the norm slot; the
   // embeddings in x are the kernel before's output (plain stream order).
 #pragma unroll
   for (int k = 0; k < kStepSlots; ++k) fill(p.layers[0], k);
-  StepCopyToSmem(norm_w, p.layers[0].norm1_w, d);
-  StepCopyToSmem(norm_b, p.layers[0].norm1_b, d);
-  CpAsyncCommit();
+  StepFillNorms(p.layers[0], d, norms, norm_bar);
   float bias = StepLoadBias(p.layers[0].qkv_b, p.qkv_dim, 1, gw, nw, lane), resid = 0.f;
   unsigned generation = StepBarrierGeneration(p.barrier);
   for (int l = 0; l < p.n_layers; ++l) {
@@ -400,77 +392,87 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) DecodeStepKernel(const Decode
     const StepLayer<T>& next = p.layers[more ? l + 1 : l];
     const int mark = 1 + l * kStepTraceMarksPerLayer;
     // A: qkv = norm1(x)·Wqkv + b, K and V into the cache.
-    StepNormRows(p.x, R, d, norm_w, norm_b, p.eps, xs);
+    StepNormRows(p.x, R, d, norms, norms + d, p.eps, xs, norm_bar, true, l & 1);
     StepTraceBlock(p.trace, marks, mark + 0);
     const GemvKvAppend<T> kv{p.slots, p.attn.n_heads * Tr::kHeadDim, p.attn.n_kv_heads * Tr::kHeadDim, L.k_cache, L.v_cache};
     wait(kSlotQkv, l);
-    StepProducts<T, 1, GemvEpilogue::kStore>(xs, R, d, L.qkv_w, L.qkv_b, p.qkv, p.qkv_dim, region + slot[kSlotQkv].offset,
-                                             slot[kSlotQkv].fits, bias, 0.f, gw, nw, lane, kv);
     StepTraceBlock(p.trace, marks, mark + 1);
+    StepProducts<T, 1, GemvEpilogue::kStore>(xs, R, d, L.qkv_w, L.qkv_b, p.qkv, p.qkv_dim, region + slot[kSlotQkv].offset,
+                                             slot[kSlotQkv].fits, bias, 0.f, gw, nw, lane, kv, kv_slot);
+    StepTraceBlock(p.trace, marks, mark + 2);
     __syncwarp();  // every lane has read the slot
     if (more) fill(next, kSlotQkv);
-    StepGridSync(p.barrier, generation, p.trace, marks, mark + 2);
-    // B: attention over the cache.
-    StepTraceBlock(p.trace, marks, mark + 4);
+    // B: attention over the cache; the last split of each (sequence, KV
+    // head) merges them into att. An attention block's first item reads its
+    // block table and starts copying the cached keys before the barrier
+    // after A, whose products are its q and the new keys.
+    auto after_a = [&] {
+      StepGridSync(p.barrier, generation, p.trace, marks, mark + 3);
+      StepTraceBlock(p.trace, marks, mark + 5);
+      StepTraceBlock(p.trace, marks, mark + 6);
+    };
     if (attends) {
       AttentionParams ap = p.attn;
       ap.k_cache = L.k_cache;
       ap.v_cache = L.v_cache;
-      for (int item = attn_block; item < p.attn_items; item += gridDim.x) {
-        DecodeAttentionBlock<Tr, kAlibi, false>(ap, item % pairs, item / pairs, smem_raw);
+      __syncthreads();  // every warp is done reading xs, which its stages overlay
+      DecodeAttentionBlock<Tr, kAlibi>(ap, attn_block % pairs, attn_block / pairs, smem_raw, after_a);
+      for (int item = attn_block + gridDim.x; item < p.attn_items; item += gridDim.x) {
         __syncthreads();  // the block's shared memory is free again
+        DecodeAttentionBlock<Tr, kAlibi>(ap, item % pairs, item / pairs, smem_raw, [] {});
       }
+      __syncthreads();
+    } else {
+      after_a();
     }
-    StepTraceBlock(p.trace, marks, mark + 5);
+    StepTraceBlock(p.trace, marks, mark + 7);
     bias = StepLoadBias(L.proj_b, d, 1, gw, nw, lane);
     resid = StepLoadResidual(p.x, R, d, gw, nw, lane);
-    StepGridSync(p.barrier, generation, p.trace, marks, mark + 6);
+    StepGridSync(p.barrier, generation, p.trace, marks, mark + 8);
     // C: x += attention·Wo + bo.
-    if (p.attn.num_splits > 1) StepMergeSplits(p.attn, R, Tr::kHeadDim, wts, xs);
-    else StepRowsToSmem(p.att, R, d, xs);
-    StepTraceBlock(p.trace, marks, mark + 8);
+    StepRowsToSmem(p.att, R, d, xs);
+    StepTraceBlock(p.trace, marks, mark + 10);
     wait(kSlotProj, l);
+    StepTraceBlock(p.trace, marks, mark + 11);
     StepProducts<T, 1, GemvEpilogue::kAddInPlace>(xs, R, d, L.proj_w, L.proj_b, p.x, d, region + slot[kSlotProj].offset,
-                                                  slot[kSlotProj].fits, bias, resid, gw, nw, lane, no_kv);
-    StepTraceBlock(p.trace, marks, mark + 9);
+                                                  slot[kSlotProj].fits, bias, resid, gw, nw, lane, no_kv, -1);
+    StepTraceBlock(p.trace, marks, mark + 12);
     __syncwarp();
     if (more) fill(next, kSlotProj);
-    StepCopyToSmem(norm_w, L.norm2_w, d);
-    StepCopyToSmem(norm_b, L.norm2_b, d);
-    CpAsyncCommit();
     bias = StepLoadBias(L.w12_b, F, 2, gw, nw, lane);
-    StepGridSync(p.barrier, generation, p.trace, marks, mark + 10);
-    // D: sw = SwiGLU(norm2(x)·W12 + b12).
-    StepNormRows(p.x, R, d, norm_w, norm_b, p.eps, xs);
-    StepTraceBlock(p.trace, marks, mark + 12);
+    StepGridSync(p.barrier, generation, p.trace, marks, mark + 13);
+    // D: sw = SwiGLU(norm2(x)·W12 + b12). Once every warp has its normalized
+    // rows, the norm slot takes the next layer's norms.
+    StepNormRows(p.x, R, d, norms + 2 * d, norms + 3 * d, p.eps, xs, norm_bar, false, l & 1);
+    if (more) StepFillNorms(next, d, norms, norm_bar);
+    StepTraceBlock(p.trace, marks, mark + 15);
     wait(kSlotW12, l);
+    StepTraceBlock(p.trace, marks, mark + 16);
     StepProducts<T, 2, GemvEpilogue::kSwiGLU>(xs, R, d, L.w12_w, L.w12_b, p.sw, F, region + slot[kSlotW12].offset, slot[kSlotW12].fits,
-                                              bias, 0.f, gw, nw, lane, no_kv);
-    StepTraceBlock(p.trace, marks, mark + 13);
+                                              bias, 0.f, gw, nw, lane, no_kv, -1);
+    StepTraceBlock(p.trace, marks, mark + 17);
     __syncwarp();
     if (more) fill(next, kSlotW12);
     bias = StepLoadBias(L.w3_b, d, 1, gw, nw, lane);
     resid = StepLoadResidual(p.x, R, d, gw, nw, lane);
-    StepGridSync(p.barrier, generation, p.trace, marks, mark + 14);
+    StepGridSync(p.barrier, generation, p.trace, marks, mark + 18);
     // E: x += sw·W3 + b3.
     StepRowsToSmem(p.sw, R, F, xs);
-    StepTraceBlock(p.trace, marks, mark + 16);
+    StepTraceBlock(p.trace, marks, mark + 20);
     wait(kSlotW3, l);
+    StepTraceBlock(p.trace, marks, mark + 21);
     StepProducts<T, 1, GemvEpilogue::kAddInPlace>(xs, R, F, L.w3_w, L.w3_b, p.x, d, region + slot[kSlotW3].offset, slot[kSlotW3].fits,
-                                                  bias, resid, gw, nw, lane, no_kv);
-    StepTraceBlock(p.trace, marks, mark + 17);
+                                                  bias, resid, gw, nw, lane, no_kv, -1);
+    StepTraceBlock(p.trace, marks, mark + 22);
     if (!more) {
       __syncthreads();
-      StepTraceMark(p.trace, marks, mark + 18);
+      StepTraceMark(p.trace, marks, mark + 23);
       break;
     }
     __syncwarp();
     fill(next, kSlotW3);
-    StepCopyToSmem(norm_w, next.norm1_w, d);
-    StepCopyToSmem(norm_b, next.norm1_b, d);
-    CpAsyncCommit();
     bias = StepLoadBias(next.qkv_b, p.qkv_dim, 1, gw, nw, lane);
-    StepGridSync(p.barrier, generation, p.trace, marks, mark + 18);
+    StepGridSync(p.barrier, generation, p.trace, marks, mark + 23);
   }
 }
 

@@ -9,6 +9,7 @@
 #include "kernels/backend.h"
 #include "kernels/cuda/attention_run.cuh"  // MakeAttentionParams (no kernel of it is instantiated here)
 #include "kernels/cuda/decode_step_kernel.cuh"
+#include "kernels/cuda/head_dim_dispatch.h"
 
 namespace tinygpt::cuda {
 namespace {
@@ -23,22 +24,14 @@ constexpr int Round16(long bytes) { return static_cast<int>((bytes + 15) / 16 * 
 // Calls fn.template operator()<Traits, kAlibi>() for the dtype, head_dim and ALiBi.
 template <class Fn>
 void Dispatch(bool bf16, int head_dim, bool alibi, const Fn& fn) {
-  auto by_dim = [&](auto tag) {
+  ByHalfType(bf16, [&](auto tag) {
     using T = std::decay_t<decltype(tag)>;
-    auto with = [&](auto dim) {
+    ByHeadDim(head_dim, "decode step kernel", [&](auto dim) {
       using Tr = DecodeAttention<decltype(dim)::value, T>;
       if (alibi) fn.template operator()<Tr, true>();
       else fn.template operator()<Tr, false>();
-    };
-    switch (head_dim) {
-      case 16: return with(std::integral_constant<int, 16>());
-      case 32: return with(std::integral_constant<int, 32>());
-      case 64: return with(std::integral_constant<int, 64>());
-      case 128: return with(std::integral_constant<int, 128>());
-    }
-  };
-  if (bf16) by_dim(__nv_bfloat16());
-  else by_dim(__half());
+    });
+  });
 }
 
 struct PlanFn {
@@ -48,37 +41,39 @@ struct PlanFn {
   template <class Tr, bool kAlibi> void operator()() const {
     using T = typename Tr::T;
     DecodeStepPlan& pl = *plan;
-    // Shared memory: the rows a phase reads, the norm's weights and the split
-    // weights (all three overlap the attention phase's own layout from 0),
-    // then past both the warps' slot barriers and weight regions, which hold
-    // the next layer's rows through the attention phase.
-    pl.norm = Round16(static_cast<long>(rows) * std::max(d, F) * sizeof(T));
-    pl.weights = pl.norm + Round16(2L * d * sizeof(T));
-    pl.bars = std::max(Tr::kSmemBytes, pl.weights + Round16(static_cast<long>(rows) * dims.n_heads * kStepMaxSplits * 4));
-    pl.bars = Round16(pl.bars);
-    pl.regions = pl.bars + Round16(Tr::kWarps * kStepSlots * 8);
+    // Shared memory: the attention phase's layout from 0, over which the
+    // GEMV phases lay the rows they read; past both, held across phases, the
+    // mbarriers, the norm slot and the warps' weight regions (StepSmem).
+    pl.bars = Round16(std::max<long>(Tr::kSmemBytes, static_cast<long>(rows) * std::max(d, F) * sizeof(T)));
+    pl.norms = pl.bars + Round16((Tr::kWarps * kStepSlots + 1) * 8);
+    pl.regions = pl.norms + Round16(4L * d * sizeof(T));
     int optin = 0, per_sm_smem = 0, device = 0;
     TG_CUDA_CHECK(cudaGetDevice(&device));
     TG_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
     TG_CUDA_CHECK(cudaDeviceGetAttribute(&per_sm_smem, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
     auto kernel = DecodeStepKernel<Tr, kAlibi>;
-    // Blocks per SM: the most (up to 4, TINYGPT_STEP_BLOCKS_PER_SM) that
-    // registers and shared memory allow, each warp's region as big as its
-    // rows of one layer (the first warp has the most) or what is left.
-    static const long cap = EnvLong("TINYGPT_STEP_BLOCKS_PER_SM", 0);
-    const int outs[kStepSlots] = {(dims.n_heads + 2 * dims.n_kv_heads) * dims.head_dim, d, F, d};
-    const int ins[kStepSlots] = {d, d, d, F}, kws[kStepSlots] = {1, 1, 2, 1};
+    const int qkv_dim = (dims.n_heads + 2 * dims.n_kv_heads) * dims.head_dim;
     // A block's dynamic shared memory: at most the opt-in limit, and c blocks
     // of an SM share its memory, each also with its static shared memory and
     // the 1 KB the system reserves per block.
     cudaFuncAttributes attrs{};
     TG_CUDA_CHECK(cudaFuncGetAttributes(&attrs, kernel));
     const long static_smem = static_cast<long>(attrs.sharedSizeBytes);
-    int per_sm = 0;
-    for (int c = cap > 0 ? static_cast<int>(std::min(4L, cap)) : 4; c >= 1 && per_sm == 0; --c) {
+    // Blocks per SM: the most (up to 4, TINYGPT_STEP_BLOCKS_PER_SM) at which
+    // every warp's region holds all its rows of a layer (warp 0 has the
+    // most), so that no weight row is read from DRAM where it is used; where
+    // no count does, the one whose regions hold the most of a layer.
+    static const long cap = EnvLong("TINYGPT_STEP_BLOCKS_PER_SM", 0);
+    int best = 0;
+    long best_bytes = 0, best_region = 0;
+    bool best_fits = false;
+    for (int c = cap > 0 ? static_cast<int>(std::min(4L, cap)) : 4; c >= 1; --c) {
       const int nw = c * num_sms * Tr::kWarps;
       long need = 0;
-      for (int k = 0; k < kStepSlots; ++k) need += static_cast<long>((outs[k] + nw - 1) / nw) * kws[k] * ins[k] * sizeof(T);
+      for (int k = 0; k < kStepSlots; ++k) {
+        const StepSlotShape sh = StepSlotShapeOf(k, qkv_dim, d, F);
+        need += static_cast<long>(StepWarpOutputs(sh.out, 0, nw)) * sh.kw * sh.in * sizeof(T);
+      }
       const long limit = std::min(optin - static_smem, per_sm_smem / c - 1024 - static_smem);
       const long room = (limit - pl.regions) / Tr::kWarps / 16 * 16;
       const long region = std::min(need, room);
@@ -87,26 +82,31 @@ struct PlanFn {
       TG_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
       int fit = 0;
       TG_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, Tr::kThreads, smem));
-      if (fit >= c) {
-        per_sm = c;
+      if (fit < c) continue;
+      const bool fits = region >= need;
+      const long bytes = region * c;  // an SM's share of a layer's rows it holds
+      if (best == 0 || (fits && !best_fits) || (!best_fits && bytes > best_bytes)) {
+        best = c, best_bytes = bytes, best_region = region, best_fits = fits;
         pl.smem_bytes = smem;
-        pl.region_vecs = static_cast<int>(region / 16);
       }
+      if (best_fits) break;  // the most blocks per SM at which it all fits
     }
-    if (per_sm < 1) {
+    if (best < 1) {
       pl.why = "shared memory or occupancy";
       return;
     }
-    TG_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, pl.smem_bytes));
-    pl.grid = per_sm * num_sms;
+    pl.region_vecs = static_cast<int>(best_region / 16);
+    pl.grid = best * num_sms;
     // Key splits: as many as the grid has blocks for each (sequence, KV
-    // head), each with at least TINYGPT_STEP_MIN_TILES tiles per warp.
+    // head), each with at least TINYGPT_STEP_MIN_TILES tiles per warp. The
+    // last split to finish merges them (a counter per (sequence, KV head)).
     static const long min_tiles = std::max(1L, EnvLong("TINYGPT_STEP_MIN_TILES", 1));
     const long pairs = static_cast<long>(rows) * dims.n_kv_heads;
     const long tiles = (std::max(1, max_ctx) + Tr::kBlockN - 1) / Tr::kBlockN;
     pl.num_splits = static_cast<int>(std::clamp(std::min<long>(pl.grid / pairs, tiles / (Tr::kWarps * min_tiles)), 1L,
                                                 static_cast<long>(kStepMaxSplits)));
     pl.partial_floats = pl.num_splits > 1 ? PartialFloats(dims, AttentionBatch{rows, nullptr, nullptr, rows, 1, max_ctx}, pl.num_splits) : 0;
+    pl.split_counters = pl.num_splits > 1 ? static_cast<int>(pairs) : 0;
     pl.ok = true;
   }
 };
@@ -120,6 +120,7 @@ struct LaunchFn {
     AttentionPlan ap;
     ap.shape = AttentionShape::kDecode;
     ap.num_splits = plan.num_splits;
+    ap.split_counters = plan.split_counters;  // the last split to finish merges them
     const long qkv_dim = static_cast<long>(a.dims.n_heads + 2 * a.dims.n_kv_heads) * a.dims.head_dim;
     DecodeStepParams<T> p;
     p.layers = static_cast<const StepLayer<T>*>(a.layers);
@@ -134,12 +135,16 @@ struct LaunchFn {
     p.att = static_cast<T*>(a.att);
     p.sw = static_cast<T*>(a.sw);
     p.slots = a.slots;
-    p.attn = MakeAttentionParams(ap, a.dims, a.batch, a.qkv, qkv_dim, a.kv, a.att, a.partial, nullptr);
+    p.attn = MakeAttentionParams(ap, a.dims, a.batch, a.qkv, qkv_dim, a.kv, a.att, a.partial, a.split_counters);
     p.attn_items = a.batch.num_seqs * a.dims.n_kv_heads * plan.num_splits;
     p.barrier = static_cast<StepBarrier*>(a.barrier);
-    p.smem = StepSmem{plan.norm, plan.weights, plan.bars, plan.regions, plan.region_vecs};
+    p.smem = StepSmem{plan.bars, plan.norms, plan.regions, plan.region_vecs};
     p.trace = a.trace;
-    LaunchKernel(false, DecodeStepKernel<Tr, kAlibi>, plan.grid, Tr::kThreads, plan.smem_bytes, stream, p);
+    // Plans of one instantiation can differ in their shared memory (rows,
+    // widths): the limit is set for this one before its launch.
+    auto kernel = DecodeStepKernel<Tr, kAlibi>;
+    TG_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes));
+    LaunchKernel(false, kernel, plan.grid, Tr::kThreads, plan.smem_bytes, stream, p);
   }
 };
 
@@ -173,41 +178,43 @@ std::string SummarizeDecodeStepTrace(const DecodeStepPlan& plan, int n_layers, i
   const double mhz = (clk(last, 0) - clk(0, 0)) / std::max(1.0, ns(last, 0) - ns(0, 0)) * 1e3;
   double t0 = ns(0, 0), t1 = ns(last, 0);
   for (int b = 0; b < G; ++b) t0 = std::min(t0, ns(0, b)), t1 = std::max(t1, ns(last, b));
-  static const char* kNames[5] = {"A norm1+qkv", "B attention", "C merge+proj", "D norm2+w12", "E w3"};
-  char line[320];
+  static const char* kNames[5] = {"A norm1+qkv", "B attention", "C attention rows+proj", "D norm2+w12", "E w3"};
+  char line[360];
   std::snprintf(line, sizeof line,
                 "decode step kernel trace: grid %d, %d layers, %d attention items, region %d B a warp, %.0f MHz, %.1f us in all\n", G,
                 n_layers, attn_items, plan.region_vecs * 16, mhz, (t1 - t0) / 1e3);
   std::string out = line;
   out += "microseconds a layer (mean over layers of the median block / of the slowest block):\n";
-  out += "| phase | inputs | products | rest | all work | attention blocks' work (slowest) | last arrival's wait |\n";
-  out += "|---|---|---|---|---|---|---|\n";
+  out += "| phase | inputs | slot wait | products | rest | all work | attention blocks' work (slowest) | last arrival's wait |\n";
+  out += "|---|---|---|---|---|---|---|---|\n";
+  constexpr int kIntervals = 5;  // inputs, slot wait, products, rest, all work
   for (int ph = 0; ph < 5; ++ph) {
-    double med[4] = {}, slow[4] = {}, attn_slow = 0, wait = 0;
+    double med[kIntervals] = {}, slow[kIntervals] = {}, attn_slow = 0, wait = 0;
     int waits = 0;
     for (int l = 0; l < n_layers; ++l) {
       // The phase's marks: prev (the barrier before it let go; the start for
-      // layer 0's A), inputs, products, done, released.
-      const int base = 1 + l * kStepTraceMarksPerLayer + 4 * ph, prev = base == 1 ? 0 : base - 1;
-      const int from[4] = {prev, base, base + 1, prev}, to[4] = {base, base + 1, base + 2, base + 2};
-      for (int q = 0; q < 4; ++q) {
+      // layer 0's A), inputs, weights, products, done, released.
+      const int base = 1 + l * kStepTraceMarksPerLayer + kStepTracePhaseMarks * ph, prev = base == 1 ? 0 : base - 1;
+      const int from[kIntervals] = {prev, base, base + 1, base + 2, prev}, to[kIntervals] = {base, base + 1, base + 2, base + 3, base + 3};
+      for (int q = 0; q < kIntervals; ++q) {
         std::vector<double> t(G);
         for (int b = 0; b < G; ++b) t[b] = (clk(to[q], b) - clk(from[q], b)) / mhz;
-        if (q == 3)
+        if (q == kIntervals - 1)
           for (int b = 0; b < G; ++b)
             if (G - 1 - b < attn_items) attn_slow = std::max(attn_slow, t[b]);
         std::sort(t.begin(), t.end());
         med[q] += t[G / 2] / n_layers;
         slow[q] += t.back() / n_layers;
       }
-      if (base + 2 != last) {
+      if (base + 3 != last) {
         double least = 1e30;
-        for (int b = 0; b < G; ++b) least = std::min(least, (clk(base + 3, b) - clk(base + 2, b)) / mhz);
+        for (int b = 0; b < G; ++b) least = std::min(least, (clk(base + 4, b) - clk(base + 3, b)) / mhz);
         wait += least, ++waits;
       }
     }
-    std::snprintf(line, sizeof line, "| %s | %.2f / %.2f | %.2f / %.2f | %.2f / %.2f | %.2f / %.2f | %.2f | %.2f |\n", kNames[ph], med[0],
-                  slow[0], med[1], slow[1], med[2], slow[2], med[3], slow[3], attn_slow / n_layers, waits ? wait / waits : 0.0);
+    std::snprintf(line, sizeof line, "| %s | %.2f / %.2f | %.2f / %.2f | %.2f / %.2f | %.2f / %.2f | %.2f / %.2f | %.2f | %.2f |\n",
+                  kNames[ph], med[0], slow[0], med[1], slow[1], med[2], slow[2], med[3], slow[3], med[4], slow[4], attn_slow / n_layers,
+                  waits ? wait / waits : 0.0);
     out += line;
   }
   return out;

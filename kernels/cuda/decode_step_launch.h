@@ -18,7 +18,8 @@ struct DecodeStepPlan {
   const char* why = "";
   int grid = 0, smem_bytes = 0, num_splits = 1;
   size_t partial_floats = 0;  // the attention splits' workspace (floats), 0 unsplit
-  int norm = 0, weights = 0, bars = 0, regions = 0, region_vecs = 0;  // StepSmem
+  int split_counters = 0;     // ints of the splits' counters (zero, left zero), 0 unsplit
+  int bars = 0, norms = 0, regions = 0, region_vecs = 0;  // StepSmem
 };
 
 // rows: the step's rows, one new token of one sequence each; max_ctx: the
@@ -37,7 +38,8 @@ struct DecodeStepArgs {
   PagedKv kv;  // block size and tables (the caches are each layer's)
   const int32_t* slots = nullptr;
   void *x = nullptr, *qkv = nullptr, *att = nullptr, *sw = nullptr;
-  float* partial = nullptr;  // plan.partial_floats
+  float* partial = nullptr;      // plan.partial_floats
+  int* split_counters = nullptr;  // plan.split_counters
   void* barrier = nullptr;   // 8 bytes, zero (left zero)
   unsigned long long* trace = nullptr;  // null, or DecodeStepTraceWords(plan, n_layers) (TINYGPT_STEP_TRACE)
 };
