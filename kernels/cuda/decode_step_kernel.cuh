@@ -262,65 +262,89 @@ __device__ __forceinline__ void StepRowsToSmem(const T* src, int rows, int n, T*
 // memory. bias_lanes and resid_lanes: StepLoadBias's and StepLoadResidual's
 // values; kv_slot: lane r's row's cache slot (kStore with kv.slots). Epilogues
 // as GemvKernel's; kAddInPlace reads y through L2 (it is this kernel's output).
+//
+// Two outputs a pass: a warp's outputs are a chain of dependent loads, FMAs
+// and shuffle reductions, and with one block of four warps per SM nothing
+// else hides that chain's latency; two independent chains overlap. (A warp
+// with an odd count computes its last output twice and stores it once.)
 template <class T, int kW, GemvEpilogue kEpi>
 __device__ __forceinline__ void StepProducts(const T* xs, int rows, int in, const T* w, const T* b, T* y, int out, const uint4* slot,
                                              int fits, float bias_lanes, float resid_lanes, int gw, int nw, int lane,
                                              const GemvKvAppend<T>& kv, long kv_slot) {
-  const int nvec = in / 8, per = kW * nvec;
-  int i = 0;
-  for (int o = gw; o < out; o += nw, ++i) {
-    const bool pre = i < fits;
-    const uint4* wr[kW];
+  constexpr int kU = 2;
+  const int nvec = in / 8, per = kW * nvec, n_out = StepWarpOutputs(out, gw, nw);
+  for (int i0 = 0; i0 < n_out; i0 += kU) {
+    const uint4* wr[kU][kW];
+    bool pre[kU];
 #pragma unroll
-    for (int k = 0; k < kW; ++k)
-      wr[k] = pre ? slot + i * per + k * nvec : reinterpret_cast<const uint4*>(w + (static_cast<long>(o) + k * out) * in);
-    float acc[kW][kStepMaxRows];
+    for (int u = 0; u < kU; ++u) {
+      const int i = min(i0 + u, n_out - 1);
+      const long o = gw + static_cast<long>(i) * nw;
+      pre[u] = i < fits;
 #pragma unroll
-    for (int k = 0; k < kW; ++k)
+      for (int k = 0; k < kW; ++k)
+        wr[u][k] = pre[u] ? slot + i * per + k * nvec : reinterpret_cast<const uint4*>(w + (o + static_cast<long>(k) * out) * in);
+    }
+    float acc[kU][kW][kStepMaxRows];
 #pragma unroll
-      for (int r = 0; r < kStepMaxRows; ++r) acc[k][r] = 0.f;
+    for (int u = 0; u < kU; ++u)
+#pragma unroll
+      for (int k = 0; k < kW; ++k)
+#pragma unroll
+        for (int r = 0; r < kStepMaxRows; ++r) acc[u][k][r] = 0.f;
     for (int c = lane; c < nvec; c += 32) {
-      float wf[kW][8];
+      float wf[kU][kW][8];
 #pragma unroll
-      for (int k = 0; k < kW; ++k) Unpack8<T>(pre ? wr[k][c] : __ldg(wr[k] + c), wf[k]);
+      for (int u = 0; u < kU; ++u)
+#pragma unroll
+        for (int k = 0; k < kW; ++k) Unpack8<T>(pre[u] ? wr[u][k][c] : __ldg(wr[u][k] + c), wf[u][k]);
 #pragma unroll
       for (int r = 0; r < kStepMaxRows; ++r) {
         if (r >= rows) break;
         float xf[8];
         Unpack8<T>(reinterpret_cast<const uint4*>(xs + r * in)[c], xf);
 #pragma unroll
-        for (int k = 0; k < kW; ++k)
+        for (int u = 0; u < kU; ++u)
 #pragma unroll
-          for (int j = 0; j < 8; ++j) acc[k][r] = fmaf(wf[k][j], xf[j], acc[k][r]);
+          for (int k = 0; k < kW; ++k)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[u][k][r] = fmaf(wf[u][k][j], xf[j], acc[u][k][r]);
       }
     }
-    // Lane r stores row r (GemvKernel: the rows' stores go out in parallel).
-    float v[kW] = {};
 #pragma unroll
-    for (int k = 0; k < kW; ++k) {
-      const float bias = i < 32 / kW ? __shfl_sync(0xffffffffu, bias_lanes, i * kW + k) : b ? ToFloat(b[o + k * out]) : 0.f;
+    for (int u = 0; u < kU; ++u) {
+      const int i = i0 + u;
+      if (i >= n_out) break;  // warp-uniform
+      const int o = gw + i * nw;
+      // Lane r stores row r (GemvKernel: the rows' stores go out in parallel).
+      float v[kW] = {};
 #pragma unroll
-      for (int r = 0; r < kStepMaxRows; ++r) {
-        if (r >= rows) break;
-        const float sum = WarpSum(acc[k][r]) + bias;
-        if (lane == r) v[k] = sum;
+      for (int k = 0; k < kW; ++k) {
+        const float bias = i < 32 / kW ? __shfl_sync(0xffffffffu, bias_lanes, i * kW + k) : b ? ToFloat(b[o + k * out]) : 0.f;
+#pragma unroll
+        for (int r = 0; r < kStepMaxRows; ++r) {
+          if (r >= rows) break;
+          const float sum = WarpSum(acc[u][k][r]) + bias;
+          if (lane == r) v[k] = sum;
+        }
       }
-    }
-    const bool resid_pre = i < 32 / rows;
-    const float resid = __shfl_sync(0xffffffffu, resid_lanes, resid_pre ? (i * rows + lane) % 32 : 0);
-    if (lane >= rows) continue;
-    T* yo = y + static_cast<long>(lane) * out + o;
-    if constexpr (kEpi == GemvEpilogue::kSwiGLU) {
-      const float a = ToFloat(FromFloat<T>(v[0])), g = ToFloat(FromFloat<T>(v[1]));
-      *yo = FromFloat<T>(a / (1.f + __expf(-a)) * g);
-    } else if constexpr (kEpi == GemvEpilogue::kAddInPlace) {
-      *yo = FromFloat<T>((resid_pre ? resid : ToFloat(__ldcg(yo))) + ToFloat(FromFloat<T>(v[0])));
-    } else {
-      const T value = FromFloat<T>(v[0]);
-      *yo = value;
-      if (kv.slots && o >= kv.k_offset && o < kv.k_offset + 2 * kv.kv_dim) {
-        const int f = o - kv.k_offset;
-        if (kv_slot >= 0) (f < kv.kv_dim ? kv.k_cache : kv.v_cache)[kv_slot * kv.kv_dim + f % kv.kv_dim] = value;
+      const bool resid_pre = i < 32 / rows;
+      const float resid = __shfl_sync(0xffffffffu, resid_lanes, resid_pre ? (i * rows + lane) % 32 : 0);
+      if (lane < rows) {
+        T* yo = y + static_cast<long>(lane) * out + o;
+        if constexpr (kEpi == GemvEpilogue::kSwiGLU) {
+          const float a = ToFloat(FromFloat<T>(v[0])), g = ToFloat(FromFloat<T>(v[1]));
+          *yo = FromFloat<T>(a / (1.f + __expf(-a)) * g);
+        } else if constexpr (kEpi == GemvEpilogue::kAddInPlace) {
+          *yo = FromFloat<T>((resid_pre ? resid : ToFloat(__ldcg(yo))) + ToFloat(FromFloat<T>(v[0])));
+        } else {
+          const T value = FromFloat<T>(v[0]);
+          *yo = value;
+          if (kv.slots && o >= kv.k_offset && o < kv.k_offset + 2 * kv.kv_dim) {
+            const int f = o - kv.k_offset;
+            if (kv_slot >= 0) (f < kv.kv_dim ? kv.k_cache : kv.v_cache)[kv_slot * kv.kv_dim + f % kv.kv_dim] = value;
+          }
+        }
       }
     }
   }
