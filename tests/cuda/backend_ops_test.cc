@@ -465,12 +465,13 @@ void TestFusedNormLinear(Backend* G, Backend* C, double tol) {
 
 // The transformer blocks of a decode step (Backend::TransformerLayers): at
 // 1-4 rows the CUDA backend runs them as one kernel (decode_step_kernel.cuh),
-// checked against the CPU's op-by-op layers on random weights, two layers,
-// contexts across block and split boundaries, the residual stream and both
-// layers' appended K/V. 5 and 8 rows take the op-by-op path on both.
+// checked against the CPU's op-by-op layers on random weights, L layers (two
+// unless said), contexts across block and split boundaries, the residual
+// stream and every layer's appended K/V. 5 and 8 rows take the op-by-op path
+// on both.
 void TestDecodeLayers(Backend* G, Backend* C, int H, int Hkv, int D, bool alibi, int F, const std::vector<int>& ctx, int block_size,
-                      double tol) {
-  const int T = static_cast<int>(ctx.size()), d = H * D, kv_dim = Hkv * D, qkv_dim = (H + 2 * Hkv) * D, L = 2;
+                      double tol, int L = 2) {
+  const int T = static_cast<int>(ctx.size()), d = H * D, kv_dim = Hkv * D, qkv_dim = (H + 2 * Hkv) * D;
   const AttentionDims dims{H, Hkv, D, alibi};
   int max_ctx = 0;
   for (int c : ctx) max_ctx = std::max(max_ctx, c);
@@ -547,7 +548,7 @@ void TestDecodeLayers(Backend* G, Backend* C, int H, int Hkv, int D, bool alibi,
   std::string shape;
   for (int c : ctx) shape += (shape.empty() ? "" : ",") + std::to_string(c);
   char name[200];
-  std::snprintf(name, sizeof(name), "decode layers T=%d H=%d/%d D=%d F=%d bs=%d%s ctx=%s", T, H, Hkv, D, F, block_size,
+  std::snprintf(name, sizeof(name), "decode layers L=%d T=%d H=%d/%d D=%d F=%d bs=%d%s ctx=%s", L, T, H, Hkv, D, F, block_size,
                 alibi ? " alibi" : "", shape.c_str());
   Report(std::string(name) + " (x)", RelErr(x->Gpu(), x->Cpu()), tol);
   double cache_err = 0;
@@ -569,6 +570,12 @@ void TestDecodeLayersCases(Backend* G, Backend* C, double tol) {
   TestDecodeLayers(G, C, 8, 8, 32, false, 520, {129, 64}, 32, tol);
   TestDecodeLayers(G, C, 16, 4, 128, false, 5632, {1500, 2}, 16, tol);
   TestDecodeLayers(G, C, 16, 1, 128, true, 1024, {8192}, 64, tol);
+  // Five layers: the weight and norm slots' mbarriers go through both
+  // parities more than once (each layer's rows are one phase).
+  TestDecodeLayers(G, C, 12, 4, 64, false, 2048, {330, 12}, 16, tol, 5);
+  // More (sequence, KV head) pairs (512) than the grid has blocks (at most
+  // 264 on an H200): attention blocks take several items, unsplit.
+  TestDecodeLayers(G, C, 128, 128, 16, false, 512, {33, 200, 5, 90}, 16, tol, 3);
   // Above the step kernel's rows: the op-by-op path.
   TestDecodeLayers(G, C, 12, 4, 64, false, 2048, {300, 1, 50, 900, 7}, 16, tol);
 }
