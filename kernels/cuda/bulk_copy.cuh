@@ -23,10 +23,17 @@ __device__ __forceinline__ void MbarrierArriveExpectBytes(uint64_t* bar, unsigne
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(SmemAddr(bar)), "r"(bytes) : "memory");
 }
 
+// A wait that has polled this many times (seconds) traps instead of hanging:
+// a phase whose bytes never land is a bug (a copy not issued, a wrong
+// parity), and a trap fails the launch where a hang would stall the device.
+constexpr long kMbarrierPolls = 1L << 24;
+
 // Waits until the barrier's phase of this parity (0 for the first) completes.
 __device__ __forceinline__ void MbarrierWait(uint64_t* bar, unsigned parity) {
   unsigned done = 0;
+  long polls = 0;
   do {
+    if (++polls > kMbarrierPolls) __trap();
     asm volatile(
         "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
         : "=r"(done)

@@ -59,15 +59,16 @@ struct PlanFn {
     cudaFuncAttributes attrs{};
     TG_CUDA_CHECK(cudaFuncGetAttributes(&attrs, kernel));
     const long static_smem = static_cast<long>(attrs.sharedSizeBytes);
-    // Blocks per SM: the most (up to 4, TINYGPT_STEP_BLOCKS_PER_SM) at which
-    // every warp's region holds all its rows of a layer (warp 0 has the
-    // most), so that no weight row is read from DRAM where it is used; where
-    // no count does, the one whose regions hold the most of a layer.
-    static const long cap = EnvLong("TINYGPT_STEP_BLOCKS_PER_SM", 0);
+    // Blocks per SM: the most (up to 4) at which every warp's region holds
+    // all its rows of a layer (warp 0 has the most), so that no weight row is
+    // read from DRAM where it is used; where no count does, the one whose
+    // regions hold the most of a layer. TINYGPT_STEP_BLOCKS_PER_SM=N asks
+    // for N (an experiment's knob; no plan if N blocks do not fit).
+    static const long forced = std::clamp(EnvLong("TINYGPT_STEP_BLOCKS_PER_SM", 0), 0L, 4L);
     int best = 0;
     long best_bytes = 0, best_region = 0;
     bool best_fits = false;
-    for (int c = cap > 0 ? static_cast<int>(std::min(4L, cap)) : 4; c >= 1; --c) {
+    for (int c = forced > 0 ? static_cast<int>(forced) : 4; c >= (forced > 0 ? forced : 1); --c) {
       const int nw = c * num_sms * Tr::kWarps;
       long need = 0;
       for (int k = 0; k < kStepSlots; ++k) {

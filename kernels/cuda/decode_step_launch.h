@@ -25,8 +25,8 @@ struct DecodeStepPlan {
 // rows: the step's rows, one new token of one sequence each; max_ctx: the
 // longest context the plan must serve (the graphs' context bucket).
 // TINYGPT_STEP_MIN_TILES (1): the least 16-key tiles per warp of an
-// attention split. TINYGPT_STEP_BLOCKS_PER_SM (0, all that fit): caps the
-// grid's blocks per SM.
+// attention split. TINYGPT_STEP_BLOCKS_PER_SM (0: the plan's choice) sets
+// the grid's blocks per SM.
 DecodeStepPlan PlanDecodeStep(bool bf16, const AttentionDims& dims, int rows, int d, int F, int max_ctx, int num_sms);
 
 struct DecodeStepArgs {
