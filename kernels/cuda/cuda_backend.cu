@@ -768,6 +768,9 @@ class CudaBackend final : public Backend {
         table = dev;
       }
     }
+    // Buffers grow outside captures only: a captured memset of new counters
+    // would zero them at the graph's replays, not before an eager launch.
+    if (capturing && (plan.split_counters > split_counters_cap_ || plan.partial_floats * sizeof(float) > split_bytes_)) return false;
     GrowSplitWorkspace(plan.partial_floats * sizeof(float));
     GrowSplitCounters(plan.split_counters);
     OpTimes::Scope timed(&op_times_, "decode step kernel", stream_);

@@ -50,8 +50,9 @@ constexpr long kStepBarrierPolls = 1L << 24;
 // after it: mark index 1 + layer * 25 + phase * 5 + (0 inputs, 1 weights,
 // 2 products, 3 done, 4 released). An attention block's start of B comes
 // after its attention prologue, which is before the barrier (A's "done").
+constexpr int kStepPhases = 5;  // A-E
 constexpr int kStepTracePhaseMarks = 5;
-constexpr int kStepTraceMarksPerLayer = 5 * kStepTracePhaseMarks;
+constexpr int kStepTraceMarksPerLayer = kStepPhases * kStepTracePhaseMarks;
 constexpr int StepTraceMarks(int n_layers) { return 1 + n_layers * kStepTraceMarksPerLayer; }
 
 template <class T>

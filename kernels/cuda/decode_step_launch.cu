@@ -34,6 +34,18 @@ void Dispatch(bool bf16, int head_dim, bool alibi, const Fn& fn) {
   });
 }
 
+// Raises the kernel's dynamic shared-memory limit to `bytes`, never lowers
+// it: the limit is the function's, plans of one instantiation differ (rows,
+// widths), and a graph captured with a larger plan must still launch after an
+// eager launch of a smaller one.
+template <class Tr, bool kAlibi>
+void RaiseSmemLimit(int bytes) {
+  static int limit = 0;  // one per instantiation, as the attribute is
+  if (bytes <= limit) return;
+  TG_CUDA_CHECK(cudaFuncSetAttribute(DecodeStepKernel<Tr, kAlibi>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  limit = bytes;
+}
+
 struct PlanFn {
   const AttentionDims& dims;
   int rows, d, F, max_ctx, num_sms;
@@ -80,7 +92,7 @@ struct PlanFn {
       const long region = std::min(need, room);
       if (region < 16) continue;
       const int smem = pl.regions + Tr::kWarps * static_cast<int>(region);
-      TG_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+      RaiseSmemLimit<Tr, kAlibi>(smem);
       int fit = 0;
       TG_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, Tr::kThreads, smem));
       if (fit < c) continue;
@@ -121,7 +133,9 @@ struct LaunchFn {
     AttentionPlan ap;
     ap.shape = AttentionShape::kDecode;
     ap.num_splits = plan.num_splits;
-    ap.split_counters = plan.split_counters;  // the last split to finish merges them
+    // The last split to finish merges them, always: the step kernel has no
+    // combine phase (TINYGPT_DECODE_FUSED_MERGE is the standalone kernel's).
+    ap.split_counters = plan.split_counters;
     const long qkv_dim = static_cast<long>(a.dims.n_heads + 2 * a.dims.n_kv_heads) * a.dims.head_dim;
     DecodeStepParams<T> p;
     p.layers = static_cast<const StepLayer<T>*>(a.layers);
@@ -141,11 +155,8 @@ struct LaunchFn {
     p.barrier = static_cast<StepBarrier*>(a.barrier);
     p.smem = StepSmem{plan.bars, plan.norms, plan.regions, plan.region_vecs};
     p.trace = a.trace;
-    // Plans of one instantiation can differ in their shared memory (rows,
-    // widths): the limit is set for this one before its launch.
-    auto kernel = DecodeStepKernel<Tr, kAlibi>;
-    TG_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes));
-    LaunchKernel(false, kernel, plan.grid, Tr::kThreads, plan.smem_bytes, stream, p);
+    RaiseSmemLimit<Tr, kAlibi>(plan.smem_bytes);  // the plan raised it; here beside the launch that needs it
+    LaunchKernel(false, DecodeStepKernel<Tr, kAlibi>, plan.grid, Tr::kThreads, plan.smem_bytes, stream, p);
   }
 };
 
@@ -179,7 +190,7 @@ std::string SummarizeDecodeStepTrace(const DecodeStepPlan& plan, int n_layers, i
   const double mhz = (clk(last, 0) - clk(0, 0)) / std::max(1.0, ns(last, 0) - ns(0, 0)) * 1e3;
   double t0 = ns(0, 0), t1 = ns(last, 0);
   for (int b = 0; b < G; ++b) t0 = std::min(t0, ns(0, b)), t1 = std::max(t1, ns(last, b));
-  static const char* kNames[5] = {"A norm1+qkv", "B attention", "C attention rows+proj", "D norm2+w12", "E w3"};
+  static const char* kNames[kStepPhases] = {"A norm1+qkv", "B attention", "C attention rows+proj", "D norm2+w12", "E w3"};
   char line[360];
   std::snprintf(line, sizeof line,
                 "decode step kernel trace: grid %d, %d layers, %d attention items, region %d B a warp, %.0f MHz, %.1f us in all\n", G,
@@ -189,7 +200,7 @@ std::string SummarizeDecodeStepTrace(const DecodeStepPlan& plan, int n_layers, i
   out += "| phase | inputs | slot wait | products | rest | all work | attention blocks' work (slowest) | last arrival's wait |\n";
   out += "|---|---|---|---|---|---|---|---|\n";
   constexpr int kIntervals = 5;  // inputs, slot wait, products, rest, all work
-  for (int ph = 0; ph < 5; ++ph) {
+  for (int ph = 0; ph < kStepPhases; ++ph) {
     double med[kIntervals] = {}, slow[kIntervals] = {}, attn_slow = 0, wait = 0;
     int waits = 0;
     for (int l = 0; l < n_layers; ++l) {
