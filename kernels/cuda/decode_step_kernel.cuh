@@ -125,22 +125,35 @@ __device__ __forceinline__ void StepTraceBlock(unsigned long long* trace, int ma
   StepTraceMark(trace, marks, m);
 }
 
-// Waits until every block of the grid has arrived. Thread 0 keeps the
-// generation it waits to see move (gen, StepBarrierGeneration's, counted up
-// here); the last arrival resets the count and then moves the generation;
-// the release and acquire chain makes every block's writes before the
-// barrier visible to every block after it. Trace marks m (done) and m + 1
-// (released).
-__device__ __forceinline__ void StepGridSync(StepBarrier* bar, unsigned& gen, unsigned long long* trace, int marks, int m) {
+// The grid barrier, in two halves so that a block can work between its
+// arrival and its wait (an attention block's prologue, which reads no other
+// block's output). Thread 0 keeps the generation it waits to see move (gen,
+// StepBarrierGeneration's, counted up at each wait); the last arrival resets
+// the count and then moves the generation; the release and acquire chain
+// makes every block's writes before its arrival visible to every block after
+// its wait. Trace marks m (done: arrived) and m + 1 (released).
+//
+// Arrives; returns whether this block was the last (thread 0's answer).
+__device__ __forceinline__ bool StepGridArrive(StepBarrier* bar, unsigned long long* trace, int marks, int m) {
   __syncthreads();
   StepTraceMark(trace, marks, m);
+  bool last = false;
   if (threadIdx.x == 0) {
     unsigned arrived;
     asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;\n" : "=r"(arrived) : "l"(&bar->count) : "memory");
-    if (arrived == gridDim.x - 1) {
+    last = arrived == gridDim.x - 1;
+    if (last) {
       asm volatile("st.relaxed.gpu.global.u32 [%0], 0;\n" ::"l"(&bar->count) : "memory");
       asm volatile("red.release.gpu.global.add.u32 [%0], 1;\n" ::"l"(&bar->generation) : "memory");
-    } else {
+    }
+  }
+  return last;
+}
+
+// Waits until every block has arrived (last: StepGridArrive's answer).
+__device__ __forceinline__ void StepGridWait(StepBarrier* bar, unsigned& gen, bool last, unsigned long long* trace, int marks, int m) {
+  if (threadIdx.x == 0) {
+    if (!last) {
       unsigned now;
       long polls = 0;
       do {
@@ -152,6 +165,11 @@ __device__ __forceinline__ void StepGridSync(StepBarrier* bar, unsigned& gen, un
   }
   __syncthreads();
   StepTraceMark(trace, marks, m + 1);
+}
+
+__device__ __forceinline__ void StepGridSync(StepBarrier* bar, unsigned& gen, unsigned long long* trace, int marks, int m) {
+  const bool last = StepGridArrive(bar, trace, marks, m);
+  StepGridWait(bar, gen, last, trace, marks, m);
 }
 
 // The weight slots of a warp: each of the four product phases (A, C, D, E)
@@ -429,10 +447,13 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) DecodeStepKernel(const Decode
     if (more) fill(next, kSlotQkv);
     // B: attention over the cache; the last split of each (sequence, KV
     // head) merges them into att. An attention block's first item reads its
-    // block table and starts copying the cached keys before the barrier
-    // after A, whose products are its q and the new keys.
+    // block table and starts copying the cached keys between its arrival at
+    // the barrier after A (whose products are its q and the new keys) and
+    // its wait there. (The arrival's __syncthreads also ends every warp's
+    // reads of xs, which the attention stages overlay.)
+    const bool last_after_a = StepGridArrive(p.barrier, p.trace, marks, mark + 3);
     auto after_a = [&] {
-      StepGridSync(p.barrier, generation, p.trace, marks, mark + 3);
+      StepGridWait(p.barrier, generation, last_after_a, p.trace, marks, mark + 3);
       StepTraceBlock(p.trace, marks, mark + 5);
       StepTraceBlock(p.trace, marks, mark + 6);
     };
@@ -440,7 +461,6 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) DecodeStepKernel(const Decode
       AttentionParams ap = p.attn;
       ap.k_cache = L.k_cache;
       ap.v_cache = L.v_cache;
-      __syncthreads();  // every warp is done reading xs, which its stages overlay
       DecodeAttentionBlock<Tr, kAlibi>(ap, attn_block % pairs, attn_block / pairs, smem_raw, after_a);
       for (int item = attn_block + gridDim.x; item < p.attn_items; item += gridDim.x) {
         __syncthreads();  // the block's shared memory is free again
