@@ -187,6 +187,23 @@ TEST(Server, BatchingNeverChangesResults) {
   EXPECT_EQ(server.Stop(), 0);
 }
 
+// A client that has heard its call end finds, at once and without polling,
+// its KV blocks free and nothing running: the scheduler publishes what
+// GetModelInfo reports before it wakes the calls it ended (it once woke them
+// first, and nonfinite_test caught a stale count on a loaded CI machine).
+TEST(Server, EndedCallsBlocksAreFreeWhenTheClientHearsOfIt) {
+  ServerProcess server({});
+  Client c(server.address());
+  for (int i = 0; i < 100; ++i) {
+    GenerateResponse resp;
+    ASSERT_TRUE(c.Generate(Ids({1 + i % 50, 2, 3}, 1 + i % 7), &resp).ok());
+    const v1::ModelInfo info = c.Info();
+    ASSERT_EQ(info.kv_blocks_free(), info.kv_blocks_total()) << "after request " << i;
+    ASSERT_EQ(info.running_seqs(), 0) << "after request " << i;
+  }
+  EXPECT_EQ(server.Stop(), 0);
+}
+
 // A cache of 8 blocks (128 tokens) for 24 requests of up to 64 tokens: the
 // scheduler must preempt, and every output must still be exact.
 TEST(Server, PreemptionKeepsOutputsCorrect) {
