@@ -169,7 +169,7 @@ void Engine::Retire(const std::shared_ptr<Sequence>& seq, FinishReason reason, a
   for (auto& sib : seq->siblings) sib->waits_for_prompt = false;
   seq->siblings.clear();
   // The call hears of it from the waker thread (its last message and log
-  // line are not the scheduler's work); every caller flushes the waker.
+  // line are not the scheduler's work); every caller ends with WakeCalls.
   if (seq->Finish(reason, std::move(status), seq->detokenizer ? seq->detokenizer->Finish() : std::string()))
     waker_.Add(seq->channel());
 }
