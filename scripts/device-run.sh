@@ -185,6 +185,25 @@ if [[ $what == decode ]]; then
     TINYGPT_BENCH_KIND=decode step "decode attention bench" 150 "$S/bin/tinygpt_attention_bench" > "$OUT/attention_ours.jsonl" 2>> "$log"
     step "decode attention report" 200 python3 bench/decode_attention_report.py "$OUT/attention_ours.jsonl" "$OUT" >> "$log" 2>&1
   fi
+  if [[ ${DECODE_NCU:-1} == step ]]; then
+    # The decode step kernel at one sequence in detail: the stall reasons per
+    # issued instruction (no_instruction: the instruction cache), the top
+    # SASS locations, then its code size by source line (nvdisasm of
+    # device-stage/step_lineinfo.cubin.xz, decode_step_launch.cu built with
+    # -lineinfo by hand: bench-125m's instantiation, D64 bf16 without ALiBi).
+    TINYGPT_DECODE_STEP_KERNEL=1 TINYGPT_CUDA_PROFILE_FROM_SYNC=1 step "ncu decode step kernel n=1" 180 ncu --profile-from-start off \
+      -k regex:DecodeStepKernel --launch-count 1 --section SpeedOfLight --section LaunchStats --section Occupancy \
+      --section WarpStateStats --section InstructionStats --section SchedulerStats --section SourceCounters \
+      --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
+      "$S/bin/tinygpt_engine_bench" "$ck" --device=cuda --batches=1 --ctx=330 --graphs=0 --reps=1 > "$OUT/ncu_step_kernel.txt" 2>&1
+    disasm=$(command -v nvdisasm || ls /usr/local/cuda/bin/nvdisasm 2> /dev/null)
+    if [[ -f $S/step_lineinfo.cubin.xz && -n $disasm ]]; then
+      xz -dc "$S/step_lineinfo.cubin.xz" > /tmp/step_lineinfo.cubin
+      "$disasm" -g -c /tmp/step_lineinfo.cubin > /tmp/step.sass 2>> "$log"
+      step "step kernel code by line" 60 python3 bench/sass_lines.py /tmp/step.sass 'DecodeStepKernel.*Li64E13__nv_bfloat16.*Lb0E' \
+        decode_step_kernel.cuh > "$OUT/step_sass_lines.md" 2>> "$log"
+    fi
+  fi
   if [[ ${DECODE_NCU:-1} == 1 ]] && command -v ncu > /dev/null; then
     # The default build's kernels, then (DECODE_NCU_PEER, environment
     # assignments) the same steps with the peer configuration, e.g. cuBLASLt

@@ -697,6 +697,11 @@ class CudaBackend final : public Backend {
     return rows <= GemvMaxRows() && in % 8 == 0 && Aligned16(x, w);
   }
 
+  // Whether the splits' workspace and counters already hold `bytes` and
+  // `counters` (then GrowSplitWorkspace and GrowSplitCounters do nothing).
+  bool SplitBuffersHold(size_t bytes, int counters) const {
+    return bytes <= split_bytes_ && counters <= split_counters_cap_;
+  }
   // The attention splits' workspace, at least `bytes` (the old one stays
   // allocated: captured graphs may point at it).
   void GrowSplitWorkspace(size_t bytes) {
@@ -770,7 +775,7 @@ class CudaBackend final : public Backend {
     }
     // Buffers grow outside captures only: a captured memset of new counters
     // would zero them at the graph's replays, not before an eager launch.
-    if (capturing && (plan.split_counters > split_counters_cap_ || plan.partial_floats * sizeof(float) > split_bytes_)) return false;
+    if (capturing && !SplitBuffersHold(plan.partial_floats * sizeof(float), plan.split_counters)) return false;
     GrowSplitWorkspace(plan.partial_floats * sizeof(float));
     GrowSplitCounters(plan.split_counters);
     OpTimes::Scope timed(&op_times_, "decode step kernel", stream_);

@@ -293,16 +293,17 @@ __device__ __forceinline__ void StepProducts(const T* xs, int rows, int in, cons
   constexpr int kU = 2;
   const int nvec = in / 8, per = kW * nvec, n_out = StepWarpOutputs(out, gw, nw);
   for (int i0 = 0; i0 < n_out; i0 += kU) {
+    // Generic pointers, to the slot or to global memory: one load
+    // instruction either way (a branch per load would have the compiler
+    // copy the loop for each case).
     const uint4* wr[kU][kW];
-    bool pre[kU];
 #pragma unroll
     for (int u = 0; u < kU; ++u) {
       const int i = min(i0 + u, n_out - 1);
       const long o = gw + static_cast<long>(i) * nw;
-      pre[u] = i < fits;
 #pragma unroll
       for (int k = 0; k < kW; ++k)
-        wr[u][k] = pre[u] ? slot + i * per + k * nvec : reinterpret_cast<const uint4*>(w + (o + static_cast<long>(k) * out) * in);
+        wr[u][k] = i < fits ? slot + i * per + k * nvec : reinterpret_cast<const uint4*>(w + (o + static_cast<long>(k) * out) * in);
     }
     float acc[kU][kW][kStepMaxRows];
 #pragma unroll
@@ -311,12 +312,13 @@ __device__ __forceinline__ void StepProducts(const T* xs, int rows, int in, cons
       for (int k = 0; k < kW; ++k)
 #pragma unroll
         for (int r = 0; r < kStepMaxRows; ++r) acc[u][k][r] = 0.f;
+#pragma unroll 1  // a few iterations (in / 256); unrolled, the code outgrows the instruction cache
     for (int c = lane; c < nvec; c += 32) {
       float wf[kU][kW][8];
 #pragma unroll
       for (int u = 0; u < kU; ++u)
 #pragma unroll
-        for (int k = 0; k < kW; ++k) Unpack8<T>(pre[u] ? wr[u][k][c] : __ldg(wr[u][k] + c), wf[u][k]);
+        for (int k = 0; k < kW; ++k) Unpack8<T>(wr[u][k][c], wf[u][k]);
 #pragma unroll
       for (int r = 0; r < kStepMaxRows; ++r) {
         if (r >= rows) break;
@@ -461,10 +463,14 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) DecodeStepKernel(const Decode
       AttentionParams ap = p.attn;
       ap.k_cache = L.k_cache;
       ap.v_cache = L.v_cache;
-      DecodeAttentionBlock<Tr, kAlibi>(ap, attn_block % pairs, attn_block / pairs, smem_raw, after_a);
-      for (int item = attn_block + gridDim.x; item < p.attn_items; item += gridDim.x) {
-        __syncthreads();  // the block's shared memory is free again
-        DecodeAttentionBlock<Tr, kAlibi>(ap, item % pairs, item / pairs, smem_raw, [] {});
+      // One call site, so one copy of the attention block's code (the
+      // kernel's code is past the instruction cache's size already).
+      for (int item = attn_block; item < p.attn_items; item += gridDim.x) {
+        const bool first = item == attn_block;
+        if (!first) __syncthreads();  // the block's shared memory is free again
+        DecodeAttentionBlock<Tr, kAlibi>(ap, item % pairs, item / pairs, smem_raw, [&] {
+          if (first) after_a();
+        });
       }
       __syncthreads();
     } else {
