@@ -5,7 +5,7 @@
 
 ABSL_FLAG(uint64_t, seed, 0, "random seed (training init and data; sampling)");
 ABSL_FLAG(std::string, checkpoint, "tinygpt.safetensors", "checkpoint to load");
-ABSL_FLAG(std::string, device, "auto", "auto | cpu | cuda");
+ABSL_FLAG(std::string, device, "auto", "auto | cpu | cuda | cuda:N (GPU N; a data-parallel rank takes the GPU of its local rank)");
 ABSL_FLAG(std::string, dtype, "bf16", "CUDA weights/activations: bf16 | f16 (the CPU backend is f32)");
 ABSL_FLAG(int, threads, 0, "CPU threads for the model's ops (0: OMP_NUM_THREADS, else one per core)");
 ABSL_FLAG(int, minloglevel, 0, "log messages at or above this level only: 0 INFO, 1 WARNING, 2 ERROR (as absl/log's flag)");

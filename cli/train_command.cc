@@ -8,6 +8,7 @@
 #include "absl/flags/flag.h"
 #include "cli/commands.h"
 #include "cli/common_flags.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "kernels/backend.h"
@@ -29,7 +30,8 @@ ABSL_FLAG(std::string, pos_encoding, "", "override the preset: learned | alibi")
 ABSL_FLAG(int, n_kv_heads, 0, "override the preset's KV heads (GQA)");
 ABSL_FLAG(long, steps, 400, "optimizer steps");
 ABSL_FLAG(int, batch, 64,
-          "sequences (of max_seq_len tokens) per batch; with N ranks (mpirun -np N) the global batch, N shards of batch/N");
+          "sequences (of max_seq_len tokens) per batch; with N ranks (mpirun -np N, or --world-size N) the global batch, N shards of "
+          "batch/N");
 ABSL_FLAG(float, lr, 3e-3f, "peak learning rate");
 ABSL_FLAG(long, warmup, 20, "linear warmup steps");
 ABSL_FLAG(float, weight_decay, 0.01f, "AdamW weight decay on matrices");
@@ -43,6 +45,12 @@ ABSL_FLAG(long, untimed_steps, 0, "first steps left out of tokens/s and MFU (a b
 ABSL_FLAG(long, inject_overflow_step, -1, "test hook: make this step's gradients overflow (fp16 loss scaling must skip it)");
 ABSL_FLAG(double, min_accuracy, 0.0, "exit 1 unless the last batch's accuracy reaches this (0..1)");
 ABSL_FLAG(std::string, loss_log, "", "write each step's loss (one line a step, full precision) to this file");
+ABSL_FLAG(int, rank, -1,
+          "data parallelism started by any launcher (not mpirun): this process's rank, 0..world-size-1 (default: TINYGPT_RANK)");
+ABSL_FLAG(int, world_size, 0, "data parallelism without mpirun: the number of ranks (default: TINYGPT_WORLD_SIZE)");
+ABSL_FLAG(std::string, init_addr, "",
+          "data parallelism without mpirun: host:port where rank 0 listens and the other ranks connect (default: TINYGPT_INIT_ADDR)");
+ABSL_FLAG(int, dist_timeout, 300, "seconds a rank waits for the others: at the rendezvous, and for each step's gradient sums");
 
 namespace tinygpt {
 namespace {
@@ -88,9 +96,41 @@ absl::StatusOr<std::shared_ptr<const Tokenizer>> TextTokenizer(const std::vector
 
 int TrainRank(Communicator* comm);
 
+namespace {
+
+// A flag, else the environment variable, else the flag's default.
+int FlagOrEnvInt(int flag, int unset, const char* var) {
+  if (flag != unset) return flag;
+  const char* v = std::getenv(var);
+  int n = unset;
+  return v && absl::SimpleAtoi(v, &n) ? n : unset;
+}
+
+// What every rank must be given alike: a rank started with other flags
+// would train another model, or shard another batch.
+std::string TrainingFingerprint() {
+  return absl::StrCat("preset=", absl::GetFlag(FLAGS_preset), " task=", absl::GetFlag(FLAGS_task), " data=", absl::GetFlag(FLAGS_data),
+                      " tokenizer=", absl::GetFlag(FLAGS_tokenizer), " pos-encoding=", absl::GetFlag(FLAGS_pos_encoding),
+                      " n-kv-heads=", absl::GetFlag(FLAGS_n_kv_heads), " steps=", absl::GetFlag(FLAGS_steps), " batch=", absl::GetFlag(FLAGS_batch),
+                      " lr=", absl::GetFlag(FLAGS_lr), " warmup=", absl::GetFlag(FLAGS_warmup), " weight-decay=", absl::GetFlag(FLAGS_weight_decay),
+                      " clip=", absl::GetFlag(FLAGS_clip), " seq-len=", absl::GetFlag(FLAGS_seq_len), " precision=", absl::GetFlag(FLAGS_precision),
+                      " seed=", absl::GetFlag(FLAGS_seed));
+}
+
+}  // namespace
+
 int TrainCommand() {
-  // Ranks started by mpirun train one model data-parallel (train/communicator.h).
-  auto comm = CommunicatorFromLauncher();
+  // Ranks started by mpirun, or by any launcher with --rank/--world-size/
+  // --init-addr, train one model data-parallel (train/communicator.h).
+  LaunchOptions launch;
+  launch.rank = FlagOrEnvInt(absl::GetFlag(FLAGS_rank), -1, "TINYGPT_RANK");
+  launch.world_size = FlagOrEnvInt(absl::GetFlag(FLAGS_world_size), 0, "TINYGPT_WORLD_SIZE");
+  launch.init_addr = absl::GetFlag(FLAGS_init_addr);
+  if (launch.init_addr.empty() && std::getenv("TINYGPT_INIT_ADDR")) launch.init_addr = std::getenv("TINYGPT_INIT_ADDR");
+  if (absl::GetFlag(FLAGS_dist_timeout) <= 0) return Fail(absl::InvalidArgumentError("--dist-timeout must be positive"), 2);
+  launch.timeout = absl::Seconds(absl::GetFlag(FLAGS_dist_timeout));
+  launch.fingerprint = TrainingFingerprint();
+  auto comm = CommunicatorFromLauncher(launch);
   if (!comm.ok()) return Fail(comm.status());
   const int code = TrainRank(comm->get());
   // A rank that fails alone (its data file missing on its host, rank 0's
@@ -169,6 +209,7 @@ int TrainRank(Communicator* comm) {
   o.tokenizer = tokenizer;
   o.comm = comm;
   o.loss_log = absl::GetFlag(FLAGS_loss_log);
+  o.collective_timeout = absl::Seconds(absl::GetFlag(FLAGS_dist_timeout));
   // Test hooks: TINYGPT_TEST_EXIT_RANK=R TINYGPT_TEST_EXIT_STEP=S make rank R
   // die at step S (the ranks' failure test).
   if (const char* r = std::getenv("TINYGPT_TEST_EXIT_RANK")) o.exit_rank = std::atoi(r);

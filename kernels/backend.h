@@ -5,11 +5,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "kernels/attention_args.h"
 #include "kernels/sampling_args.h"
 
@@ -251,6 +253,32 @@ class Backend {
   // dtype() (the compute copy).
   virtual void AdamW(float* p, float* g, float* m, float* v, size_t n, float lr, float beta1, float beta2, float eps,
                      float weight_decay, long step, float grad_scale, void* p_compute) = 0;
+
+  // --- Data parallelism on the device (CUDA: NCCL, opened at run time) ---
+  // The CPU sums on the host instead (train/communicator.h, MPI).
+  // A new world's id, made by rank 0 and carried to the others by the
+  // launcher's channel (MPI or the rendezvous).
+  virtual absl::StatusOr<std::string> NewCollectiveId() {
+    return absl::UnimplementedError(name() + " backend has no device collectives (ranks on CPUs sum through MPI)");
+  }
+  // Makes this backend rank `rank` of the world that `id` names.
+  virtual absl::Status JoinCollective(const std::string& /*id*/, int /*rank*/, int /*world_size*/) {
+    return absl::UnimplementedError(name() + " backend has no device collectives (ranks on CPUs sum through MPI)");
+  }
+  // data[0..n) (backend memory) replaced by its sum over the ranks, after
+  // the work enqueued before it, on a stream of its own: the backward's
+  // later ops run while it sums. Every rank sums the same ranges in the
+  // same order.
+  virtual absl::Status AllReduceSum(float* /*data*/, size_t /*n*/) {
+    return absl::UnimplementedError(name() + " backend has no device collectives");
+  }
+  // Waits until every sum enqueued has finished (the work enqueued after
+  // this call follows them). `check` runs between polls: its error, an
+  // error of the collectives' or the timeout ends the wait and leaves the
+  // collectives aborted, so that a dead rank ends the others, not hangs them.
+  virtual absl::Status WaitCollectives(absl::Duration /*timeout*/, const std::function<absl::Status()>& /*check*/) {
+    return absl::OkStatus();
+  }
 };
 
 // Backend::TransformerLayers op by op: the fused norm and residual ops where
@@ -259,12 +287,13 @@ class Backend {
 void RunLayersOpByOp(Backend& b, const Backend::LayersArgs& a);
 inline void Backend::TransformerLayers(const LayersArgs& a) { RunLayersOpByOp(*this, a); }
 
-// device: "auto" (CUDA when a GPU is found, else CPU), "cpu" or "cuda".
+// device: "auto" (CUDA when a GPU is found, else CPU), "cpu", "cuda" (GPU 0)
+// or "cuda:N" (GPU N).
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const std::string& device, const std::string& dtype);
 
 // The CUDA module exports this symbol (extern "C"); see kernels/cuda/.
-using CreateCudaBackendFn = Backend* (*)(const char* dtype, char* error, size_t error_len);
+using CreateCudaBackendFn = Backend* (*)(const char* dtype, int device, char* error, size_t error_len);
 inline constexpr const char* kCudaModuleName = "libtinygpt_cuda.so";
-inline constexpr const char* kCudaFactorySymbol = "tinygpt_create_cuda_backend";
+inline constexpr const char* kCudaFactorySymbol = "tinygpt_create_cuda_backend_v2";  // v2: the device index
 
 }  // namespace tinygpt

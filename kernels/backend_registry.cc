@@ -3,6 +3,8 @@
 // large static TLS would otherwise break civetweb's threads, see DEVELOPERS.md).
 #include <string>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/shared_module.h"
 #include "kernels/backend.h"
@@ -30,14 +32,14 @@ absl::StatusOr<DType> ParseDType(const std::string& name) {
 
 namespace {
 
-absl::StatusOr<std::unique_ptr<Backend>> OpenCudaModule(const std::string& dtype) {
+absl::StatusOr<std::unique_ptr<Backend>> OpenCudaModule(const std::string& dtype, int device) {
   std::string errors;
   void* handle = OpenSharedModule(kCudaModuleName, RTLD_NOW | RTLD_LOCAL, &errors);
   if (handle) {
     auto create = reinterpret_cast<CreateCudaBackendFn>(dlsym(handle, kCudaFactorySymbol));
     if (!create) return absl::InternalError(absl::StrCat(kCudaModuleName, " has no symbol ", kCudaFactorySymbol));
     char error[512] = {0};
-    Backend* b = create(dtype.c_str(), error, sizeof(error));
+    Backend* b = create(dtype.c_str(), device, error, sizeof(error));
     if (!b) return absl::UnavailableError(absl::StrCat("CUDA backend: ", error));
     return std::unique_ptr<Backend>(b);
   }
@@ -48,13 +50,15 @@ absl::StatusOr<std::unique_ptr<Backend>> OpenCudaModule(const std::string& dtype
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const std::string& device, const std::string& dtype) {
   if (device == "cpu") return CreateCpuBackend();
-  if (device == "cuda") return OpenCudaModule(dtype);
+  if (device == "cuda") return OpenCudaModule(dtype, 0);
+  int index = -1;
+  if (absl::StartsWith(device, "cuda:") && absl::SimpleAtoi(device.substr(5), &index) && index >= 0) return OpenCudaModule(dtype, index);
   if (device == "auto") {
-    auto cuda = OpenCudaModule(dtype);
+    auto cuda = OpenCudaModule(dtype, 0);
     if (cuda.ok()) return cuda;
     return CreateCpuBackend();
   }
-  return absl::InvalidArgumentError(absl::StrCat("unknown device '", device, "' (auto, cpu, cuda)"));
+  return absl::InvalidArgumentError(absl::StrCat("unknown device '", device, "' (auto, cpu, cuda, cuda:N)"));
 }
 
 }  // namespace tinygpt

@@ -4,7 +4,9 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 
+#include "absl/strings/str_cat.h"
 #include "kernels/cpu/cpu_backend.h"
 
 namespace tinygpt {
@@ -174,7 +176,7 @@ float Transformer::Forward(const PackedBatch& b, int* correct, float dloss_scale
   return B.CrossEntropy(logits_, targets_, dlogits_, T, cfg_.vocab_size, dloss_scale, correct);
 }
 
-void Transformer::Backward(const PackedBatch& b) {
+void Transformer::Backward(const PackedBatch& b, const GradsReady& grads_ready) {
   const int T = static_cast<int>(b.tokens.size()), d = cfg_.d_model, F = cfg_.ffn_hidden;
   if (on_host_) d_params_ = params_.data(), d_grads_ = grads_.data(), d_compute_ = params_.data();
   Backend& B = *backend_;
@@ -190,6 +192,12 @@ void Transformer::Backward(const PackedBatch& b) {
   B.Zero(dres_, static_cast<size_t>(T) * d * esize_);
   B.LinearBackward(dlogits_, lnf_, Compute(P.head_w), dln_, G.head_w, G.head_b, T, d, cfg_.vocab_size);
   B.LayerNormBackward(dln_, out_, Compute(P.nf_w), lnf_mean_, lnf_rstd_, dres_, G.nf_w, G.nf_b, T, d);
+  // The ranges grads_ready hears: each block's tensors are contiguous in the
+  // layout, between the embeddings and the final norm (model/params.cc).
+  auto offset_of = [&](const std::string& name) { return layout_.find(name)->offset; };
+  const size_t blocks_end = offset_of("nf.weight");
+  auto block_begin = [&](int l) { return offset_of(absl::StrCat("blocks.", l, ".n1.weight")); };
+  if (grads_ready) grads_ready(blocks_end, layout_.total() - blocks_end);
   for (int l = cfg_.n_layers - 1; l >= 0; --l) {
     LayerActs& a = acts_[l];
     const BlockParams& W = P.blocks[l];
@@ -204,8 +212,10 @@ void Transformer::Backward(const PackedBatch& b) {
     B.AttentionBackward(dims, batch, a.qkv, a.att, datt_, a.lse, dqkv_);
     B.LinearBackward(dqkv_, a.ln1, Compute(W.qkv_w), dln_, GW.qkv_w, GW.qkv_b, T, d, qkv_dim);
     B.LayerNormBackward(dln_, a.in, Compute(W.n1_w), a.ln1_mean, a.ln1_rstd, dres_, GW.n1_w, GW.n1_b, T, d);
+    if (grads_ready) grads_ready(block_begin(l), (l + 1 < cfg_.n_layers ? block_begin(l + 1) : blocks_end) - block_begin(l));
   }
   B.EmbeddingBackward(dres_, tokens_, positions_, G.tok, G.pos, T, d);
+  if (grads_ready) grads_ready(0, block_begin(0));
 }
 
 std::vector<float> Transformer::logits() const {

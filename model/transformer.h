@@ -6,6 +6,7 @@
 // gradients are fp32. Training and parity tests use this.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -61,7 +62,13 @@ class Transformer {
   float Forward(const PackedBatch& batch, int* correct = nullptr, float dloss_scale = 1.0f);
   // Accumulates parameter gradients of the last Forward's loss into the
   // backend's gradient buffer (grads() on the CPU).
-  void Backward(const PackedBatch& batch);
+  // grads_ready, when given, hears each range of device_grads() as soon as
+  // the ops that write it are enqueued: the head and final norm, each block
+  // from the last to the first, then the embeddings (offsets and counts in
+  // floats; together they cover every gradient once). Data-parallel
+  // training starts summing a range there while the rest runs.
+  using GradsReady = std::function<void(size_t offset, size_t count)>;
+  void Backward(const PackedBatch& batch, const GradsReady& grads_ready = nullptr);
   void ZeroGrad();
   // The last Forward's logits (fp32 copy on the host).
   std::vector<float> logits() const;

@@ -32,6 +32,16 @@ class MpiWorld : public World {
   int size() const override { return size_; }
   bool AllReduceSum(float* data, size_t n, std::string* error) override { return Sum(data, n, MPI_FLOAT, error); }
   bool AllReduceSum(double* data, size_t n, std::string* error) override { return Sum(data, n, MPI_DOUBLE, error); }
+  bool Broadcast(std::string* bytes, std::string* error) override {
+    unsigned long long n = bytes->size();
+    int rc = MPI_Bcast(&n, 1, MPI_UNSIGNED_LONG_LONG, 0, MPI_COMM_WORLD);
+    if (rc == MPI_SUCCESS) {
+      bytes->resize(n);
+      if (n > 0 && n <= INT_MAX) rc = MPI_Bcast(bytes->data(), static_cast<int>(n), MPI_BYTE, 0, MPI_COMM_WORLD);
+    }
+    if (rc != MPI_SUCCESS) *error = "MPI_Bcast: " + ErrorText(rc);
+    return rc == MPI_SUCCESS;
+  }
   [[noreturn]] void Abort(int code) override {
     MPI_Abort(MPI_COMM_WORLD, code);
     std::abort();  // MPI_Abort does not return; should it, the process still ends

@@ -16,6 +16,8 @@ class World {
   // MPI_Allreduce(MPI_SUM) in place; false and *error on failure.
   virtual bool AllReduceSum(float* data, size_t n, std::string* error) = 0;
   virtual bool AllReduceSum(double* data, size_t n, std::string* error) = 0;
+  // Rank 0's *bytes on every rank (MPI_Bcast of the size, then the bytes).
+  virtual bool Broadcast(std::string* bytes, std::string* error) = 0;
   // MPI_Abort: ends every rank (a rank that failed alone would otherwise
   // leave the others waiting in a collective, and MPI_Finalize waits too).
   [[noreturn]] virtual void Abort(int code) = 0;
@@ -28,7 +30,7 @@ struct Api {
   World* (*init)(std::string* error);
 };
 
-constexpr int kApiVersion = 2;
+constexpr int kApiVersion = 3;
 constexpr char kModuleName[] = "libtinygpt_mpi.so";
 constexpr char kApiSymbol[] = "tinygpt_mpi_api";
 

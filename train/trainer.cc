@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/backend.h"
@@ -267,7 +268,8 @@ class OptimizerState {
   float *dm_ = nullptr, *dv_ = nullptr;
 };
 
-absl::StatusOr<std::unique_ptr<Backend>> TrainingBackend(const TrainOptions& opt, std::string* precision) {
+// gpu: the GPU index "cuda" and "auto" mean (a rank's local rank).
+absl::StatusOr<std::unique_ptr<Backend>> TrainingBackend(const TrainOptions& opt, int gpu, std::string* precision) {
   std::string p = opt.precision;
   if (p == "f32") p = "fp32";
   if (p == "f16") p = "fp16";
@@ -280,12 +282,35 @@ absl::StatusOr<std::unique_ptr<Backend>> TrainingBackend(const TrainOptions& opt
     return CreateBackend("cpu", "f32");
   }
   const std::string dtype = p.empty() || p == "bf16" ? "bf16" : p == "fp16" ? "f16" : "f32";
-  auto b = CreateBackend(opt.device, dtype);
+  const std::string on_gpu = absl::StrCat("cuda:", gpu);
+  auto b = CreateBackend(opt.device == "cuda" ? on_gpu : opt.device, dtype);
+  if (b.ok() && opt.device == "auto" && gpu > 0 && (*b)->name() != "cpu") b = CreateBackend(on_gpu, dtype);
   if (!b.ok()) return b.status();
   if ((*b)->name() == "cpu" && !p.empty() && p != "fp32")
     return absl::InvalidArgumentError(absl::StrCat("train: no CUDA device for --precision ", p, " (the CPU trains in fp32)"));
   *precision = (*b)->name() == "cpu" ? "fp32" : (p.empty() ? "bf16" : p);
   return b;
+}
+
+}  // namespace
+
+namespace {
+
+// Rank 0 makes the NCCL world's id and sends it to the others over the
+// launcher's channel; every rank joins. A rank 0 that cannot make one (no
+// NCCL) sends why instead, so that every rank stops with the reason.
+absl::Status JoinDeviceCollective(Communicator& comm, Backend& backend) {
+  std::string id;
+  if (comm.rank() == 0) {
+    auto made = backend.NewCollectiveId();
+    id = made.ok() ? "id " + *made : "error " + std::string(made.status().message());
+  }
+  if (auto s = comm.Broadcast(&id); !s.ok()) return s;
+  if (absl::StartsWith(id, "error ")) return absl::FailedPreconditionError(absl::StrCat("train: rank 0: ", id.substr(6)));
+  if (!absl::StartsWith(id, "id ")) return absl::InternalError("train: rank 0 sent no NCCL id");
+  if (auto s = backend.JoinCollective(id.substr(3), comm.rank(), comm.world_size()); !s.ok())
+    return absl::UnavailableError(absl::StrCat("train: rank ", comm.rank(), ": ", s.message()));
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -311,14 +336,26 @@ absl::StatusOr<TrainResult> Train(const ModelConfig& cfg_in, DataSource& data, c
   TrainOptions opt = opt_in;
   opt.quiet = opt_in.quiet || rank != 0;  // one progress line, rank 0's
   TrainResult result;
-  auto backend_or = TrainingBackend(opt, &result.precision);
+  auto backend_or = TrainingBackend(opt, world > 1 ? comm->local_rank() : 0, &result.precision);
   if (!backend_or.ok()) return backend_or.status();
   std::unique_ptr<Backend> backend = std::move(*backend_or);
   const bool on_device = backend->name() != "cpu";
-  if (world > 1 && on_device)
-    return absl::UnimplementedError(absl::StrCat("train: ", world, " ", comm->launcher(),
-                                                 " ranks on CUDA need NCCL's all-reduce, which is not built yet (issue #25): "
-                                                 "train data-parallel with --device=cpu, or on one GPU"));
+  // Ranks on GPUs sum on the device (NCCL); on CPUs through the launcher (MPI).
+  const bool device_sums = world > 1 && on_device;
+  if (world > 1 && !on_device && !comm->SumsOnHost())
+    return absl::FailedPreconditionError(absl::StrCat("train: ", world, " ranks of a ", comm->launcher(), " on CPUs: ",
+                                                      comm->AllReduceSum(static_cast<float*>(nullptr), 0).message()));
+  if (device_sums)
+    if (auto s = JoinDeviceCollective(*comm, *backend); !s.ok()) return s;
+  // The step's loss and hits, summed on the device beside the gradients.
+  struct DeviceFloats {
+    Backend* b;
+    float* p;
+    ~DeviceFloats() {
+      if (p) b->Free(p);
+    }
+  } step_sums{backend.get(), device_sums ? static_cast<float*>(backend->Alloc(2 * sizeof(float))) : nullptr};
+  if (device_sums && !step_sums.p) return absl::ResourceExhaustedError("train: out of device memory");
   result.device = on_device ? backend->device_name() : "cpu";
   const size_t free_at_start = on_device ? backend->AvailableBytes() : 0;
   size_t min_free = free_at_start;
@@ -415,11 +452,28 @@ absl::StatusOr<TrainResult> Train(const ModelConfig& cfg_in, DataSource& data, c
     model->ZeroGrad();
     int shard_correct = 0;
     const float shard_loss = model->Forward(batch, &shard_correct, static_cast<float>(loss_scale * share));
-    model->Backward(batch);
     float* g = model->device_grads();
     float loss = shard_loss;
     int correct = shard_correct;
-    if (world > 1) {
+    if (device_sums) {
+      // NCCL sums each block's gradients as soon as its backward is
+      // enqueued, while the blocks below it run (DDP's buckets).
+      const float sums[2] = {static_cast<float>(shard_loss * share), static_cast<float>(shard_correct)};
+      backend->CopyToDevice(step_sums.p, sums, sizeof(sums));
+      absl::Status summing = backend->AllReduceSum(step_sums.p, 2);
+      model->Backward(batch, [&](size_t offset, size_t count) {
+        if (summing.ok()) summing = backend->AllReduceSum(g + offset, count);
+      });
+      if (summing.ok()) summing = backend->WaitCollectives(opt.collective_timeout, [&] { return comm->CheckPeers(); });
+      if (!summing.ok()) return absl::UnavailableError(absl::StrCat("train: rank ", rank, " at step ", step, ": ", summing.message()));
+      float summed[2];
+      backend->CopyToHost(summed, step_sums.p, sizeof(summed));
+      loss = summed[0];
+      correct = static_cast<int>(std::lround(summed[1]));
+    } else {
+      model->Backward(batch);
+    }
+    if (world > 1 && !device_sums) {
       if (auto s = comm->AllReduceSum(g, n_params); !s.ok()) return s;
       double sums[2] = {shard_loss * share, static_cast<double>(shard_correct)};
       if (auto s = comm->AllReduceSum(sums, 2); !s.ok()) return s;

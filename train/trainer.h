@@ -6,6 +6,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "model/config.h"
 #include "model/tokenizer.h"
 #include "train/communicator.h"
@@ -51,7 +52,12 @@ struct TrainOptions {
   // loss and the accuracy are summed over the ranks, weighted by the shards'
   // tokens, so every rank takes the step one process would on the whole
   // batch. Only rank 0 writes checkpoints and the progress line.
+  // On GPUs each rank takes the GPU of its local rank and NCCL sums the
+  // gradients (fp32), each block's as soon as its backward is enqueued.
   Communicator* comm = nullptr;
+  // How long a rank waits for the others' gradients (a rank that died ends
+  // the others after this, or at once where the launcher's channel tells).
+  absl::Duration collective_timeout = absl::Seconds(300);
   // Test hook: rank `exit_rank` kills itself (SIGKILL) at step `exit_step`
   // (0-based; -1: never), as a crashed rank would.
   int exit_rank = -1;

@@ -25,6 +25,7 @@
 #include "kernels/cuda/elementwise_kernels.cuh"
 #include "kernels/cuda/gemv_kernel.cuh"
 #include "kernels/cuda/lt_gemm.h"
+#include "kernels/cuda/nccl_collective.h"
 #include "kernels/cuda/op_times.h"
 #include "kernels/cuda/sampling_kernel.cuh"
 #include "kernels/cuda/skinny_gemm_launch.h"
@@ -622,6 +623,22 @@ class CudaBackend final : public Backend {
     TG_CUDA_LAUNCH_CHECK();
   }
 
+  // Data parallelism: NCCL (nccl_collective.h).
+  absl::StatusOr<std::string> NewCollectiveId() override { return NcclCollective::NewId(); }
+  absl::Status JoinCollective(const std::string& id, int rank, int world_size) override {
+    auto c = NcclCollective::Join(id, rank, world_size, stream_);
+    if (!c.ok()) return c.status();
+    collective_ = std::move(*c);
+    return absl::OkStatus();
+  }
+  absl::Status AllReduceSum(float* data, size_t n) override {
+    if (!collective_) return absl::FailedPreconditionError("CUDA backend: AllReduceSum before JoinCollective");
+    return collective_->AllReduceSum(data, n);
+  }
+  absl::Status WaitCollectives(absl::Duration timeout, const std::function<absl::Status()>& check) override {
+    return collective_ ? collective_->Wait(timeout, check) : absl::OkStatus();
+  }
+
   void Synchronize() override {
     TG_CUDA_CHECK(cudaStreamSynchronize(stream_));
     op_times_.OnSynchronize();
@@ -870,14 +887,15 @@ class CudaBackend final : public Backend {
   FloatBuffer bias_scratch_;  // the BGRADB epilogue's bias gradient
   std::map<std::tuple<int, int, int>, bool> bgradb_choice_;  // BgradbFaster's verdict per (m, n, k)
   bool use_bgradb_ = std::getenv("TINYGPT_CUDA_NO_BGRADB") == nullptr;
+  std::unique_ptr<NcclCollective> collective_;  // data-parallel training's world (JoinCollective)
 };
 
 }  // namespace
 }  // namespace tinygpt::cuda
 
 // The module's one entry point (see kernels/backend.h).
-extern "C" __attribute__((visibility("default"))) tinygpt::Backend* tinygpt_create_cuda_backend(const char* dtype, char* error,
-                                                                                                size_t error_len) {
+extern "C" __attribute__((visibility("default"))) tinygpt::Backend* tinygpt_create_cuda_backend_v2(const char* dtype, int device,
+                                                                                                char* error, size_t error_len) {
   auto fail = [&](const std::string& msg) -> tinygpt::Backend* {
     std::snprintf(error, error_len, "%s", msg.c_str());
     return nullptr;
@@ -886,10 +904,12 @@ extern "C" __attribute__((visibility("default"))) tinygpt::Backend* tinygpt_crea
   const cudaError_t err = cudaGetDeviceCount(&count);
   if (err != cudaSuccess || count == 0)
     return fail(std::string("no CUDA device (") + (err != cudaSuccess ? cudaGetErrorString(err) : "none found") + ")");
+  if (device < 0 || device >= count)
+    return fail("no CUDA device " + std::to_string(device) + " (this machine has " + std::to_string(count) + ")");
   const std::string d = dtype ? dtype : "bf16";
-  if (d == "bf16") return new tinygpt::cuda::CudaBackend<__nv_bfloat16>(tinygpt::DType::kBF16, 0);
-  if (d == "f16" || d == "fp16") return new tinygpt::cuda::CudaBackend<__half>(tinygpt::DType::kF16, 0);
+  if (d == "bf16") return new tinygpt::cuda::CudaBackend<__nv_bfloat16>(tinygpt::DType::kBF16, device);
+  if (d == "f16" || d == "fp16") return new tinygpt::cuda::CudaBackend<__half>(tinygpt::DType::kF16, device);
   // fp32: training's reference precision (no paged attention kernel).
-  if (d == "f32" || d == "fp32") return new tinygpt::cuda::CudaBackend<float>(tinygpt::DType::kF32, 0);
+  if (d == "f32" || d == "fp32") return new tinygpt::cuda::CudaBackend<float>(tinygpt::DType::kF32, device);
   return fail("unsupported dtype '" + d + "' (bf16, f16, f32)");
 }

@@ -12,13 +12,18 @@ train the model one process trains.
 - a rank that fails alone (rank 0's --loss-log cannot be written): every
   rank ends, with a non-zero exit and the message;
 - a rank that dies (SIGKILL at step 5): the run ends within the timeout, a
-  non-zero exit and the launcher's message, no checkpoint written.
+  non-zero exit and the launcher's message, no checkpoint written;
+- ranks started by a rendezvous (--rank/--world-size/--init-addr, or the
+  TINYGPT_* environment) on CPUs: every rank ends at once with the way to
+  train data-parallel on CPUs (mpirun), and ranks given other flags hear
+  both sets (the GPU runs of the rendezvous: bench/train_data_parallel_gpu.py).
 
 usage: data_parallel_test.py TINYGPT
 """
 import json
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -51,6 +56,22 @@ def train(ranks, out, *flags, env=None, timeout=300):
     t0 = time.monotonic()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or MPI_ENV)
     return p, time.monotonic() - t0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rendezvous(flags_of_rank, env_of_rank=None, timeout=60):
+    """Starts one `tinygpt train` per rank at once (a shell loop's launch); their (exit, stderr)."""
+    procs = []
+    for r, flags in enumerate(flags_of_rank):
+        env = dict(os.environ, **(env_of_rank[r] if env_of_rank else {}))
+        procs.append(subprocess.Popen([TINYGPT, "train", "--device=cpu", "--batch=8", *flags], stderr=subprocess.PIPE,
+                                      stdout=subprocess.DEVNULL, text=True, env=env))
+    return [(p.returncode, err) for p in procs for _, err in [p.communicate(timeout=timeout)]]
 
 
 def losses(path):
@@ -150,6 +171,20 @@ def main():
                   f"{[l for l in dead.stderr.splitlines() if 'signal' in l or 'rank' in l][:2]}")
         except subprocess.TimeoutExpired:
             check(False, "a killed rank ends the run within 120 s (it hung)")
+
+        # Ranks of a rendezvous on CPUs: refused at once, with the way that works.
+        port = free_port()
+        got = rendezvous([[f"--out={d}/rv.safetensors", f"--rank={r}", "--world-size=2", f"--init-addr=127.0.0.1:{port}"]
+                          for r in (0, 1)])
+        check(all(rc != 0 and "start the ranks with mpirun" in err for rc, err in got),
+              f"2 rendezvous ranks on CPUs refused, naming mpirun (exits {[rc for rc, _ in got]}): {got[0][1].strip()[-160:]}")
+        port = free_port()
+        got = rendezvous([["--steps=5", f"--out={d}/rv.safetensors"], ["--steps=6", f"--out={d}/rv.safetensors"]],
+                         [dict(TINYGPT_RANK=str(r), TINYGPT_WORLD_SIZE="2", TINYGPT_INIT_ADDR=f"127.0.0.1:{port}") for r in (0, 1)])
+        check(all(rc != 0 and "other training flags" in err and "steps=6" in err for rc, err in got),
+              f"rendezvous ranks (from the environment) given other --steps: both refused with both flag sets "
+              f"(exits {[rc for rc, _ in got]})")
+        check(not os.path.exists(f"{d}/rv.safetensors"), "no checkpoint from refused rendezvous ranks")
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
