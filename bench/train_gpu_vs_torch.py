@@ -78,14 +78,17 @@ def flops_per_token(c, L):
     return 6 * n + 12 * c["n_layers"] * c["d_model"] * L
 
 
-def torch_run(c, seq_len, batch, steps, compiled):
+def training_step(c, seq_len, batch, compiled, wrap=None):
+    """The PyTorch side's model and one training step on a fresh count-task batch: (model, step).
+    wrap: what the model runs under (DistributedDataParallel for the data-parallel bench)."""
     torch.manual_seed(0)
     model = TinyGPT(c).cuda()
     decay = [p for n, p in model.named_parameters() if p.dim() == 2 and not n.startswith(("tok", "pos"))]
     other = [p for n, p in model.named_parameters() if not (p.dim() == 2 and not n.startswith(("tok", "pos")))]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": other, "weight_decay": 0.0}], lr=3e-3,
                             fused=True)
-    fwd = torch.compile(model) if compiled else model
+    wrapped = wrap(model) if wrap else model
+    fwd = torch.compile(wrapped) if compiled else wrapped
     V = c["vocab_size"]
 
     def step():
@@ -100,6 +103,11 @@ def torch_run(c, seq_len, batch, steps, compiled):
         opt.step()
         return loss
 
+    return model, step
+
+
+def torch_run(c, seq_len, batch, steps, compiled):
+    model, step = training_step(c, seq_len, batch, compiled)
     for _ in range(5):  # warm-up (and compilation)
         step()
     torch.cuda.synchronize()
@@ -110,7 +118,7 @@ def torch_run(c, seq_len, batch, steps, compiled):
     torch.cuda.synchronize()
     tps = steps * batch * seq_len / (time.perf_counter() - t0)
     mem = torch.cuda.max_memory_allocated()
-    del model, opt, fwd
+    del model, step
     torch.cuda.empty_cache()
     return tps, mem, loss.item()
 

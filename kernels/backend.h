@@ -261,8 +261,10 @@ class Backend {
   virtual absl::StatusOr<std::string> NewCollectiveId() {
     return absl::UnimplementedError(name() + " backend has no device collectives (ranks on CPUs sum through MPI)");
   }
-  // Makes this backend rank `rank` of the world that `id` names.
-  virtual absl::Status JoinCollective(const std::string& /*id*/, int /*rank*/, int /*world_size*/) {
+  // Makes this backend rank `rank` of the world that `id` names, once every
+  // rank has joined (`timeout` at most; `check` as in WaitCollectives).
+  virtual absl::Status JoinCollective(const std::string& /*id*/, int /*rank*/, int /*world_size*/, absl::Duration /*timeout*/,
+                                      const std::function<absl::Status()>& /*check*/) {
     return absl::UnimplementedError(name() + " backend has no device collectives (ranks on CPUs sum through MPI)");
   }
   // data[0..n) (backend memory) replaced by its sum over the ranks, after

@@ -7,7 +7,7 @@
 # most 8 files come back: log.txt, backend_ops_{bf16,f16}.txt,
 # server_test_cuda.txt, attention_ours.jsonl, attention.md,
 # attention_memory.png, cpu.md; `ncu` mode writes ncu.txt).
-# usage: scripts/device-run.sh [checks|bench|cpu|checks+cpu|ncu|features|serve|serve-quick|serve-checks|warm-stream|profile|decode|all]   (default all: checks, bench, cpu)
+# usage: scripts/device-run.sh [checks|bench|cpu|checks+cpu|ncu|features|serve|serve-quick|serve-checks|warm-stream|profile|decode|dp|all]   (default all: checks, bench, cpu)
 #        features: logprobs, penalties, n and prefix caching served on CUDA beside the CPU (features_{bf16,f16}.txt)
 #        TRAIN_THREADS=1,16 picks the thread counts of the CPU training comparison.
 #        serve: the serving benchmark of issues #12/#14 (bench/serve_gpu_bench.py: tinygpt serve --device cuda with a random
@@ -233,6 +233,16 @@ if [[ $what == decode ]]; then
     done
   fi
   cat "$prof" "$OUT/decode_attention.md" "$OUT/ncu_kernels.md" 2>/dev/null
+fi
+if [[ $what == dp ]]; then
+  # Issue #25 on a machine of 2 or more GPUs (kind nvidia-h200-x2 or larger):
+  # rendezvous ranks, one per GPU, against one process (losses, checkpoint),
+  # the seed task, a killed rank, then bench-125m tokens/s at 1 and N GPUs
+  # beside PyTorch DDP (bench/train_data_parallel_gpu.py; DP_ARGS adds flags).
+  nvidia-smi -L | tee -a "$log"
+  PYTHONUNBUFFERED=1 step "data parallel on GPUs" 560 python3 bench/train_data_parallel_gpu.py "$S/bin" "$OUT" ${DP_ARGS:-} \
+    > "$OUT/data_parallel_log.txt" 2>&1
+  grep -E "^(PASS|FAIL|OK|FAILED)|^\||tokens/s|NCCL|rank" "$OUT/data_parallel_log.txt" | tail -40 | tee -a "$log"
 fi
 if [[ $what == serve-checks ]]; then
   # The engine's GPU path checked before it is timed, in the same call: the

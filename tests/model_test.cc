@@ -78,6 +78,39 @@ TEST_P(ModelVariants, GradientsMatchFiniteDifferences) {
   }
 }
 
+// Backward's grads_ready (data-parallel training sums each range there,
+// while the rest of the backward runs): the ranges cover every gradient
+// once, from the head down to the embeddings, and each is final when it is
+// announced (on the CPU the ops have run by then, so a range written again
+// later would differ from its snapshot).
+TEST_P(ModelVariants, BackwardAnnouncesEachGradientRangeOnceWhenItIsFinal) {
+  const ModelConfig c = SmallConfig(std::get<0>(GetParam()), std::get<1>(GetParam()));
+  Transformer m(c);
+  m.InitParams(1);
+  const PackedBatch b = RandomBatch(c, {5, 1, 9}, 2);
+  m.ZeroGrad();
+  m.Forward(b);
+  std::vector<std::pair<size_t, size_t>> ranges;
+  std::vector<std::vector<float>> snapshots;
+  m.Backward(b, [&](size_t offset, size_t count) {
+    ranges.emplace_back(offset, count);
+    snapshots.emplace_back(m.grads().begin() + offset, m.grads().begin() + offset + count);
+  });
+  ASSERT_EQ(ranges.size(), static_cast<size_t>(c.n_layers + 2));  // head and final norm, each block, the embeddings
+  EXPECT_EQ(ranges.front().first + ranges.front().second, m.layout().total());
+  EXPECT_EQ(ranges.back().first, 0u);
+  for (size_t i = 1; i < ranges.size(); ++i) EXPECT_EQ(ranges[i].first + ranges[i].second, ranges[i - 1].first) << "range " << i;
+  EXPECT_EQ(ranges[1].first, m.layout().find("blocks." + std::to_string(c.n_layers - 1) + ".n1.weight")->offset);
+  const std::vector<float> grads = m.grads();
+  for (size_t i = 0; i < ranges.size(); ++i)
+    EXPECT_TRUE(std::equal(snapshots[i].begin(), snapshots[i].end(), grads.begin() + ranges[i].first)) << "range " << i << " changed";
+  // The same gradients as a backward that announces nothing.
+  m.ZeroGrad();
+  m.Forward(b);
+  m.Backward(b);
+  EXPECT_EQ(m.grads(), grads);
+}
+
 // Prefill then token-by-token decoding through the paged cache gives the
 // logits of the full forward at every position.
 TEST_P(ModelVariants, KvCacheInferenceEqualsFullForward) {

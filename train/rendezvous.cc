@@ -42,6 +42,14 @@ void Drain(asio::io_context& io) {
   io.restart();
   io.run();
 }
+// RunUntil for an operation on `s`: at the deadline, closes s (cancelling
+// the operation) and drains; false then.
+bool RunOnSocket(asio::io_context& io, tcp::socket& s, const bool& done, absl::Time deadline) {
+  if (RunUntil(io, done, deadline)) return true;
+  s.close();
+  Drain(io);
+  return false;
+}
 
 // One frame: 4 bytes of length (little-endian), then the bytes.
 absl::Status WriteFrame(asio::io_context& io, tcp::socket& s, const std::string& bytes, absl::Time deadline) {
@@ -55,11 +63,7 @@ absl::Status WriteFrame(asio::io_context& io, tcp::socket& s, const std::string&
     error = ec;
     done = true;
   });
-  if (!RunUntil(io, done, deadline)) {
-    s.close();
-    Drain(io);
-    return absl::DeadlineExceededError("the write did not finish in time");
-  }
+  if (!RunOnSocket(io, s, done, deadline)) return absl::DeadlineExceededError("the write did not finish in time");
   if (error) return absl::UnavailableError(error.message());
   return absl::OkStatus();
 }
@@ -87,11 +91,7 @@ absl::StatusOr<std::string> ReadFrame(asio::io_context& io, tcp::socket& s, absl
       done = true;
     });
   });
-  if (!RunUntil(io, done, deadline)) {
-    s.close();
-    Drain(io);
-    return absl::DeadlineExceededError("nothing came in time");
-  }
+  if (!RunOnSocket(io, s, done, deadline)) return absl::DeadlineExceededError("nothing came in time");
   if (error == asio::error::eof) return absl::UnavailableError("the connection closed");
   if (error) return absl::UnavailableError(error.message());
   return body;
@@ -256,11 +256,7 @@ class AsioRendezvous final : public Rendezvous {
           ec = e;
           done = true;
         });
-        if (!RunUntil(io_, done, std::min(deadline, absl::Now() + absl::Seconds(5)))) {
-          sock->close();
-          Drain(io_);
-          ec = asio::error::timed_out;
-        }
+        if (!RunOnSocket(io_, *sock, done, std::min(deadline, absl::Now() + absl::Seconds(5)))) ec = asio::error::timed_out;
         if (!ec) break;
       }
       last_error = ec.message();

@@ -299,7 +299,7 @@ namespace {
 // Rank 0 makes the NCCL world's id and sends it to the others over the
 // launcher's channel; every rank joins. A rank 0 that cannot make one (no
 // NCCL) sends why instead, so that every rank stops with the reason.
-absl::Status JoinDeviceCollective(Communicator& comm, Backend& backend) {
+absl::Status JoinDeviceCollective(Communicator& comm, Backend& backend, absl::Duration timeout) {
   std::string id;
   if (comm.rank() == 0) {
     auto made = backend.NewCollectiveId();
@@ -308,7 +308,7 @@ absl::Status JoinDeviceCollective(Communicator& comm, Backend& backend) {
   if (auto s = comm.Broadcast(&id); !s.ok()) return s;
   if (absl::StartsWith(id, "error ")) return absl::FailedPreconditionError(absl::StrCat("train: rank 0: ", id.substr(6)));
   if (!absl::StartsWith(id, "id ")) return absl::InternalError("train: rank 0 sent no NCCL id");
-  if (auto s = backend.JoinCollective(id.substr(3), comm.rank(), comm.world_size()); !s.ok())
+  if (auto s = backend.JoinCollective(id.substr(3), comm.rank(), comm.world_size(), timeout, [&] { return comm.CheckPeers(); }); !s.ok())
     return absl::UnavailableError(absl::StrCat("train: rank ", comm.rank(), ": ", s.message()));
   return absl::OkStatus();
 }
@@ -346,7 +346,7 @@ absl::StatusOr<TrainResult> Train(const ModelConfig& cfg_in, DataSource& data, c
     return absl::FailedPreconditionError(absl::StrCat("train: ", world, " ranks of a ", comm->launcher(), " on CPUs: ",
                                                       comm->AllReduceSum(static_cast<float*>(nullptr), 0).message()));
   if (device_sums)
-    if (auto s = JoinDeviceCollective(*comm, *backend); !s.ok()) return s;
+    if (auto s = JoinDeviceCollective(*comm, *backend, opt.collective_timeout); !s.ok()) return s;
   // The step's loss and hits, summed on the device beside the gradients.
   struct DeviceFloats {
     Backend* b;

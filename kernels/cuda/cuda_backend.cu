@@ -625,8 +625,9 @@ class CudaBackend final : public Backend {
 
   // Data parallelism: NCCL (nccl_collective.h).
   absl::StatusOr<std::string> NewCollectiveId() override { return NcclCollective::NewId(); }
-  absl::Status JoinCollective(const std::string& id, int rank, int world_size) override {
-    auto c = NcclCollective::Join(id, rank, world_size, stream_);
+  absl::Status JoinCollective(const std::string& id, int rank, int world_size, absl::Duration timeout,
+                              const std::function<absl::Status()>& check) override {
+    auto c = NcclCollective::Join(id, rank, world_size, stream_, timeout, check);
     if (!c.ok()) return c.status();
     collective_ = std::move(*c);
     return absl::OkStatus();

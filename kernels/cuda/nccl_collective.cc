@@ -158,16 +158,49 @@ absl::StatusOr<std::string> NcclCollective::NewId() {
   return std::string(id.internal, kUniqueIdBytes);
 }
 
-absl::StatusOr<std::unique_ptr<NcclCollective>> NcclCollective::Join(const std::string& id, int rank, int world_size, cudaStream_t compute) {
+absl::StatusOr<std::unique_ptr<NcclCollective>> NcclCollective::Join(const std::string& id, int rank, int world_size, cudaStream_t compute,
+                                                                     absl::Duration timeout, const std::function<absl::Status()>& check) {
   const NcclApi& api = Nccl();
   if (!api.error.empty()) return absl::FailedPreconditionError(api.error);
   if (id.size() != kUniqueIdBytes) return absl::InvalidArgumentError(absl::StrCat("NCCL: a unique id has ", kUniqueIdBytes, " bytes, not ", id.size()));
+  // ncclCommInitRank blocks until every rank has called it: on a thread of
+  // its own, so that a rank that never comes ends the wait (the thread is
+  // left behind; the process ends on the error).
+  struct Init {
+    std::mutex mu;
+    bool done = false;
+    ncclResult_t result = ncclSuccess;
+    ncclComm_t comm = nullptr;
+  };
+  auto init = std::make_shared<Init>();
   ncclUniqueId uid;
   std::memcpy(uid.internal, id.data(), kUniqueIdBytes);
-  ncclComm_t comm = nullptr;
-  if (ncclResult_t r = api.CommInitRank(&comm, world_size, uid, rank); r != ncclSuccess)
-    return NcclError(absl::StrCat("init of rank ", rank, " of ", world_size).c_str(), r);
-  auto world = std::make_unique<NcclWorld>(comm, compute);
+  int device = 0;
+  cudaGetDevice(&device);
+  std::thread([init, uid, rank, world_size, device] {
+    cudaSetDevice(device);  // NCCL's communicator is on the calling thread's device
+    ncclComm_t comm = nullptr;
+    const ncclResult_t r = Nccl().CommInitRank(&comm, world_size, uid, rank);
+    std::lock_guard<std::mutex> lock(init->mu);
+    init->result = r;
+    init->comm = comm;
+    init->done = true;
+  }).detach();
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(init->mu);
+      if (init->done) break;
+    }
+    if (check)
+      if (absl::Status s = check(); !s.ok()) return s;
+    if (absl::Now() > deadline)
+      return absl::DeadlineExceededError(absl::StrCat("NCCL: rank ", rank, " of ", world_size, " waited ", absl::FormatDuration(timeout),
+                                                      " for the others to join"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  if (init->result != ncclSuccess) return NcclError(absl::StrCat("init of rank ", rank, " of ", world_size).c_str(), init->result);
+  auto world = std::make_unique<NcclWorld>(init->comm, compute);
   if (auto s = world->Init(); !s.ok()) return s;
   return std::unique_ptr<NcclCollective>(std::move(world));
 }

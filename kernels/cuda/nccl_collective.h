@@ -25,8 +25,10 @@ class NcclCollective {
   // NCCL's unique id for a new world (rank 0), as bytes.
   static absl::StatusOr<std::string> NewId();
   // This process as rank `rank` of `world_size`, on the current device;
-  // `compute` is the stream whose work the sums follow.
-  static absl::StatusOr<std::unique_ptr<NcclCollective>> Join(const std::string& id, int rank, int world_size, cudaStream_t compute);
+  // `compute` is the stream whose work the sums follow. Waits for every
+  // rank to join, `timeout` at most; `check`'s error ends the wait early.
+  static absl::StatusOr<std::unique_ptr<NcclCollective>> Join(const std::string& id, int rank, int world_size, cudaStream_t compute,
+                                                               absl::Duration timeout, const std::function<absl::Status()>& check);
   virtual ~NcclCollective() = default;
   virtual absl::Status AllReduceSum(float* data, size_t n) = 0;
   virtual absl::Status Wait(absl::Duration timeout, const std::function<absl::Status()>& check) = 0;
