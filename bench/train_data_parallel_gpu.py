@@ -2,7 +2,7 @@
 """Data-parallel training on the GPUs of one machine (issue #25): checks,
 then tokens/s at 1 and N GPUs beside PyTorch DDP, in one run.
 
-usage: bench/train_data_parallel_gpu.py BIN_DIR OUT_DIR [--ranks N] [--steps 30]
+usage: bench/train_data_parallel_gpu.py BIN_DIR OUT_DIR [--ranks N] [--steps 30] [--only checks|bench]
 BIN_DIR is a build tree or a flat folder of binaries (device-stage/bin).
 
 The ranks are started as any launcher would (no mpirun on the device
@@ -30,6 +30,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -57,25 +58,32 @@ def free_port():
 
 
 def run_ranks(tinygpt, ranks, flags, env_extra=None, timeout=600):
-    """Runs `tinygpt train FLAGS` as `ranks` ranks; [(exit, stdout, stderr)] by rank, and the seconds."""
+    """Runs `tinygpt train FLAGS` as `ranks` ranks; [(exit, stdout, stderr)] by rank, and the seconds.
+    Each rank writes to files (a pipe that nobody reads would block a rank that prints much, and
+    with it the others in their collectives); one deadline for all, after which every rank is killed."""
     port = free_port()
-    procs = []
+    procs, files = [], []
     t0 = time.monotonic()
     for r in range(ranks):
         env = dict(os.environ, **(env_extra or {}))
         if ranks > 1:
             env.update(TINYGPT_RANK=str(r), TINYGPT_WORLD_SIZE=str(ranks), TINYGPT_INIT_ADDR=f"127.0.0.1:{port}")
-        procs.append(subprocess.Popen([tinygpt, "train", *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-    out = []
+        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        files.append((out, err))
+        procs.append(subprocess.Popen([tinygpt, "train", *flags], stdout=out, stderr=err, text=True, env=env))
+    while any(p.poll() is None for p in procs) and time.monotonic() - t0 < timeout:
+        time.sleep(0.1)
+    timed_out = [p.poll() is None for p in procs]
     for p in procs:
-        try:
-            o, e = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        if p.poll() is None:
             p.kill()
-            o, e = p.communicate()
-            e += "\n(killed: timed out)"
-        out.append((p.returncode, o, e))
-    return out, time.monotonic() - t0
+        p.wait()
+    result = []
+    for p, (out, err), late in zip(procs, files, timed_out):
+        out.seek(0)
+        err.seek(0)
+        result.append((p.returncode, out.read(), err.read() + ("\n(killed: timed out)" if late else "")))
+    return result, time.monotonic() - t0
 
 
 def tensors(path):
@@ -166,7 +174,8 @@ def main():
     ap.add_argument("out_dir")
     ap.add_argument("--ranks", type=int, default=torch.cuda.device_count())
     ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--skip-checks", action="store_true")
+    ap.add_argument("--only", choices=["all", "checks", "bench"], default="all",
+                    help="the checks, the throughput table, or both (a device call of 10 minutes may not hold both)")
     a = ap.parse_args()
     tinygpt = binary(a.bin_dir, "tinygpt", "cli")
     if a.ranks < 2:
@@ -175,8 +184,10 @@ def main():
     os.makedirs(a.out_dir, exist_ok=True)
     d = "/tmp/tinygpt-dp"
     os.makedirs(d, exist_ok=True)
-    if not a.skip_checks:
+    if a.only != "bench":
         checks(tinygpt, a.ranks, d)
+    if a.only == "checks":
+        return
     rows = []
     t1, l1 = ours(tinygpt, 1, a.steps, d)
     tn, ln = ours(tinygpt, a.ranks, a.steps, d)

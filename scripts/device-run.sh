@@ -238,7 +238,8 @@ if [[ $what == dp ]]; then
   # Issue #25 on a machine of 2 or more GPUs (kind nvidia-h200-x2 or larger):
   # rendezvous ranks, one per GPU, against one process (losses, checkpoint),
   # the seed task, a killed rank, then bench-125m tokens/s at 1 and N GPUs
-  # beside PyTorch DDP (bench/train_data_parallel_gpu.py; DP_ARGS adds flags).
+  # beside PyTorch DDP (bench/train_data_parallel_gpu.py; DP_ARGS adds its flags:
+  # "--only checks", then "--only bench" in a second call if one call cannot hold both).
   nvidia-smi -L | tee -a "$log"
   PYTHONUNBUFFERED=1 step "data parallel on GPUs" 560 python3 bench/train_data_parallel_gpu.py "$S/bin" "$OUT" ${DP_ARGS:-} \
     > "$OUT/data_parallel_log.txt" 2>&1

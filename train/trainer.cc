@@ -282,9 +282,11 @@ absl::StatusOr<std::unique_ptr<Backend>> TrainingBackend(const TrainOptions& opt
     return CreateBackend("cpu", "f32");
   }
   const std::string dtype = p.empty() || p == "bf16" ? "bf16" : p == "fp16" ? "f16" : "f32";
+  // "auto" on a rank past the first GPU asks for its own GPU first: a
+  // backend made on GPU 0 and then dropped would leave a context there.
   const std::string on_gpu = absl::StrCat("cuda:", gpu);
-  auto b = CreateBackend(opt.device == "cuda" ? on_gpu : opt.device, dtype);
-  if (b.ok() && opt.device == "auto" && gpu > 0 && (*b)->name() != "cpu") b = CreateBackend(on_gpu, dtype);
+  auto b = CreateBackend(opt.device == "cuda" || (opt.device == "auto" && gpu > 0) ? on_gpu : opt.device, dtype);
+  if (!b.ok() && opt.device == "auto") b = CreateBackend("cpu", dtype);
   if (!b.ok()) return b.status();
   if ((*b)->name() == "cpu" && !p.empty() && p != "fp32")
     return absl::InvalidArgumentError(absl::StrCat("train: no CUDA device for --precision ", p, " (the CPU trains in fp32)"));

@@ -84,10 +84,7 @@ class NcclWorld final : public NcclCollective {
  public:
   NcclWorld(ncclComm_t comm, cudaStream_t compute) : comm_(comm), compute_(compute) {}
   ~NcclWorld() override {
-    if (comm_) {
-      if (aborted_) Nccl().CommAbort(comm_);
-      else Nccl().CommDestroy(comm_);
-    }
+    if (comm_) Nccl().CommDestroy(comm_);
     if (done_) cudaEventDestroy(done_);
     if (ready_) cudaEventDestroy(ready_);
     if (stream_) cudaStreamDestroy(stream_);
@@ -106,16 +103,16 @@ class NcclWorld final : public NcclCollective {
     if (n == 0) return absl::OkStatus();
     // After the compute work so far (the gradients of these n values).
     if (cudaEventRecord(ready_, compute_) != cudaSuccess || cudaStreamWaitEvent(stream_, ready_, 0) != cudaSuccess)
-      return absl::InternalError("NCCL: cannot order the sum after the backward");
+      return Abort(absl::InternalError("NCCL: cannot order the sum after the backward"));
     if (ncclResult_t r = Nccl().AllReduce(data, data, n, ncclFloat32, ncclSum, comm_, stream_); r != ncclSuccess && r != ncclInProgress)
-      return NcclError("all-reduce", r);
+      return Abort(NcclError("all-reduce", r));
     pending_ = true;
     return absl::OkStatus();
   }
 
   absl::Status Wait(absl::Duration timeout, const std::function<absl::Status()>& check) override {
     if (!pending_) return absl::OkStatus();
-    if (cudaEventRecord(done_, stream_) != cudaSuccess) return absl::InternalError("NCCL: cannot record the sums' end");
+    if (cudaEventRecord(done_, stream_) != cudaSuccess) return Abort(absl::InternalError("NCCL: cannot record the sums' end"));
     const absl::Time deadline = absl::Now() + timeout;
     for (long polls = 0;; ++polls) {
       const cudaError_t q = cudaEventQuery(done_);
@@ -133,13 +130,18 @@ class NcclWorld final : public NcclCollective {
     }
     pending_ = false;
     // The work after this (the norm, the update) follows the sums.
-    if (cudaStreamWaitEvent(compute_, done_, 0) != cudaSuccess) return absl::InternalError("NCCL: cannot order the update after the sums");
+    if (cudaStreamWaitEvent(compute_, done_, 0) != cudaSuccess) return Abort(absl::InternalError("NCCL: cannot order the update after the sums"));
     return absl::OkStatus();
   }
 
  private:
+  // Aborts the communicator at once: its kernels, which may spin on a dead
+  // rank's flags, end, so that freeing memory (cudaFree waits for the whole
+  // device) and the process's exit do not hang behind them.
   absl::Status Abort(absl::Status why) {
     aborted_ = true;
+    if (comm_) Nccl().CommAbort(comm_);
+    comm_ = nullptr;
     return why;
   }
   ncclComm_t comm_ = nullptr;

@@ -175,7 +175,8 @@ __global__ void ApplyPenaltiesKernel(const T* logits, T* out, int vocab, const P
 // tokens[i] < 0: the token sampled in row -tokens[i]-1 of the previous step
 // (0 where that row was flagged non-finite: the sequence ends, and an
 // out-of-range id must not reach the embedding).
-__global__ void FillPendingTokensKernel(int32_t* tokens, int n, const int32_t* sampled) {
+// static: this header is included by several of the backend's files (cuda_backend.cuh).
+static __global__ void FillPendingTokensKernel(int32_t* tokens, int n, const int32_t* sampled) {
   PdlWait();  // launched with programmatic dependent launch (common.cuh)
   PdlLaunchDependents();
   const int i = blockIdx.x * blockDim.x + threadIdx.x;

@@ -20,7 +20,8 @@ __global__ void CastFromFloatKernel(const float* src, T* dst, long n) {
 }
 
 // dst[i] += src[i] (fp32), e.g. a bias gradient from cuBLASLt's BGRADB epilogue into db.
-__global__ void AddFloatsKernel(float* dst, const float* src, long n) {
+// static (as SumSquaresKernel): this header is included by several of the backend's files.
+static __global__ void AddFloatsKernel(float* dst, const float* src, long n) {
   TG_GRID_STRIDE(i, n) dst[i] += src[i];
 }
 
@@ -475,7 +476,7 @@ __global__ void CrossEntropyVecKernel(const T* logits, const int32_t* targets, T
 }
 
 // Partial Σ g² per block in double (a fixed grid: the same bits every call).
-__global__ void SumSquaresKernel(const float* g, long n, double* partial) {
+static __global__ void SumSquaresKernel(const float* g, long n, double* partial) {
   __shared__ double red[32];
   double s = 0.0;
   TG_GRID_STRIDE(i, n) s += static_cast<double>(g[i]) * g[i];
