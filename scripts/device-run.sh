@@ -26,6 +26,7 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 log=$OUT/log.txt
 [[ -d $S/lib ]] || tar -C "$S" -xJf "$S/lib.tar.xz"
+[[ -d $S/bin ]] || tar -C "$S" -xJf "$S/bin.tar.xz"
 # cuBLASLt comes from the machine's CUDA toolkit (or PyTorch's wheel).
 cublas=$(dirname "$( (ls /usr/local/cuda/lib64/libcublasLt.so.13* 2>/dev/null; find / -name 'libcublasLt.so.13*' -not -path '/proc/*' 2>/dev/null) | head -1)")
 export LD_LIBRARY_PATH=$S/lib:$cublas:${LD_LIBRARY_PATH:-}
@@ -189,8 +190,9 @@ if [[ $what == decode ]]; then
     # The decode step kernel at one sequence in detail: the stall reasons per
     # issued instruction (no_instruction: the instruction cache), the top
     # SASS locations, then its code size by source line (nvdisasm of
-    # device-stage/step_lineinfo.cubin.xz, decode_step_launch.cu built with
-    # -lineinfo by hand: bench-125m's instantiation, D64 bf16 without ALiBi).
+    # device-stage/step_lineinfo.cubin.xz, which scripts/stage-device.sh
+    # builds with -lineinfo: bench-125m's instantiations, D64 bf16 without
+    # ALiBi, of one row and of 2-4).
     TINYGPT_DECODE_STEP_KERNEL=1 TINYGPT_CUDA_PROFILE_FROM_SYNC=1 step "ncu decode step kernel n=1" 180 ncu --profile-from-start off \
       -k regex:DecodeStepKernel --launch-count 1 --section SpeedOfLight --section LaunchStats --section Occupancy \
       --section WarpStateStats --section InstructionStats --section SchedulerStats --section SourceCounters \
@@ -200,7 +202,7 @@ if [[ $what == decode ]]; then
     if [[ -f $S/step_lineinfo.cubin.xz && -n $disasm ]]; then
       xz -dc "$S/step_lineinfo.cubin.xz" > /tmp/step_lineinfo.cubin
       "$disasm" -g -c /tmp/step_lineinfo.cubin > /tmp/step.sass 2>> "$log"
-      step "step kernel code by line" 60 python3 bench/sass_lines.py /tmp/step.sass 'DecodeStepKernel.*Li64E13__nv_bfloat16.*Lb0E' \
+      step "step kernel code by line" 60 python3 bench/sass_lines.py /tmp/step.sass 'DecodeStepKernel.*Li64E13__nv_bfloat16.*Lb0EL' \
         decode_step_kernel.cuh > "$OUT/step_sass_lines.md" 2>> "$log"
     fi
   fi

@@ -286,7 +286,7 @@ __device__ __forceinline__ void StepRowsToSmem(const T* src, int rows, int n, T*
 // and shuffle reductions, and with one block of four warps per SM nothing
 // else hides that chain's latency; two independent chains overlap. (A warp
 // with an odd count computes its last output twice and stores it once.)
-template <class T, int kW, GemvEpilogue kEpi>
+template <class T, int kW, GemvEpilogue kEpi, int kRows>
 __device__ __forceinline__ void StepProducts(const T* xs, int rows, int in, const T* w, const T* b, T* y, int out, const uint4* slot,
                                              int fits, float bias_lanes, float resid_lanes, int gw, int nw, int lane,
                                              const GemvKvAppend<T>& kv, long kv_slot) {
@@ -305,13 +305,13 @@ __device__ __forceinline__ void StepProducts(const T* xs, int rows, int in, cons
       for (int k = 0; k < kW; ++k)
         wr[u][k] = i < fits ? slot + i * per + k * nvec : reinterpret_cast<const uint4*>(w + (o + static_cast<long>(k) * out) * in);
     }
-    float acc[kU][kW][kStepMaxRows];
+    float acc[kU][kW][kRows];
 #pragma unroll
     for (int u = 0; u < kU; ++u)
 #pragma unroll
       for (int k = 0; k < kW; ++k)
 #pragma unroll
-        for (int r = 0; r < kStepMaxRows; ++r) acc[u][k][r] = 0.f;
+        for (int r = 0; r < kRows; ++r) acc[u][k][r] = 0.f;
 #pragma unroll 1  // a few iterations (in / 256); unrolled, the code outgrows the instruction cache
     for (int c = lane; c < nvec; c += 32) {
       float wf[kU][kW][8];
@@ -320,7 +320,7 @@ __device__ __forceinline__ void StepProducts(const T* xs, int rows, int in, cons
 #pragma unroll
         for (int k = 0; k < kW; ++k) Unpack8<T>(wr[u][k][c], wf[u][k]);
 #pragma unroll
-      for (int r = 0; r < kStepMaxRows; ++r) {
+      for (int r = 0; r < kRows; ++r) {
         if (r >= rows) break;
         float xf[8];
         Unpack8<T>(reinterpret_cast<const uint4*>(xs + r * in)[c], xf);
@@ -343,7 +343,7 @@ __device__ __forceinline__ void StepProducts(const T* xs, int rows, int in, cons
       for (int k = 0; k < kW; ++k) {
         const float bias = i < 32 / kW ? __shfl_sync(0xffffffffu, bias_lanes, i * kW + k) : b ? ToFloat(b[o + k * out]) : 0.f;
 #pragma unroll
-        for (int r = 0; r < kStepMaxRows; ++r) {
+        for (int r = 0; r < kRows; ++r) {
           if (r >= rows) break;
           const float sum = WarpSum(acc[u][k][r]) + bias;
           if (lane == r) v[k] = sum;
@@ -371,7 +371,11 @@ __device__ __forceinline__ void StepProducts(const T* xs, int rows, int in, cons
   }
 }
 
-template <class Tr, bool kAlibi>
+// kRows: the rows the products' loops are unrolled for: 1 for a step of
+// one row, kStepMaxRows for 2-4. The kernel's code is past the size of the
+// instruction cache (docs/benchmarks.md, issue #23), and a one-row step
+// then runs loops unrolled for its one row only.
+template <class Tr, bool kAlibi, int kRows>
 __global__ void __launch_bounds__(Tr::kThreads, 1) DecodeStepKernel(const DecodeStepParams<typename Tr::T> p) {
   using T = typename Tr::T;
   static_assert(Tr::kWarps >= kStepMaxRows, "a warp normalizes each row");
@@ -442,7 +446,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) DecodeStepKernel(const Decode
     const GemvKvAppend<T> kv{p.slots, p.attn.n_heads * Tr::kHeadDim, p.attn.n_kv_heads * Tr::kHeadDim, L.k_cache, L.v_cache};
     wait(kSlotQkv, l);
     StepTraceBlock(p.trace, marks, mark + 1);
-    StepProducts<T, 1, GemvEpilogue::kStore>(xs, R, d, L.qkv_w, L.qkv_b, p.qkv, p.qkv_dim, region + slot[kSlotQkv].offset,
+    StepProducts<T, 1, GemvEpilogue::kStore, kRows>(xs, R, d, L.qkv_w, L.qkv_b, p.qkv, p.qkv_dim, region + slot[kSlotQkv].offset,
                                              slot[kSlotQkv].fits, bias, 0.f, gw, nw, lane, kv, kv_slot);
     StepTraceBlock(p.trace, marks, mark + 2);
     __syncwarp();  // every lane has read the slot
@@ -485,7 +489,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) DecodeStepKernel(const Decode
     StepTraceBlock(p.trace, marks, mark + 10);
     wait(kSlotProj, l);
     StepTraceBlock(p.trace, marks, mark + 11);
-    StepProducts<T, 1, GemvEpilogue::kAddInPlace>(xs, R, d, L.proj_w, L.proj_b, p.x, d, region + slot[kSlotProj].offset,
+    StepProducts<T, 1, GemvEpilogue::kAddInPlace, kRows>(xs, R, d, L.proj_w, L.proj_b, p.x, d, region + slot[kSlotProj].offset,
                                                   slot[kSlotProj].fits, bias, resid, gw, nw, lane, no_kv, -1);
     StepTraceBlock(p.trace, marks, mark + 12);
     __syncwarp();
@@ -499,7 +503,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) DecodeStepKernel(const Decode
     StepTraceBlock(p.trace, marks, mark + 15);
     wait(kSlotW12, l);
     StepTraceBlock(p.trace, marks, mark + 16);
-    StepProducts<T, 2, GemvEpilogue::kSwiGLU>(xs, R, d, L.w12_w, L.w12_b, p.sw, F, region + slot[kSlotW12].offset, slot[kSlotW12].fits,
+    StepProducts<T, 2, GemvEpilogue::kSwiGLU, kRows>(xs, R, d, L.w12_w, L.w12_b, p.sw, F, region + slot[kSlotW12].offset, slot[kSlotW12].fits,
                                               bias, 0.f, gw, nw, lane, no_kv, -1);
     StepTraceBlock(p.trace, marks, mark + 17);
     __syncwarp();
@@ -512,7 +516,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) DecodeStepKernel(const Decode
     StepTraceBlock(p.trace, marks, mark + 20);
     wait(kSlotW3, l);
     StepTraceBlock(p.trace, marks, mark + 21);
-    StepProducts<T, 1, GemvEpilogue::kAddInPlace>(xs, R, F, L.w3_w, L.w3_b, p.x, d, region + slot[kSlotW3].offset, slot[kSlotW3].fits,
+    StepProducts<T, 1, GemvEpilogue::kAddInPlace, kRows>(xs, R, F, L.w3_w, L.w3_b, p.x, d, region + slot[kSlotW3].offset, slot[kSlotW3].fits,
                                                   bias, resid, gw, nw, lane, no_kv, -1);
     StepTraceBlock(p.trace, marks, mark + 22);
     if (!more) {

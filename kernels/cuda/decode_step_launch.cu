@@ -21,15 +21,24 @@ static_assert(sizeof(Backend::LayerWeights) == sizeof(StepLayer<__half>) &&
 
 constexpr int Round16(long bytes) { return static_cast<int>((bytes + 15) / 16 * 16); }
 
-// Calls fn.template operator()<Traits, kAlibi>() for the dtype, head_dim and ALiBi.
+// The rows a kernel's loops are unrolled for (DecodeStepKernel's kRows):
+// one row has its own kernel unless TINYGPT_STEP_ONE_ROW_KERNEL=0 (the A/B).
+int StepKernelRows(int rows) {
+  static const bool one_row = EnvLong("TINYGPT_STEP_ONE_ROW_KERNEL", 1) != 0;
+  return rows == 1 && one_row ? 1 : kStepMaxRows;
+}
+
+// Calls fn.template operator()<Traits, kAlibi, kRows>() for the dtype,
+// head_dim, ALiBi and the step's rows.
 template <class Fn>
-void Dispatch(bool bf16, int head_dim, bool alibi, const Fn& fn) {
+void Dispatch(bool bf16, int head_dim, bool alibi, int rows, const Fn& fn) {
   ByHalfType(bf16, [&](auto tag) {
     using T = std::decay_t<decltype(tag)>;
     ByHeadDim(head_dim, "decode step kernel", [&](auto dim) {
       using Tr = DecodeAttention<decltype(dim)::value, T>;
-      if (alibi) fn.template operator()<Tr, true>();
-      else fn.template operator()<Tr, false>();
+      const bool one = StepKernelRows(rows) == 1;
+      if (alibi) one ? fn.template operator()<Tr, true, 1>() : fn.template operator()<Tr, true, kStepMaxRows>();
+      else one ? fn.template operator()<Tr, false, 1>() : fn.template operator()<Tr, false, kStepMaxRows>();
     });
   });
 }
@@ -38,11 +47,11 @@ void Dispatch(bool bf16, int head_dim, bool alibi, const Fn& fn) {
 // it: the limit is the function's, plans of one instantiation differ (rows,
 // widths), and a graph captured with a larger plan must still launch after an
 // eager launch of a smaller one.
-template <class Tr, bool kAlibi>
+template <class Tr, bool kAlibi, int kRows>
 void RaiseSmemLimit(int bytes) {
   static int limit = 0;  // one per instantiation, as the attribute is
   if (bytes <= limit) return;
-  TG_CUDA_CHECK(cudaFuncSetAttribute(DecodeStepKernel<Tr, kAlibi>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  TG_CUDA_CHECK(cudaFuncSetAttribute(DecodeStepKernel<Tr, kAlibi, kRows>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   limit = bytes;
 }
 
@@ -50,7 +59,7 @@ struct PlanFn {
   const AttentionDims& dims;
   int rows, d, F, max_ctx, num_sms;
   DecodeStepPlan* plan;
-  template <class Tr, bool kAlibi> void operator()() const {
+  template <class Tr, bool kAlibi, int kRows> void operator()() const {
     using T = typename Tr::T;
     DecodeStepPlan& pl = *plan;
     // Shared memory: the attention phase's layout from 0, over which the
@@ -63,7 +72,7 @@ struct PlanFn {
     TG_CUDA_CHECK(cudaGetDevice(&device));
     TG_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
     TG_CUDA_CHECK(cudaDeviceGetAttribute(&per_sm_smem, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
-    auto kernel = DecodeStepKernel<Tr, kAlibi>;
+    auto kernel = DecodeStepKernel<Tr, kAlibi, kRows>;
     const int qkv_dim = (dims.n_heads + 2 * dims.n_kv_heads) * dims.head_dim;
     // A block's dynamic shared memory: at most the opt-in limit, and c blocks
     // of an SM share its memory, each also with its static shared memory and
@@ -92,7 +101,7 @@ struct PlanFn {
       const long region = std::min(need, room);
       if (region < 16) continue;
       const int smem = pl.regions + Tr::kWarps * static_cast<int>(region);
-      RaiseSmemLimit<Tr, kAlibi>(smem);
+      RaiseSmemLimit<Tr, kAlibi, kRows>(smem);
       int fit = 0;
       TG_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, Tr::kThreads, smem));
       if (fit < c) continue;
@@ -128,7 +137,7 @@ struct LaunchFn {
   const DecodeStepPlan& plan;
   const DecodeStepArgs& a;
   cudaStream_t stream;
-  template <class Tr, bool kAlibi> void operator()() const {
+  template <class Tr, bool kAlibi, int kRows> void operator()() const {
     using T = typename Tr::T;
     AttentionPlan ap;
     ap.shape = AttentionShape::kDecode;
@@ -155,8 +164,8 @@ struct LaunchFn {
     p.barrier = static_cast<StepBarrier*>(a.barrier);
     p.smem = StepSmem{plan.bars, plan.norms, plan.regions, plan.region_vecs};
     p.trace = a.trace;
-    RaiseSmemLimit<Tr, kAlibi>(plan.smem_bytes);  // the plan raised it; here beside the launch that needs it
-    LaunchKernel(false, DecodeStepKernel<Tr, kAlibi>, plan.grid, Tr::kThreads, plan.smem_bytes, stream, p);
+    RaiseSmemLimit<Tr, kAlibi, kRows>(plan.smem_bytes);  // the plan raised it; here beside the launch that needs it
+    LaunchKernel(false, DecodeStepKernel<Tr, kAlibi, kRows>, plan.grid, Tr::kThreads, plan.smem_bytes, stream, p);
   }
 };
 
@@ -168,12 +177,12 @@ DecodeStepPlan PlanDecodeStep(bool bf16, const AttentionDims& dims, int rows, in
   else if (d % 8 != 0 || F % 8 != 0 || d > kGemvNormMaxIn) plan.why = "widths";
   else if (dims.n_kv_heads < 1 || dims.group() > 16 || dims.n_heads % dims.n_kv_heads != 0) plan.why = "heads";
   else if (dims.head_dim != 16 && dims.head_dim != 32 && dims.head_dim != 64 && dims.head_dim != 128) plan.why = "head_dim";
-  else Dispatch(bf16, dims.head_dim, dims.alibi, PlanFn{dims, rows, d, F, max_ctx, num_sms, &plan});
+  else Dispatch(bf16, dims.head_dim, dims.alibi, rows, PlanFn{dims, rows, d, F, max_ctx, num_sms, &plan});
   return plan;
 }
 
 void LaunchDecodeStep(bool bf16, const DecodeStepPlan& plan, const DecodeStepArgs& a, cudaStream_t stream) {
-  Dispatch(bf16, a.dims.head_dim, a.dims.alibi, LaunchFn{plan, a, stream});
+  Dispatch(bf16, a.dims.head_dim, a.dims.alibi, a.rows, LaunchFn{plan, a, stream});
 }
 
 size_t DecodeStepTraceWords(const DecodeStepPlan& plan, int n_layers) {
