@@ -4,9 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
-#include <string>
 
-#include "absl/strings/str_cat.h"
 #include "kernels/cpu/cpu_backend.h"
 
 namespace tinygpt {
@@ -193,10 +191,10 @@ void Transformer::Backward(const PackedBatch& b, const GradsReady& grads_ready) 
   B.LinearBackward(dlogits_, lnf_, Compute(P.head_w), dln_, G.head_w, G.head_b, T, d, cfg_.vocab_size);
   B.LayerNormBackward(dln_, out_, Compute(P.nf_w), lnf_mean_, lnf_rstd_, dres_, G.nf_w, G.nf_b, T, d);
   // The ranges grads_ready hears: each block's tensors are contiguous in the
-  // layout, between the embeddings and the final norm (model/params.cc).
-  auto offset_of = [&](const std::string& name) { return layout_.find(name)->offset; };
-  const size_t blocks_end = offset_of("nf.weight");
-  auto block_begin = [&](int l) { return offset_of(absl::StrCat("blocks.", l, ".n1.weight")); };
+  // layout, from its n1.weight, between the embeddings and the final norm
+  // (model/params.cc), so G's pointers give their offsets.
+  const size_t blocks_end = static_cast<size_t>(G.nf_w - d_grads_);
+  auto block_begin = [&](int l) { return static_cast<size_t>(G.blocks[l].n1_w - d_grads_); };
   if (grads_ready) grads_ready(blocks_end, layout_.total() - blocks_end);
   for (int l = cfg_.n_layers - 1; l >= 0; --l) {
     LayerActs& a = acts_[l];
