@@ -92,8 +92,9 @@ void LaunchFor(const AttentionDims& dims, const AttentionBatch& batch, const Att
 template <class Tr>
 int DecodeBlocksPerSm() {
   static const int n = [] {
-    TG_CUDA_CHECK(cudaFuncSetAttribute(DecodeAttentionKernel<Tr, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
-    TG_CUDA_CHECK(cudaFuncSetAttribute(DecodeAttentionKernel<Tr, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
+    for (auto kernel : {DecodeAttentionKernel<Tr, false>, DecodeAttentionKernel<Tr, true>, DecodeAttentionKernel<Tr, false, true>,
+                        DecodeAttentionKernel<Tr, true, true>})
+      TG_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
     int blocks = 0;
     TG_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, DecodeAttentionKernel<Tr, false>, Tr::kThreads, Tr::kSmemBytes));
     return std::max(1, blocks);
@@ -217,8 +218,12 @@ void LaunchDecode(const AttentionDims& dims, const AttentionBatch& batch, const 
   }
   DecodeBlocksPerSm<Tr>();  // raises the kernels' shared-memory limit once
   const dim3 grid(batch.num_seqs * dims.n_kv_heads, p.num_splits);
-  if (p.alibi) LaunchKernel(true, DecodeAttentionKernel<Tr, true>, grid, Tr::kThreads, Tr::kSmemBytes, stream, p);
-  else LaunchKernel(true, DecodeAttentionKernel<Tr, false>, grid, Tr::kThreads, Tr::kSmemBytes, stream, p);
+  // TINYGPT_DECODE_SMALL_CODE=1: the kernel's small-code form (one tile body,
+  // rolled prologue; decode_attention_kernel.cuh), for the A/B.
+  static const bool small_code = EnvOn("TINYGPT_DECODE_SMALL_CODE");
+  auto kernel = p.alibi ? (small_code ? DecodeAttentionKernel<Tr, true, true> : DecodeAttentionKernel<Tr, true>)
+                        : (small_code ? DecodeAttentionKernel<Tr, false, true> : DecodeAttentionKernel<Tr, false>);
+  LaunchKernel(true, kernel, grid, Tr::kThreads, Tr::kSmemBytes, stream, p);
   if (p.num_splits > 1 && p.split_counters == nullptr) LaunchCombine<typename Tr::T>(dims, batch, p, stream);
 }
 
