@@ -133,9 +133,9 @@ if [[ $what == decode ]]; then
     grep -E "^FAIL|passed|error|CUDA" "$OUT/backend_ops_bf16.txt" | head -20 | tee -a "$log"
     step "backend ops f16" 150 "$S/bin/tinygpt_backend_ops" --dtype=f16 --only=inference "$S/seed.safetensors" > "$OUT/backend_ops_f16.txt" 2>&1
     grep -E "^FAIL|passed|error|CUDA" "$OUT/backend_ops_f16.txt" | head -20 | tee -a "$log"
-    for dtype in bf16 f16; do  # the decode attention kernel's small-code form (TINYGPT_DECODE_SMALL_CODE=1, for the A/B)
-      TINYGPT_DECODE_SMALL_CODE=1 step "backend ops $dtype attention, small code" 120 "$S/bin/tinygpt_backend_ops" --dtype=$dtype \
-        --only=attention 2>&1 | grep -E "^FAIL|passed|error|CUDA" | head -20 | tee -a "$log"
+    for dtype in bf16 f16; do  # the small-code forms of the decode attention kernel and the fused-norm GEMV (for the A/B)
+      TINYGPT_DECODE_SMALL_CODE=1 TINYGPT_GEMV_SMALL_NORM=1 step "backend ops $dtype inference, small code" 150 \
+        "$S/bin/tinygpt_backend_ops" --dtype=$dtype --only=inference 2>&1 | grep -E "^FAIL|passed|error|CUDA" | head -20 | tee -a "$log"
     done
   elif [[ ${DECODE_CHECKS:-1} != 0 && ${DECODE_CHECKS:-1} != layers ]]; then  # DECODE_CHECKS=stream: all but the f16 checks
     step "backend ops bf16" 150 "$S/bin/tinygpt_backend_ops" --dtype=bf16 "$S/seed.safetensors" > "$OUT/backend_ops_bf16.txt" 2>&1

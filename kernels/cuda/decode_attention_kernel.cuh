@@ -48,14 +48,14 @@ struct DecodePdlWait {
 // size (docs/benchmarks.md, issue #23), and these copies were a third of its
 // attention phase's code. The kernel below keeps the unrolled form.
 template <class Tr, bool kAlibi, class WaitInputs = DecodePdlWait, bool kSmallCode = false>
-__device__ __forceinline__ void DecodeAttentionBlock(const AttentionParams &p, const int bx, const int by, unsigned char *smem_raw,
-                                                     const WaitInputs &wait_inputs = WaitInputs()) {
+__device__ __forceinline__ void DecodeAttentionBlock(const AttentionParams& p, const int bx, const int by, unsigned char* smem_raw,
+                                                     const WaitInputs& wait_inputs = WaitInputs()) {
   using T = typename Tr::T;
   constexpr int D = Tr::kHeadDim, BN = Tr::kBlockN, S = Tr::kStages, W = Tr::kWarps;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  T *sQ = reinterpret_cast<T *>(smem_raw);
-  T *sK = sQ + Tr::kQElems + warp * Tr::kWarpElems;  // this warp's kStages stages of K, then of V
-  T *sV = sK + S * Tr::kKVElems;
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sK = sQ + Tr::kQElems + warp * Tr::kWarpElems;  // this warp's kStages stages of K, then of V
+  T* sV = sK + S * Tr::kKVElems;
 
   // The step's metadata and block tables are host uploads, no kernel's
   // output: read before wait_inputs, as are the cached keys before the
@@ -76,14 +76,14 @@ __device__ __forceinline__ void DecodeAttentionBlock(const AttentionParams &p, c
   const int count = first < t_end ? (t_end - first + W - 1) / W : 0;
   auto tile_of = [&](int i) { return first + i * W; };
 
-  const T *kc = static_cast<const T *>(p.k_cache);
-  const T *vc = static_cast<const T *>(p.v_cache);
-  const int32_t *table = p.block_tables + static_cast<long>(s) * p.max_blocks_per_seq;
+  const T* kc = static_cast<const T*>(p.k_cache);
+  const T* vc = static_cast<const T*>(p.v_cache);
+  const int32_t* table = p.block_tables + static_cast<long>(s) * p.max_blocks_per_seq;
   const int shift = p.block_shift;
   auto fetch_entry = [&](int i) { return i < count ? DecodeTableEntry<Tr>(table, tile_of(i), ctx, shift, lane) : 0; };
   auto load_kv = [&](int i, int stage, int entry) {
-    DecodeLoadTile<Tr>(sK + stage * Tr::kKVElems, sV + stage * Tr::kKVElems, kc, vc, tile_of(i), entry, ctx, kvh, p.n_kv_heads, shift,
-                       lane);
+    DecodeLoadTile<Tr>(sK + stage * Tr::kKVElems, sV + stage * Tr::kKVElems, kc, vc, tile_of(i), entry, ctx, kvh, p.n_kv_heads,
+                       shift, lane);
   };
   auto cached = [&](int i) { return (tile_of(i) + 1) * BN <= offset; };  // wholly before the new tokens
 
@@ -110,7 +110,7 @@ __device__ __forceinline__ void DecodeAttentionBlock(const AttentionParams &p, c
       if (i < count && cached(i)) load_kv(i, i, entry[i]);
   }
   wait_inputs();  // Q and the new tokens' K/V are the predecessor's output
-  const T *q_base = static_cast<const T *>(p.q);
+  const T* q_base = static_cast<const T*>(p.q);
   constexpr int kQChunks = Tr::kRows * Tr::kChunks;
 #pragma unroll
   for (int k = 0; k < (kQChunks + Tr::kThreads - 1) / Tr::kThreads; ++k) {  // Q, rows past the end zero-filled
@@ -147,8 +147,7 @@ __device__ __forceinline__ void DecodeAttentionBlock(const AttentionParams &p, c
   auto tile = [&](const int i, auto mask) {
     const int stage = i % S;
     CpAsyncWait<S - 2>();
-    __syncwarp();  // tile i has landed for every lane; all are done with tile
-                   // i-1's stage
+    __syncwarp();  // tile i has landed for every lane; all are done with tile i-1's stage
     float sc[Tr::kNTiles][4];
     st.Scores(qf, sK + stage * Tr::kKVElems, lane, sc);
     // The next copies go out once this tile's Q·K^T is issued (as in the
@@ -161,19 +160,16 @@ __device__ __forceinline__ void DecodeAttentionBlock(const AttentionParams &p, c
   // Tiles wholly at or before the first new token's position need no mask.
   const int t_mask = (offset + 1) / BN;
   for (int i = 0; i < count; ++i) {
-    if (kSmallCode || tile_of(i) >= t_mask)
-      tile(i, std::true_type());
-    else
-      tile(i, std::false_type());
+    if (kSmallCode || tile_of(i) >= t_mask) tile(i, std::true_type());
+    else tile(i, std::false_type());
   }
   CpAsyncWaitAll();
 
   // Merge: warps 1..W-1 leave their state over their own stages (lane-minor,
   // conflict-free); warp 0 folds them into its own, then writes the rows.
-  float *record = reinterpret_cast<float *>(sK);
+  float* record = reinterpret_cast<float*>(sK);
   if (warp > 0) {
-    __syncwarp();  // every lane's copies into these stages have landed and been
-                   // read
+    __syncwarp();  // every lane's copies into these stages have landed and been read
 #pragma unroll
     for (int d = 0; d < Tr::kDTiles; ++d)
 #pragma unroll
@@ -191,7 +187,7 @@ __device__ __forceinline__ void DecodeAttentionBlock(const AttentionParams &p, c
   // the rows (or this split's partial output and log-sum-exp).
   auto merge_warps_and_write = [&] {
     constexpr float kMasked = DecodeWarpState<Tr, kAlibi>::kMasked;
-    auto record_of = [&](int w) { return reinterpret_cast<const float *>(sQ + Tr::kQElems + w * Tr::kWarpElems); };
+    auto record_of = [&](int w) { return reinterpret_cast<const float*>(sQ + Tr::kQElems + w * Tr::kWarpElems); };
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       float mx = st.m[h];
@@ -201,7 +197,7 @@ __device__ __forceinline__ void DecodeAttentionBlock(const AttentionParams &p, c
       st.Rescale(h, FastExp2((st.m[h] - m_use) * st.score_scale));
 #pragma unroll
       for (int w = 1; w < W; ++w) {
-        const float *rec = record_of(w);
+        const float* rec = record_of(w);
         const float cw = FastExp2((rec[(Tr::kDTiles * 4 + h) * 32 + lane] - m_use) * st.score_scale);
         st.l[h] += rec[(Tr::kDTiles * 4 + 2 + h) * 32 + lane] * cw;
 #pragma unroll
@@ -234,8 +230,7 @@ __device__ __forceinline__ void DecodeAttentionBlock(const AttentionParams &p, c
   // weights of each row's splits first, then every (row, column) as a sum
   // over the splits, loads issued together.
   __shared__ int last;
-  __threadfence();  // warp 0's partial writes, visible device-wide before the
-                    // count
+  __threadfence();  // warp 0's partial writes, visible device-wide before the count
   __syncthreads();
   if (tid == 0) {
     const int done = atomicAdd(p.split_counters + bx, 1);
@@ -245,7 +240,7 @@ __device__ __forceinline__ void DecodeAttentionBlock(const AttentionParams &p, c
   }
   __syncthreads();
   if (!last) return;
-  float *weight = reinterpret_cast<float *>(sQ + Tr::kQElems);  // [kRows][num_splits ≤ 64], over warp 0's stages
+  float* weight = reinterpret_cast<float*>(sQ + Tr::kQElems);  // [kRows][num_splits ≤ 64], over warp 0's stages
   const long split_stride = static_cast<long>(p.total_q) * p.n_heads;
   for (int r = warp; r < rows; r += W) {
     const long row = static_cast<long>(q0 + r / G) * p.n_heads + kvh * G + r % G;
@@ -275,14 +270,14 @@ __device__ __forceinline__ void DecodeAttentionBlock(const AttentionParams &p, c
   for (int e = tid; e < rows * D; e += Tr::kThreads) {
     const int r = e / D, d = e % D;
     const long row = static_cast<long>(q0 + r / G) * p.n_heads + kvh * G + r % G;
-    const float *part = p.partial_out + row * D + d;
+    const float* part = p.partial_out + row * D + d;
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
     int z = 0;
     for (; z + 4 <= p.num_splits; z += 4)
 #pragma unroll
       for (int k = 0; k < 4; ++k) acc[k] += weight[r * 64 + z + k] * __ldcg(part + (z + k) * split_stride * D);
     for (; z < p.num_splits; ++z) acc[0] += weight[r * 64 + z] * __ldcg(part + z * split_stride * D);
-    static_cast<T *>(p.out)[row * D + d] = FromFloat<T>((acc[0] + acc[1]) + (acc[2] + acc[3]));
+    static_cast<T*>(p.out)[row * D + d] = FromFloat<T>((acc[0] + acc[1]) + (acc[2] + acc[3]));
   }
 }
 

@@ -83,48 +83,47 @@ struct StepSmem {
 
 template <class T>
 struct DecodeStepParams {
-  const StepLayer<T> *layers;  // device array of n_layers
+  const StepLayer<T>* layers;  // device array of n_layers
   int n_layers, rows, d, F, qkv_dim;
   float eps;
-  T *x;  // [rows, d] the residual stream, in and out
-  T *qkv;
-  T *att;  // [rows, d] the attention output
-  T *sw;   // [rows, F]
-  const int32_t *slots;
-  AttentionParams attn;  // q = qkv, out = att, split counters when split; the
-                         // caches set per layer
+  T* x;  // [rows, d] the residual stream, in and out
+  T* qkv;
+  T* att;  // [rows, d] the attention output
+  T* sw;   // [rows, F]
+  const int32_t* slots;
+  AttentionParams attn;  // q = qkv, out = att, split counters when split; the caches set per layer
   int attn_items;        // num_seqs × n_kv_heads × num_splits
-  StepBarrier *barrier;
+  StepBarrier* barrier;
   StepSmem smem;
   // Null, or (TINYGPT_STEP_TRACE) StepTraceMarks × grid SM clocks, then as
   // many global-timer readings (ns): mark m of block b at [m * grid + b].
-  unsigned long long *trace;
+  unsigned long long* trace;
 };
 
 // Records trace mark m of this block (thread 0; no-op without a trace). The
 // recording is one out-of-line copy: inlined at the kernel's 25 marks a
 // layer, it was 9 KB of the code each layer runs through.
-__device__ __noinline__ void StepTraceRecord(unsigned long long *trace, int marks, int m) {
+__device__ __noinline__ void StepTraceRecord(unsigned long long* trace, int marks, int m) {
   unsigned long long clk, ns;
   asm volatile("mov.u64 %0, %%clock64;\n" : "=l"(clk));
   asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(ns));
   trace[static_cast<long>(m) * gridDim.x + blockIdx.x] = clk;
   trace[static_cast<long>(marks + m) * gridDim.x + blockIdx.x] = ns;
 }
-__device__ __forceinline__ void StepTraceMark(unsigned long long *trace, int marks, int m) {
+__device__ __forceinline__ void StepTraceMark(unsigned long long* trace, int marks, int m) {
   if (trace && threadIdx.x == 0) StepTraceRecord(trace, marks, m);
 }
 
 // The barrier's generation when this kernel starts (thread 0's; it cannot
 // move before this block arrives at the first barrier).
-__device__ __forceinline__ unsigned StepBarrierGeneration(const StepBarrier *bar) {
+__device__ __forceinline__ unsigned StepBarrierGeneration(const StepBarrier* bar) {
   unsigned gen = 0;
   if (threadIdx.x == 0) asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(gen) : "l"(&bar->generation) : "memory");
   return gen;
 }
 
 // A trace mark for the whole block (a __syncthreads only when tracing).
-__device__ __forceinline__ void StepTraceBlock(unsigned long long *trace, int marks, int m) {
+__device__ __forceinline__ void StepTraceBlock(unsigned long long* trace, int marks, int m) {
   if (!trace) return;
   __syncthreads();
   StepTraceMark(trace, marks, m);
@@ -139,7 +138,7 @@ __device__ __forceinline__ void StepTraceBlock(unsigned long long *trace, int ma
 // its wait. Trace marks m (done: arrived) and m + 1 (released).
 //
 // Arrives; returns whether this block was the last (thread 0's answer).
-__device__ __forceinline__ bool StepGridArrive(StepBarrier *bar, unsigned long long *trace, int marks, int m) {
+__device__ __forceinline__ bool StepGridArrive(StepBarrier* bar, unsigned long long* trace, int marks, int m) {
   __syncthreads();
   StepTraceMark(trace, marks, m);
   bool last = false;
@@ -156,7 +155,7 @@ __device__ __forceinline__ bool StepGridArrive(StepBarrier *bar, unsigned long l
 }
 
 // Waits until every block has arrived (last: StepGridArrive's answer).
-__device__ __forceinline__ void StepGridWait(StepBarrier *bar, unsigned &gen, bool last, unsigned long long *trace, int marks, int m) {
+__device__ __forceinline__ void StepGridWait(StepBarrier* bar, unsigned& gen, bool last, unsigned long long* trace, int marks, int m) {
   if (threadIdx.x == 0) {
     if (!last) {
       unsigned now;
@@ -172,7 +171,7 @@ __device__ __forceinline__ void StepGridWait(StepBarrier *bar, unsigned &gen, bo
   StepTraceMark(trace, marks, m + 1);
 }
 
-__device__ __forceinline__ void StepGridSync(StepBarrier *bar, unsigned &gen, unsigned long long *trace, int marks, int m) {
+__device__ __forceinline__ void StepGridSync(StepBarrier* bar, unsigned& gen, unsigned long long* trace, int marks, int m) {
   const bool last = StepGridArrive(bar, trace, marks, m);
   StepGridWait(bar, gen, last, trace, marks, m);
 }
@@ -190,7 +189,7 @@ struct StepSlotShape {
   int out, in, kw;
 };
 __host__ __device__ __forceinline__ StepSlotShape StepSlotShapeOf(int slot, int qkv_dim, int d, int F) {
-  return slot == kSlotQkv    ? StepSlotShape{qkv_dim, d, 1}
+  return slot == kSlotQkv ? StepSlotShape{qkv_dim, d, 1}
          : slot == kSlotProj ? StepSlotShape{d, d, 1}
          : slot == kSlotW12  ? StepSlotShape{F, d, 2}
                              : StepSlotShape{d, F, 1};
@@ -203,7 +202,7 @@ __host__ __device__ __forceinline__ int StepWarpOutputs(int out, int gw, int nw)
 // layer L, four bulk copies counted on the block's norm barrier (thread 0;
 // every thread is done reading the slot, the caller's __syncthreads).
 template <class T>
-__device__ __noinline__ void StepFillNorms(const StepLayer<T> &L, int d, T *norms, uint64_t *bar) {
+__device__ __noinline__ void StepFillNorms(const StepLayer<T>& L, int d, T* norms, uint64_t* bar) {
   if (threadIdx.x != 0) return;
   const unsigned bytes = static_cast<unsigned>(d) * sizeof(T);
   MbarrierArriveExpectBytes(bar, 4 * bytes);
@@ -225,8 +224,8 @@ struct StepSlot {
 // into its slot, counted on the slot's mbarrier. Every lane must be done
 // reading the slot's previous rows (the caller's __syncwarp).
 template <class T>
-__device__ __noinline__ void StepFillSlot(const T *w, int out, int in, int kW, uint4 *slot, int fits, int gw, int nw, int lane,
-                                          uint64_t *bar) {
+__device__ __noinline__ void StepFillSlot(const T* w, int out, int in, int kW, uint4* slot, int fits, int gw, int nw, int lane,
+                                          uint64_t* bar) {
   if (fits == 0) return;
   const unsigned row_bytes = static_cast<unsigned>(in) * sizeof(T);
   if (lane == 0) MbarrierArriveExpectBytes(bar, fits * kW * row_bytes);
@@ -244,69 +243,43 @@ __device__ __noinline__ void StepFillSlot(const T *w, int out, int in, int kW, u
 // its output j / rows (kAddInPlace). Outputs past these lanes load theirs
 // where they are used.
 template <class T>
-__device__ __forceinline__ float StepLoadBias(const T *b, int out, int kW, int gw, int nw, int lane) {
+__device__ __forceinline__ float StepLoadBias(const T* b, int out, int kW, int gw, int nw, int lane) {
   const long o = gw + static_cast<long>(lane / kW) * nw;
   return b && o < out ? ToFloat(__ldg(b + o + static_cast<long>(lane % kW) * out)) : 0.f;
 }
 template <class T>
-__device__ __forceinline__ float StepLoadResidual(const T *x, int rows, int out, int gw, int nw, int lane) {
+__device__ __forceinline__ float StepLoadResidual(const T* x, int rows, int out, int gw, int nw, int lane) {
   const long o = gw + static_cast<long>(lane / rows) * nw;
   return o < out ? ToFloat(__ldcg(x + static_cast<long>(lane % rows) * out + o)) : 0.f;
 }
 
 // xs = rows × n elements of src, written earlier in this kernel (through L2).
 template <class T>
-__device__ __forceinline__ void StepRowsToSmem(const T *src, int rows, int n, T *xs) {
+__device__ __forceinline__ void StepRowsToSmem(const T* src, int rows, int n, T* xs) {
   const int nvec = rows * n / 8;
-  for (int c = threadIdx.x; c < nvec; c += blockDim.x) reinterpret_cast<uint4 *>(xs)[c] = __ldcg(reinterpret_cast<const uint4 *>(src) + c);
+  for (int c = threadIdx.x; c < nvec; c += blockDim.x)
+    reinterpret_cast<uint4*>(xs)[c] = __ldcg(reinterpret_cast<const uint4*>(src) + c);
   __syncthreads();
 }
 
 // xs[r] = LayerNorm(x[r]) for r < rows, with the norm's weight and bias in
 // the norm slot: `wait` says whether to wait for its phase `parity` first
 // (phase A; D's norm came with A's). The block copies the rows into xs, then
-// warp r normalizes row r there in place: fp32 statistics in two passes and
-// the same order of sums as WarpNormRow (gemv_kernel.cuh), so the rows equal
-// the fused-norm GEMV's. Loops are not unrolled and the function is one copy
-// for both norms of a layer: the kernel's time follows its code size
-// (docs/benchmarks.md, issue #23), and these loops run in / 256 times.
+// warp r normalizes row r there in place (SmemNormRow, gemv_kernel.cuh: the
+// rows equal the fused-norm GEMV's). Not inlined: one copy for both norms of
+// a layer, since a layer's time follows the code it runs through
+// (docs/benchmarks.md, issue #23).
 template <class T>
-__device__ __noinline__ void StepNormRows(const T *x, int rows, int in, const T *nw, const T *nb, float eps, T *xs, uint64_t *bar,
+__device__ __noinline__ void StepNormRows(const T* x, int rows, int in, const T* nw, const T* nb, float eps, T* xs, uint64_t* bar,
                                           bool wait, unsigned parity) {
   StepRowsToSmem(x, rows, in, xs);
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31, nvec = in / 8;
   if (warp < rows) {
-    uint4 *row = reinterpret_cast<uint4 *>(xs) + warp * nvec;
-    float sum = 0.f;
-#pragma unroll 1
-    for (int c = lane; c < nvec; c += 32) {
-      float f[8];
-      Unpack8<T>(row[c], f);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) sum += f[j];
-    }
-    const float m = WarpSum(sum) / in;
-    float var = 0.f;
-#pragma unroll 1
-    for (int c = lane; c < nvec; c += 32) {
-      float f[8];
-      Unpack8<T>(row[c], f);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) var += (f[j] - m) * (f[j] - m);
-    }
-    const float rs = rsqrtf(WarpSum(var) / in + eps);
+    uint4* row = reinterpret_cast<uint4*>(xs) + warp * nvec;
+    SmemNormRow<T> norm;
+    norm.Stats(row, in, eps, lane);
     if (wait) MbarrierWait(bar, parity);
-#pragma unroll 1
-    for (int c = lane; c < nvec; c += 32) {
-      float f[8], gw[8], gb[8];
-      Unpack8<T>(row[c], f);
-      Unpack8<T>(reinterpret_cast<const uint4 *>(nw)[c], gw);
-      Unpack8<T>(reinterpret_cast<const uint4 *>(nb)[c], gb);
-      Vec16<T> o;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) o.v[j] = FromFloat<T>((f[j] - m) * rs * gw[j] + gb[j]);
-      row[c] = *reinterpret_cast<const uint4 *>(&o);
-    }
+    norm.Apply(row, reinterpret_cast<const uint4*>(nw), reinterpret_cast<const uint4*>(nb), in, lane);
   }
   __syncthreads();
 }
@@ -326,7 +299,7 @@ __device__ __noinline__ void StepNormRows(const T *x, int rows, int in, const T 
 // beside the code a layer runs through (it passes kv by value: by reference
 // it went through the stack).
 template <class T, int kW, GemvEpilogue kEpi, int kRows>
-__device__ __noinline__ void StepProducts(const T *xs, int rows, int in, const T *w, const T *b, T *y, int out, const uint4 *slot, int fits,
+__device__ __noinline__ void StepProducts(const T* xs, int rows, int in, const T* w, const T* b, T* y, int out, const uint4* slot, int fits,
                                           float bias_lanes, float resid_lanes, int gw, int nw, int lane, const GemvKvAppend<T> kv,
                                           long kv_slot) {
   constexpr int kU = 2;
@@ -335,14 +308,14 @@ __device__ __noinline__ void StepProducts(const T *xs, int rows, int in, const T
     // Generic pointers, to the slot or to global memory: one load
     // instruction either way (a branch per load would have the compiler
     // copy the loop for each case).
-    const uint4 *wr[kU][kW];
+    const uint4* wr[kU][kW];
 #pragma unroll
     for (int u = 0; u < kU; ++u) {
       const int i = min(i0 + u, n_out - 1);
       const long o = gw + static_cast<long>(i) * nw;
 #pragma unroll
       for (int k = 0; k < kW; ++k)
-        wr[u][k] = i < fits ? slot + i * per + k * nvec : reinterpret_cast<const uint4 *>(w + (o + static_cast<long>(k) * out) * in);
+        wr[u][k] = i < fits ? slot + i * per + k * nvec : reinterpret_cast<const uint4*>(w + (o + static_cast<long>(k) * out) * in);
     }
     float acc[kU][kW][kRows];
 #pragma unroll
@@ -351,8 +324,7 @@ __device__ __noinline__ void StepProducts(const T *xs, int rows, int in, const T
       for (int k = 0; k < kW; ++k)
 #pragma unroll
         for (int r = 0; r < kRows; ++r) acc[u][k][r] = 0.f;
-#pragma unroll 1  // a few iterations (in / 256); unrolled, the code outgrows the
-                  // instruction cache
+#pragma unroll 1  // a few iterations (in / 256); unrolled, the code outgrows the instruction cache
     for (int c = lane; c < nvec; c += 32) {
       float wf[kU][kW][8];
 #pragma unroll
@@ -363,7 +335,7 @@ __device__ __noinline__ void StepProducts(const T *xs, int rows, int in, const T
       for (int r = 0; r < kRows; ++r) {
         if (r >= rows) break;
         float xf[8];
-        Unpack8<T>(reinterpret_cast<const uint4 *>(xs + r * in)[c], xf);
+        Unpack8<T>(reinterpret_cast<const uint4*>(xs + r * in)[c], xf);
 #pragma unroll
         for (int u = 0; u < kU; ++u)
 #pragma unroll
@@ -392,7 +364,7 @@ __device__ __noinline__ void StepProducts(const T *xs, int rows, int in, const T
       const bool resid_pre = i < 32 / rows;
       const float resid = __shfl_sync(0xffffffffu, resid_lanes, resid_pre ? (i * rows + lane) % 32 : 0);
       if (lane < rows) {
-        T *yo = y + static_cast<long>(lane) * out + o;
+        T* yo = y + static_cast<long>(lane) * out + o;
         if constexpr (kEpi == GemvEpilogue::kSwiGLU) {
           const float a = ToFloat(FromFloat<T>(v[0])), g = ToFloat(FromFloat<T>(v[1]));
           *yo = FromFloat<T>(a / (1.f + __expf(-a)) * g);
@@ -420,13 +392,13 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) DecodeStepKernel(const Decode
   using T = typename Tr::T;
   static_assert(Tr::kWarps >= kStepMaxRows, "a warp normalizes each row");
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  T *xs = reinterpret_cast<T *>(smem_raw);
-  T *norms = reinterpret_cast<T *>(smem_raw + p.smem.norms);
+  T* xs = reinterpret_cast<T*>(smem_raw);
+  T* norms = reinterpret_cast<T*>(smem_raw + p.smem.norms);
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int gw = blockIdx.x * Tr::kWarps + warp, nw = gridDim.x * Tr::kWarps;
-  uint4 *region = reinterpret_cast<uint4 *>(smem_raw + p.smem.regions) + warp * p.smem.region_vecs;
-  uint64_t *bars = reinterpret_cast<uint64_t *>(smem_raw + p.smem.bars) + warp * kStepSlots;
-  uint64_t *norm_bar = reinterpret_cast<uint64_t *>(smem_raw + p.smem.bars) + Tr::kWarps * kStepSlots;
+  uint4* region = reinterpret_cast<uint4*>(smem_raw + p.smem.regions) + warp * p.smem.region_vecs;
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem_raw + p.smem.bars) + warp * kStepSlots;
+  uint64_t* norm_bar = reinterpret_cast<uint64_t*>(smem_raw + p.smem.bars) + Tr::kWarps * kStepSlots;
   const int R = p.rows, d = p.d, F = p.F;
   // Attention items go to the last blocks: the first ones hold the output
   // projection's rows (d outputs of fewer warps than the grid's).
@@ -454,15 +426,14 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) DecodeStepKernel(const Decode
     slot[k].fits = min(StepWarpOutputs(shape[k].out, gw, nw), (p.smem.region_vecs - used) / per);
     used += slot[k].fits * per;
   }
-  auto weights = [](const StepLayer<T> &L, int k) {
+  auto weights = [](const StepLayer<T>& L, int k) {
     return k == kSlotQkv ? L.qkv_w : k == kSlotProj ? L.proj_w : k == kSlotW12 ? L.w12_w : L.w3_w;
   };
-  auto fill = [&](const StepLayer<T> &L, int k) {
+  auto fill = [&](const StepLayer<T>& L, int k) {
     StepFillSlot(weights(L, k), shape[k].out, shape[k].in, shape[k].kw, region + slot[k].offset, slot[k].fits, gw, nw, lane, bars + k);
   };
   auto wait = [&](int k, int layer) {
-    if (slot[k].fits) MbarrierWait(bars + k,
-                                   layer & 1);  // layer l's rows are the barrier's phase l
+    if (slot[k].fits) MbarrierWait(bars + k, layer & 1);  // layer l's rows are the barrier's phase l
   };
   if (lane == 0)
 #pragma unroll
@@ -481,7 +452,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) DecodeStepKernel(const Decode
   for (int l = 0; l < p.n_layers; ++l) {
     const StepLayer<T> L = p.layers[l];
     const bool more = l + 1 < p.n_layers;
-    const StepLayer<T> &next = p.layers[more ? l + 1 : l];
+    const StepLayer<T>& next = p.layers[more ? l + 1 : l];
     const int mark = 1 + l * kStepTraceMarksPerLayer;
     // A: qkv = norm1(x)·Wqkv + b, K and V into the cache.
     StepNormRows(p.x, R, d, norms, norms + d, p.eps, xs, norm_bar, true, l & 1);

@@ -129,6 +129,60 @@ struct WarpNormRow {
   }
 };
 
+// The same LayerNorm of one row by one warp, on the row in shared memory and
+// in place, with the same sums in the same order as WarpNormRow (so the same
+// rows), in loops that are not unrolled: a row takes in / 256 passes, and
+// WarpNormRow's unrolled form is ~20 KB of code a copy. The decode step
+// kernel's norms (decode_step_kernel.cuh), and the GEMV's under
+// TINYGPT_GEMV_SMALL_NORM=1 (the A/B of whether a kernel's code size costs
+// time; docs/benchmarks.md, issue #23).
+template <class T>
+struct SmemNormRow {
+  float m = 0.f, rs = 0.f;
+
+  __device__ __forceinline__ void Stats(const uint4* row, int in, float eps, int lane) {
+    const int nvec = in / 8;
+    float sum = 0.f;
+#pragma unroll 1
+    for (int c = lane; c < nvec; c += 32) {
+      float f[8];
+      Unpack8<T>(row[c], f);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) sum += f[j];
+    }
+    m = WarpSum(sum) / in;
+    float var = 0.f;
+#pragma unroll 1
+    for (int c = lane; c < nvec; c += 32) {
+      float f[8];
+      Unpack8<T>(row[c], f);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) var += (f[j] - m) * (f[j] - m);
+    }
+    rs = rsqrtf(WarpSum(var) / in + eps);
+  }
+
+  // row = the normalized row; wv, bv: the norm's weight and bias.
+  __device__ __forceinline__ void Apply(uint4* row, const uint4* wv, const uint4* bv, int in, int lane) const {
+    const int nvec = in / 8;
+#pragma unroll 1
+    for (int c = lane; c < nvec; c += 32) {
+      float f[8], gw[8], gb[8];
+      Unpack8<T>(row[c], f);
+      Unpack8<T>(wv[c], gw);
+      Unpack8<T>(bv[c], gb);
+      Vec16<T> o;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) o.v[j] = FromFloat<T>((f[j] - m) * rs * gw[j] + gb[j]);
+      row[c] = *reinterpret_cast<const uint4*>(&o);
+    }
+  }
+};
+
+// How a GEMV normalizes its input rows: not at all, WarpNormRow (the
+// default) or SmemNormRow (TINYGPT_GEMV_SMALL_NORM=1).
+enum class GemvNormForm { kNone, kRegisters, kSmem };
+
 // Weight vectors (16 bytes) per lane and weight row that are loaded before
 // PdlWait: the weights are no predecessor's output, so with programmatic
 // dependent launch they stream in while the kernel before finishes (rows of
@@ -141,12 +195,14 @@ constexpr int kGemvPrefetch = 4;
 // weight row F + o (the gate) and writes swiglu: silu(a) * g, each rounded to
 // T first as the unfused Linear then SwiGLU would store them; y is then
 // [rows, F] with F = out. kAddInPlace: y[r, o] += the product (rounded to T
-// first, as Linear then the add would). kNorm: x is normalized first (norm).
-template <class T, int R, GemvEpilogue kEpi, bool kNorm>
+// first, as Linear then the add would). kNormForm: how x is normalized first
+// (norm), if it is.
+template <class T, int R, GemvEpilogue kEpi, GemvNormForm kNormForm>
 __global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const T* __restrict__ x, const T* __restrict__ w,
                                                               const T* __restrict__ b, T* __restrict__ y, int in, int out,
                                                               GemvKvAppend<T> kv, GemvNorm<T> norm) {
   constexpr bool kSwiGLU = kEpi == GemvEpilogue::kSwiGLU;
+  constexpr bool kNorm = kNormForm != GemvNormForm::kNone;
   const int o = blockIdx.x * kGemvWarps + threadIdx.x / 32, lane = threadIdx.x & 31;
   const bool valid = o < out;
   constexpr int kW = kSwiGLU ? 2 : 1;  // weight rows per warp
@@ -180,7 +236,22 @@ __global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const T* __restric
   // The rows the products read: x itself, or (kNorm) its normalized copy in
   // shared memory, which every warp of the block helps to make.
   const T* xr = x;
-  if constexpr (kNorm) {
+  if constexpr (kNormForm == GemvNormForm::kSmem) {
+    // The block copies the rows into shared memory; warp r normalizes row r
+    // there in place (SmemNormRow); then every warp reads all rows.
+    const int warp = threadIdx.x / 32;
+    for (int c = threadIdx.x; c < R * nvec; c += blockDim.x) CpAsync16(norm_smem + c, reinterpret_cast<const uint4*>(x) + c, true);
+    CpAsyncCommit();
+    CpAsyncWaitAll();
+    __syncthreads();  // the rows, and the norm's weight and bias, copied by every thread
+    if (warp < R) {
+      SmemNormRow<T> row;
+      row.Stats(norm_smem + warp * nvec, in, norm.eps, lane);
+      row.Apply(norm_smem + warp * nvec, norm_smem + R * nvec, norm_smem + (R + 1) * nvec, in, lane);
+    }
+    __syncthreads();
+    xr = reinterpret_cast<const T*>(norm_smem);
+  } else if constexpr (kNorm) {
     // Warp r normalizes row r in registers (WarpNormRow) into shared memory;
     // then every warp reads all rows from there. (A block-wide version with
     // element loops cost 5 us a product at 8 rows on the H200.)
@@ -273,11 +344,13 @@ void LaunchGemvRows(const T* x, const T* w, const T* b, T* y, int in, int out, c
   if constexpr (kEpi != GemvEpilogue::kAddInPlace) {  // (no caller normalizes the input of an add)
     if (norm.w) {
       const size_t smem = static_cast<size_t>(R + 2) * in * sizeof(T);
-      LaunchKernel(true, GemvKernel<T, R, kEpi, true>, grid, block, smem, stream, x, w, b, y, in, out, kv, norm);
+      static const bool small_norm = EnvOn("TINYGPT_GEMV_SMALL_NORM");
+      LaunchKernel(true, small_norm ? GemvKernel<T, R, kEpi, GemvNormForm::kSmem> : GemvKernel<T, R, kEpi, GemvNormForm::kRegisters>, grid,
+                   block, smem, stream, x, w, b, y, in, out, kv, norm);
       return;
     }
   }
-  LaunchKernel(true, GemvKernel<T, R, kEpi, false>, grid, block, 0, stream, x, w, b, y, in, out, kv, norm);
+  LaunchKernel(true, GemvKernel<T, R, kEpi, GemvNormForm::kNone>, grid, block, 0, stream, x, w, b, y, in, out, kv, norm);
 }
 
 template <class T, GemvEpilogue kEpi = GemvEpilogue::kStore>
