@@ -70,6 +70,38 @@ constexpr int kGemvNormMaxIn = 2048;
 
 enum class GemvEpilogue { kStore, kSwiGLU, kAddInPlace };
 
+// A LayerNorm's steps on one 16-byte vector of a row: its sum, its sum of
+// squared deviations from the mean m, and the vector normalized ((x - m) * rs
+// * w + b, rounded to T). WarpNormRow and SmemNormRow both use them, so their
+// rows are the same.
+template <class T>
+__device__ __forceinline__ float NormVecSum(const uint4& v, float sum) {
+  float f[8];
+  Unpack8<T>(v, f);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) sum += f[j];
+  return sum;
+}
+template <class T>
+__device__ __forceinline__ float NormVecSquares(const uint4& v, float m, float var) {
+  float f[8];
+  Unpack8<T>(v, f);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) var += (f[j] - m) * (f[j] - m);
+  return var;
+}
+template <class T>
+__device__ __forceinline__ uint4 NormVecApply(const uint4& v, const uint4& w, const uint4& b, float m, float rs) {
+  float f[8], gw[8], gb[8];
+  Unpack8<T>(v, f);
+  Unpack8<T>(w, gw);
+  Unpack8<T>(b, gb);
+  Vec16<T> o;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) o.v[j] = FromFloat<T>((f[j] - m) * rs * gw[j] + gb[j]);
+  return *reinterpret_cast<const uint4*>(&o);
+}
+
 // One row's LayerNorm by one warp on 16-byte vectors held in registers (two
 // passes over them, fp32 statistics, as LayerNormVecKernel): Load reads the
 // row (kThroughL2: with __ldcg, for rows written earlier in the same kernel)
@@ -90,22 +122,14 @@ struct WarpNormRow {
       const int c = lane + k * 32;
       if (c < nvec) {
         v[k] = kThroughL2 ? __ldcg(xv + c) : xv[c];
-        float f[8];
-        Unpack8<T>(v[k], f);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) sum += f[j];
+        sum = NormVecSum<T>(v[k], sum);
       }
     }
     m = WarpSum(sum) / in;
     float var = 0.f;
 #pragma unroll
     for (int k = 0; k < kMaxVecs; ++k)
-      if (lane + k * 32 < nvec) {
-        float f[8];
-        Unpack8<T>(v[k], f);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) var += (f[j] - m) * (f[j] - m);
-      }
+      if (lane + k * 32 < nvec) var = NormVecSquares<T>(v[k], m, var);
     rs = rsqrtf(WarpSum(var) / in + eps);
   }
 
@@ -115,16 +139,7 @@ struct WarpNormRow {
 #pragma unroll
     for (int k = 0; k < kMaxVecs; ++k) {
       const int c = lane + k * 32;
-      if (c < nvec) {
-        float f[8], gw[8], gb[8];
-        Unpack8<T>(v[k], f);
-        Unpack8<T>(wv[c], gw);
-        Unpack8<T>(bv[c], gb);
-        Vec16<T> o;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) o.v[j] = FromFloat<T>((f[j] - m) * rs * gw[j] + gb[j]);
-        dst[c] = *reinterpret_cast<const uint4*>(&o);
-      }
+      if (c < nvec) dst[c] = NormVecApply<T>(v[k], wv[c], bv[c], m, rs);
     }
   }
 };
@@ -144,21 +159,11 @@ struct SmemNormRow {
     const int nvec = in / 8;
     float sum = 0.f;
 #pragma unroll 1
-    for (int c = lane; c < nvec; c += 32) {
-      float f[8];
-      Unpack8<T>(row[c], f);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) sum += f[j];
-    }
+    for (int c = lane; c < nvec; c += 32) sum = NormVecSum<T>(row[c], sum);
     m = WarpSum(sum) / in;
     float var = 0.f;
 #pragma unroll 1
-    for (int c = lane; c < nvec; c += 32) {
-      float f[8];
-      Unpack8<T>(row[c], f);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) var += (f[j] - m) * (f[j] - m);
-    }
+    for (int c = lane; c < nvec; c += 32) var = NormVecSquares<T>(row[c], m, var);
     rs = rsqrtf(WarpSum(var) / in + eps);
   }
 
@@ -166,16 +171,7 @@ struct SmemNormRow {
   __device__ __forceinline__ void Apply(uint4* row, const uint4* wv, const uint4* bv, int in, int lane) const {
     const int nvec = in / 8;
 #pragma unroll 1
-    for (int c = lane; c < nvec; c += 32) {
-      float f[8], gw[8], gb[8];
-      Unpack8<T>(row[c], f);
-      Unpack8<T>(wv[c], gw);
-      Unpack8<T>(bv[c], gb);
-      Vec16<T> o;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) o.v[j] = FromFloat<T>((f[j] - m) * rs * gw[j] + gb[j]);
-      row[c] = *reinterpret_cast<const uint4*>(&o);
-    }
+    for (int c = lane; c < nvec; c += 32) row[c] = NormVecApply<T>(row[c], wv[c], bv[c], m, rs);
   }
 };
 
