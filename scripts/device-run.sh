@@ -135,7 +135,9 @@ if [[ $what == decode ]]; then
     grep -E "^FAIL|passed|error|CUDA" "$OUT/backend_ops_f16.txt" | head -20 | tee -a "$log"
     for dtype in bf16 f16; do  # the small-code forms of the decode attention kernel and the fused-norm GEMV (for the A/B)
       TINYGPT_DECODE_SMALL_CODE=1 TINYGPT_GEMV_SMALL_NORM=1 step "backend ops $dtype inference, small code" 150 \
-        "$S/bin/tinygpt_backend_ops" --dtype=$dtype --only=inference 2>&1 | grep -E "^FAIL|passed|error|CUDA" | head -20 | tee -a "$log"
+        "$S/bin/tinygpt_backend_ops" --dtype=$dtype --only=inference "$S/seed.safetensors" > /tmp/small_code_$dtype.txt 2>&1
+      { echo "== $dtype"; cat /tmp/small_code_$dtype.txt; } >> "$OUT/backend_ops_small_code.txt"  # one file: 8 come back
+      grep -E "^FAIL|passed|error|CUDA" /tmp/small_code_$dtype.txt | head -20 | tee -a "$log"
     done
   elif [[ ${DECODE_CHECKS:-1} != 0 && ${DECODE_CHECKS:-1} != layers ]]; then  # DECODE_CHECKS=stream: all but the f16 checks
     step "backend ops bf16" 150 "$S/bin/tinygpt_backend_ops" --dtype=bf16 "$S/seed.safetensors" > "$OUT/backend_ops_bf16.txt" 2>&1

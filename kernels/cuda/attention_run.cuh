@@ -220,7 +220,7 @@ void LaunchDecode(const AttentionDims& dims, const AttentionBatch& batch, const 
   const dim3 grid(batch.num_seqs * dims.n_kv_heads, p.num_splits);
   // TINYGPT_DECODE_SMALL_CODE=1: the kernel's small-code form (one tile body,
   // rolled prologue; decode_attention_kernel.cuh), for the A/B.
-  static const bool small_code = EnvOn("TINYGPT_DECODE_SMALL_CODE");
+  static const bool small_code = EnvLong("TINYGPT_DECODE_SMALL_CODE", 0) == 1;
   auto kernel = p.alibi ? (small_code ? DecodeAttentionKernel<Tr, true, true> : DecodeAttentionKernel<Tr, true>)
                         : (small_code ? DecodeAttentionKernel<Tr, false, true> : DecodeAttentionKernel<Tr, false>);
   LaunchKernel(true, kernel, grid, Tr::kThreads, Tr::kSmemBytes, stream, p);

@@ -103,7 +103,7 @@ struct DecodeStepParams {
 // Records trace mark m of this block (thread 0; no-op without a trace). The
 // recording is one out-of-line copy: inlined at the kernel's 25 marks a
 // layer, it was 9 KB of the code each layer runs through.
-__device__ __noinline__ void StepTraceRecord(unsigned long long* trace, int marks, int m) {
+static __device__ __noinline__ void StepTraceRecord(unsigned long long* trace, int marks, int m) {
   unsigned long long clk, ns;
   asm volatile("mov.u64 %0, %%clock64;\n" : "=l"(clk));
   asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(ns));

@@ -340,7 +340,7 @@ void LaunchGemvRows(const T* x, const T* w, const T* b, T* y, int in, int out, c
   if constexpr (kEpi != GemvEpilogue::kAddInPlace) {  // (no caller normalizes the input of an add)
     if (norm.w) {
       const size_t smem = static_cast<size_t>(R + 2) * in * sizeof(T);
-      static const bool small_norm = EnvOn("TINYGPT_GEMV_SMALL_NORM");
+      static const bool small_norm = EnvLong("TINYGPT_GEMV_SMALL_NORM", 0) == 1;
       LaunchKernel(true, small_norm ? GemvKernel<T, R, kEpi, GemvNormForm::kSmem> : GemvKernel<T, R, kEpi, GemvNormForm::kRegisters>, grid,
                    block, smem, stream, x, w, b, y, in, out, kv, norm);
       return;
