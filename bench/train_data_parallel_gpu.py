@@ -27,7 +27,6 @@ import argparse
 import os
 import re
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "python"))
 from binaries import binary
+from torch_tinygpt import load_safetensors
 from train_gpu_vs_torch import PRESETS, training_step
 
 failures = 0
@@ -87,18 +88,7 @@ def run_ranks(tinygpt, ranks, flags, env_extra=None, timeout=600):
 
 
 def tensors(path):
-    raw = open(path, "rb").read()
-    n = struct.unpack("<Q", raw[:8])[0]
-    import json
-    head = json.loads(raw[8:8 + n])
-    data = raw[8 + n:]
-    out = {}
-    for k, v in head.items():
-        if k == "__metadata__" or v["dtype"] != "F32":
-            continue
-        a, b = v["data_offsets"]
-        out[k] = np.frombuffer(data[a:b], dtype=np.float32)
-    return out
+    return {name: t.numpy() for name, t in load_safetensors(path)[0].items()}
 
 
 def checks(tinygpt, ranks, d):

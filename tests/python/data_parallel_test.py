@@ -20,17 +20,18 @@ train the model one process trains.
 
 usage: data_parallel_test.py TINYGPT
 """
-import json
 import os
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_tinygpt import load_safetensors  # noqa: E402
 
 TINYGPT = os.path.abspath(sys.argv[1])
 MPIRUN = shutil.which("mpirun")
@@ -79,17 +80,7 @@ def losses(path):
 
 
 def tensors(path):
-    raw = open(path, "rb").read()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
-    data = raw[8 + n:]
-    out = {}
-    for name, t in header.items():
-        if name == "__metadata__" or t["dtype"] != "F32":
-            continue
-        s, e = t["data_offsets"]
-        out[name] = np.frombuffer(data[s:e], dtype=np.float32).reshape(t["shape"])
-    return out
+    return {name: t.numpy() for name, t in load_safetensors(path)[0].items()}
 
 
 def close_losses(a, b, what):
