@@ -94,21 +94,18 @@ __device__ __forceinline__ void DecodeAttentionBlock(const AttentionParams& p, c
   int entry[S];
 #pragma unroll
   for (int i = 0; i < S; ++i) entry[i] = fetch_entry(i);
-  auto entry_of = [&](int i) {  // entry[i] without indexing the array at run time
+  // entry[i] without indexing the array at run time (in the unrolled form i
+  // is a constant and the selects fold away).
+  auto entry_of = [&](int i) {
     int e = entry[0];
 #pragma unroll
     for (int k = 1; k < S; ++k) e = i == k ? entry[k] : e;
     return e;
   };
-  if constexpr (kSmallCode) {
-#pragma unroll 1
-    for (int i = 0; i < S - 1; ++i)
-      if (i < count && cached(i)) load_kv(i, i, entry_of(i));
-  } else {
-#pragma unroll
-    for (int i = 0; i < S - 1; ++i)
-      if (i < count && cached(i)) load_kv(i, i, entry[i]);
-  }
+  constexpr int kPrologueUnroll = kSmallCode ? 1 : S - 1;
+#pragma unroll kPrologueUnroll
+  for (int i = 0; i < S - 1; ++i)
+    if (i < count && cached(i)) load_kv(i, i, entry_of(i));
   wait_inputs();  // Q and the new tokens' K/V are the predecessor's output
   const T* q_base = static_cast<const T*>(p.q);
   constexpr int kQChunks = Tr::kRows * Tr::kChunks;
@@ -121,18 +118,10 @@ __device__ __forceinline__ void DecodeAttentionBlock(const AttentionParams& p, c
     const int token = valid ? r / G : 0, head = kvh * G + (valid ? r % G : 0);
     CpAsync16(sQ + Tr::Offset(r, ch * 8), q_base + (q0 + token) * p.q_stride + head * D + ch * 8, valid);
   }
-  if constexpr (kSmallCode) {
-#pragma unroll 1
-    for (int i = 0; i < S - 1; ++i) {
-      if (i < count && !cached(i)) load_kv(i, i, entry_of(i));
-      CpAsyncCommit();
-    }
-  } else {
-#pragma unroll
-    for (int i = 0; i < S - 1; ++i) {
-      if (i < count && !cached(i)) load_kv(i, i, entry[i]);
-      CpAsyncCommit();
-    }
+#pragma unroll kPrologueUnroll
+  for (int i = 0; i < S - 1; ++i) {
+    if (i < count && !cached(i)) load_kv(i, i, entry_of(i));
+    CpAsyncCommit();
   }
   int next_entry = entry[S - 1];  // of the tile issued next (i + S - 1 at iteration i)
   CpAsyncWait<S - 2>();           // the first group: Q (and this warp's first tile)
